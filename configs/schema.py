@@ -1,0 +1,262 @@
+"""Structured schema of a training / evaluation run.
+
+Every key a YAML file or the command line may set is declared here, with its type and default, so
+that omegaconf rejects an unknown key or a wrong type at start-up (see ``configs.compose``).
+Names say what a key is for; the YAML groups under ``configs/`` only fill these fields in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+# ---------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class ModelConfig:
+    """The backbone: any timm model name, created from scratch (no hub weights here)."""
+
+    name: str = "vit_tiny_patch16_224"
+    # Family used for tables and W&B grouping ("vit", "resnet", ...); derived from name when None.
+    family: Optional[str] = None
+    drop_path_rate: float = 0.0
+    # Activation checkpointing of the backbone's blocks (ViT-L/H at scale).
+    grad_checkpointing: bool = False
+    # channels_last memory format (CNNs on GPU).
+    channels_last: bool = False
+    # torch.compile the backbone only (never the LightningModule): fixed shapes, unwrapped weights.
+    compile: bool = False
+    # Extra keyword arguments for timm.create_model (e.g. patch_size, global_pool).
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class AugmentConfig:
+    """Train-time augmentation, passed to timm.data.create_transform."""
+
+    scale_min: float = 0.08  # RandomResizedCrop lower scale bound
+    hflip: float = 0.5
+    rand_augment: Optional[str] = None  # timm auto_augment string, e.g. "rand-m9-mstd0.5-inc1"
+    mixup_alpha: float = 0.0  # 0 disables mixup (weak-label batches only)
+
+
+@dataclass
+class WeakLabelDataConfig:
+    """Shards written by the label-mining pipeline (mine_labels.py)."""
+
+    # The dataset manifest written next to the shards (vocabularies, per-shard counts, splits).
+    manifest: str = "data/openclipart/manifest.json"
+    # Optional override of the training shard list: brace pattern, or several joined by "::".
+    # Sample counts still come from the manifest.
+    shards: Optional[str] = None
+    label_space: str = "clustered"  # "raw" (top annotation terms) or "clustered" (label groups)
+    scale: float = 1.0  # nested dataset-scale fraction in (0, 1]; one of the manifest's scales
+    resampled: bool = True  # resample shards with replacement (equal batches per rank by design)
+
+
+@dataclass
+class FashionMNISTConfig:
+    """The downstream shopping task (Debian dataset-fashion-mnist, IDX files)."""
+
+    root: str = "/usr/share/datasets/fashion-mnist"
+    train_limit: Optional[int] = None  # cap on training images (CPU runs); None = all 60,000
+    test_limit: Optional[int] = None  # cap on test images; None = all 10,000
+
+
+@dataclass
+class ImageFolderTaskDataConfig:
+    """A user's own classification dataset: an image folder (one sub-folder per class) or a
+    manifest (CSV/JSONL with ``path`` and ``label`` columns)."""
+
+    root: Optional[str] = None
+    manifest: Optional[str] = None
+    val_fraction: float = 0.1
+
+
+@dataclass
+class MixingConfig:
+    """How several task datasets share a training step."""
+
+    # "combined": one batch of every dataset per step (Lightning CombinedLoader, max_size_cycle).
+    # "interleave": one dataset per step, drawn by ``ratios``.
+    mode: str = "combined"
+    ratios: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    img_size: int = 224  # input resolution: the one place it is set (the model reads it too)
+    batch_size: int = 64  # per device, per dataset
+    eval_batch_size: Optional[int] = None  # defaults to batch_size
+    num_workers: int = 4
+    shuffle_buffer: int = 2000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    weak_label: WeakLabelDataConfig = field(default_factory=WeakLabelDataConfig)
+    fashion_mnist: FashionMNISTConfig = field(default_factory=FashionMNISTConfig)
+    user_tasks: Dict[str, ImageFolderTaskDataConfig] = field(default_factory=dict)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+
+
+# ---------------------------------------------------------------------------------------- tasks
+
+
+@dataclass
+class WeakLabelTaskConfig:
+    """Weak-label classification over the mined label space."""
+
+    enabled: bool = True
+    weight: float = 1.0
+    # "softmax": cross-entropy against the normalized multi-hot target (large-scale weak
+    # supervision recipe); "bce": one sigmoid per label.
+    loss: str = "softmax"
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class EmbeddingTaskConfig:
+    """Retrieval embedding trained with a normalized-softmax proxy loss."""
+
+    enabled: bool = False
+    weight: float = 1.0
+    dim: int = 256
+    temperature: float = 0.05
+    # Each dataset named here gets its own proxy bank on the shared embedding.
+    datasets: List[str] = field(default_factory=lambda: ["weak_label"])
+
+
+@dataclass
+class ClassifierTaskConfig:
+    """A small use-case classifier head (the paper's skin-tone head; here Fashion-MNIST)."""
+
+    dataset: str = "fashion_mnist"
+    weight: float = 1.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TasksConfig:
+    weak_label: WeakLabelTaskConfig = field(default_factory=WeakLabelTaskConfig)
+    embedding: EmbeddingTaskConfig = field(default_factory=EmbeddingTaskConfig)
+    classifiers: Dict[str, ClassifierTaskConfig] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ optimizer
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # any timm.optim.create_optimizer_v2 name
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.05  # not applied to norms, biases, position embeddings, cls token
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    layer_decay: Optional[float] = None  # layer-wise LR decay (fine-tuning stage), e.g. 0.75
+    warmup_steps: int = 0
+    scheduler: str = "cosine"  # "cosine" (after linear warmup) or "constant"
+    min_lr: float = 1e-6
+    ema_decay: Optional[float] = None  # EMA of weights (timm ModelEmaV3); None disables
+
+
+# -------------------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class FSDPConfig:
+    sharding_strategy: str = "FULL_SHARD"
+    activation_checkpointing: bool = True  # per ViT block
+    state_dict_type: str = "sharded"  # sharded checkpoints at scale
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # "cpu", "gpu", "auto"
+    devices: Any = "auto"  # int, list of ids or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # "auto", "ddp", "fsdp", "ddp_find_unused_parameters_true", ...
+    precision: str = "32-true"  # "bf16-mixed" on GPUs
+    max_steps: int = 1000  # training is driven by steps (webdataset epochs are nominal)
+    max_epochs: int = -1
+    val_check_interval: Optional[int] = None  # in training steps; None = once per epoch
+    limit_val_batches: Optional[float] = None
+    num_sanity_val_steps: int = 0
+    gradient_clip_val: Optional[float] = 1.0
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 20
+    checkpoint_every_n_steps: int = 500
+    deterministic: bool = False
+    # What a non-finite loss does: "raise" stops the run naming step and task; "skip" skips it.
+    nonfinite_loss: str = "raise"
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+
+
+# --------------------------------------------------------------------------------------- logger
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = True
+    project: str = "billion-scale-vit"
+    entity: Optional[str] = None
+    # None: WANDB_MODE from the environment, else "offline" (no server is reachable by default).
+    mode: Optional[str] = None
+    group: Optional[str] = None  # defaults to the experiment name
+    tags: List[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class LinearProbeConfig:
+    epochs: int = 100
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+
+
+@dataclass
+class EvalConfig:
+    """What evaluate.py computes for a checkpoint (or a random-init backbone)."""
+
+    checkpoint: Optional[str] = None  # a .ckpt, or a run directory (its best/last checkpoint)
+    datasets: List[str] = field(default_factory=lambda: ["fashion_mnist"])  # + "weak_label_val"
+    # "embedding": the retrieval head's output; "backbone": the backbone's pooled feature.
+    features: List[str] = field(default_factory=lambda: ["embedding", "backbone"])
+    ks: List[int] = field(default_factory=lambda: [1, 5, 10, 50])
+    binarize: bool = True  # also report Hamming retrieval on sign bits
+    knn_k: int = 20
+    linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    gallery_limit: Optional[int] = None  # cap gallery size (CPU runs)
+    query_limit: Optional[int] = None  # cap query size (CPU runs)
+    block_size: int = 1024  # queries per similarity block (memory O(block x gallery))
+    device: str = "auto"
+    output: Optional[str] = None  # JSON path; default <run_dir>/eval/<dataset>.json
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+@dataclass
+class RunConfig:
+    experiment: str = "default"  # preset name; the W&B group unless logger.group is set
+    stage: str = "pretrain"  # "pretrain" (weak labels) or "multitask" (second stage)
+    seed: int = 0
+    output_dir: str = "runs"  # run directories land in <output_dir>/<run_name>
+    run_name: Optional[str] = None  # default: derived from the experiment and the compared axes
+    init_from: Optional[str] = None  # checkpoint to initialise weights from (stage two)
+    # "auto": continue from <run_dir>/checkpoints/last.ckpt if present; "never"; or a ckpt path.
+    resume: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Config groups: a YAML file configs/<group>/<name>.yaml fills in the field of the same name.
+GROUPS = ("model", "data", "tasks", "optim", "trainer", "logger")
