@@ -249,6 +249,8 @@ class RunConfig:
     init_from: Optional[str] = None  # checkpoint to initialise weights from (stage two)
     # "auto": continue from <run_dir>/checkpoints/last.ckpt if present; "never"; or a ckpt path.
     resume: str = "auto"
+    # Run evaluate.py's evaluation right after fit, logged into the same W&B run (what sweeps optimise).
+    evaluate_after_fit: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
