@@ -1,0 +1,57 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   run the main job end to end on the embedded default corpus (CPU, minutes)
+#   make test   run the test suite
+# Both create (or reuse) the venv from requirements.txt and install the Debian data where root allows.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.requirements-installed
+DEBIAN_DATA := openclipart-svg tuxpaint-stamps-default dataset-fashion-mnist
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test venv data lint clean-demo help
+
+help:
+	@echo "make demo   # mine labels, pretrain ViT + ResNet at two scales, evaluate, print the table"
+	@echo "make test   # the test suite (what CI runs)"
+
+# The stamp is newer than requirements.txt once its packages are in: a second run installs nothing.
+$(STAMP): requirements.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian's real corpora. Installed when running as root; otherwise say what to run.
+data:
+	@missing=""; for p in $(DEBIAN_DATA); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = "0" ]; then \
+	  echo "installing Debian data packages:$$missing"; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+	else \
+	  echo "NOTE: Debian data packages missing:$$missing"; \
+	  echo "      install them as root: sudo apt-get update && sudo apt-get install -y$$missing"; \
+	  echo "      (tests that need them are skipped; the demo needs them)"; \
+	fi
+
+test: venv data
+	@$(PY) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+demo: venv data
+	$(PY) mine_labels.py --config configs/labels/openclipart.yaml
+	$(PY) run_sweep.py sweeps/demo_cpu.yaml
+	$(PY) evaluate.py experiment=demo_cpu model=vit_demo run_name=demo_cpu-vit_demo-random-init
+	$(PY) evaluate.py experiment=demo_cpu model=resnet_demo run_name=demo_cpu-resnet_demo-random-init
+	$(PY) make_report.py --runs runs --group demo_cpu --out results/demo_cpu
+
+lint: venv
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+clean-demo:
+	rm -rf data/openclipart runs/demo_cpu-* results/demo_cpu

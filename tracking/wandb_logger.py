@@ -1,0 +1,77 @@
+"""W&B logging that never blocks training: offline by default, online when WANDB_MODE says so."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from configs.compose import to_dict
+from tracking.run_dir import RunDir, axes
+
+log = logging.getLogger(__name__)
+
+
+def wandb_mode(cfg: DictConfig) -> str:
+    """logger.mode, else the WANDB_MODE environment variable, else 'offline' (no server is reachable here)."""
+    return cfg.logger.mode or os.environ.get("WANDB_MODE") or "offline"
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    a = axes(cfg)
+    tags = [f"arch:{a['arch']}", f"family:{a['family']}", f"scale:{a['scale']:g}", f"labels:{a['label_space']}",
+            f"tasks:{a['tasks']}", f"stage:{a['stage']}", f"experiment:{a['experiment']}"]
+    return tags + list(cfg.logger.tags)
+
+
+def build_wandb_logger(cfg: DictConfig, run_dir: RunDir, rank_zero: bool = True):
+    """A Lightning WandbLogger whose run id is fixed up front and kept in run.json, so a resumed
+    run continues the same W&B run (Lightning #4935). Returns None when logging is off.
+
+    When online logging fails (no server, not logged in), it falls back to offline and says so;
+    training never blocks on W&B.
+    """
+    if not cfg.logger.wandb:
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = wandb_mode(cfg)
+    run_id = run_dir.read_run().get("wandb_id") or _new_id()
+    os.environ.setdefault("WANDB_SILENT", "true")
+    kwargs = dict(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        name=run_dir.name,
+        id=run_id,
+        resume="allow",
+        save_dir=".",
+        group=cfg.logger.group or cfg.experiment,
+        tags=run_tags(cfg),
+        job_type=cfg.stage,
+        config={**to_dict(cfg), "axes": axes(cfg)},
+    )
+    logger = WandbLogger(mode=mode, **kwargs)
+    if mode == "online" and rank_zero:
+        try:
+            _ = logger.experiment  # force init now so a dead server shows here, not mid-training
+        except Exception as err:  # wandb raises several error types for network/auth failures
+            log.warning("W&B online logging failed (%s); logging offline to ./wandb instead", err)
+            os.environ["WANDB_MODE"] = "offline"
+            logger = WandbLogger(mode="offline", **kwargs)
+    return logger
+
+
+def _new_id() -> str:
+    import wandb.util
+
+    return wandb.util.generate_id()
+
+
+def sync_hint() -> str:
+    return "sync offline runs later with: wandb sync wandb/offline-run-*"
+
+
+def wandb_run_id(logger) -> Optional[str]:
+    return getattr(logger, "version", None) if logger is not None else None

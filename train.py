@@ -1,0 +1,73 @@
+"""Train one run: compose the config, build DataModule, LightningModule and Trainer, fit, write results.
+
+    python train.py experiment=demo_cpu model=resnet_demo data.weak_label.scale=0.25
+    python train.py --model=vit_b16 --trainer=ddp --data.batch_size=256      # W&B agent form
+
+See configs/compose.py for the composition order and README.md for more.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from configs.compose import ConfigError, compose, to_dict
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
+    """Run training; returns the final metrics (also written to <run_dir>/metrics.json)."""
+    cfg = compose(sys.argv[1:] if argv is None else argv)
+
+    # Heavy imports after the config is known to be valid: a typo fails in a second, not a minute.
+    from lightning.pytorch import seed_everything
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from datamodules import build_datamodule
+    from lit_modules import MultiTaskModule
+    from lit_modules.callbacks import ThroughputMonitor
+    from lit_modules.trainer import build_trainer, resume_checkpoint
+    from tracking.run_dir import RunDir
+    from tracking.wandb_logger import build_wandb_logger, sync_hint, wandb_run_id
+
+    seed_everything(cfg.seed, workers=True)
+    run_dir = RunDir.for_config(cfg)
+    is_rank_zero = rank_zero_only.rank == 0
+    logger = build_wandb_logger(cfg, run_dir, rank_zero=is_rank_zero)
+    if is_rank_zero:
+        run_dir.start(cfg, wandb_id=wandb_run_id(logger))
+
+    datamodule = build_datamodule(cfg)
+    module = MultiTaskModule(to_dict(cfg), datamodule.num_classes)
+    if cfg.init_from:
+        module.load_pretrained(cfg.init_from)
+    trainer = build_trainer(cfg, run_dir, logger, callbacks=[ThroughputMonitor(), *datamodule.callbacks()])
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, run_dir), weights_only=True)
+    except BaseException as err:
+        if is_rank_zero:
+            run_dir.finish("failed", error=f"{type(err).__name__}: {err}")
+        raise
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    metrics["trainer/global_step"] = trainer.global_step
+    if cfg.evaluate_after_fit and is_rank_zero:
+        from evaluation.runner import evaluate_run
+
+        eval_metrics = evaluate_run(cfg, module=module, run_dir=run_dir.path)
+        metrics.update(eval_metrics)
+        if logger is not None:
+            logger.experiment.summary.update(eval_metrics)
+    if is_rank_zero:
+        metrics = run_dir.write_metrics(metrics)
+        run_dir.finish("finished")
+        print(f"run directory: {run_dir.path}")
+        if logger is not None and not logger.experiment.settings.mode == "online":
+            print(sync_hint())
+    return metrics
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as err:
+        sys.exit(f"config error: {err}")
