@@ -64,9 +64,12 @@ def build_wandb_logger(cfg: DictConfig, run_dir: RunDir, rank_zero: bool = True)
 
 
 def _new_id() -> str:
-    import wandb.util
+    """A fresh run id; under `wandb agent` the agent's WANDB_RUN_ID, so the run joins its sweep."""
+    if os.environ.get("WANDB_RUN_ID"):
+        return os.environ["WANDB_RUN_ID"]
+    from wandb.sdk.lib.runid import generate_id
 
-    return wandb.util.generate_id()
+    return generate_id()
 
 
 def sync_hint() -> str:

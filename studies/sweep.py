@@ -1,0 +1,735 @@
+"""Run a W&B sweep file locally, without a W&B server: validate, expand, execute, resume.
+
+The YAML files under ``sweeps/`` are W&B's own format, so ``wandb sweep`` + ``wandb agent`` run them
+unchanged against a server. This module runs the same files with no server::
+
+    python run_sweep.py sweeps/demo_cpu.yaml                    # every run, one after another
+    python run_sweep.py sweeps/scale_arch_cpu.yaml --dry-run    # print the runs and their commands
+    python run_sweep.py sweeps/scale_arch.yaml --parallel 4 --gpus 0,1,2,3,4,5,6,7
+    python run_sweep.py sweeps/demo_cpu.yaml -- trainer.max_steps=50   # extra overrides for every run
+
+- Validation: W&B's published schema (the open-source ``sweeps`` package) plus the checks a local run
+  needs (known command macros, no null values); every run's overrides must compose with
+  ``configs.compose`` before anything starts, so a typo fails in a second.
+- Expansion: ``grid`` through ``sweeps.next_runs`` (all combinations, W&B's order); ``random`` seeded
+  (``--count`` draws, ``--seed``). ``bayes`` needs a server's metric feedback: use ``wandb agent``.
+- Runs: name = sweep name + the run's varying parameters (deterministic); command = the sweep's
+  ``command:`` with W&B's macros expanded exactly as ``wandb agent`` expands them, followed by
+  ``logger.group=<sweep name> run_name=<name> output_dir=<dir>`` and any extra overrides.
+  W&B logs offline unless ``--wandb-mode`` says otherwise.
+- Resume: a run whose ``<output_dir>/<name>/run.json`` says ``finished`` is skipped; any other is
+  started again, and train.py continues from its last checkpoint by itself (``resume=auto``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import queue
+import random
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+# What `wandb agent` runs when a sweep file has no `command:`.
+DEFAULT_COMMAND = ("${env}", "${interpreter}", "${program}", "${args}")
+# The argument macros `wandb agent` fills in (wandb/sdk/launch/sweeps/utils.py, create_sweep_command_args).
+ARG_MACROS = (
+    "args",
+    "args_no_hyphens",
+    "args_no_equals",
+    "args_no_boolean_flags",
+    "args_json",
+    "args_append_hydra",
+    "args_override_hydra",
+)
+KNOWN_MACROS = ("env", "interpreter", "program", *ARG_MACROS)
+# Set by this runner for every run; a sweep parameter or extra override must not set them.
+RUNNER_KEYS = ("logger.group", "run_name", "output_dir")
+LOCAL_METHODS = ("grid", "random")
+MAX_GRID_RUNS = 100_000
+_ENVVAR = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
+
+
+class SweepError(ValueError):
+    """A sweep file, run or override that cannot be run; the message names the file and the problem."""
+
+
+def _import_sweeps():
+    # The PyPI package warns about its pydantic-v1 style config at import; nothing for us to act on.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import sweeps
+    return sweeps
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep file: ``name`` is the file's ``name:`` (else its stem); ``config`` the raw mapping."""
+
+    path: Path
+    name: str
+    config: dict
+
+    @property
+    def parameters(self) -> dict:
+        return self.config.get("parameters", {})
+
+
+def load_sweep(path: os.PathLike | str) -> Sweep:
+    """Read a W&B sweep YAML (safe loader), validate it, and return it.
+
+    Raises:
+        SweepError: naming the file and every problem found.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file not found: {path}")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SweepError(f"{path}: cannot parse YAML: {err}") from None
+    validate_sweep(config, source=str(path))
+    name = _safe(str(config.get("name") or path.stem))
+    return Sweep(path=path, name=name, config=config)
+
+
+def validate_sweep(config: Any, source: str = "sweep") -> None:
+    """Check a sweep config against W&B's schema (the ``sweeps`` package) and what a local run needs.
+
+    Raises:
+        SweepError: listing every violation, each naming the field.
+    """
+    if not isinstance(config, dict):
+        raise SweepError(f"{source}: a sweep file holds a mapping (program, method, metric, parameters, command)")
+    try:
+        problems = list(_import_sweeps().schema_violations_from_proposed_config(config))
+    except (ValueError, TypeError) as err:
+        problems = [str(err)]
+    problems += _local_problems(config)
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise SweepError(f"{source}: invalid W&B sweep config:\n  - " + "\n  - ".join(unique))
+
+
+def _local_problems(config: dict) -> list[str]:
+    problems: list[str] = []
+    command = config.get("command", list(DEFAULT_COMMAND))
+    if isinstance(command, list):
+        macros = [m for token in command for m in re.findall(r"\$\{([^}]*)\}", str(token))]
+        for macro in macros:
+            if macro not in KNOWN_MACROS and not macro.startswith("envvar:"):
+                problems.append(
+                    f"command: macro ${{{macro}}} is not one the local runner expands ({', '.join(KNOWN_MACROS)})"
+                )
+        if not any(m in ARG_MACROS for m in macros):
+            problems.append("command: no ${args...} macro, so the sweep's parameters would never reach the program")
+        if "program" in macros and not config.get("program"):
+            problems.append("program: missing, but the command uses ${program}")
+    params = config.get("parameters")
+    if isinstance(params, dict):
+        for name, spec in params.items():
+            if name in RUNNER_KEYS:
+                problems.append(f"parameters.{name}: set by the runner (sweep name, run name, --output-dir)")
+            if isinstance(spec, dict):
+                values = spec.get("values", [spec["value"]] if "value" in spec else [])
+                if isinstance(values, list) and any(v is None for v in values):
+                    problems.append(f"parameters.{name}: null reaches the program as the string 'None'")
+    return problems
+
+
+# ---------------------------------------------------------------------------------- expansion
+
+
+def varying_parameters(config: Mapping[str, Any]) -> list[str]:
+    """Parameter names that can differ between runs (anything but a single ``value:``), in file order."""
+    names = []
+    for name, spec in config.get("parameters", {}).items():
+        if isinstance(spec, dict) and set(spec) - {"value", "description"}:
+            names.append(name)
+    return names
+
+
+def expand(config: Mapping[str, Any], count: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """The runs of a sweep as flat ``{parameter: value}`` dicts, keys in the file's order.
+
+    Args:
+        config: a validated sweep config.
+        count: grid: the first ``count`` runs (like ``wandb agent --count``); random: the number of draws
+            (default: the file's ``run_cap``).
+        seed: seeds random search, so the same seed always gives the same runs.
+
+    Returns:
+        grid: every combination, in the order W&B's grid search proposes them; random: the distinct draws.
+    """
+    method = config.get("method")
+    if method == "grid":
+        runs = _expand_grid(config)
+        return runs[:count] if count else runs
+    if method == "random":
+        n = count or config.get("run_cap")
+        if not n or n < 1:
+            raise SweepError("random search needs a number of runs: pass --count N (or set run_cap in the file)")
+        return _expand_random(config, int(n), seed)
+    raise SweepError(
+        f"method '{method}' cannot run locally: it needs metric feedback from a W&B server "
+        f"(use `wandb sweep` + `wandb agent`), or use one of {LOCAL_METHODS}"
+    )
+
+
+def _flatten(run_config: Mapping[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    flat = {name: _plain(spec["value"]) for name, spec in run_config.items()}
+    return {name: flat[name] for name in sorted(flat, key=lambda n: order.index(n) if n in order else len(order))}
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (random search draws them) as Python values, so they format and serialize like W&B's."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        return value.item()
+    return value
+
+
+def _expand_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    sweeps = _import_sweeps()
+    order = list(config.get("parameters", {}))
+    proposed: list = []
+    while True:
+        # next_runs skips grid points already among `proposed`, so asking in batches walks the whole grid.
+        batch = sweeps.next_runs(dict(config), proposed, validate=False, n=256)
+        new = [run for run in batch if run is not None]
+        proposed.extend(new)
+        if len(new) < len(batch) or not new:
+            break
+        if len(proposed) > MAX_GRID_RUNS:
+            raise SweepError(f"grid has more than {MAX_GRID_RUNS} runs")
+    return [_flatten(run.config, order) for run in proposed]
+
+
+def _expand_random(config: Mapping[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
+    sweeps = _import_sweeps()
+    order = list(config.get("parameters", {}))
+    state = random.getstate()  # the sweeps package samples with the `random` module
+    try:
+        random.seed(seed)
+        draws = sweeps.next_runs(dict(config), [], validate=False, n=n)
+    finally:
+        random.setstate(state)
+    runs, seen = [], set()
+    for run in draws:
+        params = _flatten(run.config, order)
+        key = params_hash(params)
+        if key not in seen:
+            seen.add(key)
+            runs.append(params)
+    if len(runs) < n:
+        log.warning("random search drew %d duplicate parameter sets; %d distinct runs remain", n - len(runs), len(runs))
+    return runs
+
+
+# ------------------------------------------------------------------------------ names, commands
+
+
+def params_hash(params: Mapping[str, Any], length: int = 8) -> str:
+    """A short stable hash of a run's parameters."""
+    blob = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:length]
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub("_", text)
+
+
+def _format_number(value: float | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    text = f"{value:.4g}"
+    return text if any(c in text for c in ".einf") else text + ".0"
+
+
+def _name_part(key: str, value: Any) -> str:
+    last = key.split(".")[-1]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return last if value else f"no_{last}"
+    if isinstance(value, (int, float)):
+        return f"{last}{_format_number(value)}"
+    return f"{last}{json.dumps(value, sort_keys=True, separators=(',', ':'))}"
+
+
+def run_name(sweep_name: str, params: Mapping[str, Any], varying: Sequence[str], hashed: bool = False) -> str:
+    """``<sweep>-<part>-<part>``: group choices and strings as their value (``vit_s16``), numbers as
+    ``<last key><value>`` (``scale0.25``), booleans as ``<key>``/``no_<key>``; filesystem-safe.
+
+    ``hashed`` (random search, or a collision) appends a hash of all parameters; names over 120
+    characters are cut and hashed too.
+    """
+    parts = [sweep_name] + [_name_part(k, params[k]) for k in varying if k in params]
+    name = _safe("-".join(parts))
+    if hashed or len(name) > 120:
+        name = f"{name[:100]}-{params_hash(params)}"
+    return name
+
+
+def command_args(params: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The argument macros for one run, formatted exactly as ``wandb agent`` formats them
+    (``f"{key}={value}"``, so ``True``, ``0.1``, ``vit_s16``)."""
+    out: dict[str, list[str]] = {m: [] for m in ARG_MACROS}
+    for key, value in params.items():
+        flag = f"{key}={value}"
+        out["args"].append("--" + flag)
+        out["args_no_hyphens"].append(flag)
+        out["args_no_equals"] += [f"--{key}", str(value)]
+        out["args_append_hydra"].append("+" + flag)
+        out["args_override_hydra"].append("++" + flag)
+        if isinstance(value, bool):
+            if value:
+                out["args_no_boolean_flags"].append("--" + key)
+        else:
+            out["args_no_boolean_flags"].append("--" + flag)
+    out["args_json"] = [json.dumps(dict(params))]
+    return out
+
+
+def build_command(
+    config: Mapping[str, Any],
+    params: Mapping[str, Any],
+    python: str = sys.executable,
+    runner_items: Sequence[tuple[str, str]] = (),
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The command of one run: the sweep's ``command:`` (W&B's default when absent) with its macros
+    expanded, then ``runner_items`` (key, value) in the same flag style, then ``extra`` as given.
+
+    ``${env}`` expands to nothing (the environment is passed directly) and ``${interpreter}`` to ``python``.
+    """
+    template = [str(t) for t in (config.get("command") or DEFAULT_COMMAND)]
+    macros = command_args(params)
+    macros["env"] = []
+    macros["interpreter"] = [python]
+    macros["program"] = [str(config["program"])] if config.get("program") else []
+    command: list[str] = []
+    for token in template:
+        token = _ENVVAR.sub(lambda m: os.environ.get(m.group(1), m.group(1)), token)
+        if token.startswith("${") and token.endswith("}"):
+            command += macros[token[2:-1]]
+        else:
+            command.append(token)
+    hyphens = any(t in template for t in ("${args}", "${args_no_boolean_flags}", "${args_no_equals}"))
+    command += [f"{'--' if hyphens else ''}{key}={value}" for key, value in runner_items]
+    command += list(extra)
+    return command
+
+
+# ----------------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep: its name, parameters, full command and run directory."""
+
+    name: str
+    params: dict
+    command: list
+    run_dir: Path
+    program: str | None = None
+
+    @property
+    def overrides(self) -> list[str]:
+        """The command's items after the program: what train.py composes."""
+        if self.program and self.program in self.command:
+            return self.command[self.command.index(self.program) + 1 :]
+        return [c for c in self.command if "=" in c]
+
+
+def _override_key(item: str) -> str:
+    return item.lstrip("-+").split("=", 1)[0]
+
+
+def plan(
+    sweep: Sweep,
+    output_dir: os.PathLike | str = "runs",
+    count: int | None = None,
+    seed: int = 0,
+    extra: Sequence[str] = (),
+    python: str | None = None,
+    shard: tuple[int, int] | None = None,
+) -> list[PlannedRun]:
+    """Expand a sweep into named runs with their commands.
+
+    Args:
+        sweep: from ``load_sweep``.
+        output_dir: parent of the run directories (passed to every run as ``output_dir``).
+        count, seed: see ``expand``.
+        extra: overrides appended to every run's command (they win over the sweep's parameters).
+        python: interpreter for ``${interpreter}`` (default: this one).
+        shard: ``(index, total)``: keep runs ``index, index + total, ...`` (one agent per node or array task).
+
+    Returns:
+        The runs, in expansion order.
+    """
+    from configs.compose import ConfigError, normalize_overrides
+
+    try:
+        normalized = normalize_overrides(extra)
+    except ConfigError as err:
+        raise SweepError(f"extra overrides: {err}") from None
+    for item in normalized:
+        if _override_key(item) in RUNNER_KEYS:
+            raise SweepError(f"extra override '{item}': {_override_key(item)} is set by the runner (use --output-dir)")
+    method = sweep.config.get("method")
+    param_sets = expand(sweep.config, count=count, seed=seed)
+    varying = varying_parameters(sweep.config)
+    names = [run_name(sweep.name, p, varying, hashed=method != "grid") for p in param_sets]
+    dupes = {n for n in names if names.count(n) > 1}
+    names = [run_name(sweep.name, p, varying, hashed=True) if n in dupes else n for n, p in zip(names, param_sets)]
+    out_dir = Path(output_dir)
+    program = str(sweep.config["program"]) if sweep.config.get("program") else None
+    runs = []
+    for name, params in zip(names, param_sets):
+        items = [("logger.group", sweep.name), ("run_name", name), ("output_dir", str(out_dir))]
+        command = build_command(sweep.config, params, python=python or sys.executable, runner_items=items, extra=extra)
+        runs.append(PlannedRun(name=name, params=params, command=command, run_dir=out_dir / name, program=program))
+    if shard is not None:
+        index, total = shard
+        runs = runs[index::total]
+    return runs
+
+
+def composes(program: str | None) -> bool:
+    """Whether a program takes this repo's config overrides (train.py, evaluate.py)."""
+    return program is not None and Path(program).name in ("train.py", "evaluate.py")
+
+
+def check_overrides(runs: Sequence[PlannedRun], config_dir: os.PathLike | None = None) -> int:
+    """Compose every run's overrides with ``configs.compose`` (hardware checks aside).
+
+    Returns:
+        The number of distinct override sets checked (runs of other programs are not checked).
+
+    Raises:
+        SweepError: naming each run whose overrides do not compose, with the config error.
+    """
+    from configs.compose import ConfigError, compose
+
+    problems, checked = [], set()
+    for run in runs:
+        if not composes(run.program):
+            continue
+        # The runner's own items are valid by construction and differ per run: check the rest once.
+        key = tuple(o for o in run.overrides if _override_key(o) not in RUNNER_KEYS)
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            compose(list(key), config_dir=Path(config_dir) if config_dir else None, hardware=False)
+        except ConfigError as err:
+            problems.append(f"run {run.name}: {err}")
+    if problems:
+        raise SweepError("overrides that do not compose:\n  - " + "\n  - ".join(problems))
+    return len(checked)
+
+
+# ---------------------------------------------------------------------------------- execution
+
+
+def run_status(run_dir: os.PathLike) -> str:
+    """``status`` from ``<run_dir>/run.json`` ("finished", "running", "failed", ...), "missing" or "unreadable"."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return "missing"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "unreadable"
+    return str(record.get("status") or "unknown") if isinstance(record, dict) else "unreadable"
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one planned run: "finished", "failed", "skipped" (finished earlier) or "not started"."""
+
+    name: str
+    status: str
+    returncode: int | None = None
+    seconds: float = 0.0
+    params: dict = field(default_factory=dict)
+    note: str = ""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _recorded_overrides(run_dir: Path) -> list[str] | None:
+    try:
+        return json.loads((run_dir / "sweep.json").read_text()).get("overrides")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _comparable(overrides: Sequence[str]) -> list[str]:
+    return [o for o in overrides if _override_key(o) not in RUNNER_KEYS]
+
+
+def _gpu_slots(gpus: str | None, parallel: int) -> list[str | None]:
+    if not gpus:
+        return [None] * parallel
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    if len(ids) % parallel:
+        raise SweepError(f"--gpus lists {len(ids)} devices, which do not split evenly over --parallel {parallel}")
+    per = len(ids) // parallel
+    return [",".join(ids[i * per : (i + 1) * per]) for i in range(parallel)]
+
+
+def execute(
+    runs: Sequence[PlannedRun],
+    sweep_name: str = "sweep",
+    parallel: int = 1,
+    env: Mapping[str, str] | None = None,
+    gpus: str | None = None,
+    launcher: Sequence[str] = (),
+    fail_fast: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> list[RunOutcome]:
+    """Run the planned runs, ``parallel`` at a time, skipping those already finished.
+
+    Args:
+        runs: from ``plan``.
+        sweep_name: recorded in each run's ``sweep.json``.
+        parallel: runs at once. With 1 a run's output streams to this terminal; with more it goes to
+            ``<run_dir>/sweep.log``.
+        env: the environment of every run (default: this process's).
+        gpus: comma-separated device ids split evenly over the parallel slots (CUDA_VISIBLE_DEVICES).
+        launcher: tokens put before each command (e.g. ``srun --ntasks-per-node=8``).
+        fail_fast: start no new run after one fails.
+        echo: where progress lines go.
+
+    Returns:
+        One outcome per run, in plan order.
+    """
+    if parallel < 1:
+        raise SweepError("--parallel must be at least 1")
+    # Flushed at once, so a progress line never lands after the output of the run it announces.
+    echo = echo or (lambda line: print(line, flush=True))
+    slots: queue.Queue = queue.Queue()
+    for slot in _gpu_slots(gpus, parallel):
+        slots.put(slot)
+    base_env = dict(os.environ if env is None else env)
+    outcomes: dict[str, RunOutcome] = {}
+    todo: list[PlannedRun] = []
+    for run in runs:
+        if run_status(run.run_dir) == "finished":
+            recorded = _recorded_overrides(run.run_dir)
+            note = "finished earlier"
+            if recorded is not None and _comparable(recorded) != _comparable(run.overrides):
+                note += "; its overrides differ from this plan (delete the run directory to run it again)"
+            outcomes[run.name] = RunOutcome(run.name, "skipped", params=run.params, note=note)
+            echo(f"skip {run.name}: {note}")
+        else:
+            todo.append(run)
+    live: set[subprocess.Popen] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+    position = {run.name: i + 1 for i, run in enumerate(todo)}
+
+    def launch(run: PlannedRun) -> RunOutcome:
+        if stop.is_set():
+            return RunOutcome(run.name, "not started", params=run.params, note="an earlier run failed (--fail-fast)")
+        slot = slots.get()
+        try:
+            previous = run_status(run.run_dir)
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            record = {"sweep": sweep_name, "params": run.params, "overrides": run.overrides, "command": run.command}
+            (run.run_dir / "sweep.json").write_text(json.dumps(record, indent=2, default=str))
+            run_env = dict(base_env)
+            if slot is not None:
+                run_env["CUDA_VISIBLE_DEVICES"] = slot
+            command = [*launcher, *run.command]
+            resumed = " (resuming: was " + previous + ")" if previous not in ("missing",) else ""
+            device = f" [CUDA_VISIBLE_DEVICES={slot}]" if slot is not None else ""
+            echo(f"[{position[run.name]}/{len(todo)}] start {run.name}{resumed}{device}\n  $ {shlex.join(command)}")
+            start = time.monotonic()
+            with contextlib.ExitStack() as stack:
+                kwargs: dict[str, Any] = {}
+                if parallel > 1:
+                    logfile = stack.enter_context(open(run.run_dir / "sweep.log", "a"))
+                    kwargs = {"stdout": logfile, "stderr": subprocess.STDOUT}
+                proc = subprocess.Popen(command, env=run_env, **kwargs)
+                with lock:
+                    live.add(proc)
+                try:
+                    returncode = proc.wait()
+                finally:
+                    with lock:
+                        live.discard(proc)
+            seconds = time.monotonic() - start
+        finally:
+            slots.put(slot)
+        status = "finished" if returncode == 0 else "failed"
+        note = "" if returncode == 0 else f"exit code {returncode}"
+        if returncode == 0 and composes(run.program) and run_status(run.run_dir) != "finished":
+            note = "exit code 0 but run.json does not say finished"
+        if status == "failed" and fail_fast:
+            stop.set()
+        log_hint = f" (log: {run.run_dir / 'sweep.log'})" if parallel > 1 and status == "failed" else ""
+        echo(f"{status} {run.name} in {seconds:.0f}s{(': ' + note) if note else ''}{log_hint}")
+        return RunOutcome(run.name, status, returncode, seconds, params=run.params, note=note)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {pool.submit(launch, run): run for run in todo}
+        try:
+            for future in as_completed(futures):
+                outcome = future.result()
+                outcomes[outcome.name] = outcome
+        except KeyboardInterrupt:
+            stop.set()
+            with lock:
+                for proc in live:
+                    proc.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return [outcomes[run.name] for run in runs]
+
+
+def summary(outcomes: Sequence[RunOutcome], sweep_name: str) -> str:
+    """A plain-text table of outcomes with counts per status."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    head = f"sweep {sweep_name}: {len(outcomes)} runs (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
+    width = max([len(o.name) for o in outcomes] + [3])
+    lines = [head, f"  {'run':<{width}}  {'status':<11}  {'time':>7}  note"]
+    for o in outcomes:
+        took = f"{o.seconds:.0f}s" if o.seconds else "-"
+        lines.append(f"  {o.name:<{width}}  {o.status:<11}  {took:>7}  {o.note}")
+    return "\n".join(lines)
+
+
+def write_summary(outcomes: Sequence[RunOutcome], sweep: Sweep, output_dir: Path, started: str) -> Path:
+    """Write ``<output_dir>/<sweep>.sweep.json`` (a file, so run collectors never mistake it for a run)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / f"{sweep.name}.sweep.json"
+    record = {
+        "sweep": sweep.name,
+        "file": str(sweep.path),
+        "started": started,
+        "ended": _now(),
+        "runs": [vars(o) for o in outcomes],
+    }
+    path.write_text(json.dumps(record, indent=2, default=str))
+    return path
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
+        raise SweepError(f"--shard '{text}' must be INDEX/TOTAL with 0 <= INDEX < TOTAL (e.g. 0/4)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_sweep.py",
+        description="Run a W&B sweep file locally (no W&B server): grid or seeded random, resumable.",
+        epilog="Overrides after `--` go to every run, e.g. `-- trainer.max_steps=50 data.num_workers=0`.",
+    )
+    parser.add_argument("sweep", help="a W&B sweep YAML, e.g. sweeps/demo_cpu.yaml")
+    parser.add_argument("--output-dir", default="runs", help="parent of the run directories (default: runs)")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--count", type=int, default=None, help="random: number of runs; grid: the first N")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random search (default 0)")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs and their commands; run nothing")
+    parser.add_argument("--shard", default=None, help="INDEX/TOTAL: run only this agent's share (e.g. a SLURM array)")
+    parser.add_argument("--gpus", default=None, help="device ids split over the parallel slots, e.g. 0,1,2,3")
+    parser.add_argument("--launcher", default="", help="prefix for every command, e.g. 'srun --ntasks-per-node=8'")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for ${interpreter}")
+    parser.add_argument(
+        "--wandb-mode", default="offline", choices=("offline", "online", "disabled"), help="WANDB_MODE of the runs"
+    )
+    parser.add_argument("--fail-fast", action="store_true", help="start no new run after one fails")
+    parser.add_argument("--no-check", action="store_true", help="skip composing every run's overrides first")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``run_sweep.py``: returns 0 when every run finished (or had finished), 1 when one failed, 2 on a bad sweep."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    started = _now()
+    try:
+        sweep = load_sweep(args.sweep)
+        runs = plan(
+            sweep,
+            output_dir=args.output_dir,
+            count=args.count,
+            seed=args.seed,
+            extra=extra,
+            python=args.python,
+            shard=_parse_shard(args.shard),
+        )
+        if not args.no_check:
+            check_overrides(runs)
+        program = sweep.config.get("program")
+        if program and not args.dry_run and not Path(program).exists():
+            raise SweepError(f"program '{program}' not found from {Path.cwd()}: run from the repository root")
+    except SweepError as err:
+        print(f"sweep error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"sweep {sweep.name} ({sweep.path}): {len(runs)} runs, method {sweep.config.get('method')}")
+        for run in runs:
+            state = run_status(run.run_dir)
+            action = "skip (finished)" if state == "finished" else ("resume" if state != "missing" else "run")
+            print(f"  {action:<15} {run.name}\n    $ {shlex.join([*shlex.split(args.launcher), *run.command])}")
+        return 0
+    env = dict(os.environ, WANDB_MODE=args.wandb_mode)
+    try:
+        outcomes = execute(
+            runs,
+            sweep_name=sweep.name,
+            parallel=args.parallel,
+            env=env,
+            gpus=args.gpus,
+            launcher=shlex.split(args.launcher),
+            fail_fast=args.fail_fast,
+        )
+    except SweepError as err:
+        print(f"sweep error: {err}", file=sys.stderr)
+        return 2
+    print(summary(outcomes, sweep.name))
+    path = write_summary(outcomes, sweep, Path(args.output_dir), started)
+    print(f"summary: {path}")
+    return 0 if all(o.status in ("finished", "skipped") for o in outcomes) else 1

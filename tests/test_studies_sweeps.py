@@ -1,0 +1,250 @@
+"""Sweep files: W&B schema validation, overrides that compose, grid/random expansion, command building,
+and the experiment presets they point at."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from configs.compose import ConfigError, compose
+from studies.sweep import (
+    Sweep,
+    SweepError,
+    _import_sweeps,
+    build_command,
+    check_overrides,
+    command_args,
+    expand,
+    load_sweep,
+    plan,
+    run_name,
+    validate_sweep,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
+EXPERIMENTS = sorted((ROOT / "configs" / "experiment").glob("*.yaml"))
+
+
+def _sweep(config: dict, name: str = "t") -> Sweep:
+    validate_sweep(config)
+    return Sweep(path=Path(f"{name}.yaml"), name=name, config=config)
+
+
+# ------------------------------------------------------------------------------ the sweep files
+
+
+def test_sweeps_folder_holds_no_python_and_the_pypi_package_imports():
+    assert not list((ROOT / "sweeps").rglob("*.py")), "sweeps/ must hold no Python: it would shadow the PyPI package"
+    sweeps = _import_sweeps()
+    assert hasattr(sweeps, "next_runs") and "site-packages" in sweeps.__file__
+
+
+def test_required_sweeps_exist_with_the_brief_parameters():
+    names = {p.stem for p in SWEEP_FILES}
+    for study in ("scale_arch", "label_space", "multitask", "embedding_form", "cost"):
+        assert study in names and f"{study}_cpu" in names
+    assert "demo_cpu" in names
+    scale_arch = load_sweep(ROOT / "sweeps/scale_arch.yaml").parameters
+    assert scale_arch["model"]["values"] == ["resnet50", "resnext101_32x8d", "vit_s16", "vit_b16", "vit_l16"]
+    assert scale_arch["data.weak_label.scale"]["values"] == [0.01, 0.1, 0.25, 1.0]
+    demo = load_sweep(ROOT / "sweeps/demo_cpu.yaml").parameters
+    assert demo["model"]["values"] == ["vit_demo", "resnet_demo"]
+    assert demo["data.weak_label.scale"]["values"] == [0.25, 1.0]
+    assert demo["experiment"]["value"] == "demo_cpu"
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_sweep_file_validates_and_every_run_composes(path):
+    sweep = load_sweep(path)  # W&B's schema via the sweeps package + the local checks
+    config = sweep.config
+    assert config["program"] == "train.py"
+    assert config["command"] == ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
+    experiment = config["parameters"]["experiment"]["value"]
+    assert (ROOT / "configs/experiment" / f"{experiment}.yaml").is_file()
+    if config["metric"]["name"].startswith("eval/"):
+        assert config["parameters"]["evaluate_after_fit"]["value"] is True  # metric logged in the same run
+    runs = plan(sweep, count=3 if config["method"] == "random" else None)
+    assert runs and len({r.name for r in runs}) == len(runs)
+    assert check_overrides(runs) >= 1
+    if path.stem.endswith("_cpu"):
+        cfg = compose(runs[0].overrides, hardware=False)
+        assert cfg.trainer.accelerator == "cpu" and cfg.model.name in ("vit_tiny_patch16_224", "resnet18")
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"method": "grd"}, "'grd' is not one of"),
+        ({"parameters": {"model": {"vales": ["a"]}}}, "invalid hyperparameter configuration: model"),
+        ({"metric": {"name": "m", "goal": "maximise"}}, "'maximise' is not one of"),
+        ({"parameters": {"model": {"values": []}}}, "invalid hyperparameter configuration: model"),
+        ({"command": "python train.py"}, "is not of type 'array'"),
+        ({"command": ["${interpreter}", "${program}", "${argz}"]}, "macro ${argz}"),
+        ({"command": ["${interpreter}", "${program}"]}, "no ${args...} macro"),
+        ({"parameters": {"init_from": {"values": [None, "a.ckpt"]}}}, "parameters.init_from: null"),
+        ({"parameters": {"run_name": {"value": "x"}}}, "parameters.run_name: set by the runner"),
+    ],
+)
+def test_broken_sweep_fails_validation_naming_the_problem(tmp_path, change, expected):
+    config = yaml.safe_load((ROOT / "sweeps/demo_cpu.yaml").read_text())
+    config.update(change)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SweepError) as err:
+        load_sweep(path)
+    assert expected in str(err.value) and "broken.yaml" in str(err.value)
+
+
+def test_unparsable_or_missing_sweep_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SweepError, match="bad.yaml: cannot parse YAML"):
+        load_sweep(bad)
+    with pytest.raises(SweepError, match="not found"):
+        load_sweep(tmp_path / "nope.yaml")
+
+
+def test_override_typo_fails_before_any_run_naming_the_key():
+    sweep = load_sweep(ROOT / "sweeps/demo_cpu.yaml")
+    with pytest.raises(SweepError, match=r"run demo_cpu-vit_demo-scale0.25: unknown config key 'model\.nme'"):
+        check_overrides(plan(sweep, extra=["model.nme=3"]))
+    broken = dict(sweep.config, parameters={**sweep.parameters, "data.weak_label.scale": {"values": [1.5]}})
+    with pytest.raises(SweepError, match=r"data\.weak_label\.scale.*outside"):
+        check_overrides(plan(_sweep(broken)))
+
+
+def test_extra_overrides_cannot_take_over_the_runner_keys():
+    sweep = load_sweep(ROOT / "sweeps/demo_cpu.yaml")
+    with pytest.raises(SweepError, match="output_dir is set by the runner"):
+        plan(sweep, extra=["output_dir=elsewhere"])
+
+
+# --------------------------------------------------------------------------------- expansion
+
+
+def test_grid_expansion_gives_every_combination():
+    sweep = load_sweep(ROOT / "sweeps/demo_cpu.yaml")
+    runs = plan(sweep, output_dir="out")
+    assert len(runs) == 4
+    got = {(r.params["model"], r.params["data.weak_label.scale"]) for r in runs}
+    assert got == {("vit_demo", 0.25), ("vit_demo", 1.0), ("resnet_demo", 0.25), ("resnet_demo", 1.0)}
+    for r in runs:  # constants reach every run; keys keep the file's order
+        assert list(r.params) == ["experiment", "evaluate_after_fit", "model", "data.weak_label.scale"]
+        assert r.params["experiment"] == "demo_cpu" and r.params["evaluate_after_fit"] is True
+    assert {r.name for r in runs} == {
+        "demo_cpu-vit_demo-scale0.25",
+        "demo_cpu-resnet_demo-scale0.25",
+        "demo_cpu-vit_demo-scale1.0",
+        "demo_cpu-resnet_demo-scale1.0",
+    }
+    assert all(r.run_dir == Path("out") / r.name for r in runs)
+    assert [r.name for r in plan(sweep, count=2)] == [r.name for r in runs[:2]]  # --count N: the first N
+
+
+def test_grid_expansion_matches_the_cartesian_product():
+    sweep = load_sweep(ROOT / "sweeps/scale_arch.yaml")
+    params = expand(sweep.config)
+    p = sweep.parameters
+    want = set(itertools.product(p["model"]["values"], p["data.weak_label.scale"]["values"]))
+    assert len(params) == len(want) == 20
+    assert {(x["model"], x["data.weak_label.scale"]) for x in params} == want
+    big = {"method": "grid", "parameters": {"a": {"values": list(range(30))}, "b": {"values": list(range(20))}}}
+    assert len(expand(big)) == 600  # more than one batch of the sweeps package's proposals
+
+
+def test_random_expansion_is_seeded_and_reproducible():
+    sweep = load_sweep(ROOT / "sweeps/optim_cpu.yaml")
+    first = plan(sweep, count=5, seed=1)
+    again = plan(sweep, count=5, seed=1)
+    other = plan(sweep, count=5, seed=2)
+    assert [r.params for r in first] == [r.params for r in again]
+    assert [r.name for r in first] == [r.name for r in again]
+    assert [r.params for r in first] != [r.params for r in other]
+    assert len({r.name for r in first}) == 5
+    for r in first:
+        assert 1e-4 <= r.params["optim.lr"] <= 3e-3 and type(r.params["optim.lr"]) is float
+        assert r.params["optim.weight_decay"] in (0.0, 0.05, 0.1)
+        assert r.params["model"] == "vit_demo"
+        assert r.name.startswith("optim_cpu-lr") and len(r.name.rsplit("-", 1)[1]) == 8  # hashed suffix
+    assert len(plan(sweep, seed=0)) == sweep.config["run_cap"]  # run_cap when no --count
+    with pytest.raises(SweepError, match="--count"):
+        expand({"method": "random", "parameters": {"a": {"values": [1, 2]}}})
+
+
+def test_bayes_is_refused_locally_with_the_way_out():
+    config = {"method": "bayes", "metric": {"name": "m", "goal": "maximize"}, "parameters": {"a": {"values": [1]}}}
+    with pytest.raises(SweepError, match="wandb agent"):
+        expand(config)
+
+
+def test_run_names_are_deterministic_and_filesystem_safe():
+    params = {"model": "vit_s16", "data.weak_label.scale": 0.1, "model.compile": False, "init_from": "a/b.ckpt"}
+    varying = list(params)
+    assert run_name("s", params, varying) == "s-vit_s16-scale0.1-no_compile-a_b.ckpt"
+    assert run_name("s", {"model.compile": True, "x.dim": 64}, ["model.compile", "x.dim"]) == "s-compile-dim64"
+    hashed = run_name("s", params, varying, hashed=True)
+    assert hashed.startswith("s-vit_s16") and hashed == run_name("s", dict(reversed(params.items())), varying, True)
+    assert len(run_name("s", {"k": "x" * 300}, ["k"])) <= 120
+
+
+# ---------------------------------------------------------------------------------- commands
+
+
+def test_command_args_match_wandb_agent():
+    utils = pytest.importorskip("wandb.sdk.launch.sweeps.utils")
+    params = {"model": "vit_s16", "data.weak_label.scale": 0.1, "evaluate_after_fit": True, "x": False, "n": 3}
+    want = utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    got = command_args(params)
+    for macro in ("args", "args_no_hyphens", "args_no_equals", "args_no_boolean_flags", "args_json"):
+        assert got[macro] == want[macro], macro
+
+
+def test_build_command_expands_macros_and_adds_runner_items_in_the_same_style():
+    config = {"program": "train.py", "command": ["${env}", "${interpreter}", "${program}", "--x=1", "${args}"]}
+    items = [("logger.group", "g"), ("run_name", "r")]
+    cmd = build_command(config, {"model": "vit_s16"}, python="py", runner_items=items, extra=["seed=3"])
+    assert cmd == ["py", "train.py", "--x=1", "--model=vit_s16", "--logger.group=g", "--run_name=r", "seed=3"]
+    cmd = build_command({"program": "train.py"}, {"a.b": 1}, python="py")  # no command: W&B's default
+    assert cmd == ["py", "train.py", "--a.b=1"]
+
+
+def test_overrides_of_both_forms_compose_alike():
+    sweep = load_sweep(ROOT / "sweeps/demo_cpu.yaml")
+    hyphen = _sweep(dict(sweep.config, command=["${env}", "${interpreter}", "${program}", "${args}"]), "demo_cpu")
+    a, b = plan(sweep)[0], plan(hyphen)[0]
+    assert b.overrides[0].startswith("--") and a.name == b.name
+    assert compose(a.overrides, hardware=False) == compose(b.overrides, hardware=False)
+
+
+# ------------------------------------------------------------------------- experiment presets
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_experiment_preset_composes_and_says_what_it_costs(path):
+    text = path.read_text()
+    assert text.startswith("#") and "Compute" in text, "header comment with the compute it needs"
+    cfg = compose([f"experiment={path.stem}"], hardware=False)
+    assert cfg.experiment == path.stem
+    if path.stem.endswith("_cpu"):
+        assert cfg.trainer.accelerator == "cpu" and cfg.data.img_size <= 64 and cfg.trainer.max_steps <= 500
+    else:
+        assert (path.parent / f"{path.stem}_cpu.yaml").is_file(), "every full-scale preset has a CPU twin"
+        assert cfg.data.img_size == 224 and cfg.trainer.accelerator == "gpu"
+    if cfg.stage == "multitask":
+        assert cfg.init_from and cfg.optim.layer_decay is not None
+
+
+def test_presets_fail_on_this_cpu_machine_only_for_hardware():
+    # Composed normally, a GPU preset names the hardware it needs instead of a config mistake.
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    from configs.compose import compose
+
+    with pytest.raises(ConfigError, match="trainer.accelerator"):
+        compose(["experiment=scale_arch"])
