@@ -1,0 +1,565 @@
+"""The multi-task LightningModule: one timm backbone, a dict of task heads, per-task losses and metrics.
+
+Batches are dicts keyed by dataset name (docs/ARCHITECTURE.md); a task's loss is computed only when
+its dataset is in the batch, and the images of all present datasets go through the backbone in one
+forward. Logged names follow docs/ARCHITECTURE.md ("Metric names").
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from timm.layers import resample_abs_pos_embed
+from timm.utils import ModelEmaV3
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
+from torchmetrics.functional.classification import multilabel_average_precision
+from torchmetrics.utilities import dim_zero_cat
+
+from lit_modules.backbones import create_backbone, feature_dim
+from lit_modules.checkpoints import CheckpointError, InitReport, compatibility_problems, describe, read_checkpoint
+from lit_modules.heads import TaskSpec, build_heads, task_datasets, task_specs
+from lit_modules.losses import classification_loss, multi_hot_softmax_loss, multi_label_bce_loss, proxy_logits
+from lit_modules.optim import backbone_group_matcher, build_optimizer, param_group_spec
+
+__all__ = [
+    "MultiTaskModule",
+    "NonFiniteLossError",
+    "WeakLabelMAP",
+    "complete_config",
+    "load_module",
+    "precision_at_k",
+]
+
+log = logging.getLogger(__name__)
+
+PRECISION_AT = (1, 5)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN/inf loss with ``trainer.nonfinite_loss=raise``: the run stops before the weights change."""
+
+
+def complete_config(config: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+    """The plain-dict run config with every schema default filled in (configs/schema.py).
+
+    Raises:
+        ValueError: a key or value that does not fit the schema, named.
+    """
+    from configs.schema import RunConfig
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), config)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or "?"
+        raise ValueError(f"config key '{key}' does not fit configs/schema.py: {str(err).splitlines()[0]}") from None
+    return OmegaConf.to_container(merged, resolve=True)
+
+
+class WeakLabelMAP(MultilabelAveragePrecision):
+    """Macro mean average precision over the labels that have at least one positive in the split.
+
+    Labels absent from the evaluated split have no defined AP; torchmetrics would count them as 0.
+    """
+
+    def __init__(self, num_labels: int, **kwargs: Any):
+        super().__init__(num_labels=num_labels, average="none", thresholds=None, validate_args=False, **kwargs)
+
+    def compute(self) -> torch.Tensor:
+        target = dim_zero_cat(self.target)
+        has_positive = (target == 1).sum(dim=0) > 0
+        if not bool(has_positive.any()):
+            return torch.tensor(float("nan"), device=target.device)
+        preds = dim_zero_cat(self.preds)
+        # Score only the labels with positives (this also keeps torchmetrics' no-positive warning away).
+        return multilabel_average_precision(
+            preds[:, has_positive],
+            target[:, has_positive],
+            num_labels=int(has_positive.sum()),
+            average="macro",
+            thresholds=None,
+            validate_args=False,
+        )
+
+
+def precision_at_k(scores: torch.Tensor, positives: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-row precision@k: the fraction of the ``k`` top-scored labels that are positives.
+
+    Args:
+        scores: ``[B, C]`` label scores.
+        positives: ``[B, C]`` 0/1 targets.
+        k: how many top labels count.
+
+    Returns:
+        ``[B']`` values for the rows with at least one positive (rows without labels are not scored).
+    """
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+    hits = positives.gather(1, top).sum(dim=1).float() / k
+    return hits[positives.sum(dim=1) > 0]
+
+
+class MultiTaskModule(pl.LightningModule):
+    """One backbone, heads for every enabled task, losses weighted per task.
+
+    Args:
+        config: the plain-dict run config (``configs.compose.to_dict(compose([...]))``); missing keys
+            take the schema defaults.
+        num_classes: classes per dataset name, e.g. ``{"weak_label": 400, "fashion_mnist": 10}``.
+
+    State-dict keys: ``backbone.*`` (the timm model, no ``_orig_mod.`` even when compiled),
+    ``heads.*`` (see ``lit_modules.heads``), ``ema.module.{backbone,heads}.*`` with EMA on.
+    """
+
+    def __init__(self, config: Mapping[str, Any] | DictConfig, num_classes: Mapping[str, int]):
+        super().__init__()
+        cfg = complete_config(config)
+        num_classes = {str(k): int(v) for k, v in dict(num_classes).items()}
+        # Plain containers only, so the checkpoint loads with torch.load(weights_only=True).
+        self.save_hyperparameters({"config": cfg, "num_classes": num_classes})
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.tasks: list[TaskSpec] = task_specs(cfg["tasks"])
+        self.datasets: list[str] = task_datasets(cfg["tasks"])
+        self.img_size = int(cfg["data"]["img_size"])
+        self.channels_last = bool(cfg["model"]["channels_last"])
+        self.nonfinite_mode = str(cfg["trainer"]["nonfinite_loss"])
+        self.nonfinite_skipped = 0
+        self._skip_optimizer_step = False
+        self.init_report: InitReport | None = None
+        self._weights_restored = False  # set by load_module
+
+        trainer_cfg = cfg["trainer"]
+        fsdp_checkpointing = (
+            str(trainer_cfg["strategy"]).startswith("fsdp") and trainer_cfg["fsdp"]["activation_checkpointing"]
+        )
+        # Compiled after the EMA copy is made (a compiled module does not deep-copy cleanly).
+        model_cfg = {**cfg["model"], "compile": False}
+        self.backbone = create_backbone(model_cfg, self.img_size, apply_grad_checkpointing=not fsdp_checkpointing)
+        self.feature_dim = feature_dim(self.backbone)
+        self.heads = build_heads(cfg["tasks"], self.feature_dim, num_classes)
+
+        ema_decay = cfg["optim"]["ema_decay"]
+        self.ema: ModelEmaV3 | None = None
+        if ema_decay:
+            self.ema = ModelEmaV3(self._ema_source(), decay=float(ema_decay))
+            self.ema.requires_grad_(False)
+            # Never run forward (its weights are copied out for evaluation); follow the module's mode so
+            # Lightning does not warn about eval-mode submodules at fit start.
+            self.ema.module.train(self.training)
+
+        # Computed on the unwrapped module so every rank agrees after DDP/FSDP wrapping.
+        self._param_spec = param_group_spec(self, float(cfg["optim"]["weight_decay"]), cfg["optim"]["layer_decay"])
+        if cfg["model"]["compile"]:
+            self.backbone.compile()
+
+        self.val_metrics = self._build_metrics()
+        self.test_metrics = self._build_metrics()
+
+    # ------------------------------------------------------------------------------- structure
+
+    def _ema_source(self) -> nn.Module:
+        # Shares the live submodules: same state-dict order as the EMA copy, no extra parameters.
+        return nn.ModuleDict({"backbone": self.backbone, "heads": self.heads})
+
+    def no_weight_decay(self) -> set[str]:
+        """timm protocol: the backbone's no-decay names (position embeddings, class tokens), prefixed."""
+        names = getattr(self.backbone, "no_weight_decay", lambda: set())()
+        return {f"backbone.{n}" for n in names}
+
+    def group_matcher(self, coarse: bool = False):
+        """timm protocol: layer ids for layer-wise LR decay (backbone layers, heads on top)."""
+        return backbone_group_matcher(self.backbone)
+
+    def _build_metrics(self) -> nn.ModuleDict:
+        metrics = nn.ModuleDict()
+        for spec in self.tasks:
+            if spec.kind == "weak_label":
+                metrics["weak_label_map"] = WeakLabelMAP(self.num_classes["weak_label"])
+                for k in PRECISION_AT:
+                    metrics[f"weak_label_p{k}"] = MeanMetric()
+            elif spec.kind == "classifier":
+                if spec.dataset == "weak_label":  # multi-hot target: top-1 is right when it is any label
+                    metrics[f"clf_{spec.head}_acc"] = MeanMetric()
+                else:
+                    n = self.num_classes[spec.dataset]
+                    metrics[f"clf_{spec.head}_acc"] = MulticlassAccuracy(num_classes=n, average="micro")
+        return metrics
+
+    # --------------------------------------------------------------------------------- forward
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone feature ``[B, feature_dim]``."""
+        if self.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone(images)
+
+    def embed(self, images: torch.Tensor, feature: str = "embedding") -> torch.Tensor:
+        """Features for retrieval: ``"embedding"`` is the L2-normalized embedding head output
+        ``[B, tasks.embedding.dim]``; ``"backbone"`` the pooled backbone feature. Returns float32."""
+        feats = self(images)
+        if feature == "backbone":
+            return feats.float()
+        if feature != "embedding":
+            raise ValueError(f"feature='{feature}' is not embedding|backbone")
+        if "embedding" not in self.heads:
+            raise ValueError("this model has no embedding head (tasks.embedding.enabled=false): use feature='backbone'")
+        return self.heads["embedding"](feats).float()
+
+    def _task_logits(self, spec: TaskSpec, feats: torch.Tensor, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+        if spec.kind == "weak_label":
+            return self.heads["weak_label"](feats)
+        if spec.kind == "embedding":
+            if spec.dataset not in embeddings:
+                embeddings[spec.dataset] = self.heads["embedding"](feats)
+            temperature = float(self.cfg["tasks"]["embedding"]["temperature"])
+            return proxy_logits(embeddings[spec.dataset], self.heads["embedding"].proxies[spec.dataset], temperature)
+        return self.heads["classifiers"][spec.head](feats)
+
+    def _loss(self, spec: TaskSpec, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if spec.kind == "weak_label":
+            wl = self.cfg["tasks"]["weak_label"]
+            fn = multi_label_bce_loss if wl["loss"] == "bce" else multi_hot_softmax_loss
+            return fn(logits, target, float(wl["label_smoothing"]))
+        if spec.kind == "embedding":
+            return classification_loss(logits, target)  # logits are already cosine / temperature
+        smoothing = float(self.cfg["tasks"]["classifiers"][spec.head]["label_smoothing"])
+        return classification_loss(logits, target, smoothing)
+
+    def _check_target(self, spec: TaskSpec, target: torch.Tensor, batch_size: int) -> None:
+        n = self.num_classes[spec.dataset]
+        multi_hot = target.ndim == 2 and target.is_floating_point()
+        ok = (multi_hot and tuple(target.shape) == (batch_size, n)) or (
+            target.ndim == 1 and not target.is_floating_point() and target.shape[0] == batch_size
+        )
+        if spec.kind == "weak_label" and not multi_hot:
+            ok = False
+        if not ok:
+            expected = f"float [{batch_size}, {n}] multi-hot" + ("" if spec.kind == "weak_label" else " or long [B]")
+            raise ValueError(
+                f"batch['{spec.dataset}']['target'] has dtype {target.dtype} shape {tuple(target.shape)}; task "
+                f"'{spec.name}' expects {expected} (num_classes['{spec.dataset}']={n})"
+            )
+
+    def features_by_dataset(self, batch: Mapping[str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Backbone features of every dataset in the batch that some task reads (one forward)."""
+        present = [ds for ds in self.datasets if ds in batch]
+        if not present:
+            raise ValueError(
+                f"batch holds datasets {sorted(batch)} but the enabled tasks read {self.datasets}: nothing to train"
+            )
+        images = [batch[ds]["image"] for ds in present]
+        if len(images) > 1 and all(im.shape[1:] == images[0].shape[1:] for im in images):
+            feats = self(torch.cat(images)).split([im.shape[0] for im in images])
+        else:
+            feats = [self(im) for im in images]
+        return dict(zip(present, feats))
+
+    def compute_losses(
+        self, batch: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Losses of the tasks whose dataset is in ``batch``.
+
+        Returns:
+            ``(total, losses, logits)``: the weighted sum, and per task name (``weak_label``,
+            ``embedding/<dataset>``, ``clf/<name>``) the unweighted loss and the logits.
+        """
+        feats = self.features_by_dataset(batch)
+        losses: dict[str, torch.Tensor] = {}
+        logits: dict[str, torch.Tensor] = {}
+        embeddings: dict[str, torch.Tensor] = {}
+        total = None
+        for spec in self.tasks:
+            if spec.dataset not in feats:
+                continue
+            target = batch[spec.dataset]["target"]
+            self._check_target(spec, target, feats[spec.dataset].shape[0])
+            out = self._task_logits(spec, feats[spec.dataset], embeddings)
+            loss = self._loss(spec, out, target)
+            losses[spec.name], logits[spec.name] = loss, out
+            total = loss * spec.weight if total is None else total + loss * spec.weight
+        return total, losses, logits
+
+    def forward_all_heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every task head for one image batch (FLOP counting, inspection)."""
+        feats = self(images)
+        embeddings: dict[str, torch.Tensor] = {}
+        if "embedding" in self.heads:  # one image batch: one projection shared by every proxy bank
+            embedding = self.heads["embedding"](feats)
+            embeddings = {spec.dataset: embedding for spec in self.tasks if spec.kind == "embedding"}
+        return {spec.name: self._task_logits(spec, feats, embeddings) for spec in self.tasks}
+
+    def count_flops(self, batch_size: int = 1) -> int:
+        """FLOPs of one forward pass (backbone + every head) at ``data.img_size``, counted with
+        ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device twin (no memory, no compile)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        twin_cfg = copy.deepcopy(self.cfg)
+        twin_cfg["model"].update(compile=False, grad_checkpointing=False, channels_last=False)
+        twin_cfg["optim"]["ema_decay"] = None
+        with torch.device("meta"):
+            twin = MultiTaskModule(twin_cfg, self.num_classes).eval()  # BatchNorm takes a batch of 1 in eval
+            images = torch.empty(batch_size, 3, self.img_size, self.img_size)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            twin.forward_all_heads(images)
+        return int(counter.get_total_flops())
+
+    # ------------------------------------------------------------------------------- training
+
+    @staticmethod
+    def _batch_size(batch: Mapping[str, Mapping[str, Any]]) -> int:
+        return sum(int(part["image"].shape[0]) for part in batch.values() if "image" in part)
+
+    def _losses_finite(self, losses: dict[str, torch.Tensor], batch: Mapping, batch_idx: int) -> bool:
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        bad = ~torch.isfinite(values)
+        local_bad = bool(bad.any())  # one device sync per step: the price of never stepping on a NaN
+        trainer = self._trainer
+        any_bad = local_bad
+        if trainer is not None and trainer.world_size > 1:
+            # Every rank must take the same branch, or DDP would wait forever on the skipping rank.
+            any_bad = trainer.strategy.reduce_boolean_decision(local_bad, all=False)
+        if not any_bad:
+            return True
+        rank = trainer.global_rank if trainer is not None else 0
+        if local_bad:
+            names = [n for n, b in zip(losses, bad.tolist()) if b]
+            shown = {n: float(losses[n].detach()) for n in names}
+            keys = {ds: list(batch[ds].get("key", []))[:4] for ds in {s.dataset for s in self.tasks if s.name in names}}
+            where = f"in task(s) {names} (loss {shown}; first sample keys {keys}) on rank {rank}"
+        else:
+            where = f"on another rank (rank {rank} was finite)"
+        msg = f"non-finite loss at global step {self.global_step} (batch {batch_idx}) {where}"
+        if self.nonfinite_mode == "skip":
+            self.nonfinite_skipped += 1
+            log.warning(
+                "%s; step skipped, weights unchanged (trainer.nonfinite_loss=skip, %d skipped so far)",
+                msg,
+                self.nonfinite_skipped,
+            )
+            return False
+        raise NonFiniteLossError(
+            f"{msg}. The run stopped before the weights were updated. Lower optim.lr, keep "
+            "trainer.gradient_clip_val, prefer bf16-mixed over 16-mixed, check those samples, or set "
+            "trainer.nonfinite_loss=skip to skip such steps."
+        )
+
+    def training_step(self, batch: Mapping[str, Mapping[str, Any]], batch_idx: int) -> torch.Tensor:
+        total, losses, _ = self.compute_losses(batch)
+        if not self._losses_finite(losses, batch, batch_idx):
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, batch_size=1)
+            # Lightning refuses `return None` under DDP. A zero that touches every trainable parameter keeps
+            # DDP's gradient hooks in step on all ranks; on_before_optimizer_step then drops the gradients,
+            # so the optimizer leaves weights and moments untouched.
+            self._skip_optimizer_step = True
+            return torch.stack([p.sum() for p in self.parameters() if p.requires_grad]).sum() * 0.0
+        n = self._batch_size(batch)
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        for name, value in losses.items():
+            self.log(f"train/{name}/loss", value.detach(), on_step=True, on_epoch=False, batch_size=n)
+        return total
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_optimizer_step:  # a non-finite loss in this (accumulated) step, trainer.nonfinite_loss=skip
+            self._skip_optimizer_step = False
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None  # torch optimizers skip parameters without a gradient
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update(self._ema_source())
+
+    # ----------------------------------------------------------------------------- evaluation
+
+    def _eval_step(self, stage: str, batch: Mapping[str, Mapping[str, Any]]) -> torch.Tensor:
+        total, losses, logits = self.compute_losses(batch)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        n = self._batch_size(batch)
+        kw = dict(on_step=False, on_epoch=True, sync_dist=True, add_dataloader_idx=False)
+        self.log(f"{stage}/loss", total.detach(), prog_bar=True, batch_size=n, **kw)
+        for name, value in losses.items():
+            self.log(f"{stage}/{name}/loss", value.detach(), batch_size=n, **kw)
+        kw.pop("sync_dist")  # torchmetrics objects sync themselves
+        for spec in self.tasks:
+            if spec.name not in logits:
+                continue
+            target = batch[spec.dataset]["target"]
+            out = logits[spec.name].detach().float()
+            if spec.kind == "weak_label":
+                positives = (target > 0.5).long()
+                probs = out.sigmoid() if self.cfg["tasks"]["weak_label"]["loss"] == "bce" else out.softmax(dim=1)
+                metrics["weak_label_map"].update(probs, positives)
+                self.log(f"{stage}/weak_label/mAP", metrics["weak_label_map"], **kw)
+                for k in PRECISION_AT:
+                    per_row = precision_at_k(probs, positives, k)
+                    if per_row.numel():
+                        metrics[f"weak_label_p{k}"].update(per_row)
+                    self.log(f"{stage}/weak_label/p@{k}", metrics[f"weak_label_p{k}"], **kw)
+            elif spec.kind == "classifier":
+                metric = metrics[f"clf_{spec.head}_acc"]
+                if isinstance(metric, MulticlassAccuracy):
+                    metric.update(out, target)
+                else:
+                    metric.update(target.gather(1, out.argmax(dim=1, keepdim=True)).squeeze(1).gt(0.5).float())
+                self.log(f"{stage}/clf/{spec.head}/acc", metric, **kw)
+        return total
+
+    def validation_step(self, batch: Mapping[str, Mapping[str, Any]], batch_idx: int, dataloader_idx: int = 0):
+        return self._eval_step("val", batch)
+
+    def test_step(self, batch: Mapping[str, Mapping[str, Any]], batch_idx: int, dataloader_idx: int = 0):
+        return self._eval_step("test", batch)
+
+    # ------------------------------------------------------------------------------ optimizer
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """timm AdamW (fused on CUDA) over name-based groups, warmup + cosine LambdaLR stepped per step."""
+        total = int(self.cfg["trainer"]["max_steps"])
+        if total <= 0:
+            total = int(self.trainer.estimated_stepping_batches)
+        optimizer, scheduler = build_optimizer(self, self.cfg["optim"], self._param_spec, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ---------------------------------------------------------------------------- checkpoints
+
+    def setup(self, stage: str) -> None:
+        # Skipped when the caller already ran it (train.py), or the weights came from load_module.
+        if stage == "fit" and self.cfg.get("init_from") and self.init_report is None and not self._weights_restored:
+            self.load_pretrained(self.cfg["init_from"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_skipped"] = int(self.nonfinite_skipped)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hp = checkpoint.get("hyper_parameters") or {}
+        where = describe(getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None)
+        if not isinstance(hp.get("config"), dict) or not isinstance(hp.get("num_classes"), dict):
+            raise CheckpointError(f"{where} is not a checkpoint of this repo's MultiTaskModule")
+        problems = compatibility_problems(
+            hp,
+            {"config": self.cfg, "num_classes": self.num_classes},
+            check_img_size=hasattr(self.backbone, "pos_embed"),
+        )
+        if problems:
+            raise CheckpointError(
+                f"{where} does not fit this run: " + "; ".join(problems) + ". Resume with the checkpoint's "
+                "config, or start a new run (resume=never / another run_name; init_from for a new label space)."
+            )
+        self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
+
+    def load_pretrained(self, path: os.PathLike | str) -> InitReport:
+        """``init_from``: copy a checkpoint's backbone and the heads that match into this model.
+
+        Heads load when their key and shape match and (for weak-label heads and the weak-label proxy
+        bank) the weak-label label space is the same; a ViT's position embedding is resampled to this
+        run's ``data.img_size``. EMA weights (when on) restart from the loaded weights.
+
+        Returns:
+            An ``InitReport`` of loaded, new, shape-mismatched, resampled and unused keys (also
+            logged and kept as ``self.init_report``).
+
+        Raises:
+            CheckpointError: the backbone architecture differs or a backbone tensor does not fit.
+        """
+        ckpt = read_checkpoint(path)
+        hp = ckpt["hyper_parameters"]
+        problems = compatibility_problems(hp, {"config": self.cfg, "num_classes": self.num_classes}, check_tasks=False)
+        if problems:
+            raise CheckpointError(f"init_from={path}: " + "; ".join(problems))
+        src_data = hp["config"].get("data", {}).get("weak_label", {})
+        same_space = src_data.get("label_space") == self.cfg["data"]["weak_label"]["label_space"] and hp[
+            "num_classes"
+        ].get("weak_label") == self.num_classes.get("weak_label")
+        space_keys = ("heads.weak_label.", "heads.embedding.proxies.weak_label")
+
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("ema.")}
+        report = InitReport(path=str(path))
+        to_load: dict[str, torch.Tensor] = {}
+        for key, value in ckpt["state_dict"].items():
+            if key.startswith("ema."):
+                continue
+            if key not in own:
+                report.unused.append(key)
+                continue
+            if key.startswith(space_keys) and not same_space:
+                report.skipped_label_space.append(key)
+                continue
+            if value.shape != own[key].shape:
+                if key == "backbone.pos_embed" and value.ndim == 3:
+                    value = self._resample_pos_embed(value)
+                    report.resampled.append(key)
+                else:
+                    report.mismatched.append((key, list(value.shape), list(own[key].shape)))
+                    continue
+            to_load[key] = value
+        bad_backbone = [m for m in report.mismatched if m[0].startswith("backbone.")]
+        missing_backbone = [k for k in own if k.startswith("backbone.") and k not in to_load]
+        if bad_backbone or missing_backbone:
+            raise CheckpointError(
+                f"init_from={path}: the backbone does not fit this model (shape mismatches {bad_backbone[:5]}, "
+                f"missing {missing_backbone[:5]}): a different architecture cannot be loaded"
+            )
+        self.load_state_dict(to_load, strict=False)
+        report.loaded = sorted(to_load)
+        report.new = sorted(k for k in own if k not in to_load)
+        for name in ("mismatched", "resampled", "skipped_label_space", "unused"):
+            setattr(report, name, sorted(getattr(report, name)))
+        if self.ema is not None:
+            self.ema.set(self._ema_source())
+        self.init_report = report
+        log.info("%s", report.summary())
+        return report
+
+    def _resample_pos_embed(self, pos_embed: torch.Tensor) -> torch.Tensor:
+        grid = self.backbone.patch_embed.grid_size
+        prefix = 0 if getattr(self.backbone, "no_embed_class", False) else int(self.backbone.num_prefix_tokens)
+        return resample_abs_pos_embed(pos_embed, new_size=list(grid), num_prefix_tokens=prefix)
+
+
+def load_module(path: os.PathLike | str, map_location: Any = "cpu", use_ema: bool = False) -> MultiTaskModule:
+    """Load a ``MultiTaskModule`` from a checkpoint of this repo, safely (``weights_only=True``).
+
+    Args:
+        path: a ``.ckpt`` file (``last.ckpt`` / ``best.ckpt`` of a run directory).
+        map_location: where tensors land (``"cpu"`` by default).
+        use_ema: copy the EMA weights into the backbone and heads (checkpoints trained with
+            ``optim.ema_decay``).
+
+    Returns:
+        The module in eval mode, built from the checkpoint's own config (``model.compile`` off).
+
+    Raises:
+        CheckpointError: a pickle payload, an unreadable file, not a checkpoint of this repo, or
+            weights that do not fit the module built from its config; the message names the file.
+    """
+    ckpt = read_checkpoint(path, map_location=map_location)
+    hp = ckpt["hyper_parameters"]
+    config = copy.deepcopy(hp["config"])
+    config.setdefault("model", {})["compile"] = False
+    try:
+        module = MultiTaskModule(config, hp["num_classes"])
+    except ValueError as err:
+        raise CheckpointError(f"{path}: its config cannot build a model: {err}") from None
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the model built from its config: {err}") from None
+    if use_ema:
+        if module.ema is None:
+            raise CheckpointError(f"{path}: use_ema=True but the run had no EMA (optim.ema_decay unset)")
+        ema_state = module.ema.module.state_dict()
+        module._ema_source().load_state_dict(ema_state)
+    module.nonfinite_skipped = int(ckpt.get("nonfinite_skipped", 0))
+    module._weights_restored = True
+    return module.eval()

@@ -1,0 +1,76 @@
+"""Lightning strategy from ``trainer.strategy``: ddp, fsdp (ViT blocks as the wrap unit) or pass-through.
+
+Multi-node launches (torchrun, SLURM) are described in docs/multinode.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
+from omegaconf import DictConfig, OmegaConf
+
+from lit_modules.backbones import block_classes, create_backbone
+from lit_modules.heads import task_datasets
+
+__all__ = ["build_strategy", "heads_may_be_unused", "wrap_classes"]
+
+
+def _plain(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def heads_may_be_unused(cfg: Mapping[str, Any] | DictConfig) -> bool:
+    """True when a training step may leave some head without gradient: with
+    ``data.mixing.mode=interleave`` one dataset is drawn per step, so the heads of the others idle."""
+    cfg = _plain(cfg)
+    mixing = (cfg.get("data") or {}).get("mixing") or {}
+    return mixing.get("mode", "combined") == "interleave" and len(task_datasets(cfg.get("tasks") or {})) > 1
+
+
+def wrap_classes(cfg: Mapping[str, Any] | DictConfig) -> set[type[torch.nn.Module]]:
+    """Block classes of the configured backbone (timm ViT ``Block``, ResNet ``Bottleneck``/``BasicBlock``),
+    found on a meta-device instance (no memory)."""
+    cfg = _plain(cfg)
+    with torch.device("meta"):
+        model = create_backbone({**cfg["model"], "compile": False}, int(cfg["data"]["img_size"]))
+    return block_classes(model)
+
+
+def build_strategy(cfg: Mapping[str, Any] | DictConfig) -> Strategy | str:
+    """The Lightning strategy of a run.
+
+    * ``ddp``: ``DDPStrategy`` (static graph off; ``find_unused_parameters`` only when
+      ``heads_may_be_unused``: interleaved datasets leave heads idle in a step).
+    * ``fsdp``: ``FSDPStrategy`` wrapping each backbone block (timm ViT ``Block``, ResNet
+      ``Bottleneck``), with activation checkpointing per block when ``trainer.fsdp.activation_checkpointing``,
+      ``trainer.fsdp.sharding_strategy`` and ``trainer.fsdp.state_dict_type`` (sharded|full).
+    * anything else (``auto``, ``ddp_spawn``, ``ddp_find_unused_parameters_true``, ...): passed through.
+
+    Raises:
+        ValueError: ``fsdp`` together with ``optim.ema_decay`` (the EMA copy assumes unsharded weights).
+    """
+    cfg = _plain(cfg)
+    t = cfg["trainer"]
+    name = str(t["strategy"])
+    if name == "ddp":
+        return DDPStrategy(find_unused_parameters=heads_may_be_unused(cfg), static_graph=False)
+    if name == "fsdp":
+        if (cfg.get("optim") or {}).get("ema_decay"):
+            raise ValueError("optim.ema_decay is not supported with trainer.strategy=fsdp: use ddp, or unset it")
+        fsdp = t.get("fsdp") or {}
+        state_dict_type = str(fsdp.get("state_dict_type", "sharded"))
+        if state_dict_type not in ("sharded", "full"):
+            raise ValueError(f"trainer.fsdp.state_dict_type='{state_dict_type}' is not sharded|full")
+        blocks = wrap_classes(cfg)
+        return FSDPStrategy(
+            auto_wrap_policy=blocks,
+            activation_checkpointing_policy=blocks if fsdp.get("activation_checkpointing", True) else None,
+            sharding_strategy=str(fsdp.get("sharding_strategy", "FULL_SHARD")),
+            state_dict_type=state_dict_type,
+            # Original parameter names and shapes stay visible: name-based optimizer groups, torch.compile.
+            use_orig_params=True,
+        )
+    return name

@@ -1,0 +1,167 @@
+"""Checkpoints: weights_only loading, refusing pickle payloads, init_from reports, mismatch errors."""
+
+import pytest
+import torch
+from fixtures_model import NUM_CLASSES, combined_loader, cpu_trainer, make_batch, tiny_config
+
+from lit_modules import CheckpointError, MultiTaskModule, load_module
+from lit_modules.callbacks import ThroughputMonitor
+
+
+def _save_plain(module: MultiTaskModule, path) -> str:
+    """The two entries of a Lightning checkpoint that init_from / load_module read."""
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory):
+    """A real Lightning checkpoint of a 2-step run with EMA on."""
+    torch.manual_seed(0)
+    module = MultiTaskModule(tiny_config("optim.ema_decay=0.5"), NUM_CLASSES)
+    trainer = cpu_trainer(2, callbacks=[ThroughputMonitor(window=1)])
+    trainer.fit(module, train_dataloaders=combined_loader())
+    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path, module
+
+
+def test_lightning_checkpoint_loads_with_weights_only(trained_ckpt):
+    path, module = trained_ckpt
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["hyper_parameters"]["num_classes"] == NUM_CLASSES
+    assert ckpt["hyper_parameters"]["config"]["model"]["name"] == "vit_tiny_patch16_224"
+    assert ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+    assert not any("_orig_mod." in k for k in ckpt["state_dict"])
+    loaded = load_module(path)
+    assert not loaded.training
+    live = module.state_dict()
+    assert all(torch.equal(v, live[k]) for k, v in loaded.state_dict().items())
+    images = make_batch()["weak_label"]["image"]
+    with torch.no_grad():
+        assert torch.allclose(loaded.embed(images), module.eval().embed(images))
+
+
+def test_load_module_use_ema_takes_the_averaged_weights(trained_ckpt):
+    path, module = trained_ckpt
+    ema = load_module(path, use_ema=True)
+    live = load_module(path)
+    key = "heads.weak_label.weight"
+    assert torch.equal(ema.state_dict()[key], module.ema.module.state_dict()[key])
+    assert not torch.equal(ema.state_dict()[key], live.state_dict()[key])
+
+
+def test_pickle_payload_in_a_checkpoint_is_refused_and_not_executed(tmp_path, trained_ckpt):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    good = torch.load(trained_ckpt[0], weights_only=True)
+    bad = tmp_path / "evil.ckpt"
+    torch.save({**good, "extra": Payload()}, bad)
+    with pytest.raises(CheckpointError, match=r"evil\.ckpt: refused to load.*weights_only=True"):
+        load_module(bad)
+    assert not marker.exists()
+
+
+def test_unreadable_or_foreign_files_are_named(tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.ckpt: not a readable PyTorch checkpoint"):
+        load_module(junk)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.ckpt: not a checkpoint of this repo"):
+        load_module(foreign)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_module(tmp_path / "missing.ckpt")
+    sharded = tmp_path / "sharded.ckpt"
+    sharded.mkdir()
+    (sharded / ".metadata").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="sharded FSDP checkpoint directory: consolidate"):
+        load_module(sharded)
+
+
+@pytest.fixture(scope="module")
+def pretrain_ckpt(tmp_path_factory):
+    torch.manual_seed(1)
+    module = MultiTaskModule(tiny_config(tasks="weak_label"), {"weak_label": 12})
+    return _save_plain(module, tmp_path_factory.mktemp("pre") / "pretrain.ckpt"), module
+
+
+def test_init_from_loads_backbone_and_matching_heads_and_reports_new_keys(pretrain_ckpt):
+    path, pre = pretrain_ckpt
+    torch.manual_seed(2)
+    multi = MultiTaskModule(tiny_config(), NUM_CLASSES)
+    report = multi.load_pretrained(path)
+    backbone_keys = sorted(k for k in pre.state_dict() if k.startswith("backbone."))
+    assert report.loaded == sorted([*backbone_keys, "heads.weak_label.bias", "heads.weak_label.weight"])
+    assert report.new == sorted(
+        [
+            "heads.embedding.proj.weight",
+            "heads.embedding.proj.bias",
+            "heads.embedding.proxies.weak_label",
+            "heads.embedding.proxies.fashion_mnist",
+            "heads.classifiers.fashion.weight",
+            "heads.classifiers.fashion.bias",
+        ]
+    )
+    assert report.mismatched == report.unused == report.resampled == []
+    state, pre_state = multi.state_dict(), pre.state_dict()
+    assert all(torch.equal(state[k], pre_state[k]) for k in report.loaded)
+    assert "6 new" in report.summary() and report.as_dict()["path"] == path
+
+
+def test_init_from_resamples_position_embeddings_for_another_img_size(pretrain_ckpt):
+    multi = MultiTaskModule(tiny_config("data.img_size=48"), NUM_CLASSES)
+    report = multi.load_pretrained(pretrain_ckpt[0])
+    assert report.resampled == ["backbone.pos_embed"]
+    assert multi.backbone.pos_embed.shape == (1, 1 + 36, 192)
+    assert "backbone.pos_embed" in report.loaded
+
+
+def test_init_from_other_label_space_keeps_backbone_skips_heads(tmp_path, pretrain_ckpt):
+    raw = MultiTaskModule(tiny_config("data.weak_label.label_space=raw"), NUM_CLASSES)
+    report = raw.load_pretrained(pretrain_ckpt[0])
+    assert report.skipped_label_space == ["heads.weak_label.bias", "heads.weak_label.weight"]
+    assert "heads.weak_label.weight" in report.new
+    bigger = MultiTaskModule(tiny_config(), {"weak_label": 20, "fashion_mnist": 10})
+    report = bigger.load_pretrained(pretrain_ckpt[0])
+    assert ("heads.weak_label.weight", [12, 192], [20, 192]) not in report.mismatched  # skipped: other space
+    assert "heads.weak_label.weight" in report.skipped_label_space
+
+
+def test_init_from_another_architecture_is_a_clear_error(tmp_path, pretrain_ckpt):
+    resnet = MultiTaskModule(tiny_config(arch="resnet"), NUM_CLASSES)
+    with pytest.raises(CheckpointError, match=r"init_from=.*pretrain.ckpt: backbone differs.*resnet10t"):
+        resnet.load_pretrained(pretrain_ckpt[0])
+    deeper = MultiTaskModule(tiny_config("model.kwargs.depth=3"), NUM_CLASSES)
+    with pytest.raises(CheckpointError, match="backbone differs"):
+        deeper.load_pretrained(pretrain_ckpt[0])
+
+
+def test_init_from_config_key_runs_at_fit_start(pretrain_ckpt):
+    path, pre = pretrain_ckpt
+    multi = MultiTaskModule(tiny_config(f"init_from={path}", "stage=multitask"), NUM_CLASSES)
+    # lr 0: the weights after one step are the loaded ones
+    multi.cfg["optim"]["lr"] = 0.0
+    cpu_trainer(1).fit(multi, train_dataloaders=combined_loader())
+    assert multi.init_report is not None and len(multi.init_report.loaded) > 0
+    assert torch.equal(multi.backbone.pos_embed, pre.backbone.pos_embed)
+
+
+def test_resume_with_another_label_space_is_a_clear_error(trained_ckpt):
+    path, _ = trained_ckpt
+    other = MultiTaskModule(tiny_config("optim.ema_decay=0.5"), {"weak_label": 20, "fashion_mnist": 10})
+    trainer = cpu_trainer(3)
+    with pytest.raises(CheckpointError, match=r"last.ckpt does not fit this run: label space of 'weak_label' differs"):
+        trainer.fit(other, train_dataloaders=combined_loader(), ckpt_path=path)
+
+
+def test_compiled_backbone_keeps_plain_state_dict_keys():
+    plain = MultiTaskModule(tiny_config(), NUM_CLASSES)
+    compiled = MultiTaskModule(tiny_config("model.compile=true"), NUM_CLASSES)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    assert not any("_orig_mod" in k for k in compiled.state_dict())

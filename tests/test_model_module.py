@@ -1,0 +1,269 @@
+"""The multi-task module without a Trainer: heads per task, gradients, optimizer groups, schedule, FLOPs."""
+
+import math
+
+import pytest
+import timm
+import torch
+from fixtures_model import NUM_CLASSES, make_batch, tiny_config
+from torch.utils.flop_counter import FlopCounterMode
+
+from lit_modules import MultiTaskModule
+from lit_modules.backbones import create_backbone, feature_dim
+from lit_modules.callbacks import device_peak_flops, mfu
+from lit_modules.multitask import WeakLabelMAP, precision_at_k
+from lit_modules.optim import warmup_cosine
+
+
+@pytest.fixture(scope="module")
+def vit_cfg():
+    return tiny_config()
+
+
+def _module(cfg, seed=0):
+    torch.manual_seed(seed)
+    return MultiTaskModule(cfg, NUM_CLASSES)
+
+
+def test_heads_sized_from_num_classes_and_feature_width_from_model(vit_cfg):
+    m = _module(vit_cfg)
+    assert m.feature_dim == m.backbone.num_features == 192  # ViT-Ti width, read from the model
+    assert m.heads["weak_label"].weight.shape == (12, 192)
+    assert m.heads["embedding"].proj.weight.shape == (256, 192)
+    assert m.heads["embedding"].proxies["weak_label"].shape == (12, 256)
+    assert m.heads["embedding"].proxies["fashion_mnist"].shape == (10, 256)
+    assert m.heads["classifiers"]["fashion"].weight.shape == (10, 192)
+    assert [t.name for t in m.tasks] == ["weak_label", "embedding/weak_label", "embedding/fashion_mnist", "clf/fashion"]
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,img,width",
+    [
+        ("vit_small_patch16_224", {"depth": 1}, 48, 384),
+        ("vit_base_patch14_reg4_dinov2", {"depth": 1}, 56, 768),  # patch 14, register tokens, other img size
+        ("resnet18", {}, 40, 512),
+    ],
+)
+def test_backbone_any_size_and_width(name, kwargs, img, width):
+    model = create_backbone({"name": name, "kwargs": kwargs}, img)
+    assert feature_dim(model) == width
+    assert model(torch.randn(2, 3, img, img)).shape == (2, width)
+
+
+def test_backbone_rejects_bad_settings():
+    with pytest.raises(ValueError, match="not a timm model"):
+        create_backbone({"name": "vit_nonexistent"}, 32)
+    with pytest.raises(ValueError, match="data.img_size=36 is not a multiple of the patch size 8x8"):
+        create_backbone({"name": "vit_tiny_patch16_224", "kwargs": {"patch_size": 8, "depth": 1}}, 36)
+    with pytest.raises(ValueError, match="model.kwargs.img_size"):
+        create_backbone({"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 64}}, 32)
+
+
+def test_embed_is_normalized_and_backbone_feature_is_pooled(vit_cfg):
+    m = _module(vit_cfg).eval()
+    images = torch.randn(3, 3, 32, 32)
+    emb = m.embed(images)
+    assert emb.shape == (3, 256)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(m.embed(images, feature="backbone"), m.backbone(images))
+    with pytest.raises(ValueError, match="embedding\\|backbone"):
+        m.embed(images, feature="logits")
+
+
+def test_batch_with_some_tasks_trains_only_their_heads(vit_cfg):
+    m = _module(vit_cfg)
+    opt = m.configure_optimizers()["optimizer"]
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    total, losses, _ = m.compute_losses(make_batch(("fashion_mnist",)))
+    assert set(losses) == {"embedding/fashion_mnist", "clf/fashion"}
+    total.backward()
+    grads = {n: p.grad for n, p in m.named_parameters()}
+    assert grads["heads.weak_label.weight"] is None
+    assert grads["heads.embedding.proxies.weak_label"] is None
+    assert grads["heads.classifiers.fashion.weight"].abs().sum() > 0
+    assert grads["heads.embedding.proxies.fashion_mnist"].abs().sum() > 0
+    opt.step()
+    after = m.state_dict()
+    assert torch.equal(after["heads.weak_label.weight"], before["heads.weak_label.weight"])
+    assert torch.equal(after["heads.embedding.proxies.weak_label"], before["heads.embedding.proxies.weak_label"])
+    assert not torch.equal(after["heads.classifiers.fashion.weight"], before["heads.classifiers.fashion.weight"])
+
+
+@pytest.mark.parametrize("arch", ["vit", "resnet"])
+def test_every_parameter_gets_a_gradient_when_all_tasks_present(arch):
+    m = _module(tiny_config(arch=arch))
+    total, losses, _ = m.compute_losses(make_batch())
+    assert len(losses) == 4
+    total.backward()
+    assert [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None] == []
+    zero = [n for n, p in m.named_parameters() if p.requires_grad and not p.grad.abs().sum()]
+    if arch == "vit":
+        assert zero == []
+    else:  # timm zero-initialises the last BatchNorm scale of each residual branch: its convs start at 0 grad
+        assert zero and all(n.startswith("backbone.layer") and ".bn2." not in n for n in zero)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_optimisation_step_reduces_each_loss(seed):
+    # A step small enough for the first-order regime (cosine logits / 0.05 are steep at 1e-3).
+    m = _module(tiny_config("optim.lr=1e-4"), seed=seed)
+    batch = make_batch(batch_size=8, seed=seed)
+    opt = m.configure_optimizers()["optimizer"]
+    _, before, _ = m.compute_losses(batch)
+    total = sum(before[s.name] * s.weight for s in m.tasks)
+    opt.zero_grad()
+    total.backward()
+    opt.step()
+    with torch.no_grad():
+        _, after, _ = m.compute_losses(batch)
+    for name in before:
+        assert after[name] < before[name], name
+
+
+def test_loss_weights_scale_the_total():
+    cfg = tiny_config("tasks.weak_label.weight=2.0", "tasks.classifiers.fashion.weight=0.5")
+    m = _module(cfg)
+    total, losses, _ = m.compute_losses(make_batch())
+    expected = 2.0 * losses["weak_label"] + losses["embedding/weak_label"] + losses["embedding/fashion_mnist"]
+    expected = expected + 0.5 * losses["clf/fashion"]
+    assert torch.allclose(total, expected)
+
+
+def test_bad_target_shape_is_named(vit_cfg):
+    m = _module(vit_cfg)
+    batch = make_batch()
+    batch["weak_label"]["target"] = batch["weak_label"]["target"][:, :5]
+    with pytest.raises(ValueError, match=r"batch\['weak_label'\]\['target'\].*\[4, 12\]"):
+        m.compute_losses(batch)
+    with pytest.raises(ValueError, match="nothing to train"):
+        m.compute_losses({"other": make_batch(("fashion_mnist",))["fashion_mnist"]})
+
+
+def test_missing_num_classes_is_named():
+    with pytest.raises(ValueError, match="fashion_mnist"):
+        MultiTaskModule(tiny_config(), {"weak_label": 12})
+
+
+def test_no_weight_decay_on_norms_biases_pos_embed_cls_token(vit_cfg):
+    m = _module(vit_cfg)
+    opt = m.configure_optimizers()["optimizer"]
+    wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    params = dict(m.named_parameters())
+    for name in ("backbone.pos_embed", "backbone.cls_token", "backbone.blocks.0.norm1.weight", "backbone.norm.bias"):
+        assert wd_of[id(params[name])] == 0.0, name
+    for name in ("backbone.blocks.0.attn.qkv.bias", "heads.weak_label.bias"):
+        assert wd_of[id(params[name])] == 0.0, name
+    for name in ("backbone.blocks.1.mlp.fc1.weight", "backbone.patch_embed.proj.weight", "heads.weak_label.weight"):
+        assert wd_of[id(params[name])] == pytest.approx(0.05), name
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(1 for p in m.parameters() if p.requires_grad)
+
+
+def test_layer_decay_scales_lr_by_depth():
+    m = _module(tiny_config("optim.layer_decay=0.5", "optim.lr=0.01"))
+    opt = m.configure_optimizers()["optimizer"]
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    params = dict(m.named_parameters())
+    # 2 blocks: stem = layer 0, blocks.0 = 1, blocks.1 and the final norm = 2, heads = 3 (top, scale 1)
+    expected = {
+        "backbone.pos_embed": 0.01 * 0.5**3,
+        "backbone.blocks.0.attn.qkv.weight": 0.01 * 0.5**2,
+        "backbone.blocks.1.attn.qkv.weight": 0.01 * 0.5,
+        "backbone.norm.weight": 0.01 * 0.5,
+        "heads.weak_label.weight": 0.01,
+        "heads.embedding.proxies.fashion_mnist": 0.01,
+    }
+    for name, lr in expected.items():
+        assert lr_of[id(params[name])] == pytest.approx(lr), name
+
+
+def test_warmup_cosine_values_at_known_steps():
+    f = lambda s: warmup_cosine(s, warmup_steps=10, total_steps=110, min_ratio=0.1)  # noqa: E731
+    assert f(0) == pytest.approx(0.1)
+    assert f(4) == pytest.approx(0.5)
+    assert f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert f(35) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert f(110) == pytest.approx(0.1)
+    assert f(500) == pytest.approx(0.1)
+    assert warmup_cosine(50, 10, 110, 0.1, schedule="constant") == 1.0
+
+
+def test_scheduler_drives_optimizer_lr_per_step():
+    m = _module(tiny_config("optim.lr=0.1", "optim.min_lr=0.01", "optim.warmup_steps=4", "trainer.max_steps=14"))
+    conf = m.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(15):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.025)
+    assert lrs[3] == pytest.approx(0.1)
+    assert lrs[9] == pytest.approx(0.01 + 0.09 * 0.5)
+    assert lrs[14] == pytest.approx(0.01)
+
+
+def test_flop_counter_known_values():
+    linear = torch.nn.Linear(8, 4)
+    with FlopCounterMode(display=False) as counter:
+        linear(torch.randn(3, 8))
+    assert counter.get_total_flops() == 2 * 3 * 8 * 4
+    # ViT-B/16 at 224: timm lists 17.58 GMACs = 35.2 GFLOPs; ResNet-50: 4.11 GMACs.
+    with torch.device("meta"):
+        vit = timm.create_model("vit_base_patch16_224", num_classes=0)
+        resnet = timm.create_model("resnet50", num_classes=0)
+    for model, gmacs in ((vit, 17.58), (resnet, 4.11)):
+        with FlopCounterMode(display=False) as counter:
+            model(torch.empty(1, 3, 224, 224, device="meta"))
+        assert counter.get_total_flops() == pytest.approx(2 * gmacs * 1e9, rel=0.01)
+
+
+def test_module_flop_count_is_backbone_plus_heads(vit_cfg):
+    m = _module(vit_cfg)
+    with FlopCounterMode(display=False) as counter:
+        m.backbone(torch.randn(1, 3, 32, 32))
+    backbone = counter.get_total_flops()
+    # CPU's fused attention kernel is not in FlopCounterMode's table, the meta twin's is:
+    # per block QK^T and AV over 16 patches + the class token, width 192.
+    attention = 2 * (2 * 2 * 17 * 17 * 192)
+    heads = 2 * 192 * 12 + 2 * 192 * 256 + 2 * 256 * (12 + 10) + 2 * 192 * 10
+    assert m.count_flops() == backbone + attention + heads
+
+
+def test_mfu_and_device_peaks():
+    assert device_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert device_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert device_peak_flops("NVIDIA H200") == 989e12
+    assert device_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert device_peak_flops("Some CPU") is None
+    # 3,000 img/s of ViT-B/16 (35.2 GFLOPs forward) on one H100: about 32 % MFU
+    assert mfu(35.2e9, 3000, 989e12) == pytest.approx(0.32, abs=0.005)
+
+
+def test_weak_label_metrics_known_values():
+    scores = torch.tensor([[0.9, 0.1, 0.2, 0.0], [0.2, 0.8, 0.1, 0.0], [0.3, 0.4, 0.5, 0.0]])
+    positives = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]])
+    # mAP over the labels with positives (0, 1, 2): label 0 and 1 rank their positive first (AP 1); label 2
+    # ranks its positive (row 1, score 0.1) third (AP 1/3); label 3 has no positive and is not scored -> 7/9
+    metric = WeakLabelMAP(4)
+    metric.update(scores, positives)
+    assert metric.compute().item() == pytest.approx(7 / 9)
+    # p@1: rows 0 and 1 hit, row 2 has no label and is not scored; p@2: each row has 1 hit in its top 2
+    assert precision_at_k(scores, positives, 1).tolist() == [1.0, 1.0]
+    assert precision_at_k(scores, positives, 2).tolist() == [0.5, 0.5]
+    assert precision_at_k(scores, positives, 3).tolist() == pytest.approx([1 / 3, 2 / 3])
+
+
+def test_bce_option_uses_per_label_sigmoids():
+    m = _module(tiny_config("tasks.weak_label.loss=bce", tasks="weak_label"))
+    batch = make_batch(("weak_label",))
+    _, losses, logits = m.compute_losses(batch)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits["weak_label"], batch["weak_label"]["target"])
+    assert torch.allclose(losses["weak_label"], expected)
+
+
+def test_config_that_does_not_fit_the_schema_is_named():
+    with pytest.raises(ValueError, match="model.nme"):
+        MultiTaskModule({"model": {"nme": "resnet50"}}, NUM_CLASSES)
