@@ -9,12 +9,12 @@ See configs/compose.py for the composition order and README.md for more.
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from configs.compose import ConfigError, compose, to_dict
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, float]:
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """Run training; returns the final metrics (also written to <run_dir>/metrics.json)."""
     cfg = compose(sys.argv[1:] if argv is None else argv)
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -124,7 +125,7 @@ def _pop_defaults(cfg: DictConfig, source: str) -> dict[str, str]:
 
 def compose(
     overrides: Sequence[str] = (),
-    config_dir: Optional[Path] = None,
+    config_dir: Path | None = None,
     base: str = "config.yaml",
     hardware: bool = True,
 ) -> DictConfig:
@@ -143,7 +144,7 @@ def compose(
     config_dir = Path(config_dir) if config_dir else CONFIG_DIR
     items = normalize_overrides(overrides)
     group_choice: dict[str, str] = {}
-    experiment: Optional[str] = None
+    experiment: str | None = None
     dotlist: list[str] = []
     for item in items:
         key, value = item.split("=", 1)
@@ -193,25 +194,49 @@ def check_values(cfg: DictConfig, hardware: bool = True) -> None:
     """Checks the schema's types cannot express; run before any data or model is built."""
     _require(cfg.stage in ("pretrain", "multitask"), "stage", f"'{cfg.stage}' is not pretrain|multitask")
     wl = cfg.data.weak_label
-    _require(wl.label_space in ("raw", "clustered"), "data.weak_label.label_space", f"'{wl.label_space}' is not raw|clustered")
+    _require(
+        wl.label_space in ("raw", "clustered"),
+        "data.weak_label.label_space",
+        f"'{wl.label_space}' is not raw|clustered",
+    )
     _require(0.0 < wl.scale <= 1.0, "data.weak_label.scale", f"{wl.scale} is outside (0, 1]")
     _require(cfg.data.img_size > 0, "data.img_size", "must be positive")
     _require(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
     _require(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
-    _require(cfg.data.mixing.mode in ("combined", "interleave"), "data.mixing.mode", f"'{cfg.data.mixing.mode}' is not combined|interleave")
-    _require(cfg.tasks.weak_label.loss in ("softmax", "bce"), "tasks.weak_label.loss", f"'{cfg.tasks.weak_label.loss}' is not softmax|bce")
+    _require(
+        cfg.data.mixing.mode in ("combined", "interleave"),
+        "data.mixing.mode",
+        f"'{cfg.data.mixing.mode}' is not combined|interleave",
+    )
+    _require(
+        cfg.tasks.weak_label.loss in ("softmax", "bce"),
+        "tasks.weak_label.loss",
+        f"'{cfg.tasks.weak_label.loss}' is not softmax|bce",
+    )
     _require(cfg.tasks.embedding.temperature > 0, "tasks.embedding.temperature", "must be positive")
     _require(cfg.tasks.embedding.dim > 0, "tasks.embedding.dim", "must be positive")
     known = {"weak_label", "fashion_mnist", *cfg.data.user_tasks.keys()}
     for name, clf in cfg.tasks.classifiers.items():
-        _require(clf.dataset in known, f"tasks.classifiers.{name}.dataset", f"'{clf.dataset}' is not one of {sorted(known)}")
+        _require(
+            clf.dataset in known, f"tasks.classifiers.{name}.dataset", f"'{clf.dataset}' is not one of {sorted(known)}"
+        )
     for ds in cfg.tasks.embedding.datasets:
         _require(ds in known, "tasks.embedding.datasets", f"'{ds}' is not one of {sorted(known)}")
     any_task = cfg.tasks.weak_label.enabled or cfg.tasks.embedding.enabled or len(cfg.tasks.classifiers) > 0
     _require(any_task, "tasks", "no task is enabled")
-    _require(cfg.optim.scheduler in ("cosine", "constant"), "optim.scheduler", f"'{cfg.optim.scheduler}' is not cosine|constant")
-    _require(cfg.trainer.nonfinite_loss in ("raise", "skip"), "trainer.nonfinite_loss", f"'{cfg.trainer.nonfinite_loss}' is not raise|skip")
-    _require(cfg.trainer.max_steps > 0 or cfg.trainer.max_epochs > 0, "trainer.max_steps", "set max_steps or max_epochs")
+    _require(
+        cfg.optim.scheduler in ("cosine", "constant"),
+        "optim.scheduler",
+        f"'{cfg.optim.scheduler}' is not cosine|constant",
+    )
+    _require(
+        cfg.trainer.nonfinite_loss in ("raise", "skip"),
+        "trainer.nonfinite_loss",
+        f"'{cfg.trainer.nonfinite_loss}' is not raise|skip",
+    )
+    _require(
+        cfg.trainer.max_steps > 0 or cfg.trainer.max_epochs > 0, "trainer.max_steps", "set max_steps or max_epochs"
+    )
     _require(all(k > 0 for k in cfg.eval.ks), "eval.ks", "every k must be positive")
     for feat in cfg.eval.features:
         _require(feat in ("embedding", "backbone"), "eval.features", f"'{feat}' is not embedding|backbone")
@@ -227,9 +252,21 @@ def check_hardware(cfg: DictConfig) -> None:
     has_gpu = torch.cuda.is_available()
     on_cpu = accel == "cpu" or (accel == "auto" and not has_gpu)
     strategy = str(cfg.trainer.strategy)
-    _require(not (accel in ("gpu", "cuda") and not has_gpu), "trainer.accelerator", "'gpu' requested but no CUDA device is visible")
-    _require(not (on_cpu and strategy.startswith("fsdp")), "trainer.strategy", "fsdp needs GPUs; on CPU use 'ddp' (gloo) or 'auto'")
-    _require(not (on_cpu and str(cfg.trainer.precision).startswith("16")), "trainer.precision", "fp16 needs a GPU; use bf16-mixed or 32-true")
+    _require(
+        not (accel in ("gpu", "cuda") and not has_gpu),
+        "trainer.accelerator",
+        "'gpu' requested but no CUDA device is visible",
+    )
+    _require(
+        not (on_cpu and strategy.startswith("fsdp")),
+        "trainer.strategy",
+        "fsdp needs GPUs; on CPU use 'ddp' (gloo) or 'auto'",
+    )
+    _require(
+        not (on_cpu and str(cfg.trainer.precision).startswith("16")),
+        "trainer.precision",
+        "fp16 needs a GPU; use bf16-mixed or 32-true",
+    )
 
 
 def save_config(cfg: DictConfig, path: os.PathLike) -> None:

@@ -8,7 +8,7 @@ Names say what a key is for; the YAML groups under ``configs/`` only fill these 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 # ---------------------------------------------------------------------------------------- model
 
@@ -19,7 +19,7 @@ class ModelConfig:
 
     name: str = "vit_tiny_patch16_224"
     # Family used for tables and W&B grouping ("vit", "resnet", ...); derived from name when None.
-    family: Optional[str] = None
+    family: str | None = None
     drop_path_rate: float = 0.0
     # Activation checkpointing of the backbone's blocks (ViT-L/H at scale).
     grad_checkpointing: bool = False
@@ -28,7 +28,7 @@ class ModelConfig:
     # torch.compile the backbone only (never the LightningModule): fixed shapes, unwrapped weights.
     compile: bool = False
     # Extra keyword arguments for timm.create_model (e.g. patch_size, global_pool).
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -40,7 +40,7 @@ class AugmentConfig:
 
     scale_min: float = 0.08  # RandomResizedCrop lower scale bound
     hflip: float = 0.5
-    rand_augment: Optional[str] = None  # timm auto_augment string, e.g. "rand-m9-mstd0.5-inc1"
+    rand_augment: str | None = None  # timm auto_augment string, e.g. "rand-m9-mstd0.5-inc1"
     mixup_alpha: float = 0.0  # 0 disables mixup (weak-label batches only)
 
 
@@ -52,7 +52,7 @@ class WeakLabelDataConfig:
     manifest: str = "data/openclipart/manifest.json"
     # Optional override of the training shard list: brace pattern, or several joined by "::".
     # Sample counts still come from the manifest.
-    shards: Optional[str] = None
+    shards: str | None = None
     label_space: str = "clustered"  # "raw" (top annotation terms) or "clustered" (label groups)
     scale: float = 1.0  # nested dataset-scale fraction in (0, 1]; one of the manifest's scales
     resampled: bool = True  # resample shards with replacement (equal batches per rank by design)
@@ -63,8 +63,8 @@ class FashionMNISTConfig:
     """The downstream shopping task (Debian dataset-fashion-mnist, IDX files)."""
 
     root: str = "/usr/share/datasets/fashion-mnist"
-    train_limit: Optional[int] = None  # cap on training images (CPU runs); None = all 60,000
-    test_limit: Optional[int] = None  # cap on test images; None = all 10,000
+    train_limit: int | None = None  # cap on training images (CPU runs); None = all 60,000
+    test_limit: int | None = None  # cap on test images; None = all 10,000
 
 
 @dataclass
@@ -72,8 +72,8 @@ class ImageFolderTaskDataConfig:
     """A user's own classification dataset: an image folder (one sub-folder per class) or a
     manifest (CSV/JSONL with ``path`` and ``label`` columns)."""
 
-    root: Optional[str] = None
-    manifest: Optional[str] = None
+    root: str | None = None
+    manifest: str | None = None
     val_fraction: float = 0.1
 
 
@@ -84,20 +84,20 @@ class MixingConfig:
     # "combined": one batch of every dataset per step (Lightning CombinedLoader, max_size_cycle).
     # "interleave": one dataset per step, drawn by ``ratios``.
     mode: str = "combined"
-    ratios: Dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class DataConfig:
     img_size: int = 224  # input resolution: the one place it is set (the model reads it too)
     batch_size: int = 64  # per device, per dataset
-    eval_batch_size: Optional[int] = None  # defaults to batch_size
+    eval_batch_size: int | None = None  # defaults to batch_size
     num_workers: int = 4
     shuffle_buffer: int = 2000
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     weak_label: WeakLabelDataConfig = field(default_factory=WeakLabelDataConfig)
     fashion_mnist: FashionMNISTConfig = field(default_factory=FashionMNISTConfig)
-    user_tasks: Dict[str, ImageFolderTaskDataConfig] = field(default_factory=dict)
+    user_tasks: dict[str, ImageFolderTaskDataConfig] = field(default_factory=dict)
     mixing: MixingConfig = field(default_factory=MixingConfig)
 
 
@@ -125,7 +125,7 @@ class EmbeddingTaskConfig:
     dim: int = 256
     temperature: float = 0.05
     # Each dataset named here gets its own proxy bank on the shared embedding.
-    datasets: List[str] = field(default_factory=lambda: ["weak_label"])
+    datasets: list[str] = field(default_factory=lambda: ["weak_label"])
 
 
 @dataclass
@@ -141,7 +141,7 @@ class ClassifierTaskConfig:
 class TasksConfig:
     weak_label: WeakLabelTaskConfig = field(default_factory=WeakLabelTaskConfig)
     embedding: EmbeddingTaskConfig = field(default_factory=EmbeddingTaskConfig)
-    classifiers: Dict[str, ClassifierTaskConfig] = field(default_factory=dict)
+    classifiers: dict[str, ClassifierTaskConfig] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------ optimizer
@@ -152,12 +152,12 @@ class OptimConfig:
     name: str = "adamw"  # any timm.optim.create_optimizer_v2 name
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.05  # not applied to norms, biases, position embeddings, cls token
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    layer_decay: Optional[float] = None  # layer-wise LR decay (fine-tuning stage), e.g. 0.75
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    layer_decay: float | None = None  # layer-wise LR decay (fine-tuning stage), e.g. 0.75
     warmup_steps: int = 0
     scheduler: str = "cosine"  # "cosine" (after linear warmup) or "constant"
     min_lr: float = 1e-6
-    ema_decay: Optional[float] = None  # EMA of weights (timm ModelEmaV3); None disables
+    ema_decay: float | None = None  # EMA of weights (timm ModelEmaV3); None disables
 
 
 # -------------------------------------------------------------------------------------- trainer
@@ -179,10 +179,10 @@ class TrainerConfig:
     precision: str = "32-true"  # "bf16-mixed" on GPUs
     max_steps: int = 1000  # training is driven by steps (webdataset epochs are nominal)
     max_epochs: int = -1
-    val_check_interval: Optional[int] = None  # in training steps; None = once per epoch
-    limit_val_batches: Optional[float] = None
+    val_check_interval: int | None = None  # in training steps; None = once per epoch
+    limit_val_batches: float | None = None
     num_sanity_val_steps: int = 0
-    gradient_clip_val: Optional[float] = 1.0
+    gradient_clip_val: float | None = 1.0
     accumulate_grad_batches: int = 1
     log_every_n_steps: int = 20
     checkpoint_every_n_steps: int = 500
@@ -199,11 +199,11 @@ class TrainerConfig:
 class LoggerConfig:
     wandb: bool = True
     project: str = "billion-scale-vit"
-    entity: Optional[str] = None
+    entity: str | None = None
     # None: WANDB_MODE from the environment, else "offline" (no server is reachable by default).
-    mode: Optional[str] = None
-    group: Optional[str] = None  # defaults to the experiment name
-    tags: List[str] = field(default_factory=list)
+    mode: str | None = None
+    group: str | None = None  # defaults to the experiment name
+    tags: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -221,19 +221,19 @@ class LinearProbeConfig:
 class EvalConfig:
     """What evaluate.py computes for a checkpoint (or a random-init backbone)."""
 
-    checkpoint: Optional[str] = None  # a .ckpt, or a run directory (its best/last checkpoint)
-    datasets: List[str] = field(default_factory=lambda: ["fashion_mnist"])  # + "weak_label_val"
+    checkpoint: str | None = None  # a .ckpt, or a run directory (its best/last checkpoint)
+    datasets: list[str] = field(default_factory=lambda: ["fashion_mnist"])  # + "weak_label_val"
     # "embedding": the retrieval head's output; "backbone": the backbone's pooled feature.
-    features: List[str] = field(default_factory=lambda: ["embedding", "backbone"])
-    ks: List[int] = field(default_factory=lambda: [1, 5, 10, 50])
+    features: list[str] = field(default_factory=lambda: ["embedding", "backbone"])
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 50])
     binarize: bool = True  # also report Hamming retrieval on sign bits
     knn_k: int = 20
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
-    gallery_limit: Optional[int] = None  # cap gallery size (CPU runs)
-    query_limit: Optional[int] = None  # cap query size (CPU runs)
+    gallery_limit: int | None = None  # cap gallery size (CPU runs)
+    query_limit: int | None = None  # cap query size (CPU runs)
     block_size: int = 1024  # queries per similarity block (memory O(block x gallery))
     device: str = "auto"
-    output: Optional[str] = None  # JSON path; default <run_dir>/eval/<dataset>.json
+    output: str | None = None  # JSON path; default <run_dir>/eval/<dataset>.json
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -245,8 +245,8 @@ class RunConfig:
     stage: str = "pretrain"  # "pretrain" (weak labels) or "multitask" (second stage)
     seed: int = 0
     output_dir: str = "runs"  # run directories land in <output_dir>/<run_name>
-    run_name: Optional[str] = None  # default: derived from the experiment and the compared axes
-    init_from: Optional[str] = None  # checkpoint to initialise weights from (stage two)
+    run_name: str | None = None  # default: derived from the experiment and the compared axes
+    init_from: str | None = None  # checkpoint to initialise weights from (stage two)
     # "auto": continue from <run_dir>/checkpoints/last.ckpt if present; "never"; or a ckpt path.
     resume: str = "auto"
     # Run evaluate.py's evaluation right after fit, logged into the same W&B run (what sweeps optimise).

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
@@ -55,7 +55,7 @@ def build_trainer(
     if enable_checkpointing:
         all_callbacks.extend(checkpoint_callbacks(cfg, run_dir))
     all_callbacks.extend(callbacks)
-    limit_val: Optional[float] = t.limit_val_batches
+    limit_val: float | None = t.limit_val_batches
     if limit_val is not None and float(limit_val).is_integer() and limit_val > 1:
         limit_val = int(limit_val)
     return Trainer(
@@ -82,7 +82,7 @@ def build_trainer(
     )
 
 
-def resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> Optional[str]:
+def resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> str | None:
     """The checkpoint to resume from: resume=auto picks <run_dir>/checkpoints/last.ckpt if present."""
     if cfg.resume == "never":
         return None

@@ -12,15 +12,16 @@ import math
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from omegaconf import DictConfig
 
 from configs.compose import save_config
 
 
-def git_commit(repo: Optional[Path] = None) -> Optional[str]:
+def git_commit(repo: Path | None = None) -> str | None:
     """The current git commit (with '-dirty' when the tree has changes), or None outside git."""
     repo = repo or Path(__file__).resolve().parent.parent
     try:
@@ -28,7 +29,11 @@ def git_commit(repo: Optional[Path] = None) -> Optional[str]:
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=10
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -92,7 +97,7 @@ def _clean(value: Any) -> Any:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
@@ -134,7 +139,7 @@ class RunDir:
             return {}
         return json.loads(self.run_json.read_text())
 
-    def start(self, cfg: DictConfig, wandb_id: Optional[str] = None, init: str = "trained") -> None:
+    def start(self, cfg: DictConfig, wandb_id: str | None = None, init: str = "trained") -> None:
         """Write config.yaml and run.json (status 'running'); keeps an existing wandb_id on resume."""
         self.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.path / "config.yaml")

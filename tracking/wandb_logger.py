@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
 
 from omegaconf import DictConfig
 
@@ -21,8 +20,15 @@ def wandb_mode(cfg: DictConfig) -> str:
 
 def run_tags(cfg: DictConfig) -> list[str]:
     a = axes(cfg)
-    tags = [f"arch:{a['arch']}", f"family:{a['family']}", f"scale:{a['scale']:g}", f"labels:{a['label_space']}",
-            f"tasks:{a['tasks']}", f"stage:{a['stage']}", f"experiment:{a['experiment']}"]
+    tags = [
+        f"arch:{a['arch']}",
+        f"family:{a['family']}",
+        f"scale:{a['scale']:g}",
+        f"labels:{a['label_space']}",
+        f"tasks:{a['tasks']}",
+        f"stage:{a['stage']}",
+        f"experiment:{a['experiment']}",
+    ]
     return tags + list(cfg.logger.tags)
 
 
@@ -76,5 +82,5 @@ def sync_hint() -> str:
     return "sync offline runs later with: wandb sync wandb/offline-run-*"
 
 
-def wandb_run_id(logger) -> Optional[str]:
+def wandb_run_id(logger) -> str | None:
     return getattr(logger, "version", None) if logger is not None else None
