@@ -1,0 +1,158 @@
+"""Find, check and load the module to evaluate: a run's checkpoint, or a random-init baseline.
+
+Checkpoints are read with ``torch.load(weights_only=True)`` only (never unpickled): the module comes
+from ``lit_modules.load_module``, and the checkpoint's ``hyper_parameters`` (the ``config`` and
+``num_classes`` MultiTaskModule was built with) are compared with the evaluation config first, so a
+checkpoint of another architecture or label space fails with a message naming what differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from configs.compose import to_dict
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")  # in this order of preference inside a run directory
+
+# Config keys that fix the weights' shapes or meaning: a difference means another model.
+ARCHITECTURE_KEYS = (
+    "model.name",
+    "model.kwargs",
+    "data.weak_label.label_space",
+    "tasks.weak_label.enabled",
+    "tasks.embedding.enabled",
+    "tasks.embedding.dim",
+)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose architecture or label space differs from the evaluation config."""
+
+
+def resolve_checkpoint(path: os.PathLike | str) -> tuple[Path, Path]:
+    """A .ckpt file, or a run directory (its checkpoints/best.ckpt, else last.ckpt) -> (checkpoint, run_dir).
+
+    The run directory is the checkpoint's grandparent when it sits in ``checkpoints/``, else its parent.
+    """
+    p = Path(path)
+    if p.is_dir():
+        folders = [p / "checkpoints", p]
+        found = [f / name for name in CHECKPOINT_NAMES for f in folders if (f / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"eval.checkpoint={path}: run directory holds no checkpoints/{{best,last}}.ckpt")
+        ckpt = found[0]
+    elif p.is_file():
+        ckpt = p
+    else:
+        raise FileNotFoundError(f"eval.checkpoint={path}: no such checkpoint file or run directory")
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return ckpt, run_dir
+
+
+def run_config_path(ckpt: Path, run_dir: Path) -> Path:
+    """The resolved config.yaml saved with the run (in the run directory, or next to the checkpoint)."""
+    for candidate in (run_dir / "config.yaml", ckpt.parent / "config.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"checkpoint {ckpt}: no config.yaml in {run_dir} or {ckpt.parent} (the run's resolved config)"
+    )
+
+
+def read_hparams(ckpt: Path) -> dict[str, Any] | None:
+    """The checkpoint's ``hyper_parameters`` (weights_only, memory-mapped), or None when it has none."""
+    try:
+        payload = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # a pickle that weights_only refuses, a truncated file, not a checkpoint
+        raise ValueError(f"cannot read checkpoint {ckpt} safely (torch.load weights_only=True): {err}") from None
+    if not isinstance(payload, Mapping):
+        raise ValueError(f"checkpoint {ckpt} is not a Lightning checkpoint (a {type(payload).__name__}, not a dict)")
+    hparams = payload.get("hyper_parameters")
+    return dict(hparams) if isinstance(hparams, Mapping) else None
+
+
+def _get(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return "<absent>"
+        node = node[part]
+    return node
+
+
+def check_compatible(
+    cfg: DictConfig,
+    trained_config: Mapping[str, Any] | None,
+    trained_num_classes: Mapping[str, int] | None = None,
+    data_num_classes: Mapping[str, int] | None = None,
+    source: str = "checkpoint",
+) -> None:
+    """Raise CheckpointMismatchError when the checkpoint's config or label counts differ from ``cfg``'s.
+
+    Args:
+        cfg: the evaluation config.
+        trained_config: the config dict the checkpoint was trained with (None: nothing to compare).
+        trained_num_classes: classes per dataset the checkpoint's heads have.
+        data_num_classes: classes per dataset the configured data has (e.g. the manifest's label space).
+        source: how to name the checkpoint in the message.
+    """
+    problems = []
+    if trained_config is not None:
+        current = to_dict(cfg)
+        for key in ARCHITECTURE_KEYS:
+            was, now = _get(trained_config, key), _get(current, key)
+            if was != "<absent>" and was != now:
+                problems.append(f"{key}: checkpoint {was!r} vs config {now!r}")
+        trained_clf = _get(trained_config, "tasks.classifiers")
+        if isinstance(trained_clf, Mapping):
+            was_clf = {name: _get(clf, "dataset") for name, clf in trained_clf.items()}
+            now_clf = {name: clf["dataset"] for name, clf in current["tasks"]["classifiers"].items()}
+            if was_clf != now_clf:
+                problems.append(f"tasks.classifiers: checkpoint {was_clf} vs config {now_clf}")
+    if trained_num_classes and data_num_classes:
+        for ds, n in trained_num_classes.items():
+            if ds in data_num_classes and int(data_num_classes[ds]) != int(n):
+                problems.append(f"num_classes[{ds!r}]: checkpoint {n} vs data {data_num_classes[ds]}")
+    if problems:
+        raise CheckpointMismatchError(
+            f"{source} does not match the config (another architecture or label space): " + "; ".join(problems)
+        )
+
+
+def load_checkpoint_module(cfg: DictConfig, ckpt: Path, data_num_classes: Mapping[str, int] | None = None):
+    """Check the checkpoint against ``cfg``, then load it with ``lit_modules.load_module`` (weights_only)."""
+    hparams = read_hparams(ckpt)
+    if hparams is None:
+        log.warning("checkpoint %s has no hyper_parameters: architecture check skipped", ckpt)
+    else:
+        check_compatible(
+            cfg, hparams.get("config"), hparams.get("num_classes"), data_num_classes, source=f"checkpoint {ckpt}"
+        )
+    from lit_modules import load_module  # heavy: after the cheap checks
+
+    try:
+        return load_module(ckpt)
+    except RuntimeError as err:
+        if "size mismatch" in str(err) or "Missing key" in str(err) or "Unexpected key" in str(err):
+            raise CheckpointMismatchError(f"checkpoint {ckpt} does not fit the module: {err}") from None
+        raise
+
+
+def build_random_module(cfg: DictConfig, num_classes: Mapping[str, int] | None = None):
+    """A random-init MultiTaskModule from the config (the baseline row); num_classes from the DataModule."""
+    from lit_modules import MultiTaskModule
+
+    if num_classes is None:
+        from datamodules import build_datamodule
+
+        num_classes = build_datamodule(cfg).num_classes
+    return MultiTaskModule(to_dict(cfg), dict(num_classes))

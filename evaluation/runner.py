@@ -1,0 +1,328 @@
+"""Evaluate one module on the datasets of ``eval.datasets``; write one JSON per dataset.
+
+Datasets:
+    fashion_mnist:   queries = the test split, gallery = the train split (same class = relevant);
+                     k-NN and the linear probe train on the train features and report on the test ones.
+    weak_label_val:  leave-one-out retrieval on the weak-label val split (relevant = shares a label);
+                     plus the weak-label head's mAP and p@k when the module has that head.
+For each feature of ``eval.features`` ("embedding" is skipped, with a note, when the module has no
+embedding head): float cosine retrieval, binarized Hamming retrieval (eval.binarize), k-NN and
+linear-probe accuracy, named as docs/ARCHITECTURE.md "Metric names" says:
+    eval/<dataset>/<feature>/<float|binary>/{precision,recall,mAP}@<k>
+    eval/<dataset>/<feature>/knn_acc, eval/<dataset>/<feature>/linear_probe_acc
+    eval/weak_label_val/head/{mAP,p@k}
+Caps: eval.gallery_limit / eval.query_limit take the first items of the (deterministic) loaders.
+
+JSON (eval.output, else <run_dir>/eval/<dataset>.json):
+    {"metrics": {name: value}, "dataset", "checkpoint", "config_hash", "feature_dims", "timings",
+     "counts", "notes"}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from configs.compose import to_dict
+from evaluation.embeddings import HEAD_PREFIX, Extracted, extract_outputs
+from evaluation.head_metrics import weak_label_head_metrics
+from evaluation.knn import knn_accuracy
+from evaluation.linear_probe import linear_probe_accuracy
+from evaluation.retrieval import evaluate_retrieval, is_multi_label, resolve_device
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("fashion_mnist", "weak_label_val")
+# eval dataset -> (datamodules dataset name, split) of its gallery and of its queries (None: leave-one-out).
+SPLITS: dict[str, tuple[tuple[str, str], tuple[str, str] | None]] = {
+    "fashion_mnist": (("fashion_mnist", "train"), ("fashion_mnist", "test")),
+    "weak_label_val": (("weak_label", "val"), None),
+}
+LoaderFn = Callable[[DictConfig, str, str], Iterable[dict[str, Any]]]
+
+
+def metric_name(dataset: str, feature: str, *parts: str) -> str:
+    """``eval/<dataset>/<feature>/<parts...>``, the contract's naming."""
+    return "/".join(("eval", dataset, feature, *parts))
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """16 hex chars of the SHA-256 of the resolved config (sorted JSON), without eval.checkpoint and
+    eval.output: the same model config and evaluation settings give the same hash wherever they ran."""
+    tree = to_dict(cfg)
+    tree.get("eval", {}).pop("checkpoint", None)
+    tree.get("eval", {}).pop("output", None)
+    blob = json.dumps(tree, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def output_path(cfg: DictConfig, dataset: str, run_dir: Path | None) -> Path:
+    """Where a dataset's JSON goes.
+
+    eval.output may hold "{dataset}", name a .json file (several datasets: <stem>.<dataset>.json) or a
+    folder (<folder>/<dataset>.json); unset, it is <run_dir>/eval/<dataset>.json.
+    """
+    out = cfg.eval.output
+    if out:
+        if "{dataset}" in str(out):
+            return Path(str(out).format(dataset=dataset))
+        path = Path(str(out))
+        if path.suffix == ".json":
+            return path if len(cfg.eval.datasets) == 1 else path.with_name(f"{path.stem}.{dataset}.json")
+        return path / f"{dataset}.json"
+    if run_dir is None:
+        raise ValueError("nowhere to write the evaluation: set eval.output or give a run directory")
+    return Path(run_dir) / "eval" / f"{dataset}.json"
+
+
+def default_loader(cfg: DictConfig, dataset: str, split: str) -> Iterable[dict[str, Any]]:
+    """datamodules.eval_loader, after checking the configured dataset path exists."""
+    if dataset == "fashion_mnist" and not Path(cfg.data.fashion_mnist.root).exists():
+        raise FileNotFoundError(
+            f"data.fashion_mnist.root={cfg.data.fashion_mnist.root}: no such directory "
+            "(install the Debian package dataset-fashion-mnist or set data.fashion_mnist.root)"
+        )
+    if dataset == "weak_label" and not Path(cfg.data.weak_label.manifest).is_file():
+        raise FileNotFoundError(
+            f"data.weak_label.manifest={cfg.data.weak_label.manifest}: no such file (run mine_labels.py first)"
+        )
+    from datamodules import eval_loader
+
+    return eval_loader(cfg, dataset, split)
+
+
+def _module_heads(module: torch.nn.Module) -> Iterable[str] | None:
+    heads = getattr(module, "heads", None)
+    return list(heads.keys()) if heads is not None else None
+
+
+def _check_k(cfg: DictConfig, dataset: str, gallery_size: int, leave_one_out: bool) -> None:
+    available = gallery_size - (1 if leave_one_out else 0)
+    cap = f" (eval.gallery_limit={cfg.eval.gallery_limit})" if cfg.eval.gallery_limit else ""
+    where = " after leaving each query out" if leave_one_out else ""
+    for key, k in [("eval.ks", k) for k in cfg.eval.ks] + [("eval.knn_k", cfg.eval.knn_k)]:
+        if key == "eval.knn_k" and leave_one_out:
+            continue
+        if k > available:
+            raise ValueError(
+                f"{key}: k={k} is larger than the {dataset} gallery, which has {available} items{where}{cap}"
+            )
+
+
+class _Timer:
+    """Wall times of the evaluation's phases, in seconds."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - start, 4)
+
+
+def _retrieval(
+    cfg: DictConfig,
+    dataset: str,
+    feature: str,
+    queries: Extracted,
+    gallery: Extracted | None,
+    num_queries: int | None,
+    timer: _Timer,
+    device: torch.device,
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Float (and binary) retrieval metrics of one feature, named by the contract."""
+    ev = cfg.eval
+    metrics: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    kinds = [("float", "cosine")] + ([("binary", "hamming")] if ev.binarize else [])
+    if gallery is None:  # leave-one-out: the queries are the first num_queries items of the set
+        n = min(num_queries or len(queries), len(queries))
+        q_x, q_y, self_index = queries.features[feature][:n], queries.targets[:n], torch.arange(n)
+        g_x, g_y = queries.features[feature], queries.targets
+    else:
+        q_x, q_y, self_index = queries.features[feature], queries.targets, None
+        g_x, g_y = gallery.features[feature], gallery.targets
+    for kind, search in kinds:
+        with timer(f"{feature}/{kind}_retrieval_s"):
+            got, counts = evaluate_retrieval(
+                q_x, q_y, g_x, g_y, list(ev.ks), search, ev.block_size, device=device, self_index=self_index
+            )
+        metrics.update({metric_name(dataset, feature, kind, name): value for name, value in got.items()})
+    return metrics, counts
+
+
+def evaluate_dataset(
+    cfg: DictConfig,
+    module: torch.nn.Module,
+    dataset: str,
+    loader_fn: LoaderFn = default_loader,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """All metrics of one dataset; returns the JSON payload without checkpoint and config_hash."""
+    if dataset not in SPLITS:
+        raise ValueError(f"eval.datasets: unknown dataset '{dataset}': choose from {list(SPLITS)}")
+    ev = cfg.eval
+    device = resolve_device(ev.device)
+    timer = _Timer()
+    notes: list[str] = []
+    heads = _module_heads(module)
+    has_embedding = ("embedding" in heads) if heads is not None else bool(cfg.tasks.embedding.enabled)
+    features = []
+    for feature in ev.features:
+        if feature == "embedding" and not has_embedding:
+            notes.append(
+                "feature 'embedding' skipped: the module has no embedding head (tasks.embedding.enabled=false)"
+            )
+            log.info(notes[-1])
+            continue
+        features.append(feature)
+    if not features:
+        raise ValueError(f"eval.features={list(ev.features)}: nothing to evaluate for this module ({notes})")
+
+    (g_ds, g_split), query_source = SPLITS[dataset]
+    if ev.gallery_limit:  # a cap below a k fails before any image is read
+        _check_k(cfg, dataset, int(ev.gallery_limit), leave_one_out=query_source is None)
+    want_head = dataset == "weak_label_val" and heads is not None and "weak_label" in heads
+    outputs = features + ([HEAD_PREFIX + "weak_label"] if want_head else [])
+    with timer("extract_gallery_s"):
+        gallery = extract_outputs(
+            module,
+            loader_fn(cfg, g_ds, g_split),
+            outputs,
+            device,
+            "auto",
+            ev.gallery_limit,
+            f"{dataset} {g_split}",
+            progress,
+        )
+    notes.extend(gallery.notes)
+    _check_k(cfg, dataset, len(gallery), leave_one_out=query_source is None)  # before the query pass
+    if want_head and gallery.features[HEAD_PREFIX + "weak_label"].shape[1] != gallery.targets.shape[1]:
+        from evaluation.checkpoint import CheckpointMismatchError
+
+        raise CheckpointMismatchError(
+            f"the weak-label head predicts {gallery.features[HEAD_PREFIX + 'weak_label'].shape[1]} labels but "
+            f"data.weak_label (label_space={cfg.data.weak_label.label_space}) has {gallery.targets.shape[1]}: "
+            "the checkpoint was trained on another label space"
+        )
+    queries = None
+    if query_source is not None:
+        q_ds, q_split = query_source
+        with timer("extract_query_s"):
+            queries = extract_outputs(
+                module,
+                loader_fn(cfg, q_ds, q_split),
+                features,
+                device,
+                "auto",
+                ev.query_limit,
+                f"{dataset} {q_split}",
+                progress,
+            )
+    timer.timings["gallery_images_per_sec"] = round(gallery.images_per_sec, 2)
+
+    metrics: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for feature in features:
+        if queries is None:
+            got, counts = _retrieval(cfg, dataset, feature, gallery, None, ev.query_limit, timer, device)
+        else:
+            got, counts = _retrieval(cfg, dataset, feature, queries, gallery, None, timer, device)
+        metrics.update(got)
+        if queries is not None and not is_multi_label(gallery.targets):
+            g_x, g_y = gallery.features[feature], gallery.targets
+            q_x, q_y = queries.features[feature], queries.targets
+            with timer(f"{feature}/knn_s"):
+                metrics[metric_name(dataset, feature, "knn_acc")] = knn_accuracy(
+                    g_x, g_y, q_x, q_y, ev.knn_k, block_size=ev.block_size, device=device
+                )
+            lp = ev.linear_probe
+            with timer(f"{feature}/linear_probe_s"):
+                metrics[metric_name(dataset, feature, "linear_probe_acc")] = linear_probe_accuracy(
+                    g_x, g_y, q_x, q_y, lp.epochs, lp.lr, lp.weight_decay, lp.batch_size, cfg.seed, device
+                )
+    if want_head:
+        head = weak_label_head_metrics(gallery.features[HEAD_PREFIX + "weak_label"], gallery.targets, list(ev.ks))
+        metrics.update({f"eval/{dataset}/head/{name}": value for name, value in head.items()})
+    elif dataset == "weak_label_val":
+        notes.append("head metrics skipped: the module has no weak-label head")
+
+    feature_dims = {f: int(gallery.features[f].shape[1]) for f in features}
+    return {
+        "metrics": metrics,
+        "dataset": dataset,
+        "feature_dims": feature_dims,
+        "timings": timer.timings,
+        "counts": counts,
+        "notes": notes,
+    }
+
+
+def _json_value(value: Any) -> Any:
+    return None if isinstance(value, float) and value != value else value  # NaN -> null
+
+
+def evaluate_run(
+    cfg: DictConfig,
+    module: torch.nn.Module | None = None,
+    run_dir: str | Path | None = None,
+    loader_fn: LoaderFn | None = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Evaluate ``module`` (default: loaded from cfg.eval.checkpoint, else a random-init module) on
+    every dataset of cfg.eval.datasets and write one JSON per dataset.
+
+    Args:
+        cfg: the run config (its ``eval`` section says what to compute).
+        module: a module with ``embed(images, feature)``; None loads it as evaluate.py does.
+        run_dir: the run directory (JSON default <run_dir>/eval/<dataset>.json).
+        loader_fn: ``(cfg, dataset, split) -> loader``; default datamodules.eval_loader.
+        checkpoint: recorded in the JSON (default: cfg.eval.checkpoint).
+        progress: tqdm bars.
+
+    Returns:
+        Every dataset's metrics, flat ``{name: value}``.
+    """
+    from evaluation.checkpoint import build_random_module, load_checkpoint_module, resolve_checkpoint
+
+    checkpoint = checkpoint or cfg.eval.checkpoint
+    if module is None:
+        if checkpoint:
+            ckpt, ckpt_run_dir = resolve_checkpoint(checkpoint)
+            module, checkpoint, run_dir = load_checkpoint_module(cfg, ckpt), ckpt, run_dir or ckpt_run_dir
+        else:
+            module = build_random_module(cfg)
+    if run_dir is None and checkpoint:
+        run_dir = resolve_checkpoint(checkpoint)[1]
+    if run_dir is None:
+        from tracking.run_dir import RunDir
+
+        run_dir = RunDir.for_config(cfg).path
+    loader_fn = loader_fn or default_loader
+    digest = config_hash(cfg)
+    all_metrics: dict[str, float] = {}
+    for dataset in cfg.eval.datasets:
+        start = time.perf_counter()
+        payload = evaluate_dataset(cfg, module, dataset, loader_fn, progress)
+        payload["timings"]["total_s"] = round(time.perf_counter() - start, 4)
+        payload.update(checkpoint=str(checkpoint) if checkpoint else None, config_hash=digest)
+        payload["metrics"] = {k: _json_value(v) for k, v in sorted(payload["metrics"].items())}
+        path = output_path(cfg, dataset, Path(run_dir))
+        from tracking.run_dir import write_json_atomic
+
+        write_json_atomic(path, payload)
+        log.info("wrote %s", path)
+        all_metrics.update({k: float("nan") if v is None else v for k, v in payload["metrics"].items()})
+    return all_metrics

@@ -1,0 +1,175 @@
+"""Shared helpers of the evaluation tests: an independent brute-force numpy reference, tie-rich
+embeddings, a fake MultiTaskModule and fake eval loaders (dependency injection, no real data)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ------------------------------------------------------------------------ brute-force reference
+
+
+def brute_scores(q: np.ndarray, g: np.ndarray, metric: str) -> np.ndarray:
+    """Full [Q, G] score matrix in float64: cosine, or minus the Hamming distance of the sign bits."""
+    if metric == "cosine":
+        qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        gn = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+        return qn.astype(np.float64) @ gn.astype(np.float64).T
+    qb, gb = q > 0, g > 0
+    return -(qb[:, None, :] != gb[None, :, :]).sum(-1).astype(np.float64)
+
+
+def brute_ranking(scores: np.ndarray, self_index: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Per query, gallery indices sorted by score desc then index asc, self removed."""
+    out = []
+    for i, row in enumerate(scores):
+        order = np.lexsort((np.arange(row.size), -row))  # last key is primary
+        if self_index is not None and self_index[i] >= 0:
+            order = order[order != self_index[i]]
+        out.append(order)
+    return out
+
+
+def brute_relevant(q_t: np.ndarray, g_t: np.ndarray) -> np.ndarray:
+    """[Q, G] bool: same class (1-D targets) or a shared label (multi-hot)."""
+    if q_t.ndim == 1:
+        return q_t[:, None] == g_t[None, :]
+    return (q_t.astype(float) @ g_t.astype(float).T) > 0
+
+
+def brute_metrics(q, q_t, g, g_t, ks, metric="cosine", self_index=None) -> dict[str, float]:
+    """precision/recall/mAP@k by their textbook definitions, query by query in Python."""
+    q, q_t, g, g_t = (np.asarray(x) for x in (q, q_t, g, g_t))
+    rel_all = brute_relevant(q_t, g_t)
+    ranking = brute_ranking(brute_scores(q, g, metric), self_index)
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("precision", "recall", "mAP")}
+    used = 0
+    for i, order in enumerate(ranking):
+        rel_row = rel_all[i].copy()
+        if self_index is not None and self_index[i] >= 0:
+            rel_row[self_index[i]] = False
+        total = int(rel_row.sum())
+        if total == 0:
+            continue
+        used += 1
+        rel = rel_row[order].astype(float)
+        for k in ks:
+            hits = rel[:k].sum()
+            sums[f"precision@{k}"] += hits / k
+            sums[f"recall@{k}"] += hits / total
+            ap = sum(rel[:i_].sum() / i_ * rel[i_ - 1] for i_ in range(1, k + 1))
+            sums[f"mAP@{k}"] += ap / min(total, k)
+    return {name: value / used for name, value in sums.items()}
+
+
+# --------------------------------------------------------------------------------- embeddings
+
+
+def tied_embeddings(n: int, dim: int = 16, seed: int = 0) -> torch.Tensor:
+    """+-1 vectors with dim = 16: normalized entries are +-0.25 and every cosine a multiple of 1/16,
+    all exact in float32, so ties are real ties whatever the blocking."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, (n, dim), generator=gen).float() * 2 - 1
+
+
+def class_clusters(n: int, num_classes: int, dim: int = 8, noise: float = 0.05, seed: int = 0, centers_seed: int = 99):
+    """Separable data: class c sits around a random direction (the same for every ``seed``, so
+    splits drawn with different seeds share classes). Returns (features [n, dim], labels [n])."""
+    centers = F.normalize(torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(centers_seed)), dim=1)
+    centers = centers * 3
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes
+    return centers[labels] + noise * torch.randn(n, dim, generator=gen), labels
+
+
+# ------------------------------------------------------------------------------- fake module
+
+
+class NormLinear(nn.Module):
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(x), dim=-1)
+
+
+class FakeMultiTaskModule(nn.Module):
+    """The MultiTaskModule contract in miniature: embed(images, feature) and heads{embedding, weak_label}.
+
+    The backbone is the identity on the first ``width`` pixels, so features are the images' content.
+    """
+
+    def __init__(self, width: int = 8, dim: int = 6, num_labels: int | None = None, embedding: bool = True):
+        super().__init__()
+        self.width = width
+        self.heads = nn.ModuleDict()
+        if embedding:
+            self.heads["embedding"] = NormLinear(width, dim)
+        if num_labels:
+            self.heads["weak_label"] = nn.Linear(width, num_labels)
+        self.calls: list[str] = []
+
+    def embed(self, images: torch.Tensor, feature: str = "embedding") -> torch.Tensor:
+        self.calls.append(feature)
+        feat = images.flatten(1)[:, : self.width].float()
+        if feature == "backbone":
+            return feat
+        if feature == "embedding":
+            return self.heads["embedding"](feat)
+        raise ValueError(feature)
+
+
+def images_from_features(features: torch.Tensor, size: int = 4) -> torch.Tensor:
+    """[N, D] -> [N, 3, size, size] images whose first D pixels (flattened) are the features."""
+    n, d = features.shape
+    flat = torch.zeros(n, 3 * size * size)
+    flat[:, :d] = features
+    return flat.view(n, 3, size, size)
+
+
+def make_loader(features: torch.Tensor, targets: torch.Tensor, batch_size: int = 16, prefix: str = "s"):
+    """A list of {"image", "target", "key"} batches, as datamodules.eval_loader yields."""
+    images = images_from_features(features)
+    return [
+        {
+            "image": images[s : s + batch_size],
+            "target": targets[s : s + batch_size],
+            "key": [f"{prefix}{i:05d}" for i in range(s, min(s + batch_size, len(targets)))],
+        }
+        for s in range(0, len(targets), batch_size)
+    ]
+
+
+class FakeLoaders:
+    """loader_fn(cfg, dataset, split) over fixed tensors; records the calls."""
+
+    def __init__(self, splits: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]], batch_size: int = 16):
+        self.splits = splits
+        self.batch_size = batch_size
+        self.calls: list[tuple[str, str]] = []
+
+    def __call__(self, cfg, dataset: str, split: str):
+        self.calls.append((dataset, split))
+        if (dataset, split) not in self.splits:
+            raise FileNotFoundError(f"no fake data for {dataset}/{split}")
+        x, y = self.splits[(dataset, split)]
+        return make_loader(x, y, self.batch_size, prefix=f"{dataset}-{split}-")
+
+
+def fashion_and_weak_label_splits(n_train: int = 60, n_test: int = 30, n_val: int = 40, num_labels: int = 5):
+    """Separable 'fashion_mnist' (3 classes) and multi-hot 'weak_label' val data for the runner."""
+    x_tr, y_tr = class_clusters(n_train, 3, seed=1)
+    x_te, y_te = class_clusters(n_test, 3, seed=2)
+    x_val, c_val = class_clusters(n_val, num_labels, seed=3)
+    multi_hot = F.one_hot(c_val, num_labels).float()
+    multi_hot[::4, (c_val[::4] + 1) % num_labels] = 1.0  # some items carry a second label
+    return {
+        ("fashion_mnist", "train"): (x_tr, y_tr),
+        ("fashion_mnist", "test"): (x_te, y_te),
+        ("weak_label", "val"): (x_val, multi_hot),
+    }
