@@ -36,14 +36,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     if is_rank_zero:
         run_dir.start(cfg, wandb_id=wandb_run_id(logger))
 
-    datamodule = build_datamodule(cfg)
-    module = MultiTaskModule(to_dict(cfg), datamodule.num_classes)
-    if cfg.init_from:
-        module.load_pretrained(cfg.init_from)
-    trainer = build_trainer(cfg, run_dir, logger, callbacks=[ThroughputMonitor(), *datamodule.callbacks()])
     try:
+        datamodule = build_datamodule(cfg)
+        module = MultiTaskModule(to_dict(cfg), datamodule.num_classes)
+        if cfg.init_from:
+            module.load_pretrained(cfg.init_from)
+        trainer = build_trainer(cfg, run_dir, logger, callbacks=[ThroughputMonitor(), *datamodule.callbacks()])
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, run_dir), weights_only=True)
     except BaseException as err:
+        # A killed or failed run says so in run.json; the sweep runner re-runs it (resume=auto).
         if is_rank_zero:
             run_dir.finish("failed", error=f"{type(err).__name__}: {err}")
         raise

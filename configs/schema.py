@@ -99,6 +99,9 @@ class DataConfig:
     fashion_mnist: FashionMNISTConfig = field(default_factory=FashionMNISTConfig)
     user_tasks: dict[str, ImageFolderTaskDataConfig] = field(default_factory=dict)
     mixing: MixingConfig = field(default_factory=MixingConfig)
+    # Append the sample keys of every training batch each rank consumes to this JSON-lines file (rank r > 0:
+    # <path>.rank<r>); a resumed run first cuts it back to its checkpoint. None = off (tracking/sample_keys.py).
+    record_keys: str | None = None
 
 
 # ---------------------------------------------------------------------------------------- tasks

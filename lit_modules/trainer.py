@@ -2,23 +2,143 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pickle
+import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from lit_modules.checkpoints import CheckpointError
 from tracking.run_dir import RunDir
+from tracking.sample_keys import SampleKeyRecorder
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint writes that a crash or a kill at any moment cannot corrupt.
+
+    Lightning's own writer (``_atomic_save``) stages the file through an fsspec transaction whose temporary file
+    lives in the system temp folder; when that is another filesystem than the run directory (a node-local /tmp, runs
+    on a shared filesystem) the final move is a copy *into* ``last.ckpt``, so a kill during it leaves a truncated
+    checkpoint, and a multi-GB checkpoint must also fit /tmp. Here the checkpoint is written to a temporary file in
+    the target's own folder, flushed and fsynced, then renamed over the target with ``os.replace`` (atomic on POSIX),
+    and the folder entry is fsynced. ``torch.save`` writes straight into that file (no second in-memory copy).
+    Remote paths (``s3://`` ...) go through Lightning's writer. Loading uses ``weights_only`` as passed (train.py
+    passes True) and turns a refused pickle payload or an unreadable file into a ``CheckpointError`` naming the file.
+    """
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Lightning's loader, with clear errors for a pickle payload (refused, never executed) or a broken file."""
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except pickle.UnpicklingError:
+            raise CheckpointError(
+                f"{path}: refused to load: it holds pickled Python objects beyond tensors and plain containers, "
+                "and checkpoints are only read with torch.load(weights_only=True)"
+            ) from None
+        except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint (truncated or another format): {err}. Resume from "
+                "another checkpoint (resume=<path>) or start over (resume=never)"
+            ) from None
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Write ``checkpoint`` to ``path`` atomically (see the class docstring)."""
+        target = str(path)
+        if "://" in target and not target.startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError("storage_options are not supported for local checkpoints")
+        target_path = Path(target.removeprefix("file://"))
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target_path.parent, prefix=f".{target_path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+            os.replace(tmp, target_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(target_path.parent)
+        return None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename in ``folder`` (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that also writes ``last.ckpt`` after the run's final training batch.
+
+    Lightning's ``on_train_end`` writes ``last.ckpt`` when no periodic save happened yet, but by then the epoch
+    counter has moved on while the batch counter has not: a run stopped by ``max_steps`` at step 3 of epoch 0 is
+    saved as "epoch 1, batch 3", and extending it (same run, larger ``trainer.max_steps``) skips the rest of epoch 0.
+    Saving at the last batch, like every periodic save, records a consistent position.
+    """
+
+    @property
+    def state_key(self) -> str:
+        # The key a plain ModelCheckpoint has: checkpoints written before this class existed restore its state.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer) and _final_batch(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _final_batch(trainer: Trainer) -> bool:
+    """True at the end of the fit's last training batch (``max_steps`` reached, or the last batch of the last epoch)."""
+    if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+        return True
+    epoch_loop = trainer.fit_loop.epoch_loop
+    max_epochs = trainer.max_epochs
+    return bool(
+        max_epochs is not None
+        and max_epochs > 0
+        and trainer.current_epoch + 1 >= max_epochs
+        and epoch_loop.batch_progress.is_last_batch
+    )
 
 
 def checkpoint_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[ModelCheckpoint]:
-    """`last.ckpt` every trainer.checkpoint_every_n_steps (and at the end), `best.ckpt` by val/loss.
+    """`last.ckpt` every trainer.checkpoint_every_n_steps and after the final batch, `best.ckpt` by val/loss.
 
-    Lightning writes checkpoints through an fsspec transaction (temporary file, then rename), so a
-    crash while writing leaves the previous checkpoint intact (tests/test_reliability.py).
+    Checkpoints are written by ``AtomicCheckpointIO`` (temporary file in the same folder, fsync, rename), so a
+    crash or kill while writing leaves the previous checkpoint intact (tests/test_reliability.py).
     """
-    last = ModelCheckpoint(
+    last = StepCheckpoint(
         dirpath=run_dir.checkpoints,
         filename="step{step}",
         save_last=True,
@@ -45,7 +165,8 @@ def build_trainer(
     callbacks: Sequence[Callback] = (),
     enable_checkpointing: bool = True,
 ) -> Trainer:
-    """A Trainer driven by steps (webdataset epochs are nominal), with the run's strategy."""
+    """A Trainer driven by steps (webdataset epochs are nominal), with the run's strategy, atomic checkpoint writes
+    and, when ``data.record_keys`` is set, the ``SampleKeyRecorder``."""
     from lit_modules.strategy import build_strategy
 
     t = cfg.trainer
@@ -55,6 +176,9 @@ def build_trainer(
     if enable_checkpointing:
         all_callbacks.extend(checkpoint_callbacks(cfg, run_dir))
     all_callbacks.extend(callbacks)
+    record_keys = OmegaConf.select(cfg, "data.record_keys", default=None)
+    if record_keys:
+        all_callbacks.append(SampleKeyRecorder(record_keys))
     limit_val: float | None = t.limit_val_batches
     if limit_val is not None and float(limit_val).is_integer() and limit_val > 1:
         limit_val = int(limit_val)
@@ -79,6 +203,7 @@ def build_trainer(
         enable_checkpointing=enable_checkpointing,
         default_root_dir=str(Path(run_dir.path)),
         use_distributed_sampler=True,
+        plugins=[AtomicCheckpointIO()],
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -11,6 +12,12 @@ from configs.compose import to_dict
 from tracking.run_dir import RunDir, axes
 
 log = logging.getLogger(__name__)
+
+# wandb waits 90 s for an unreachable server at init and forever for uploads at the end by default. Bounded here so a
+# dead server costs seconds, not minutes (WANDB_INIT_TIMEOUT / WANDB_FINISH_TIMEOUT override them); data that did
+# not upload stays in ./wandb for `wandb sync`.
+INIT_TIMEOUT_S = 20.0
+FINISH_TIMEOUT_S = 120.0
 
 
 def wandb_mode(cfg: DictConfig) -> str:
@@ -37,7 +44,8 @@ def build_wandb_logger(cfg: DictConfig, run_dir: RunDir, rank_zero: bool = True)
     run continues the same W&B run (Lightning #4935). Returns None when logging is off.
 
     When online logging fails (no server, not logged in), it falls back to offline and says so;
-    training never blocks on W&B.
+    training never blocks on W&B: init gives up after ``INIT_TIMEOUT_S`` and the final upload after
+    ``FINISH_TIMEOUT_S`` unless WANDB_INIT_TIMEOUT / WANDB_FINISH_TIMEOUT say otherwise.
     """
     if not cfg.logger.wandb:
         return None
@@ -57,6 +65,7 @@ def build_wandb_logger(cfg: DictConfig, run_dir: RunDir, rank_zero: bool = True)
         tags=run_tags(cfg),
         job_type=cfg.stage,
         config={**to_dict(cfg), "axes": axes(cfg)},
+        settings=wandb_settings(),
     )
     logger = WandbLogger(mode=mode, **kwargs)
     if mode == "online" and rank_zero:
@@ -64,9 +73,26 @@ def build_wandb_logger(cfg: DictConfig, run_dir: RunDir, rank_zero: bool = True)
             _ = logger.experiment  # force init now so a dead server shows here, not mid-training
         except Exception as err:  # wandb raises several error types for network/auth failures
             log.warning("W&B online logging failed (%s); logging offline to ./wandb instead", err)
+            # The wandb service still holds the half-initialised run under our id ("run ID is in use"): stop it,
+            # so the offline run can keep the id (and `wandb sync` later continues the same run).
+            import wandb
+
+            with contextlib.suppress(Exception):
+                wandb.teardown()
             os.environ["WANDB_MODE"] = "offline"
             logger = WandbLogger(mode="offline", **kwargs)
     return logger
+
+
+def wandb_settings():
+    """``wandb.Settings`` with the bounded timeouts above, for the ones the environment does not set."""
+    import wandb
+
+    bounds = {
+        "init_timeout": ("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S),
+        "finish_timeout": ("WANDB_FINISH_TIMEOUT", FINISH_TIMEOUT_S),
+    }
+    return wandb.Settings(**{name: value for name, (env, value) in bounds.items() if not os.environ.get(env)})
 
 
 def _new_id() -> str:
