@@ -1,0 +1,253 @@
+"""Data-loading throughput: the full weak-label DataModule pipeline against PIL decode + augment alone.
+
+In one run, on the same images and with the same number of loader workers, it measures
+
+  (a) PIL alone: JPEG bytes held in memory -> decode (PIL) -> timm train transform -> batch, in a plain DataLoader;
+  (b) the pipeline: ``build_datamodule(cfg)``'s training loader reading the tar shards (shard source, tar reading,
+      shuffle buffer, json labels -> multi-hot, decode, transform, batching, worker metadata),
+
+and prints, at 224 px and at the CPU demo's 64 px: wall-clock images/s, (b)/(a) and images/s per worker (what
+training sees on this machine now), and CPU milliseconds per image of the loader workers plus the main process (read
+from /proc), whose ratio (a)/(b) is the pipeline's efficiency against PIL alone (target >= 0.9) independent of
+whatever else loads the machine. Both loaders stay alive (persistent workers) and are timed in ``--repeats``
+alternating short chunks, so both see the same background load; figures are medians (the wall ratio: the median of
+the per-chunk-pair ratios). Cores per GPU for a ViT-B/16 at 3,000 images/s = 3,000 / (images/s per core at 224 px).
+(b) crosses pass boundaries as training does.
+
+Images: ``data/openclipart`` when its manifest exists (the real shards), else synthetic JPEGs (short side 256, like
+the label pipeline writes) in a temporary folder.
+
+    python benchmarks/bench_data.py                      # ~1-2 minutes on a 2-core machine
+    python benchmarks/bench_data.py --workers 4 --images 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import os
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader, Dataset
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from configs.compose import compose  # noqa: E402
+from datamodules import build_datamodule  # noqa: E402
+from datamodules.weak_label import decode_image, draft_size, image_transform  # noqa: E402
+
+VIT_B16_TARGET = 3000  # images/s one GPU consumes training ViT-B/16 (the figure the issue asks about)
+
+
+def synthetic_shards(root: Path, n: int = 2048, shard_size: int = 256, classes: int = 50) -> Path:
+    """JPEG shards + manifest in the docs/ARCHITECTURE.md format: smooth shapes, 256 px short side."""
+    import webdataset as wds
+
+    rng = np.random.default_rng(0)
+    shards = []
+    with wds.ShardWriter(str(root / "train-b0-%06d.tar"), maxcount=shard_size, encoder=False, verbose=0) as sink:
+        for i in range(n):
+            w = int(rng.integers(256, 384))
+            img = Image.new("RGB", (w, 256), tuple(int(c) for c in rng.integers(0, 256, 3)))
+            draw = ImageDraw.Draw(img)
+            for _ in range(6):
+                x, y = int(rng.integers(0, w)), int(rng.integers(0, 256))
+                r = int(rng.integers(10, 90))
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=90)
+            labels = sorted(set(rng.integers(0, classes, 3).tolist()))
+            meta = {"key": f"{i:016x}", "labels": {"raw": labels, "clustered": labels}}
+            sink.write({"__key__": f"{i:016x}", "jpg": buf.getvalue(), "json": json.dumps(meta).encode()})
+    for start in range(0, n, shard_size):
+        shards.append(
+            {
+                "url": f"train-b0-{start // shard_size:06d}.tar",
+                "num_samples": min(shard_size, n - start),
+                "scale_bucket": 1.0,
+            }
+        )
+    names = [f"c{i}" for i in range(classes)]
+    manifest = {
+        "format_version": 1,
+        "name": "bench",
+        "label_spaces": {
+            "raw": {"num_classes": classes, "names": names},
+            "clustered": {"num_classes": classes, "names": names},
+        },
+        "scales": [1.0],
+        "splits": {"train": {"num_samples": n, "shards": shards}},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root / "manifest.json"
+
+
+def shard_images(manifest: Path, limit: int) -> list[bytes]:
+    """The image bytes of the first ``limit`` train samples (what baseline (a) decodes)."""
+    data = json.loads(manifest.read_text())
+    out: list[bytes] = []
+    for shard in data["splits"]["train"]["shards"]:
+        with tarfile.open(manifest.parent / shard["url"]) as tar:
+            for member in tar:
+                if member.name.rsplit(".", 1)[-1] in ("jpg", "jpeg", "png"):
+                    out.append(tar.extractfile(member).read())
+                    if len(out) >= limit:
+                        return out
+    return out
+
+
+class PilBaseline(Dataset):
+    """(a): decode + the same timm train transform, nothing else."""
+
+    def __init__(self, images: list[bytes], transform, draft: int, length: int) -> None:
+        self.images, self.transform, self.draft, self.length = images, transform, draft, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(decode_image(self.images[i % len(self.images)], self.draft))
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """user + system CPU seconds of processes, from /proc/<pid>/stat (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _worker_pids(iterator) -> list[int]:
+    return [w.pid for w in getattr(iterator, "_workers", [])]  # torch's multi-process iterator (private field)
+
+
+def _measure(it, n_images: int, warmup: int, workers: list[int]) -> tuple[float, float]:
+    """(images/s, CPU ms per image of the loader workers + this process) over ``n_images``.
+
+    Starts after a pause (the other loader's workers finish their prefetching, untimed) and after ``warmup`` batches
+    (this loader's already-prefetched ones). CPU time is what other processes' load does not distort.
+    """
+    time.sleep(0.3)
+    for _ in range(warmup):
+        next(it)
+    cpu0, start = _cpu_seconds(workers) + time.process_time(), time.perf_counter()
+    seen = 0
+    while seen < n_images:
+        seen += len(next(it))
+    wall = time.perf_counter() - start
+    cpu = _cpu_seconds(workers) + time.process_time() - cpu0
+    return seen / wall, 1000 * cpu / seen
+
+
+def pil_batches(cfg, images: list[bytes]):
+    """(a): an endless batch iterator over the in-memory images, and its worker pids."""
+    d = cfg.data
+    dataset = PilBaseline(
+        images, image_transform(d, train=True), draft_size(d.img_size, d.augment.scale_min, True), length=1 << 30
+    )
+    loader = DataLoader(
+        dataset, batch_size=d.batch_size, num_workers=d.num_workers, drop_last=True, persistent_workers=True
+    )
+    iterator = iter(loader)
+    next(iterator)  # workers started
+    return iterator, _worker_pids(iterator)
+
+
+def pipeline_batches(cfg):
+    """(b): the DataModule's training batches, pass after pass as training reads them, and its worker pids."""
+    dm = build_datamodule(cfg)
+    dm.train_dataloader()
+    loader = dm.train_loaders["weak_label"]
+
+    def batches():
+        while True:  # the next pass when one ends (the workers are persistent)
+            for batch in loader:
+                yield batch["key"]
+
+    iterator = batches()
+    next(iterator)
+    return iterator, _worker_pids(loader.source.dataloader._iterator)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for both (a) and (b)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--images", type=int, default=384, help="images timed per chunk at 224 px (x3 at 64)")
+    parser.add_argument("--repeats", type=int, default=6, help="alternating (a)/(b) chunks; medians are reported")
+    parser.add_argument("--manifest", default=str(REPO / "data" / "openclipart" / "manifest.json"))
+    args = parser.parse_args()
+
+    tmp = None
+    manifest = Path(args.manifest)
+    if not manifest.is_file():
+        tmp = tempfile.TemporaryDirectory()
+        manifest = synthetic_shards(Path(tmp.name))
+    source = "synthetic JPEGs" if tmp else str(manifest.parent)
+    warmup = 2 * max(1, args.workers)
+    images = shard_images(manifest, 1024)
+    print(
+        f"images: {source}; {len(images)} held in memory for (a); workers={args.workers}; "
+        f"batch={args.batch_size}; cores={os.cpu_count()}; load average={os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'':>5} {'wall-clock images/s':^42} {'CPU ms per image (workers + main)':^44}")
+    print(
+        f"{'size':>5} {'(a) PIL':>9} {'(b) pipeline':>13} {'(b)/(a)':>8} {'/worker':>9} "
+        f"{'(a) PIL':>9} {'(b) pipeline':>13} {'(a)/(b)':>8} {'img/s/core':>11}"
+    )
+    per_core = {}
+    for size, n_images in ((224, args.images), (64, 3 * args.images)):
+        cfg = compose(
+            [
+                "logger=none",
+                "trainer=cpu",
+                "tasks=weak_label",
+                f"data.weak_label.manifest={manifest}",
+                f"data.img_size={size}",
+                f"data.batch_size={args.batch_size}",
+                f"data.num_workers={args.workers}",
+                "data.shuffle_buffer=500",
+                "data.weak_label.scale=1.0",
+            ]
+        )
+        a_it, a_pids = pil_batches(cfg, images)
+        b_it, b_pids = pipeline_batches(cfg)
+        pil, pipe = [], []
+        for _ in range(args.repeats):  # alternate short chunks, so both see the same background load
+            pil.append(_measure(a_it, n_images, warmup, a_pids))
+            pipe.append(_measure(b_it, n_images, warmup, b_pids))
+        del a_it, b_it
+        gc.collect()  # shut these workers down here, not inside the next loaders' forked workers
+        a_wall = float(np.median([x[0] for x in pil]))
+        b_wall = float(np.median([x[0] for x in pipe]))
+        ratio = float(np.median([b[0] / a[0] for a, b in zip(pil, pipe)]))
+        a_cpu, b_cpu = float(np.median([x[1] for x in pil])), float(np.median([x[1] for x in pipe]))
+        per_core[size] = 1000 / b_cpu
+        print(
+            f"{size:>5} {a_wall:>9.0f} {b_wall:>13.0f} {ratio:>8.2f} {b_wall / max(1, args.workers):>9.0f} "
+            f"{a_cpu:>9.2f} {b_cpu:>13.2f} {a_cpu / b_cpu:>8.2f} {per_core[size]:>11.0f}"
+        )
+    cores = VIT_B16_TARGET / per_core[224]
+    print(
+        f"ViT-B/16 at {VIT_B16_TARGET:,} img/s (224 px) needs ~{cores:.0f} cores of this kind per GPU for data loading "
+        f"({VIT_B16_TARGET:,} / {per_core[224]:.0f} img/s per core, from CPU time)."
+    )
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

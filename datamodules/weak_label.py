@@ -1,0 +1,933 @@
+"""Weak-label shards (``labels/`` writes them, docs/ARCHITECTURE.md defines them) streamed under DDP.
+
+Config: ``data.weak_label.{manifest, shards, label_space, scale, resampled}``, ``data.{img_size, batch_size,
+eval_batch_size, num_workers, shuffle_buffer, augment.*}``, ``seed``. Sample counts always come from the manifest.
+
+Training pipeline, per (rank, logical worker), in webdataset's DataPipeline style (``TrainStream.pipeline``)::
+
+    shard source      resampled (default): webdataset's ResampledShards seeded by (seed, epoch, pass, rank,
+                      worker), with replacement; else ShardSource: the shard list shuffled by (seed, epoch, pass,
+                      round), the same on every rank, then split by rank and worker (split_by_node +
+                      split_by_worker with explicit ranks); fewer shards than rank x worker slots: every slot
+                      reads every shard and keeps every n-th sample, with a warning
+    ReadShards        tar reading (datamodules.tar_reader), members grouped into samples by webdataset's key
+                      rule; a shard that cannot be opened, is corrupt or truncated is logged, counted and skipped
+                      (samples before the break are kept); only .jpg/.jpeg/.png/.webp/.json members are read (a
+                      .pyd/.pickle member is skipped unread, never unpickled); a complete shard whose sample
+                      count differs from the manifest raises ManifestMismatchError
+    RoundShuffle      sample shuffle buffer of raw bytes, seeded per (seed, epoch, pass, rank, worker); in the
+                      non-resampled mode it drains at the end of each round over the shard list, so a pass reads
+                      each sample of its slot once before repeating any
+    index_and_skip    numbers the raw samples; a resumed pass drops the ones already consumed *before decoding*
+    DecodeSample      json labels -> multi-hot target (ids outside the vocabulary: counted skip), PIL decode,
+                      timm transform; each sample's RNGs are seeded from its raw index, so augmentations are a
+                      pure function of (seed, epoch, pass, rank, worker, index); failures are counted skips
+    batched           full batches only (``partial=False``); optional timm Mixup with soft multi-hot targets
+    quota             each worker yields exactly ceil(ceil(N / (batch x ranks)) / workers) batches per pass
+                      (N = the manifest's count for the scale), so every rank gets the same number of batches
+                      and no rank waits at a collective; the stream under the quota never runs dry because the
+                      shard source repeats
+
+Guarantees:
+
+* **Equal batch counts per rank**, by construction (quota above), whatever the shard count or sizes.
+* **Determinism**: given seed, world size, num_workers, batch size and manifest, pass ``p`` of epoch ``e`` yields the
+  same samples in the same order with the same augmentations.
+* **Mid-epoch resume** (``MultiTaskDataModule.state_dict``): the checkpoint stores the trainer's position; each
+  logical worker skips exactly the raw samples it had turned into batches the trainer consumed (counted in the raw,
+  pre-decode stream, so undecodable samples do not shift it), and worker roles are rotated so the resumed run yields
+  the same batches in the same order as an uninterrupted run. Limits: world size, num_workers, batch size, seed and
+  the shards must be unchanged (otherwise a warning and the epoch restarts from a fresh pass); skipping still reads
+  (but does not decode) the skipped part of the shards; a shard that became unreadable in between changes the stream.
+* **Non-resampled passes** read each sample of their slot's shards once before repeating any; with shards that do
+  not split evenly, a slot whose share exceeds the quota leaves its rest for the next pass and a smaller one repeats
+  a few samples (the price of equal batch counts). Resampled passes draw shards with replacement: samples repeat
+  within a pass, as the design of resampling intends.
+* **Validation** (``EvalStream``): every val sample of the manifest is yielded exactly once over all ranks and
+  workers. Val shards are assigned whole to (rank, worker) slots by size when that balances them, else every slot
+  reads every val shard and keeps sample ``g`` of the split when ``g % slots`` is its slot (ranks then differ by at
+  most one sample). Every rank yields the same number of
+  batches (batches are cut by a plan from the manifest counts; a rank with fewer samples gets smaller batches), so
+  metrics gathered over ranks equal a single-process evaluation, independent of the world size. Undecodable val
+  samples are counted and left out (a batch then has fewer samples); a val shard that is truncated or disagrees
+  with the manifest raises, because the plan would no longer cover it. Equal counts need every rank to hold at least
+  as many val samples as batches; a val split too small for that (e.g. fewer samples than ranks) raises.
+
+Workers are persistent; the pass state they read (epoch, pass, worker rotation, resume offsets) is in shared memory
+(``TrainStream``). Skip counts reach the main process inside the batches (``datamodules.loaders``); skips after a
+worker's last batch of a pass are not reported.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import multiprocessing
+import os
+import random
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from timm.data import DEFAULT_CROP_PCT
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from webdataset.gopen import gopen
+
+from datamodules.loaders import (
+    META,
+    BatchSource,
+    DataConfigError,
+    equalize_batches,
+    index_seed,
+    mix_seed,
+    seed_sample_rngs,
+    split_plan,
+)
+from datamodules.tar_reader import TarFormatError, iter_members
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+READ_EXTS = frozenset((*IMAGE_EXTS, "json"))
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SKIP_REASONS = (
+    "shard_read_error",  # a shard could not be opened or its tar stream broke (e.g. truncated)
+    "samples_lost",  # samples the manifest lists in a shard that broke, never read
+    "ignored_member",  # a tar member with an extension the pipeline does not read (.pyd, .pickle, .txt, ...)
+    "missing_image",
+    "missing_json",
+    "bad_json",
+    "missing_labels",  # json without labels[label_space]
+    "label_out_of_vocab",  # a label id outside [0, num_classes)
+    "empty_labels",  # no label in the chosen label space
+    "decode_error",  # image bytes PIL cannot decode (or a transform failed on them)
+)
+
+
+class ManifestError(DataConfigError):
+    """The manifest is missing, malformed or does not fit the config."""
+
+
+class ManifestMismatchError(RuntimeError):
+    """A shard holds a different number of samples than the manifest says."""
+
+
+# -------------------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard as the manifest lists it; ``url`` is resolved against the manifest's folder."""
+
+    url: str
+    num_samples: int
+    scale_bucket: float | None = None
+
+
+def _is_remote(url: str) -> bool:
+    return url.startswith("pipe:") or "://" in url
+
+
+def _read_text(path: str) -> str:
+    if _is_remote(path):
+        with gopen(path, "rb") as stream:
+            return stream.read().decode("utf-8")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+class Manifest:
+    """A parsed, validated ``manifest.json`` (see docs/ARCHITECTURE.md)."""
+
+    def __init__(self, data: dict, path: str) -> None:
+        self.data = data
+        self.path = path
+        if path.startswith("pipe:"):
+            self.root = None  # shard urls must then be absolute
+        elif "://" in path:
+            self.root = path.rsplit("/", 1)[0]
+        else:
+            self.root = os.path.dirname(os.path.abspath(path))
+        self._validate()
+
+    @classmethod
+    def load(cls, path: str) -> Manifest:
+        """Read and validate the manifest at ``path`` (local path or a URL webdataset's gopen can open)."""
+        path = str(path)
+        if not _is_remote(path) and not os.path.isfile(path):
+            raise ManifestError(
+                f"data.weak_label.manifest: file not found: {path} (build the shards with mine_labels.py, or point "
+                "data.weak_label.manifest at an existing manifest.json)"
+            )
+        try:
+            data = json.loads(_read_text(path))
+        except (OSError, ValueError) as err:
+            raise ManifestError(f"data.weak_label.manifest: cannot read {path}: {err}") from None
+        if not isinstance(data, dict):
+            raise ManifestError(f"manifest {path} must hold a JSON object")
+        return cls(data, path)
+
+    def _fail(self, field_name: str, msg: str) -> None:
+        raise ManifestError(f"manifest {self.path}: field '{field_name}' {msg}")
+
+    def _validate(self) -> None:
+        d = self.data
+        if d.get("format_version") != 1:
+            self._fail("format_version", f"is {d.get('format_version')!r}; this reader understands 1")
+        spaces = d.get("label_spaces")
+        if not isinstance(spaces, dict) or not spaces:
+            self._fail("label_spaces", "must map a label space name to {num_classes, names}")
+        for name, space in spaces.items():
+            n = space.get("num_classes") if isinstance(space, dict) else None
+            names = space.get("names") if isinstance(space, dict) else None
+            if not isinstance(n, int) or n <= 0 or not isinstance(names, list) or len(names) != n:
+                self._fail(f"label_spaces.{name}", "needs a positive num_classes and that many names")
+        scales = d.get("scales")
+        if not isinstance(scales, list) or not scales or not all(isinstance(s, (int, float)) for s in scales):
+            self._fail("scales", "must be a non-empty list of fractions")
+        splits = d.get("splits")
+        if not isinstance(splits, dict) or "train" not in splits:
+            self._fail("splits", "must hold at least 'train'")
+        for split, entry in splits.items():
+            shards = entry.get("shards") if isinstance(entry, dict) else None
+            if not isinstance(shards, list) or not shards:
+                self._fail(f"splits.{split}.shards", "must be a non-empty list")
+            for i, shard in enumerate(shards):
+                if not isinstance(shard, dict) or not isinstance(shard.get("url"), str):
+                    self._fail(f"splits.{split}.shards[{i}].url", "is missing")
+                if not isinstance(shard.get("num_samples"), int) or shard["num_samples"] < 0:
+                    self._fail(f"splits.{split}.shards[{i}].num_samples", "must be a non-negative integer")
+            total = sum(s["num_samples"] for s in shards)
+            if entry.get("num_samples") != total:
+                self._fail(
+                    f"splits.{split}.num_samples", f"is {entry.get('num_samples')} but its shards sum to {total}"
+                )
+
+    @property
+    def scales(self) -> list[float]:
+        return [float(s) for s in self.data["scales"]]
+
+    def label_space(self, space: str) -> tuple[int, list[str]]:
+        """(num_classes, names) of a label space; a clear error naming data.weak_label.label_space otherwise."""
+        spaces = self.data["label_spaces"]
+        if space not in spaces:
+            raise ManifestError(
+                f"data.weak_label.label_space='{space}' is not in manifest {self.path}; it has {sorted(spaces)}"
+            )
+        return spaces[space]["num_classes"], list(spaces[space]["names"])
+
+    def resolve(self, url: str) -> str:
+        """A shard url as written in the manifest, made absolute against the manifest's folder."""
+        if _is_remote(url) or os.path.isabs(url):
+            return url
+        if self.root is None:
+            raise ManifestError(f"manifest {self.path} is read through a pipe, so shard url '{url}' must be absolute")
+        return f"{self.root}/{url}" if "://" in self.root else os.path.join(self.root, url)
+
+    def shards(self, split: str) -> list[ShardInfo]:
+        """Every shard of a split, in manifest order."""
+        if split not in self.data["splits"]:
+            raise ManifestError(f"manifest {self.path} has no '{split}' split (it has {sorted(self.data['splits'])})")
+        return [
+            ShardInfo(self.resolve(s["url"]), int(s["num_samples"]), s.get("scale_bucket"))
+            for s in self.data["splits"][split]["shards"]
+        ]
+
+    def train_shards(self, scale: float, override: str | None = None) -> list[ShardInfo]:
+        """Train shards of the nested dataset-scale subset ``scale`` (every shard whose scale_bucket <= scale).
+
+        Args:
+            scale: one of the manifest's scales (``data.weak_label.scale``).
+            override: ``data.weak_label.shards``, a brace pattern or several joined by ``::``; each shard must be
+                listed in the manifest (counts come from the manifest, never from scanning).
+        """
+        scales = self.scales
+        if not any(math.isclose(scale, s, rel_tol=1e-9, abs_tol=1e-12) for s in scales):
+            raise ManifestError(
+                f"data.weak_label.scale={scale} is not one of the scales of manifest {self.path}: valid scales are "
+                f"{scales}"
+            )
+        shards = self.shards("train")
+        if override:
+            by_name: dict[str, ShardInfo] = {}
+            for s in shards:
+                by_name[s.url] = s
+                by_name.setdefault(_shard_name(s.url), s)
+            chosen = []
+            for url in wds.shardlists.expand_urls(override):
+                info = by_name.get(self.resolve(url)) if not _is_remote(url) else None
+                info = info or by_name.get(_shard_name(url))
+                if info is None:
+                    raise ManifestError(
+                        f"data.weak_label.shards: shard '{url}' is not listed in manifest {self.path}; sample counts "
+                        "come from the manifest, so every shard must be in it"
+                    )
+                chosen.append(
+                    ShardInfo(url if _is_remote(url) else self.resolve(url), info.num_samples, info.scale_bucket)
+                )
+            return chosen
+        if math.isclose(scale, max(scales)):
+            return shards
+        missing = [s.url for s in shards if s.scale_bucket is None]
+        if missing:
+            raise ManifestError(
+                f"manifest {self.path}: train shard {missing[0]} has no scale_bucket, needed for "
+                f"data.weak_label.scale={scale}"
+            )
+        return [s for s in shards if s.scale_bucket <= scale + 1e-12]
+
+
+def _shard_name(url: str) -> str:
+    """The tar file name inside a url or pipe command (how an override is matched to the manifest)."""
+    names = re.findall(r"[^/\s'\"]+\.tar\b", url)
+    return names[-1] if names else url
+
+
+# ------------------------------------------------------------------------------ pipeline stages
+
+
+class SampleSkip(Exception):
+    """A sample dropped on purpose; ``reason`` is the counter it goes to."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class SkipCounter:
+    """webdataset exception handler that logs, counts and continues; lives in one worker process.
+
+    ``take()`` returns the counts added since the last call; batches carry them to the main process.
+    """
+
+    def __init__(self, where: str = "") -> None:
+        self.counts: Counter = Counter()
+        self._sent: Counter = Counter()
+        self.where = where
+
+    def add(self, reason: str, n: int = 1, detail: Any = None) -> None:
+        self.counts[reason] += n
+        if self.counts[reason] == n or self.counts[reason] % 1000 == 0:
+            log.warning("%sskipped (%s, %d so far): %s", self.where, reason, self.counts[reason], detail)
+
+    def __call__(self, exn: BaseException) -> bool:
+        reason = exn.reason if isinstance(exn, SampleSkip) else "decode_error"
+        self.add(reason, detail=repr(exn)[:300])
+        return True
+
+    def take(self) -> dict:
+        delta = self.counts - self._sent
+        self._sent = Counter(self.counts)
+        return dict(delta)
+
+
+class ReadShards:
+    """Tar shards -> raw samples ``{"__key__", "__url__", "jpg", "json", ...}`` (bytes), checked against the manifest.
+
+    A shard that cannot be opened, is corrupt or ends before its end-of-archive block (truncated; see
+    ``datamodules.tar_reader``) is logged, counted and skipped after the samples read before the break. A complete shard whose sample count differs
+    from the manifest's raises ``ManifestMismatchError``. ``{"url", "stride": (n, i)}`` shard entries keep only samples ``j % n == i``.
+    """
+
+    def __init__(self, counts: dict[str, int], counter: SkipCounter, max_empty: int) -> None:
+        self.counts = counts
+        self.counter = counter
+        self.max_empty = max_empty
+
+    def _wanted(self, fname: str) -> bool:
+        dot = fname.find(".", fname.rfind("/") + 1)
+        if dot >= 0 and fname[dot + 1 :].lower() in READ_EXTS:
+            return True
+        self.counter.add("ignored_member", detail=fname)
+        return False
+
+    def _samples(self, stream: Any, url: str) -> Iterator[dict]:
+        """Consecutive members with the same key -> one sample, webdataset's rule (``base_plus_ext``): the key is the
+        path up to the first dot of the file name, the extension the rest, lower-cased. Grouped inline because the
+        generic ``group_by_keys`` costs more per sample than the rest of the tar reading."""
+        sample: dict | None = None
+        for member in iter_members(stream, self._wanted):
+            fname = member["fname"]
+            dot = fname.find(".", fname.rfind("/") + 1)
+            if dot < 0:
+                continue
+            key, ext = fname[:dot], fname[dot + 1 :].lower()
+            if sample is None or key != sample["__key__"]:
+                if sample is not None:
+                    yield sample
+                sample = {"__key__": key, "__url__": url}
+            elif ext in sample:
+                raise TarFormatError(f"{fname}: two members with the same name in one sample")
+            sample[ext] = member["data"]
+        if sample is not None:
+            yield sample
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        empty_run = 0
+        for shard in src:
+            url = shard["url"]
+            stride = shard.get("stride")
+            n = 0
+            try:
+                stream = gopen(url, "rb")
+            except Exception as exn:  # noqa: BLE001 - any opener failure is a counted skip
+                self.counter.add("shard_read_error", detail=f"{url}: {exn!r}")
+                self.counter.add("samples_lost", self.counts.get(url, 0), detail=url)
+                empty_run += 1
+                self._check_empty_run(empty_run, url)
+                continue
+            problem = None
+            try:
+                for sample in self._samples(stream, url):
+                    if stride is None or n % stride[0] == stride[1]:
+                        sample["__round__"] = shard.get("round")
+                        yield sample
+                    n += 1
+            except (OSError, EOFError, ValueError) as exn:  # TarFormatError (truncated/corrupt) is a ValueError
+                problem = repr(exn)
+            finally:
+                stream.close()
+            expected = self.counts.get(url)
+            if problem is not None:
+                self.counter.add("shard_read_error", detail=f"{url} after {n} samples: {problem}")
+                if expected is not None and expected > n:
+                    self.counter.add("samples_lost", expected - n, detail=url)
+            elif expected is not None and n != expected:
+                raise ManifestMismatchError(
+                    f"shard {url} holds {n} samples but the manifest lists {expected}; the manifest does not "
+                    "describe these shards (rebuild them with mine_labels.py or fix data.weak_label.manifest)"
+                )
+            empty_run = empty_run + 1 if n == 0 else 0
+            self._check_empty_run(empty_run, url)
+
+    def _check_empty_run(self, empty_run: int, url: str) -> None:
+        if empty_run > self.max_empty:
+            raise RuntimeError(
+                f"no sample could be read from {empty_run} shards in a row (last: {url}); "
+                f"skip counts so far: {dict(self.counter.counts)}"
+            )
+
+
+class RoundShuffle:
+    """Shuffle buffer over raw samples that never mixes two rounds over the shard list: in the non-resampled mode a
+    pass reads every sample of its slot once before any repeats. (Resampled shards carry no round: a plain buffer.)
+
+    Like ``webdataset.shuffle`` it starts yielding once ``initial`` samples are buffered and reads two samples per
+    yield until the buffer holds ``bufsize``, so a new pass does not wait for a full buffer.
+    """
+
+    def __init__(self, bufsize: int, seed: int, initial: int | None = None) -> None:
+        self.bufsize = max(1, bufsize)
+        self.initial = min(self.bufsize, max(1, initial if initial is not None else self.bufsize // 8))
+        self.seed = seed
+
+    def _pick(self, buf: list[dict], rng: random.Random) -> dict:
+        i = rng.randrange(len(buf))
+        buf[i], buf[-1] = buf[-1], buf[i]
+        return buf.pop()
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        rng = random.Random(self.seed)
+        buf: list[dict] = []
+        current = None
+        filling = True
+        for sample in src:
+            if sample.get("__round__") != current:
+                rng.shuffle(buf)
+                yield from buf
+                buf, current = [], sample.get("__round__")
+            buf.append(sample)
+            if filling and len(buf) < self.bufsize:
+                if len(buf) < self.initial:
+                    continue
+                more = next(src, None)  # grow while yielding: two in, one out
+                if more is not None and more.get("__round__") == current:
+                    buf.append(more)
+                elif more is not None:  # a new round starts: flush this one, keep the newcomer
+                    rng.shuffle(buf)
+                    yield from buf
+                    buf, current = [more], more.get("__round__")
+                    continue
+            else:
+                filling = False
+            if len(buf) >= self.initial:
+                yield self._pick(buf, rng)
+        rng.shuffle(buf)
+        yield from buf
+
+
+def index_and_skip(src: Iterator[dict], start: int = 0) -> Iterator[dict]:
+    """Number the raw samples of a stream (``__raw__``) and drop the first ``start`` (a resumed pass)."""
+    for j, sample in enumerate(src):
+        if j >= start:
+            sample["__raw__"] = j
+            yield sample
+
+
+class DecodeSample:
+    """Raw sample -> ``{"image", "target", "key", "__raw__"}``; raises SampleSkip (counted) for unusable samples.
+
+    Only JSON and PIL decoding happen here; no pickle/torch decoder is ever applied to shard content.
+    """
+
+    def __init__(
+        self, label_space: str, num_classes: int, transform: Any, draft: int, seed: int | None, numpy_rng: bool = False
+    ) -> None:
+        self.label_space = label_space
+        self.num_classes = num_classes
+        self.transform = transform
+        self.draft = draft
+        self.seed = seed  # None: evaluation, no random transform
+        self.numpy_rng = numpy_rng  # the transform draws from numpy too (timm RandAugment can)
+
+    def labels(self, sample: dict) -> torch.Tensor:
+        if "json" not in sample:
+            raise SampleSkip("missing_json", sample.get("__key__", ""))
+        try:
+            meta = json.loads(sample["json"])
+        except (ValueError, UnicodeDecodeError) as exn:
+            raise SampleSkip("bad_json", f"{sample.get('__key__')}: {exn}") from None
+        ids = meta.get("labels", {}).get(self.label_space) if isinstance(meta, dict) else None
+        if not isinstance(ids, list):
+            raise SampleSkip("missing_labels", f"{sample.get('__key__')} has no labels.{self.label_space}")
+        if not ids:
+            raise SampleSkip("empty_labels", sample.get("__key__", ""))
+        if not all(isinstance(i, int) and 0 <= i < self.num_classes for i in ids):
+            raise SampleSkip(
+                "label_out_of_vocab",
+                f"{sample.get('__key__')}: {ids} outside [0, {self.num_classes}) of '{self.label_space}'",
+            )
+        target = np.zeros(self.num_classes, dtype=np.float32)
+        target[ids] = 1.0  # numpy: a few times cheaper per sample than indexing a torch tensor
+        return torch.from_numpy(target)
+
+    def image(self, sample: dict) -> Image.Image:
+        data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+        if data is None:
+            raise SampleSkip("missing_image", sample.get("__key__", ""))
+        return decode_image(data, self.draft)
+
+    def __call__(self, sample: dict) -> dict:
+        target = self.labels(sample)  # cheap checks first
+        img = self.image(sample)
+        if self.seed is not None:
+            seed_sample_rngs(index_seed(self.seed, sample["__raw__"]), numpy_too=self.numpy_rng)
+        return {"image": self.transform(img), "target": target, "key": sample["__key__"], "__raw__": sample["__raw__"]}
+
+
+def decode_image(data: bytes, draft: int = 0) -> Image.Image:
+    """Bytes -> RGB PIL image. ``draft`` > 0 lets a JPEG decode at a reduced DCT scale that keeps both sides >= draft
+    pixels (much cheaper for large sources; PIL ignores it for other formats)."""
+    img = Image.open(io.BytesIO(data))
+    if draft and img.format == "JPEG":
+        img.draft("RGB", (draft, draft))
+    return img.convert("RGB")
+
+
+class Collate:
+    """Stack decoded samples into ``{"image", "target", "key", "__meta__"}``; the metadata carries the logical worker,
+    the raw-stream offset after the batch and the skip counts since the previous batch."""
+
+    def __init__(self, counter: SkipCounter, lw: int) -> None:
+        self.counter = counter
+        self.lw = lw
+
+    def __call__(self, samples: list[dict]) -> dict:
+        return {
+            # default_collate stacks straight into shared memory inside a worker (no copy on the way out)
+            "image": default_collate([s["image"] for s in samples]),
+            "target": default_collate([s["target"] for s in samples]),
+            "key": [s["key"] for s in samples],
+            META: {"lw": self.lw, "raw_end": samples[-1]["__raw__"] + 1, "counts": self.counter.take()},
+        }
+
+
+class MixupStage:
+    """timm Mixup on a collated batch (soft multi-hot targets), seeded per batch so it is reproducible."""
+
+    def __init__(self, alpha: float, num_classes: int, seed: int) -> None:
+        from timm.data import Mixup
+
+        self.mixup = Mixup(
+            mixup_alpha=alpha, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=num_classes, multi_label=True
+        )
+        self.seed = seed
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        for batch in src:
+            seed_sample_rngs(mix_seed(self.seed, batch[META]["raw_end"], 0x313))
+            batch["image"], batch["target"] = self.mixup(batch["image"], batch["target"])
+            yield batch
+
+
+def image_transform(data_cfg: Any, train: bool, grayscale_safe: bool = False) -> Any:
+    """timm transform: train = RandomResizedCrop(scale_min..1) + hflip (+ RandAugment), eval = resize + center crop;
+    ImageNet mean/std. ``grayscale_safe`` (small centred objects, e.g. Fashion-MNIST): the train crop keeps the whole
+    image (scale and ratio 1) so the object is never cut out."""
+    from timm.data import create_transform
+
+    aug = data_cfg.augment
+    if not train:
+        return create_transform(
+            data_cfg.img_size,
+            is_training=False,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            crop_pct=1.0 if grayscale_safe else None,
+        )
+    scale = (1.0, 1.0) if grayscale_safe else (float(aug.scale_min), 1.0)
+    ratio = (1.0, 1.0) if grayscale_safe else None
+    return create_transform(
+        data_cfg.img_size,
+        is_training=True,
+        scale=scale,
+        ratio=ratio,
+        hflip=float(aug.hflip),
+        auto_augment=None if grayscale_safe else aug.rand_augment,
+        color_jitter=None,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+
+
+def draft_size(img_size: int, scale_min: float, train: bool) -> int:
+    """Smallest source side that still gives the smallest random crop (area scale_min, aspect 3/4) full resolution."""
+    if not train:
+        return math.ceil(img_size / DEFAULT_CROP_PCT)  # timm's eval resize before the center crop
+    return math.ceil(img_size / math.sqrt(max(scale_min, 1e-3) * 0.75))
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+# --------------------------------------------------------------------------------------- streams
+
+
+@dataclass
+class StreamSpec:
+    """Everything a stream needs, picklable (workers get a copy)."""
+
+    shards: list[ShardInfo]
+    label_space: str
+    num_classes: int
+    batch_size: int
+    rank: int
+    world_size: int
+    num_workers: int  # DataLoader workers; 0 means the main process acts as the single worker
+    seed: int
+    img_size: int
+    transform: Any
+    draft: int
+    numpy_rng: bool = False  # the train transform draws from numpy (RandAugment), so seed it per sample too
+
+    @property
+    def slots(self) -> int:
+        return self.world_size * max(1, self.num_workers)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {s.url: s.num_samples for s in self.shards}
+
+
+class ShardSource(IterableDataset):
+    """Infinite shard stream of the non-resampled mode: the list shuffled per round by a seed shared by all slots,
+    then split by slot (rank-major); with fewer shards than slots every slot reads all shards with a sample stride."""
+
+    def __init__(self, urls: list[str], seed: int, slot: int, slots: int) -> None:
+        super().__init__()
+        self.urls, self.seed, self.slot, self.slots = urls, seed, slot, slots
+
+    def __iter__(self) -> Iterator[dict]:
+        for rnd in range(1 << 62):
+            order = list(self.urls)
+            random.Random(mix_seed(self.seed, rnd)).shuffle(order)
+            if len(order) >= self.slots:
+                yield from ({"url": u, "round": rnd} for u in order[self.slot :: self.slots])
+            else:
+                yield from ({"url": u, "round": rnd, "stride": (self.slots, self.slot)} for u in order)
+
+
+class TrainStream(IterableDataset):
+    """Training stream of one rank (see the module docstring); ``begin`` sets the pass before each iteration.
+
+    The pass configuration lives in a shared-memory array (open_clip's ``SharedEpoch`` idea, for the whole pass
+    state), so persistent workers read the current pass when a new iteration starts instead of being re-spawned.
+    """
+
+    def __init__(
+        self, spec: StreamSpec, resampled: bool, quota: int, shuffle_buffer: int, mixup_alpha: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.resampled = resampled
+        self.quota = quota  # batches per logical worker per pass
+        self.shuffle_buffer = shuffle_buffer
+        self.mixup_alpha = mixup_alpha
+        self.workers = max(1, spec.num_workers)
+        # [epoch, pass, rotation, done[0..W-1], offsets[0..W-1]]; written by the main process before iter().
+        self._shared = multiprocessing.get_context().Array("q", 3 + 2 * self.workers, lock=False)
+
+    def begin(self, epoch: int, pass_idx: int, batches: int, offsets: list[int] | None) -> list[int]:
+        """Configure the next pass: ``batches`` already consumed (round-robin over workers), raw offsets per worker."""
+        workers = self.workers
+        done = [batches // workers + (1 if lw < batches % workers else 0) for lw in range(workers)]
+        if offsets is None:  # no record: assume nothing was skipped (exact unless a sample failed to decode)
+            offsets = [d * self.spec.batch_size for d in done]
+        if len(offsets) != workers:
+            raise ValueError(f"a position for {len(offsets)} workers cannot resume {workers} workers")
+        self._shared[:] = [epoch, pass_idx, batches % workers, *done, *offsets]
+        return list(offsets)
+
+    def pass_state(self) -> tuple[int, int, int, list[int], list[int]]:
+        """(epoch, pass, rotation, done per logical worker, raw offsets per logical worker) of the current pass."""
+        values = list(self._shared)
+        w = self.workers
+        return values[0], values[1], values[2], values[3 : 3 + w], values[3 + w :]
+
+    def pipeline(self, lw: int, epoch: int, pass_idx: int, start: int) -> wds.DataPipeline:
+        """The stages of logical worker ``lw`` for pass ``pass_idx`` of ``epoch``, skipping ``start`` raw samples."""
+        s = self.spec
+        slot = s.rank * self.workers + lw
+        pass_seed = mix_seed(s.seed, epoch, pass_idx)
+        worker_seed = mix_seed(pass_seed, s.rank, lw)
+        counter = SkipCounter(where=f"weak_label rank {s.rank} worker {lw}: ")
+        urls = [x.url for x in s.shards]
+        if self.resampled:
+            source = wds.ResampledShards(urls, seed=worker_seed, deterministic=True, worker_seed=partial(int, 0))
+        else:
+            source = ShardSource(urls, pass_seed, slot, s.slots)
+        stages = [
+            source,
+            ReadShards(s.counts, counter, max_empty=max(50, 2 * len(urls))),
+            RoundShuffle(self.shuffle_buffer, mix_seed(worker_seed, 1)),
+            partial(index_and_skip, start=start),
+            wds.map(
+                DecodeSample(s.label_space, s.num_classes, s.transform, s.draft, mix_seed(worker_seed, 2), s.numpy_rng),
+                handler=counter,
+            ),
+            wds.batched(s.batch_size, collation_fn=Collate(counter, lw), partial=False),
+        ]
+        if self.mixup_alpha > 0:
+            stages.append(MixupStage(self.mixup_alpha, s.num_classes, worker_seed))
+        return wds.DataPipeline(*stages)
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch, pass_idx, rotation, done, offsets = self.pass_state()
+        worker, _ = _worker()
+        lw = (worker + rotation) % self.workers
+        remaining = self.quota - done[lw]
+        if remaining <= 0:
+            return
+        # The stream under the quota is infinite (repeating shard source), so with_epoch fixes the pass length.
+        yield from self.pipeline(lw, epoch, pass_idx, offsets[lw]).with_epoch(remaining)
+
+
+def stream_slots(spec: StreamSpec) -> tuple[list[list[list[dict]]], str]:
+    """Assign val shards to (rank, worker) slots: ``[rank][worker] -> shard entries``, and the mode used.
+
+    Whole shards, greedily by size, when there are at least as many shards as slots and the slots end up balanced;
+    otherwise every slot reads every shard and keeps every ``slots``-th sample of the concatenated split (exact and
+    balanced to one sample, but each slot reads every val shard).
+    """
+    workers = max(1, spec.num_workers)
+    slots = spec.slots
+    if len(spec.shards) >= slots:
+        loads = [0] * slots
+        assign: list[list[dict]] = [[] for _ in range(slots)]
+        for shard in sorted(spec.shards, key=lambda x: (-x.num_samples, x.url)):
+            k = min(range(slots), key=lambda i: (loads[i], i))
+            assign[k].append({"url": shard.url, "n": shard.num_samples})
+            loads[k] += shard.num_samples
+        # Whole shards only when the slots end up balanced (within a batch or 10%); else striding balances exactly.
+        if max(loads) <= 1.1 * sum(loads) / slots + spec.batch_size:
+            return [[assign[r * workers + w] for w in range(workers)] for r in range(spec.world_size)], "shards"
+    # Stride over the global sample index g (val shards in manifest order): rank g % world, then worker
+    # (g // world) % workers, so ranks differ by at most one sample and a rank's workers by at most one.
+    per_rank = [[[] for _ in range(workers)] for _ in range(spec.world_size)]
+    start = 0
+    for shard in spec.shards:
+        for r in range(spec.world_size):
+            for w in range(workers):
+                first = (r + spec.world_size * w - start) % slots
+                n = len(range(first, shard.num_samples, slots))
+                per_rank[r][w].append({"url": shard.url, "n": n, "stride": (slots, first)})
+        start += shard.num_samples
+    return per_rank, "stride"
+
+
+class EvalStream(IterableDataset):
+    """Validation stream of one rank: every val sample once over all ranks, equal batch counts per rank."""
+
+    def __init__(self, spec: StreamSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.assignment, self.mode = stream_slots(spec)
+        samples = [[sum(e["n"] for e in w) for w in r] for r in self.assignment]
+        self.batches = equalize_batches(samples, spec.batch_size)
+        self.num_batches = sum(self.batches[spec.rank])
+
+    def __iter__(self) -> Iterator[dict]:
+        s = self.spec
+        worker, _ = _worker()
+        entries = self.assignment[s.rank][worker]
+        n = sum(e["n"] for e in entries)
+        plan = split_plan(n, s.batch_size, self.batches[s.rank][worker])
+        counter = SkipCounter(where=f"weak_label val rank {s.rank} worker {worker}: ")
+        counts = {e["url"]: c for e in entries if (c := s.counts.get(e["url"])) is not None}
+        raw = index_and_skip(ReadShards(counts, counter, max_empty=1 << 30)(iter(entries)))
+        decode = DecodeSample(s.label_space, s.num_classes, s.transform, s.draft, seed=None)
+        collate = Collate(counter, worker)
+        lost_before = counter.counts["samples_lost"]
+        for size in plan:
+            good = []
+            for _ in range(size):
+                sample = next(raw, None)
+                if sample is None:
+                    raise ManifestMismatchError(
+                        f"val shards of rank {s.rank} worker {worker} ended before the {n} samples the manifest lists "
+                        f"(skips: {dict(counter.counts)}); validation needs intact val shards"
+                    )
+                try:
+                    good.append(decode(sample))
+                except Exception as exn:  # noqa: BLE001 - counted skip
+                    counter(exn)
+            if not good:
+                raise RuntimeError(
+                    f"a val batch of rank {s.rank} worker {worker} has no decodable sample "
+                    f"({dict(counter.counts)}); every rank must yield the same number of batches"
+                )
+            yield collate(good)
+        if counter.counts["samples_lost"] > lost_before or next(raw, None) is not None:
+            raise ManifestMismatchError(
+                f"val shards of rank {s.rank} worker {worker} disagree with the manifest ({dict(counter.counts)})"
+            )
+
+
+class StreamSource(BatchSource):
+    """Training batches of the weak-label stream (a ``BatchSource`` for ``PassLoader``)."""
+
+    def __init__(self, stream: TrainStream) -> None:
+        self.stream = stream
+        self.batch_size = stream.spec.batch_size
+        self.num_workers = stream.spec.num_workers
+        self.num_batches = stream.quota * max(1, self.num_workers)
+        # Persistent workers: a new pass only re-reads the shared pass state (see TrainStream).
+        self.dataloader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def begin(self, epoch: int, pass_idx: int, batches: int, offsets: list[int] | None) -> list[int]:
+        return self.stream.begin(epoch, pass_idx, batches, offsets)
+
+
+# --------------------------------------------------------------------------------------- builders
+
+
+class WeakLabelData:
+    """The weak-label dataset of a run config: manifest, label space, scale subset, and its loaders.
+
+    Construction reads only the manifest (no shard is opened).
+    """
+
+    def __init__(self, cfg: Any) -> None:
+        wl = cfg.data.weak_label
+        self.cfg = cfg
+        self.manifest = Manifest.load(wl.manifest)
+        self.label_space = str(wl.label_space)
+        self.num_classes, self.label_names = self.manifest.label_space(self.label_space)
+        self.train_shards = self.manifest.train_shards(float(wl.scale), wl.shards)
+        self.num_train_samples = sum(s.num_samples for s in self.train_shards)
+        self._check_local(self.train_shards, "train")
+
+    def _check_local(self, shards: list[ShardInfo], split: str) -> None:
+        missing = [s.url for s in shards if not _is_remote(s.url) and not os.path.isfile(s.url)]
+        if missing:
+            raise ManifestError(
+                f"manifest {self.manifest.path} lists {len(missing)} {split} shard(s) that do not "
+                f"exist, e.g. {missing[0]}"
+            )
+
+    def _spec(
+        self,
+        shards: list[ShardInfo],
+        batch_size: int,
+        rank: int,
+        world: int,
+        train: bool,
+        num_workers: int | None = None,
+    ) -> StreamSpec:
+        d = self.cfg.data
+        return StreamSpec(
+            shards=shards,
+            label_space=self.label_space,
+            num_classes=self.num_classes,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world,
+            num_workers=d.num_workers if num_workers is None else num_workers,
+            seed=int(self.cfg.seed),
+            img_size=int(d.img_size),
+            transform=image_transform(d, train),
+            draft=draft_size(int(d.img_size), float(d.augment.scale_min), train),
+            numpy_rng=train and bool(d.augment.rand_augment),
+        )
+
+    def train_source(self, rank: int, world: int) -> StreamSource:
+        """Training batches for ``rank`` of ``world``: a fixed number per pass, equal on every rank."""
+        d = self.cfg.data
+        spec = self._spec(self.train_shards, int(d.batch_size), rank, world, train=True)
+        workers = max(1, spec.num_workers)
+        resampled = bool(d.weak_label.resampled)
+        if len(self.train_shards) < spec.slots and rank == 0:
+            warnings.warn(
+                f"weak_label: {len(self.train_shards)} train shard(s) for {spec.slots} rank x worker slots; "
+                + (
+                    "resampled shards repeat samples across workers within an epoch"
+                    if resampled
+                    else "every slot reads every shard and keeps every n-th sample (more I/O)"
+                )
+                + "; write more, smaller shards or use fewer data.num_workers",
+                stacklevel=2,
+            )
+        if d.augment.mixup_alpha > 0 and d.batch_size % 2:
+            raise DataConfigError(f"data.batch_size={d.batch_size} must be even when data.augment.mixup_alpha > 0")
+        global_batches = math.ceil(self.num_train_samples / (spec.batch_size * world))
+        quota = math.ceil(global_batches / workers)
+        stream = TrainStream(spec, resampled, quota, int(d.shuffle_buffer), float(d.augment.mixup_alpha))
+        return StreamSource(stream)
+
+    def eval_stream(self, rank: int = 0, world: int = 1, num_workers: int | None = None) -> EvalStream:
+        """The val split for ``rank`` of ``world`` (every val sample once across ranks)."""
+        shards = self.manifest.shards("val")
+        self._check_local(shards, "val")
+        d = self.cfg.data
+        return EvalStream(
+            self._spec(
+                shards, int(d.eval_batch_size or d.batch_size), rank, world, train=False, num_workers=num_workers
+            )
+        )
+
+    def eval_dataloader(self, rank: int = 0, world: int = 1, num_workers: int | None = None) -> tuple[DataLoader, int]:
+        """(DataLoader, number of batches) over the val split."""
+        stream = self.eval_stream(rank, world, num_workers)
+        workers = stream.spec.num_workers
+        return DataLoader(
+            stream, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available()
+        ), stream.num_batches

@@ -1,0 +1,298 @@
+"""Weak-label shard pipeline: manifest contract, DDP batch accounting (ranks simulated in-process), determinism,
+exact resume positions, and bad data (corrupt images, pickle members, out-of-vocabulary labels, truncated tars,
+manifests that disagree with the shards)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.loaders import EpochClock, PassLoader, split_plan
+from datamodules.weak_label import ManifestError, ManifestMismatchError, RoundShuffle, WeakLabelData
+from tests.fixtures_data import PickleBomb, compose_cfg, make_dataset
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    """30 train samples in uneven shards of at most 7 over two scale buckets, 9 val samples in 2 shards."""
+    info = make_dataset(tmp_path_factory.mktemp("wl"), n_train=30, n_val=9, shard_size=7)
+    sizes = [s["num_samples"] for s in info["train_shards"]]
+    assert len(sizes) >= 5 and len(set(sizes)) > 1  # no rank x worker split divides these evenly
+    return info
+
+
+def _loader(cfg, rank=0, world=1):
+    return PassLoader("weak_label", WeakLabelData(cfg).train_source(rank, world), EpochClock())
+
+
+def _pass(loader, epoch=0, pass_idx=0, pos=None):
+    return [b["key"] for b in loader.run_pass(epoch, pass_idx, pos)]
+
+
+def _val_keys(cfg, world, workers):
+    data = WeakLabelData(cfg)
+    per_rank = []
+    for rank in range(world):
+        stream = data.eval_stream(rank, world, num_workers=workers)
+        batches = list(DataLoader(stream, batch_size=None, num_workers=workers))
+        assert len(batches) == stream.num_batches
+        per_rank.append([b["key"] for b in batches])
+    return per_rank
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+
+def test_manifest_errors_name_the_key_and_file(ds, tmp_path):
+    with pytest.raises(ManifestError, match=r"data\.weak_label\.manifest: file not found: .*nope\.json"):
+        WeakLabelData(compose_cfg(str(tmp_path / "nope.json")))
+    with pytest.raises(ManifestError, match=r"data\.weak_label\.scale=0\.25 is not one of .*\[0\.5, 1\.0\]"):
+        WeakLabelData(compose_cfg(ds["manifest"], "data.weak_label.scale=0.25"))
+    with pytest.raises(ManifestError, match=r"shard 'nowhere-000000\.tar' is not listed in manifest"):
+        WeakLabelData(compose_cfg(ds["manifest"], "data.weak_label.shards=nowhere-000000.tar"))
+
+    manifest = json.loads(Path(ds["manifest"]).read_text())
+    bad = tmp_path / "m1" / "manifest.json"
+    bad.parent.mkdir()
+    del manifest["label_spaces"]["raw"]
+    bad.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"label_space='raw' is not in manifest .* it has \['clustered'\]"):
+        WeakLabelData(compose_cfg(str(bad), "data.weak_label.label_space=raw"))
+    with pytest.raises(ManifestError, match=r"lists \d+ train shard\(s\) that do not exist"):
+        WeakLabelData(compose_cfg(str(bad)))  # the shards are not next to this copy of the manifest
+
+    manifest = json.loads(Path(ds["manifest"]).read_text())
+    manifest["splits"]["train"]["num_samples"] += 1
+    bad.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"'splits\.train\.num_samples' is 31 but its shards sum to 30"):
+        WeakLabelData(compose_cfg(str(bad)))
+
+
+def test_scale_subsets_are_nested_and_counted_from_the_manifest(ds):
+    half = WeakLabelData(compose_cfg(ds["manifest"], "data.weak_label.scale=0.5"))
+    full = WeakLabelData(compose_cfg(ds["manifest"], "data.weak_label.scale=1.0"))
+    b0 = [s for s in ds["train_shards"] if s["scale_bucket"] == 0.5]
+    assert 0 < half.num_train_samples == sum(s["num_samples"] for s in b0) < 30
+    assert full.num_train_samples == 30
+    assert {s.url for s in half.train_shards} < {s.url for s in full.train_shards}
+
+
+def test_shard_override_reads_only_those_shards_with_manifest_counts(ds):
+    b1 = [s for s in ds["train_shards"] if s["url"].startswith("train-b1-")]
+    cfg = compose_cfg(
+        ds["manifest"],
+        f"data.weak_label.shards=train-b1-{{000000..{len(b1) - 1:06d}}}.tar",
+        "data.weak_label.resampled=false",
+    )
+    data = WeakLabelData(cfg)
+    assert data.num_train_samples == sum(s["num_samples"] for s in b1)
+    keys = {k for batch in _pass(_loader(cfg)) for k in batch}
+    half = {
+        k
+        for batch in _pass(
+            _loader(compose_cfg(ds["manifest"], "data.weak_label.resampled=false", "data.weak_label.scale=0.5"))
+        )
+        for k in batch
+    }
+    assert len(keys) == data.num_train_samples  # all of them, and nothing from the b0 shards
+    assert not keys & half and len(keys | half) == 30
+
+
+# ------------------------------------------------------------------------------------------ batches
+
+
+def test_targets_are_multi_hot_of_the_chosen_label_space_and_images_normalized(ds):
+    labels = {}
+    for shard in ds["val_shards"]:
+        import webdataset as wds
+
+        for s in wds.WebDataset(os.path.join(ds["root"], shard["url"]), shardshuffle=False):
+            labels[s["__key__"]] = json.loads(s["json"])["labels"]
+    for space, n in (("raw", 12), ("clustered", 5)):
+        data = WeakLabelData(compose_cfg(ds["manifest"], f"data.weak_label.label_space={space}"))
+        loader, _ = data.eval_dataloader()
+        for batch in loader:
+            assert batch["image"].shape[1:] == (3, 16, 16) and batch["image"].dtype == torch.float32
+            assert batch["image"].min() < 0  # ImageNet-normalized, not [0, 1]
+            assert batch["target"].shape[1] == n
+            for key, row in zip(batch["key"], batch["target"]):
+                assert row.nonzero().flatten().tolist() == labels[key][space]
+
+
+@pytest.mark.parametrize("resampled", [True, False])
+@pytest.mark.parametrize("world,workers", [(2, 0), (2, 2), (3, 1)])
+def test_every_rank_gets_the_same_number_of_full_batches(ds, resampled, world, workers):
+    # Uneven shards (see the ds fixture): no rank x worker split divides them evenly.
+    cfg = compose_cfg(
+        ds["manifest"], f"data.weak_label.resampled={str(resampled).lower()}", f"data.num_workers={workers}"
+    )
+    lengths, counts = [], []
+    for rank in range(world):
+        loader = _loader(cfg, rank, world)
+        batches = _pass(loader)
+        lengths.append(len(loader))
+        counts.append(len(batches))
+        assert all(len(b) == 4 for b in batches)  # no partial batch
+    assert len(set(lengths)) == 1 and counts == lengths
+    assert lengths[0] * world * 4 >= 30  # the epoch covers the manifest count
+
+
+def test_same_seed_same_order_and_epochs_and_seeds_differ(ds):
+    cfg = compose_cfg(ds["manifest"], "data.num_workers=2")
+    first = _pass(_loader(cfg), epoch=0)
+    assert _pass(_loader(cfg), epoch=0) == first
+    assert _pass(_loader(cfg), epoch=1) != first
+    assert _pass(_loader(compose_cfg(ds["manifest"], "data.num_workers=2", "seed=1")), epoch=0) != first
+
+
+def test_augmentations_are_reproducible_bit_for_bit(ds):
+    cfg = compose_cfg(ds["manifest"], "data.augment.rand_augment=rand-m9-mstd0.5", "data.num_workers=2")
+    first = [b["image"] for b in _loader(cfg).run_pass(0, 0)]
+    again = [b["image"] for b in _loader(cfg).run_pass(0, 0)]
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    other_pass = [b["image"] for b in _loader(cfg).run_pass(0, 1)]
+    assert not torch.equal(first[0], other_pass[0])
+
+
+def test_non_resampled_pass_reads_every_sample_once_before_repeating(ds):
+    cfg = compose_cfg(ds["manifest"], "data.weak_label.resampled=false")
+    loader = _loader(cfg)
+    keys = [k for b in _pass(loader) for k in b]  # 8 batches of 4 = 32 samples for 30
+    assert Counter(keys[:30]) == Counter(ds["train_keys"])
+    assert not loader.counts  # intact shards: nothing skipped
+
+
+def test_few_shards_many_workers_warns_and_still_covers_every_sample(tmp_path):
+    one = make_dataset(tmp_path, n_train=20, n_val=3, shard_size=100, scales=(1.0,))  # a single train shard
+    cfg = compose_cfg(one["manifest"], "data.weak_label.resampled=false", "data.num_workers=3")
+    with pytest.warns(UserWarning, match=r"1 train shard\(s\) for 3 rank x worker slots"):
+        loader = _loader(cfg)
+    keys = [k for b in _pass(loader) for k in b]
+    assert len(keys) == len(loader) * 4 == 24
+    assert set(keys) == set(one["train_keys"])
+
+
+@pytest.mark.parametrize("world,workers", [(1, 0), (2, 0), (2, 2), (3, 1)])
+def test_val_covers_every_sample_exactly_once_with_equal_batches(ds, world, workers):
+    cfg = compose_cfg(ds["manifest"], "data.eval_batch_size=2")
+    per_rank = _val_keys(cfg, world, workers)
+    flat = [k for rank in per_rank for b in rank for k in b]
+    assert sorted(flat) == sorted(ds["val_keys"])  # exactly once
+    assert len({len(rank) for rank in per_rank}) == 1  # same number of batches on every rank
+    assert all(1 <= len(b) <= 2 for rank in per_rank for b in rank)
+
+
+def test_round_shuffle_keeps_rounds_apart_and_every_sample_once():
+    src = [{"k": i, "__round__": i // 37} for i in range(200)]
+    out = list(RoundShuffle(16, seed=1)(iter(src)))
+    assert sorted(x["k"] for x in out) == list(range(200))
+    assert [x["__round__"] for x in out] == sorted(x["__round__"] for x in out)  # no round mixed into another
+    assert [x["k"] for x in out] != list(range(200))  # shuffled
+    assert out == list(RoundShuffle(16, seed=1)(iter(src)))  # seeded
+
+
+def test_split_plan_equalizes_batch_counts():
+    assert split_plan(9, 4, 3) == [4, 4, 1]
+    assert split_plan(5, 4, 3) == [2, 2, 1]
+    assert sum(split_plan(7, 4, 5)) == 7 and len(split_plan(7, 4, 5)) == 5
+    with pytest.raises(ValueError):
+        split_plan(2, 4, 3)
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+@pytest.mark.parametrize("resampled", ["true", "false"])
+def test_resume_position_continues_exactly_even_after_undecodable_samples(tmp_path, resampled):
+    bad = make_dataset(tmp_path, n_train=24, n_val=3, shard_size=6, corrupt=3)
+    cfg = compose_cfg(bad["manifest"], f"data.weak_label.resampled={resampled}", "data.num_workers=2")
+    loader = _loader(cfg)
+    full = _pass(loader, epoch=1, pass_idx=0)
+    assert loader.counts["decode_error"] >= 1  # the stream did skip samples before the positions below
+    for k in (1, 3, len(full) - 1):
+        pos = loader.position(1, k)
+        resumed = _pass(_loader(cfg), epoch=1, pass_idx=0, pos=pos)
+        assert resumed == full[k:], f"resume after {k} batches"
+
+
+# ------------------------------------------------------------------------------------------ bad data
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path):
+    bad = make_dataset(tmp_path, n_train=20, n_val=3, shard_size=5, corrupt=2)
+    cfg = compose_cfg(bad["manifest"], "data.weak_label.resampled=false")
+    loader = _loader(cfg)
+    keys = {k for b in _pass(loader) for k in b}
+    assert not keys & set(bad["corrupt_keys"])
+    assert keys == set(bad["train_keys"]) - set(bad["corrupt_keys"])
+    assert loader.counts["decode_error"] >= 2
+
+
+def test_pickle_member_is_never_unpickled(tmp_path):
+    marker = tmp_path / "executed"
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(PickleBomb(str(control))))  # the payload is live: unpickling does run it
+    assert control.exists()
+    bad = make_dataset(tmp_path / "ds", n_train=12, n_val=3, shard_size=6, pickle_marker=str(marker))
+    cfg = compose_cfg(bad["manifest"], "data.weak_label.resampled=false")
+    loader = _loader(cfg)
+    keys = {k for b in _pass(loader) for k in b}
+    assert bad["train_keys"][0] in keys  # the sample carrying the .pyd member is still used, without it
+    assert loader.counts["ignored_member"] >= 1
+    assert not marker.exists()
+
+
+def test_labels_outside_the_vocabulary_are_a_counted_skip(tmp_path):
+    bad = make_dataset(tmp_path, n_train=16, n_val=3, shard_size=8, out_of_vocab=2)
+    loader = _loader(compose_cfg(bad["manifest"], "data.weak_label.resampled=false"))
+    keys = {k for b in _pass(loader) for k in b}
+    assert not keys & set(bad["oov_keys"])
+    assert loader.counts["label_out_of_vocab"] >= 2
+
+
+def test_truncated_tar_is_skipped_and_counted(tmp_path):
+    bad = make_dataset(tmp_path, n_train=20, n_val=4, shard_size=10, scales=(1.0,))
+    shard = Path(bad["root"]) / bad["train_shards"][0]["url"]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    loader = _loader(compose_cfg(bad["manifest"], "data.weak_label.resampled=false"))
+    batches = _pass(loader)
+    assert len(batches) == len(loader)  # the pass still has its full length
+    assert loader.counts["shard_read_error"] >= 1 and loader.counts["samples_lost"] >= 1
+    keys = {k for b in batches for k in b}
+    assert set(bad["train_keys"][:2]) <= keys  # samples before the cut were read
+    assert not set(bad["train_keys"][6:10]) & keys  # samples after it are lost
+
+
+def test_truncated_val_shard_fails_clearly(tmp_path):
+    bad = make_dataset(tmp_path, n_train=8, n_val=8, shard_size=8, scales=(1.0,))
+    shard = Path(bad["root"]) / bad["val_shards"][0]["url"]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    loader, _ = WeakLabelData(compose_cfg(bad["manifest"])).eval_dataloader()
+    with pytest.raises(ManifestMismatchError, match="val shards .* ended before the 8 samples"):
+        list(loader)
+
+
+def test_manifest_that_disagrees_with_the_shards_fails_naming_the_shard(tmp_path):
+    bad = make_dataset(tmp_path, n_train=12, n_val=3, shard_size=6, scales=(1.0,))
+    manifest = json.loads(Path(bad["manifest"]).read_text())
+    manifest["splits"]["train"]["shards"][1]["num_samples"] += 1
+    manifest["splits"]["train"]["num_samples"] += 1
+    Path(bad["manifest"]).write_text(json.dumps(manifest))
+    loader = _loader(compose_cfg(bad["manifest"], "data.weak_label.resampled=false"))
+    with pytest.raises(ManifestMismatchError, match=r"train-b0-000001\.tar holds 6 samples but the manifest lists 7"):
+        _pass(loader)
+
+
+def test_mixup_gives_soft_multi_hot_targets(ds):
+    cfg = compose_cfg(ds["manifest"], "data.augment.mixup_alpha=0.8")
+    batch = next(iter(_loader(cfg).run_pass(0, 0)))
+    t = batch["target"]
+    assert ((t > 0) & (t < 1)).any()
+    assert torch.all((t >= 0) & (t <= 1))
