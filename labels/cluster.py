@@ -124,6 +124,9 @@ def embed_ppmi(cooc: sparse.spmatrix, dim: int = 64, seed: int = 0) -> np.ndarra
     pmi = np.log(coo.data * total / (row[coo.row] * row[coo.col]))
     keep = pmi > 0
     ppmi = sparse.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=c.shape)
+    if ppmi.nnz == 0:
+        # Terms that always co-occur carry no PPMI signal (ARPACK fails on an all-zero matrix): no merging.
+        return np.zeros((n, 1), dtype=np.float32)
     k = max(1, min(dim, n - 1))
     emb = TruncatedSVD(n_components=k, algorithm="arpack", random_state=seed).fit_transform(ppmi)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
