@@ -186,8 +186,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for both (a) and (b)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--images", type=int, default=384, help="images timed per chunk at 224 px (x3 at 64)")
-    parser.add_argument("--repeats", type=int, default=6, help="alternating (a)/(b) chunks; medians are reported")
+    parser.add_argument("--images", type=int, default=768, help="images timed per chunk at 224 px (x3 at 64)")
+    parser.add_argument("--repeats", type=int, default=4, help="alternating (a)/(b) chunks; medians are reported")
     parser.add_argument("--manifest", default=str(REPO / "data" / "openclipart" / "manifest.json"))
     args = parser.parse_args()
 
