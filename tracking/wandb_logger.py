@@ -81,6 +81,14 @@ def build_wandb_logger(cfg: DictConfig, run_dir: RunDir, rank_zero: bool = True)
                 wandb.teardown()
             os.environ["WANDB_MODE"] = "offline"
             logger = WandbLogger(mode="offline", **kwargs)
+            try:
+                _ = logger.experiment
+            except Exception as again:  # the service may not have let the id go yet: a fresh id never clashes
+                log.warning("offline W&B run under id %s failed (%s); using a fresh run id", run_id, again)
+                with contextlib.suppress(Exception):
+                    wandb.teardown()
+                kwargs["id"] = _new_id(fresh=True)
+                logger = WandbLogger(mode="offline", **kwargs)
     return logger
 
 
@@ -95,9 +103,9 @@ def wandb_settings():
     return wandb.Settings(**{name: value for name, (env, value) in bounds.items() if not os.environ.get(env)})
 
 
-def _new_id() -> str:
-    """A fresh run id; under `wandb agent` the agent's WANDB_RUN_ID, so the run joins its sweep."""
-    if os.environ.get("WANDB_RUN_ID"):
+def _new_id(fresh: bool = False) -> str:
+    """A new run id; under `wandb agent` the agent's WANDB_RUN_ID (unless fresh), so the run joins its sweep."""
+    if os.environ.get("WANDB_RUN_ID") and not fresh:
         return os.environ["WANDB_RUN_ID"]
     from wandb.sdk.lib.runid import generate_id
 
