@@ -371,10 +371,12 @@ def test_wandb_unreachable_or_not_logged_in_trains_offline_and_says_so(wandb_dow
     assert res["rc"] == 0, res["output"][-3000:]
     assert "W&B online logging failed" in res["output"] and "logging offline to ./wandb instead" in res["output"]
     assert "wandb sync wandb/offline-run-*" in res["output"]
-    offline = list((res["cwd"] / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1
+    offline = sorted((res["cwd"] / "wandb").glob("offline-run-*"))
+    # One offline run; a second, empty one only when the wandb service still held the first id and the
+    # fallback had to take a fresh one (tracking/wandb_logger.py). run.json names the run that holds the data.
+    assert 1 <= len(offline) <= 2
     run = _run_json(res["cwd"] / "runs" / case)
-    assert run["status"] == "finished" and offline[0].name.endswith(run["wandb_id"])
+    assert run["status"] == "finished" and any(d.name.endswith(run["wandb_id"]) for d in offline)
     assert json.loads((res["cwd"] / "runs" / case / "metrics.json").read_text())["trainer/global_step"] == 3
 
 
