@@ -51,7 +51,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     metrics["trainer/global_step"] = trainer.global_step
-    if cfg.evaluate_after_fit and is_rank_zero:
+    if cfg.evaluate_after_fit and str(cfg.trainer.strategy).startswith("fsdp"):
+        # Rank 0 holds only a shard of the weights under FSDP: evaluate the checkpoint with evaluate.py instead.
+        print("evaluate_after_fit skipped under fsdp: run `python evaluate.py eval.checkpoint=<run dir>`")
+    elif cfg.evaluate_after_fit and is_rank_zero:
         from evaluation.runner import evaluate_run
 
         eval_metrics = evaluate_run(cfg, module=module, run_dir=run_dir.path)
