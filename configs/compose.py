@@ -89,6 +89,14 @@ def _merge(cfg: DictConfig, other: Any, source: str, schema: Any) -> DictConfig:
         raise _explain(err, source, schema) from None
 
 
+def _parse_dotlist(dotlist: list[str]) -> DictConfig:
+    """``key=value`` items as a DictConfig; a malformed item fails naming the items."""
+    try:
+        return OmegaConf.from_dotlist(dotlist)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot parse command-line overrides {dotlist}: {err}") from None
+
+
 def load_yaml(path: Path) -> DictConfig:
     """Load one YAML file safely (omegaconf's safe loader); fail naming the file."""
     if not path.is_file():
@@ -175,11 +183,7 @@ def compose(
     if exp_cfg is not None:
         cfg = _merge(cfg, exp_cfg, str(exp_path), RunConfig)
         cfg.experiment = experiment
-    try:
-        cli = OmegaConf.from_dotlist(dotlist)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot parse command-line overrides {dotlist}: {err}") from None
-    cfg = _merge(cfg, cli, "command line", RunConfig)
+    cfg = _merge(cfg, _parse_dotlist(dotlist), "command line", RunConfig)
     check_values(cfg, hardware=hardware)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -279,11 +283,7 @@ def load_run_config(path: os.PathLike, overrides: Sequence[str] = ()) -> DictCon
     """Load a resolved config saved by a run, validate it against the schema, apply overrides."""
     path = Path(path)
     cfg = _merge(OmegaConf.structured(RunConfig), load_yaml(path), str(path), RunConfig)
-    try:
-        cli = OmegaConf.from_dotlist(normalize_overrides(overrides))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot parse command-line overrides: {err}") from None
-    cfg = _merge(cfg, cli, "command line", RunConfig)
+    cfg = _merge(cfg, _parse_dotlist(normalize_overrides(overrides)), "command line", RunConfig)
     check_values(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from configs.compose import ConfigError, _merge, load_yaml, normalize_overrides
+from configs.compose import ConfigError, _merge, _parse_dotlist, _require, load_yaml, normalize_overrides
 
 SOURCE_TYPES = ("img2dataset", "manifest", "openclipart", "tuxpaint")
 
@@ -180,10 +180,7 @@ def load_labels_config(path: str | Path | None = None, overrides: Sequence[str] 
     for item in normalize_overrides(overrides):
         key = item.split("=", 1)[0]
         (source_items if key.startswith("sources.") else dotlist).append(item)
-    try:
-        cli = OmegaConf.from_dotlist(dotlist)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"cannot parse command-line overrides {dotlist}: {err}") from None
+    cli = _parse_dotlist(dotlist)
     cli_sources = cli.pop("sources", None) if "sources" in cli else None
     cfg = _merge(cfg, cli, "command line", LabelsConfig)
     if cli_sources is not None:
@@ -208,11 +205,6 @@ def load_labels_config(path: str | Path | None = None, overrides: Sequence[str] 
     check_labels_values(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
-
-
-def _require(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"bad value for config key '{key}': {msg}")
 
 
 def check_labels_values(cfg: DictConfig) -> None:

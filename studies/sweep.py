@@ -47,6 +47,8 @@ from typing import Any
 
 import yaml
 
+from tracking.run_dir import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 # What `wandb agent` runs when a sweep file has no `command:`.
@@ -563,7 +565,7 @@ def execute(
             previous = run_status(run.run_dir)
             run.run_dir.mkdir(parents=True, exist_ok=True)
             record = {"sweep": sweep_name, "params": run.params, "overrides": run.overrides, "command": run.command}
-            (run.run_dir / "sweep.json").write_text(json.dumps(record, indent=2, default=str))
+            write_json_atomic(run.run_dir / "sweep.json", record)
             run_env = dict(base_env)
             if slot is not None:
                 run_env["CUDA_VISIBLE_DEVICES"] = slot
@@ -639,7 +641,7 @@ def write_summary(outcomes: Sequence[RunOutcome], sweep: Sweep, output_dir: Path
         "ended": _now(),
         "runs": [vars(o) for o in outcomes],
     }
-    path.write_text(json.dumps(record, indent=2, default=str))
+    write_json_atomic(path, record)
     return path
 
 
