@@ -1,43 +1,52 @@
-"""Retrieval evaluation: blockwise top-k search (float cosine and binarized Hamming) and its metrics.
+"""Retrieval evaluation: exact top-k search (float cosine, binarized Hamming) and tie-aware metrics.
 
-Search never builds the full query x gallery matrix: queries go in blocks of ``block_size`` and the
-gallery in chunks of ``gallery_block_size``; a running top-k is merged chunk by chunk, so memory is
-O(block_size x gallery_block_size): O(block x gallery) by default, capped at MAX_BLOCK_SCORES scores
-per block for very large galleries.
-
-Ranking and ties (deterministic, independent of block sizes):
-    results are ordered by score descending, and among equal scores by gallery index ascending; the
-    k-th place goes to the lowest gallery indices among those tied at the cut. Scores are cosine
-    similarities of L2-normalized float32 embeddings, or minus the Hamming distance of sign bits.
-    Hamming scores are small integers, computed exactly, so their ties are exact. Cosine scores of
-    distinct pairs can differ in the last float32 bit depending on the BLAS kernel a block shape
-    selects; the ranking is a deterministic function of the computed scores.
+Search (``topk_search``): faiss ``IndexFlatIP`` on L2-normalized float32 embeddings, and
+``IndexBinaryFlat`` on packed sign bits (``numpy.packbits``, D/8 bytes per item, the serving format).
+Without faiss (an import-guarded fallback) the same search runs blockwise in torch: float matmul,
+or xor + popcount by byte table for Hamming. Neither builds the full query x gallery matrix. The
+order of tied items inside a returned list is unspecified: metrics never depend on it (below).
 
 Binarization (the paper serves binarized embeddings): bit = 1 where the float value is > 0, else 0.
-Gallery codes are stored packed (``numpy.packbits``, D/8 bytes per item, the serving format) and
-unpacked chunk by chunk to +-1 vectors, where ``hamming(a, b) = (D - <a, b>) / 2`` is an exact
-float32 matmul (integers far below 2**24), faster on CPU than xor + popcount in torch. Ties, which
-Hamming distances have in bulk, are broken inside that matmul by one extra coordinate (see
-``hamming_topk``), so torch.topk alone returns the lowest indices among equal distances.
 
 Metrics, for a query with R relevant gallery items (self excluded under leave-one-out) and
 ``rel_i`` = 1 when the item at rank i (1-based) is relevant:
     precision@k = (1/k) * sum_{i<=k} rel_i
-    recall@k    = (1/R) * sum_{i<=k} rel_i      (fraction of all relevant items retrieved; this is
-                  the IR definition and torchmetrics' RetrievalRecall, not the "hit rate" that deep
-                  metric learning papers call Recall@K, i.e. 1 if any rel_i = 1)
+    recall@k    = 1 if any rel_i = 1 for i <= k, else 0. This is Recall@K as the metric-learning
+                  papers report it (Song et al. 2016; Zhai and Wu 2019; the Pinterest papers): the
+                  share of queries with a relevant item in their top k (a "hit rate").
+    ir_recall@k = (1/R) * sum_{i<=k} rel_i: the IR definition (torchmetrics' RetrievalRecall), the
+                  fraction of the query's relevant items retrieved. Before 2026-12 this figure was
+                  logged as "recall@k"; it now has its own name.
     mAP@k       = (1/min(R, k)) * sum_{i<=k} precision@i * rel_i, averaged over queries
 Each is averaged over queries with R > 0; queries with R = 0 are excluded from every metric and
 counted (``queries_without_relevant``), as torchmetrics does with ``empty_target_action="skip"``.
 
-Relevance: single-label integer targets -> same class; multi-hot targets [N, C] -> relevant when
-the two rows share at least one label (dot product of the multi-hot rows > 0).
+Ties (McSherry and Najork, "Computing information retrieval performance measures efficiently in
+the presence of tied scores", ECIR 2008): items with equal scores form a group whose internal order
+is unknown, and every metric is its expected value over all orderings of every tied group, so
+permuting the gallery never changes a figure. Hamming distances are small integers and tie in bulk
+(a tie across the k = 50 cut is the rule for 256-bit codes, not the exception). For float cosine,
+ties are equal float64 scores of the float32-normalized vectors (e.g. duplicate images). With a
+group of n items holding r relevant ones that occupies ranks s+1..s+n, H relevant items ranked
+before it and a cut k inside it (m = k - s of its items above the cut):
+    E[hits@k] = H + m * r / n
+    E[rel_i * hits@i] = (r / n) * (H + 1 + (p - 1) * (r - 1) / (n - 1))   at rank i = s + p
+    P(no relevant item above the cut) = C(n - r, m) / C(n, m)              (when H = 0)
+The cut group may extend past the returned list: its size n and relevant count r in the whole
+gallery are counted exactly by a second, blockwise pass over the queries whose k-th and (k+1)-th
+scores tie (``cut_group_counts``), so memory stays O(block x gallery chunk). When nothing ties at
+the cut (most float queries), that pass is skipped.
 
-Against torchmetrics.retrieval (tests/test_eval_retrieval.py checks both): precision@k and recall@k
-equal RetrievalPrecision / RetrievalRecall(top_k=k, empty_target_action="skip") given the same
-ranking. RetrievalMAP(top_k=k) divides by the relevant items found in the top k, not min(R, k), so
-it rewards finding few relevant items; the two agree when k covers the whole gallery. torchmetrics
-also treats items with a score <= 0 as not relevant, so raw cosine scores cannot be fed to it.
+Relevance (``LabelSets``): every item carries a set of label ids (single-label class ids are sets
+of one); a gallery item is relevant to a query when the sets intersect. Sets are sorted padded id
+lists, intersected with ``searchsorted``: memory O(items x labels per item), never O(C), so
+dense [N, C] multi-hot targets are accepted as input but not needed.
+
+Against torchmetrics.retrieval (tests/test_eval_retrieval.py checks it): on untied scores,
+precision@k and ir_recall@k equal RetrievalPrecision / RetrievalRecall(top_k=k,
+empty_target_action="skip") and recall@k equals RetrievalHitRate(top_k=k). RetrievalMAP(top_k=k)
+divides by the relevant items found in the top k, not min(R, k), so it rewards finding few relevant
+items; the two agree when k covers the whole gallery.
 """
 
 from __future__ import annotations
@@ -49,18 +58,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-METRICS = ("precision", "recall", "mAP")
-MAX_BLOCK_SCORES = 1 << 26  # scores per similarity block (256 MiB of float32) when gallery_block_size is None
-PREPARED_CACHE_BYTES = 1 << 30  # normalized / unpacked gallery chunks reused across query blocks up to this size
+try:  # faiss is the search engine; the torch path below is only for installs without it
+    import faiss
+except ImportError:  # pragma: no cover - exercised by forcing HAVE_FAISS=False in the tests
+    faiss = None
+
+HAVE_FAISS = faiss is not None
+METRICS = ("precision", "recall", "ir_recall", "mAP")
+MAX_BLOCK_SCORES = 1 << 24  # scores per block in the torch passes (128 MiB of float64)
 SEARCH_METRICS = ("cosine", "hamming")
+PAD = torch.iinfo(torch.long).max  # padding of LabelSets.ids: sorts after every real id
 
 
 @dataclass
 class TopK:
     """Result of a top-k search: ``scores`` [Q, k] (cosine, or minus the Hamming distance) and
-    ``indices`` [Q, k] (long gallery indices), each row ranked best first."""
+    ``indices`` [Q, k] (long gallery indices), each row ranked best first (tied items in any order)."""
 
     scores: Tensor
     indices: Tensor
@@ -86,6 +100,21 @@ def unpack_signs(codes: Tensor, dim: int) -> Tensor:
     return torch.from_numpy(bits).float().mul_(2).sub_(1)
 
 
+_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
+
+
+def hamming_distances(q_codes: Tensor, g_codes: Tensor) -> Tensor:
+    """Exact Hamming distances int32 [Q, G] between packed codes (faiss.hammings, else a byte table)."""
+    if HAVE_FAISS:
+        a, b = np.ascontiguousarray(q_codes.numpy()), np.ascontiguousarray(g_codes.numpy())
+        out = np.empty((a.shape[0], b.shape[0]), dtype=np.int32)
+        faiss.hammings(faiss.swig_ptr(a), faiss.swig_ptr(b), a.shape[0], b.shape[0], a.shape[1], faiss.swig_ptr(out))
+        return torch.from_numpy(out)
+    # Hand-written only for installs without faiss: torch has no popcount.
+    xor = torch.bitwise_xor(q_codes[:, None, :], g_codes[None, :, :])
+    return _POPCOUNT[xor.long()].sum(-1, dtype=torch.int32)
+
+
 # --------------------------------------------------------------------------------------- search
 
 
@@ -100,40 +129,12 @@ def _check_embeddings(x: Tensor, name: str) -> None:
             raise ValueError(f"{name} holds non-finite values (NaN or inf)")
 
 
-def _ranked_topk_exact(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """ranked_topk by full-row passes: every item above the cut, then the lowest columns tied at it."""
-    rows = scores.shape[0]
-    cut = torch.topk(scores, k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
-    above = scores > cut
-    at_cut = scores == cut
-    need = k - above.sum(dim=1, keepdim=True)
-    at_cut &= at_cut.cumsum(dim=1) <= need
-    # nonzero() is row-major, so each row's columns come out ascending.
-    cols = (above | at_cut).nonzero()[:, 1].view(rows, k)
-    return scores.gather(1, cols), cols
-
-
 def ranked_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-k of each row of ``scores`` [B, N] -> (values, columns) [B, k], ranked by score desc then column
-    asc; ties at the cut go to the lowest columns. Deterministic, unlike ``torch.topk`` on ties.
-
-    torch.topk(k + 1) settles every row whose k-th and (k+1)-th values differ (the chosen set is then
-    exact; only its order among equal values is fixed here); rows with a tie across the cut, rare
-    for float scores, take the exact full-row path.
-    """
-    num = scores.shape[1]
-    vals, cols = torch.topk(scores, min(k + 1, num), dim=1, sorted=True)
-    if num > k:
-        crossing = vals[:, k - 1] == vals[:, k]
-        vals, cols = vals[:, :k], cols[:, :k]
-        if crossing.any():
-            vals, cols = vals.clone(), cols.clone()
-            vals[crossing], cols[crossing] = _ranked_topk_exact(scores[crossing], k)
-    # Order: column asc, then a stable sort by value desc keeps equal values in column order.
-    by_col = torch.sort(cols, dim=1).indices
-    vals, cols = vals.gather(1, by_col), cols.gather(1, by_col)
-    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
-    return vals.gather(1, order), cols.gather(1, order)
+    asc; ties at the cut go to the lowest columns (the weak-label head's p@k rule)."""
+    cols = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return scores.gather(1, order), cols.gather(1, order)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -153,68 +154,101 @@ def _check_k(k: int, num_g: int, self_index: Tensor | None) -> bool:
     return excluding
 
 
-def default_gallery_block(block_size: int, num_g: int) -> int:
-    """The whole gallery when a block of scores fits MAX_BLOCK_SCORES, else the largest chunk that does."""
-    return max(1, min(num_g, MAX_BLOCK_SCORES // max(block_size, 1)))
+class _Engine:
+    """Exact scores of one search space: cosine of L2-normalized float32, or minus Hamming on packed codes.
 
+    ``block(rows, a, b)`` gives float64 scores [len(rows), b - a] (queries ``rows``, gallery a..b), the
+    same numbers whichever block shapes are used; ``search(k)`` is the fast top-k (faiss or torch).
+    """
 
-def _blockwise_topk(
-    q_all: Tensor,
-    num_g: int,
-    gallery_chunk: Callable[[int, int], Tensor],
-    k: int,
-    finalize: Callable[[Tensor], Tensor] | None,
-    block_size: int,
-    gallery_block_size: int | None,
-    self_index: Tensor | None,
-    excluding: bool,
-    device: torch.device,
-    desc: str,
-    progress: bool,
-) -> TopK:
-    """The search loop shared by float and binary. Scores of a block are ``q @ g.T``; ``finalize`` maps
-    a chunk's selected values to the reported score before chunks are merged."""
-    num_q = q_all.shape[0]
-    chunk = gallery_block_size or default_gallery_block(block_size, num_g)
-    out_scores = torch.empty(num_q, k, dtype=torch.float32)
-    out_index = torch.empty(num_q, k, dtype=torch.long)
-    # Prepared (normalized / unpacked) chunks are kept across query blocks while they fit the cache;
-    # beyond it each block prepares them again, so memory stays O(gallery as stored).
-    row_bytes = 4 * q_all.shape[1]
-    keep = num_q > block_size and num_g * row_bytes <= PREPARED_CACHE_BYTES
-    cache: dict[int, Tensor] = {}
-    bar = tqdm(range(0, num_q, block_size), desc=desc, leave=False, disable=not progress)
-    for q_start in bar:
-        q_stop = min(q_start + block_size, num_q)
-        q = q_all[q_start:q_stop].to(device)
-        best_s: Tensor | None = None
-        best_i: Tensor | None = None
-        for g_start in range(0, num_g, chunk):
-            g_stop = min(g_start + chunk, num_g)
-            g = cache.get(g_start)
-            if g is None:
-                g = gallery_chunk(g_start, g_stop)
-                if keep:
-                    cache[g_start] = g
-            scores = q @ g.T
-            if excluding:
-                own = self_index[q_start:q_stop].to(device)
-                rows = torch.nonzero((own >= g_start) & (own < g_stop)).squeeze(1)
-                scores[rows, own[rows] - g_start] = -math.inf
-            s, i = ranked_topk(scores, min(k, g_stop - g_start))
-            if finalize is not None:
-                s = finalize(s)
-            i += g_start
-            if best_s is None:
+    def __init__(self, queries: Tensor, gallery: Tensor, metric: str, device: torch.device, use_faiss: bool):
+        self.metric, self.device, self.use_faiss = metric, device, use_faiss and HAVE_FAISS
+        if metric == "cosine":
+            self.q, self.g = l2_normalize(queries), l2_normalize(gallery)
+            self.width = self.q.shape[1]
+        else:
+            self.q, self.g = queries, gallery  # packed codes
+            self.width = self.q.shape[1] * 8
+        self.num_g = self.g.shape[0]
+
+    def block(self, rows: Tensor, a: int, b: int) -> Tensor:
+        if self.metric == "cosine":
+            # float64 products of float32 inputs: equal vectors give equal scores whatever the blocking.
+            return (self.q[rows].to(self.device).double() @ self.g[a:b].to(self.device).double().T).cpu()
+        return -hamming_distances(self.q[rows], self.g[a:b]).double()
+
+    def gallery_chunk(self, num_rows: int) -> int:
+        # The byte-table fallback holds [rows, chunk, bytes]; float scores and faiss.hammings [rows, chunk].
+        per_pair = self.q.shape[1] if self.metric == "hamming" and not HAVE_FAISS else 1
+        return max(1, min(self.num_g, MAX_BLOCK_SCORES // max(num_rows * per_pair, 1)))
+
+    def search(self, k: int, block_size: int, gallery_block_size: int | None) -> TopK:
+        """The k best gallery items per query (float32 scores; ties in any order)."""
+        if self.use_faiss and self.device.type == "cpu":
+            if self.metric == "cosine":
+                index = faiss.IndexFlatIP(self.width)
+                index.add(np.ascontiguousarray(self.g.numpy()))
+                scores, ids = index.search(np.ascontiguousarray(self.q.numpy()), k)
+                return TopK(torch.from_numpy(scores), torch.from_numpy(ids).long())
+            index = faiss.IndexBinaryFlat(self.width)
+            index.add(np.ascontiguousarray(self.g.numpy()))
+            dist, ids = index.search(np.ascontiguousarray(self.q.numpy()), k)
+            return TopK(-torch.from_numpy(dist).float(), torch.from_numpy(ids).long())
+        return self._torch_search(k, block_size, gallery_block_size)
+
+    def _torch_search(self, k: int, block_size: int, gallery_block_size: int | None) -> TopK:
+        """Blockwise running top-k in torch: the path when faiss is missing (or for a GPU device)."""
+        num_q = self.q.shape[0]
+        out_s, out_i = torch.empty(num_q, k), torch.empty(num_q, k, dtype=torch.long)
+        chunk = gallery_block_size or self.gallery_chunk(block_size)
+        for start in range(0, num_q, block_size):
+            rows = torch.arange(start, min(start + block_size, num_q))
+            best_s = best_i = None
+            for a in range(0, self.num_g, chunk):
+                b = min(a + chunk, self.num_g)
+                if self.metric == "cosine":
+                    s = (self.q[rows].to(self.device) @ self.g[a:b].to(self.device).T).cpu()
+                else:
+                    s = -hamming_distances(self.q[rows], self.g[a:b]).float()
+                s, i = torch.topk(s, min(k, b - a), dim=1)
+                i += a
+                if best_s is not None:
+                    s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
+                    s, pick = torch.topk(s, min(k, s.shape[1]), dim=1)
+                    i = i.gather(1, pick)
                 best_s, best_i = s, i
-            else:
-                # Earlier chunks hold lower indices, so a stable sort of [best, new] keeps index order on ties.
-                cat_s, cat_i = torch.cat([best_s, s], dim=1), torch.cat([best_i, i], dim=1)
-                order = torch.sort(cat_s, dim=1, descending=True, stable=True).indices[:, :k]
-                best_s, best_i = cat_s.gather(1, order), cat_i.gather(1, order)
-        out_scores[q_start:q_stop] = best_s.float().cpu()
-        out_index[q_start:q_stop] = best_i.cpu()
-    return TopK(out_scores, out_index)
+            out_s[rows], out_i[rows] = best_s, best_i
+        return TopK(out_s, out_i)
+
+
+def _drop_self(found: TopK, self_index: Tensor | None, k: int) -> TopK:
+    """Remove each query's own index from its list (or, when absent, the last entry); keep k columns."""
+    if self_index is None:
+        return TopK(found.scores[:, :k], found.indices[:, :k])
+    own = found.indices == self_index[:, None]
+    drop_last = ~own.any(dim=1)
+    own[drop_last, -1] = True
+    keep = ~own
+    width = found.indices.shape[1] - 1
+    return TopK(found.scores[keep].view(-1, width)[:, :k], found.indices[keep].view(-1, width)[:, :k])
+
+
+def _codes_or_floats(queries: Tensor, gallery: Tensor, metric: str) -> tuple[Tensor, Tensor]:
+    if metric not in SEARCH_METRICS:
+        raise ValueError(f"unknown retrieval metric '{metric}': choose one of {SEARCH_METRICS}")
+    _check_embeddings(queries, "queries")
+    _check_embeddings(gallery, "gallery")
+    if queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"queries have dimension {queries.shape[1]} but the gallery has {gallery.shape[1]}")
+    if metric == "hamming":
+        return pack_signs(queries), pack_signs(gallery)
+    return queries, gallery
+
+
+def _check_codes(query_codes: Tensor, gallery_codes: Tensor, dim: int) -> None:
+    for name, codes in (("query_codes", query_codes), ("gallery_codes", gallery_codes)):
+        if codes.dtype != torch.uint8 or codes.ndim != 2 or codes.shape[1] != (dim + 7) // 8 or codes.shape[0] == 0:
+            raise ValueError(f"{name} must be non-empty packed uint8 codes [N, {(dim + 7) // 8}] for dim={dim}")
 
 
 def topk_search(
@@ -227,63 +261,28 @@ def topk_search(
     self_index: Tensor | None = None,
     device: str | torch.device | None = "cpu",
     progress: bool = False,
+    use_faiss: bool = True,
 ) -> TopK:
-    """The k best gallery items for each query, computed blockwise.
+    """The k best gallery items for each query.
 
     Args:
         queries: float embeddings [Q, D].
         gallery: float embeddings [G, D] (L2-normalized, or binarized and packed, here per ``metric``).
         k: neighbours per query; must not exceed the gallery (minus the query itself under leave-one-out).
         metric: "cosine" (L2-normalized float) or "hamming" (sign bits; score = -distance).
-        block_size: queries per block.
-        gallery_block_size: gallery items per chunk; None = the whole gallery when block_size x G
-            scores fit MAX_BLOCK_SCORES (256 MiB of float32), else chunks that fit.
+        block_size: queries per block of the torch path and of the exact passes.
+        gallery_block_size: gallery items per chunk of the torch path (None: chunks of MAX_BLOCK_SCORES).
         self_index: long [Q], the gallery index of each query to exclude (leave-one-out), or -1 for
             none; None excludes nothing.
-        device: where the similarity blocks are computed ("auto" = cuda if available).
-        progress: show a tqdm bar over query blocks.
+        device: where the torch path computes ("auto" = cuda if available); faiss-cpu runs on CPU.
+        progress: kept for callers; the search is one faiss call.
+        use_faiss: False forces the torch path (tests compare the two).
 
     Returns:
-        TopK with scores and indices [Q, k], ranked by score desc then gallery index asc.
+        TopK with scores and indices [Q, k], ranked by score desc (tied items in unspecified order).
     """
-    if metric not in SEARCH_METRICS:
-        raise ValueError(f"unknown retrieval metric '{metric}': choose one of {SEARCH_METRICS}")
-    _check_embeddings(queries, "queries")
-    _check_embeddings(gallery, "gallery")
-    if queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"queries have dimension {queries.shape[1]} but the gallery has {gallery.shape[1]}")
-    if metric == "hamming":
-        dim = queries.shape[1]
-        return hamming_topk(
-            pack_signs(queries),
-            pack_signs(gallery),
-            dim,
-            k,
-            block_size,
-            gallery_block_size,
-            self_index,
-            device,
-            progress,
-        )
-    if block_size < 1 or (gallery_block_size is not None and gallery_block_size < 1):
-        raise ValueError("block_size and gallery_block_size must be positive")
-    excluding = _check_k(k, gallery.shape[0], self_index)
-    device = resolve_device(device)
-    # The gallery is normalized chunk by chunk: no full normalized copy of a large gallery.
-    return _blockwise_topk(
-        l2_normalize(queries),
-        gallery.shape[0],
-        lambda a, b: l2_normalize(gallery[a:b].to(device)),
-        k,
-        None,
-        block_size,
-        gallery_block_size,
-        self_index,
-        excluding,
-        device,
-        f"top-{k} cosine",
-        progress,
-    )
+    q, g = _codes_or_floats(queries, gallery, metric)
+    return _search(q, g, metric, k, block_size, gallery_block_size, self_index, device, use_faiss)
 
 
 def hamming_topk(
@@ -296,86 +295,130 @@ def hamming_topk(
     self_index: Tensor | None = None,
     device: str | torch.device | None = "cpu",
     progress: bool = False,
+    use_faiss: bool = True,
 ) -> TopK:
     """Hamming top-k on packed sign codes (``pack_signs``), the serving format: D/8 bytes per item.
+    Arguments as ``topk_search``, with ``dim`` the number of bits per code; scores are minus the distance."""
+    _check_codes(query_codes, gallery_codes, dim)
+    return _search(
+        query_codes, gallery_codes, "hamming", k, block_size, gallery_block_size, self_index, device, use_faiss
+    )
 
-    Arguments as ``topk_search``, with ``dim`` the number of bits per code; scores are minus the
-    Hamming distance. Chunks are unpacked to +-1 on the fly, so the gallery stays packed in memory.
-    """
-    for name, codes in (("query_codes", query_codes), ("gallery_codes", gallery_codes)):
-        if codes.dtype != torch.uint8 or codes.ndim != 2 or codes.shape[1] != (dim + 7) // 8 or codes.shape[0] == 0:
-            raise ValueError(f"{name} must be non-empty packed uint8 codes [N, {(dim + 7) // 8}] for dim={dim}")
+
+def _search(q, g, metric, k, block_size, gallery_block_size, self_index, device, use_faiss) -> TopK:
     if block_size < 1 or (gallery_block_size is not None and gallery_block_size < 1):
         raise ValueError("block_size and gallery_block_size must be positive")
-    excluding = _check_k(k, gallery_codes.shape[0], self_index)
-    device = resolve_device(device)
-    queries = unpack_signs(query_codes, dim)
-    # Tie-break inside the matmul: an extra coordinate 1 on queries and -col * 2**-f on gallery items
-    # makes each score <q, g> - col * 2**-f, distinct per column and exact in float32 (integers below
-    # 2**b plus f fraction bits, b + f = 24), so torch.topk alone ranks by (distance, column).
-    # Only when float32 matmuls are exact (no TF32): the reported distance is recovered with ceil().
-    int_bits = (dim + 1).bit_length()
-    exact = torch.get_float32_matmul_precision() == "highest" and 24 - int_bits >= 8
-    if exact:
-        frac_bits = 24 - int_bits
-        max_chunk = 1 << frac_bits
-        chunk = min(gallery_block_size or default_gallery_block(block_size, gallery_codes.shape[0]), max_chunk)
-        queries = torch.cat([queries, torch.ones(queries.shape[0], 1)], dim=1)
-
-        def gallery_chunk(a: int, b: int) -> Tensor:
-            tie = -torch.arange(b - a, dtype=torch.float32)[:, None] * 2.0**-frac_bits
-            return torch.cat([unpack_signs(gallery_codes[a:b], dim), tie], dim=1).to(device)
-
-        def finalize(v: Tensor) -> Tensor:
-            return (torch.ceil(v) - dim) / 2
-    else:
-        chunk = gallery_block_size
-
-        def gallery_chunk(a: int, b: int) -> Tensor:
-            return unpack_signs(gallery_codes[a:b], dim).to(device)
-
-        def finalize(v: Tensor) -> Tensor:
-            return (v - dim) / 2
-
-    return _blockwise_topk(
-        queries,
-        gallery_codes.shape[0],
-        gallery_chunk,
-        k,
-        finalize,
-        block_size,
-        chunk,
-        self_index,
-        excluding,
-        device,
-        f"top-{k} hamming",
-        progress,
-    )
+    excluding = _check_k(k, g.shape[0], self_index)
+    engine = _Engine(q, g, metric, resolve_device(device), use_faiss)
+    found = engine.search(k + int(excluding), block_size, gallery_block_size)
+    return _drop_self(found, self_index if excluding else None, k)
 
 
 # ------------------------------------------------------------------------------------ relevance
 
 
-def is_multi_label(targets: Tensor) -> bool:
-    """Multi-hot targets are 2-D [N, C]; single-label targets are 1-D integer [N]."""
-    return targets.ndim == 2
+@dataclass
+class LabelSets:
+    """Per item, a sorted set of label ids: ``ids`` long [N, L], ascending, padded with PAD at the end."""
+
+    ids: Tensor
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def __getitem__(self, index) -> LabelSets:
+        return LabelSets(self.ids[index])
+
+    @property
+    def sizes(self) -> Tensor:
+        return (self.ids != PAD).sum(1)
 
 
-def _check_targets(q_targets: Tensor, g_targets: Tensor) -> None:
-    if q_targets.ndim != g_targets.ndim or q_targets.ndim not in (1, 2):
+def label_sets(targets: Tensor | LabelSets, weights: Tensor | None = None) -> LabelSets:
+    """Label sets from any target format the loaders produce.
+
+    Args:
+        targets: class ids long [N] (single-label); dense multi-hot float/bool [N, C] (label c when > 0);
+            or padded label ids integer [N, L] with -1 as padding (weak-label samples carrying ids).
+            A LabelSets is returned as is.
+        weights: optional [N, L] scores beside padded ids; ids whose weight is <= 0 are dropped.
+
+    Returns:
+        LabelSets (memory O(N x labels per item), whatever C is).
+    """
+    if isinstance(targets, LabelSets):
+        return targets
+    targets = torch.as_tensor(targets)
+    if targets.ndim == 1:
+        if targets.is_floating_point():
+            raise ValueError("single-label targets must be integer class ids")
+        ids = targets.long()[:, None].clone()
+        ids[ids < 0] = PAD
+        return LabelSets(ids)
+    if targets.ndim != 2:
         raise ValueError(
-            f"targets must both be class ids [N] or multi-hot [N, C]; got {tuple(q_targets.shape)} "
-            f"and {tuple(g_targets.shape)}"
+            f"targets must be class ids [N], multi-hot [N, C] or padded ids [N, L]; got {tuple(targets.shape)}"
         )
-    if q_targets.ndim == 1 and (q_targets.is_floating_point() or g_targets.is_floating_point()):
-        raise ValueError("single-label targets must be integer class ids")
-    if q_targets.ndim == 2 and q_targets.shape[1] != g_targets.shape[1]:
-        raise ValueError(f"multi-hot targets disagree on the label count: {q_targets.shape[1]} vs {g_targets.shape[1]}")
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        present = targets > 0
+        width = max(int(present.sum(1).max().item()) if present.numel() else 0, 1)
+        # topk over the 0/1 mask puts present columns first; columns sort ascending below.
+        cols = torch.topk(present.to(torch.uint8), width, dim=1, sorted=True).indices
+        ids = torch.where(present.gather(1, cols), cols, torch.full_like(cols, PAD))
+    else:
+        ids = targets.long().clone()
+        keep = ids >= 0
+        if weights is not None:
+            keep &= torch.as_tensor(weights) > 0
+        ids[~keep] = PAD
+    return LabelSets(torch.sort(ids, dim=1).values)
+
+
+def cat_label_sets(parts: Sequence[LabelSets]) -> LabelSets:
+    """Concatenate LabelSets of different widths."""
+    width = max(max((p.ids.shape[1] for p in parts), default=1), 1)
+    padded = [torch.nn.functional.pad(p.ids, (0, width - p.ids.shape[1]), value=PAD) for p in parts]
+    return LabelSets(torch.cat(padded) if padded else torch.empty(0, 1, dtype=torch.long))
+
+
+def share_label(a: LabelSets, b: LabelSets, block: int = 1 << 16) -> Tensor:
+    """bool [P]: whether row i of ``a`` and row i of ``b`` have a label in common (sorted-set intersection)."""
+    out = torch.empty(len(a), dtype=torch.bool)
+    for s in range(0, len(a), block):
+        x, y = a.ids[s : s + block], b.ids[s : s + block].contiguous()
+        pos = torch.searchsorted(y, x.contiguous()).clamp_(max=y.shape[1] - 1)
+        out[s : s + block] = ((y.gather(1, pos) == x) & (x != PAD)).any(1)
+    return out
+
+
+def count_relevant(q_sets: LabelSets, g_sets: LabelSets, self_index: Tensor | None = None) -> Tensor:
+    """long [Q]: gallery items sharing a label with each query (the query itself not counted).
+
+    An inverted index (gallery items sorted by label): work per query is the length of its labels'
+    posting lists, memory O(gallery x labels per item).
+    """
+    g_ids = g_sets.ids
+    flat_label = g_ids.reshape(-1)
+    flat_item = torch.arange(g_ids.shape[0]).repeat_interleave(g_ids.shape[1])
+    valid = flat_label != PAD
+    flat_label, order = torch.sort(flat_label[valid], stable=True)
+    flat_item = flat_item[valid][order]
+    q_ids = q_sets.ids
+    lo = torch.searchsorted(flat_label, q_ids.contiguous())
+    hi = torch.searchsorted(flat_label, q_ids.contiguous(), right=True)
+    lengths = torch.where(q_ids != PAD, hi - lo, 0)
+    counts = lengths.sum(1)  # exact for one label per query: a single posting list has no repeats
+    for row in torch.nonzero(q_sets.sizes > 1).squeeze(1).tolist():
+        spans = [flat_item[a:b] for a, b in zip(lo[row].tolist(), hi[row].tolist(), strict=True) if b > a]
+        counts[row] = torch.unique(torch.cat(spans)).numel() if spans else 0
+    if self_index is not None:
+        counts -= ((self_index >= 0) & (q_sets.sizes > 0)).long()
+    return counts
 
 
 def relevance(
-    q_targets: Tensor,
-    g_targets: Tensor,
+    q_targets: Tensor | LabelSets,
+    g_targets: Tensor | LabelSets,
     indices: Tensor,
     self_index: Tensor | None = None,
     block_size: int = 1024,
@@ -383,79 +426,253 @@ def relevance(
     """Which retrieved items are relevant, and how many relevant items each query has in the gallery.
 
     Args:
-        q_targets, g_targets: class ids [Q], [G] (same class = relevant) or multi-hot [Q, C], [G, C]
-            (relevant when the rows share a label).
+        q_targets, g_targets: anything ``label_sets`` takes (class ids, multi-hot, padded ids);
+            relevant = the items share a label.
         indices: long [Q, k] retrieved gallery indices.
         self_index: as in ``topk_search``; the query itself is not counted among its relevant items.
-        block_size: query rows per block when counting shared-label relevance.
+        block_size: unused, kept for callers.
 
     Returns:
         (rel bool [Q, k], num_relevant long [Q]).
     """
-    _check_targets(q_targets, g_targets)
-    if not is_multi_label(q_targets):
-        q_t, g_t = q_targets.long(), g_targets.long()
-        rel = g_t[indices] == q_t[:, None]
-        num_classes = int(max(q_t.max().item(), g_t.max().item())) + 1
-        per_class = torch.bincount(g_t, minlength=num_classes)
-        num_rel = per_class[q_t]
-    else:
-        q_t, g_t = (q_targets > 0).float(), (g_targets > 0).float()
-        blocks = range(0, q_t.shape[0], block_size)
-        rel = torch.cat(
-            [(g_t[indices[s : s + block_size]] * q_t[s : s + block_size, None, :]).sum(-1) > 0 for s in blocks]
+    q_sets, g_sets = _check_targets(q_targets, g_targets)
+    k = indices.shape[1]
+    rel = share_label(q_sets[torch.arange(len(q_sets)).repeat_interleave(k)], g_sets[indices.reshape(-1)])
+    return rel.view(-1, k), count_relevant(q_sets, g_sets, self_index)
+
+
+def _check_targets(q_targets, g_targets) -> tuple[LabelSets, LabelSets]:
+    q_t, g_t = (t if isinstance(t, LabelSets) else torch.as_tensor(t) for t in (q_targets, g_targets))
+    dense = [t for t in (q_t, g_t) if isinstance(t, Tensor) and t.ndim == 2 and t.is_floating_point()]
+    if len(dense) == 2 and dense[0].shape[1] != dense[1].shape[1]:
+        raise ValueError(f"multi-hot targets disagree on the label count: {dense[0].shape[1]} vs {dense[1].shape[1]}")
+    if isinstance(q_t, Tensor) and isinstance(g_t, Tensor) and q_t.ndim != g_t.ndim:
+        raise ValueError(
+            f"targets must both be class ids [N] or both multi-label; got {tuple(q_t.shape)} and {tuple(g_t.shape)}"
         )
-        num_rel = torch.cat([((q_t[s : s + block_size] @ g_t.T) > 0).sum(1) for s in blocks])
-    if self_index is not None:
-        # The query itself is always relevant to itself (if it has any label): never count it.
-        own = self_index >= 0
-        if is_multi_label(q_targets):
-            own = own & (q_t.sum(1) > 0)
-        num_rel = num_rel - own.long()
-    return rel, num_rel.long()
+    return label_sets(q_t), label_sets(g_t)
+
+
+def is_multi_label(targets: Tensor | LabelSets) -> bool:
+    """Multi-label targets: 2-D (multi-hot [N, C] or padded ids [N, L]) or LabelSets; class ids are 1-D [N]."""
+    return isinstance(targets, LabelSets) or targets.ndim == 2
+
+
+# ---------------------------------------------------------------------------- tie-aware ranking
+
+
+def cut_group_counts(
+    engine: _Engine,
+    rows: Tensor,
+    cut: Tensor,
+    relevant: Callable[[Tensor, Tensor], Tensor],
+    self_index: Tensor | None,
+    block_size: int,
+) -> tuple[Tensor, Tensor]:
+    """For queries ``rows``: gallery items whose exact score equals ``cut`` [len(rows)] float64, and how
+    many of them are relevant -> (count long, relevant long). Blockwise: memory O(block x chunk)."""
+    count = torch.zeros(len(rows), dtype=torch.long)
+    rel = torch.zeros(len(rows), dtype=torch.long)
+    for s in range(0, len(rows), block_size):
+        r = rows[s : s + block_size]
+        chunk = engine.gallery_chunk(len(r))
+        for a in range(0, engine.num_g, chunk):
+            b = min(a + chunk, engine.num_g)
+            tied = engine.block(r, a, b) == cut[s : s + block_size, None]
+            if self_index is not None:
+                own = self_index[r]
+                hit = (own >= a) & (own < b)
+                tied[torch.nonzero(hit).squeeze(1), own[hit] - a] = False
+            count[s : s + block_size] += tied.sum(1)
+            pairs = torch.nonzero(tied)
+            if pairs.numel():
+                is_rel = relevant(r[pairs[:, 0]], pairs[:, 1] + a).long()
+                rel[s : s + block_size] += torch.zeros(len(r), dtype=torch.long).index_add_(0, pairs[:, 0], is_rel)
+    return count, rel
+
+
+def _exact_topk(engine: _Engine, rows: Tensor, k: int, self_index: Tensor | None, block_size: int) -> TopK:
+    """Exact (float64) top-k of queries ``rows`` by a full blockwise pass: for float rows whose cut is
+    too close for float32 search scores to decide."""
+    out_s = torch.empty(len(rows), k, dtype=torch.float64)
+    out_i = torch.empty(len(rows), k, dtype=torch.long)
+    for s in range(0, len(rows), block_size):
+        r = rows[s : s + block_size]
+        chunk = engine.gallery_chunk(len(r))
+        best_s = best_i = None
+        for a in range(0, engine.num_g, chunk):
+            b = min(a + chunk, engine.num_g)
+            sc = engine.block(r, a, b)
+            if self_index is not None:
+                own = self_index[r]
+                hit = (own >= a) & (own < b)
+                sc[torch.nonzero(hit).squeeze(1), own[hit] - a] = -math.inf
+            v, i = torch.topk(sc, min(k, b - a), dim=1)
+            i += a
+            if best_s is not None:
+                v, i = torch.cat([best_s, v], 1), torch.cat([best_i, i], 1)
+                v, pick = torch.topk(v, min(k, v.shape[1]), dim=1)
+                i = i.gather(1, pick)
+            best_s, best_i = v, i
+        out_s[s : s + block_size], out_i[s : s + block_size] = best_s, best_i
+    return TopK(out_s, out_i)
+
+
+@dataclass
+class RankedLists:
+    """Top-K lists with exact scores and the size of each cut group in the whole gallery.
+
+    scores float64 [Q, K] (desc), rel bool [Q, K], cut_count / cut_relevant long [Q]: gallery items
+    (self excluded) scoring exactly scores[:, K-1], and the relevant ones among them.
+    """
+
+    scores: Tensor
+    rel: Tensor
+    cut_count: Tensor
+    cut_relevant: Tensor
+
+
+def tie_aware_search(
+    queries: Tensor,
+    gallery: Tensor,
+    q_sets: LabelSets,
+    g_sets: LabelSets,
+    k: int,
+    metric: str = "cosine",
+    self_index: Tensor | None = None,
+    block_size: int = 1024,
+    device: str | torch.device | None = "cpu",
+    use_faiss: bool = True,
+) -> RankedLists:
+    """Search (faiss, or torch) for the k + 1 best items, rescore them exactly, and count the cut group
+    exactly where the k-th and (k+1)-th scores tie. ``queries``/``gallery``: float [N, D]."""
+    q, g = _codes_or_floats(queries, gallery, metric)
+    excluding = _check_k(k, g.shape[0], self_index)
+    self_index = self_index if excluding else None
+    engine = _Engine(q, g, metric, resolve_device(device), use_faiss)
+    available = g.shape[0] - int(excluding)
+    width = min(k + 1, available)  # one past the cut shows whether a tie crosses it
+    found = _drop_self(engine.search(width + int(excluding), block_size, None), self_index, width)
+    num_q = q.shape[0]
+    if metric == "cosine":
+        # Exact float64 scores of the candidates (float32 search scores differ by rounding).
+        exact = torch.cat(
+            [
+                torch.einsum(
+                    "qd,qkd->qk",
+                    engine.q[s : s + block_size].double(),
+                    engine.g[found.indices[s : s + block_size]].double(),
+                )
+                for s in range(0, num_q, block_size)
+            ]
+        )
+        # float32 rounding of a unit-vector dot product: below D * 2**-24 per score.
+        tol = 2 * engine.width * 2.0**-24
+    else:
+        exact, tol = found.scores.double(), 0.0
+    exact, order = torch.sort(exact, dim=1, descending=True, stable=True)
+    indices = found.indices.gather(1, order)
+    if width > k:
+        gap = found.scores[:, k - 1] - found.scores[:, k]
+        crossing = (gap <= tol) | (exact[:, k - 1] == exact[:, k])
+    else:
+        crossing = torch.zeros(num_q, dtype=torch.bool)
+    scores, indices = exact[:, :k].contiguous(), indices[:, :k].contiguous()
+    rows = torch.nonzero(crossing).squeeze(1)
+    if metric == "cosine" and rows.numel():
+        redo = _exact_topk(engine, rows, k, self_index, block_size)
+        scores[rows], indices[rows] = redo.scores, redo.indices
+    rel = share_label(q_sets[torch.arange(num_q).repeat_interleave(k)], g_sets[indices.reshape(-1)]).view(num_q, k)
+    at_cut = scores == scores[:, k - 1 : k]
+    cut_count, cut_rel = at_cut.sum(1), (at_cut & rel).sum(1)
+    if rows.numel():
+
+        def relevant(qi: Tensor, gi: Tensor) -> Tensor:
+            return share_label(q_sets[qi], g_sets[gi])
+
+        cut_count[rows], cut_rel[rows] = cut_group_counts(
+            engine, rows, scores[rows, k - 1], relevant, self_index, block_size
+        )
+    return RankedLists(scores, rel, cut_count, cut_rel)
 
 
 # -------------------------------------------------------------------------------------- metrics
 
 
-def retrieval_metrics(rel: Tensor, num_relevant: Tensor, ks: Sequence[int]) -> tuple[dict[str, float], dict[str, int]]:
-    """precision@k, recall@k and mAP@k (module docstring) from ranked relevance.
+def _log_choose_ratio(n: Tensor, r: Tensor, m: Tensor) -> Tensor:
+    """C(n - r, m) / C(n, m) (probability that m draws without replacement from n miss all r), float64."""
+    ok = (n - r) >= m
+    nr = torch.clamp(n - r, min=0)
+    log = (
+        torch.lgamma(nr + 1)
+        - torch.lgamma(torch.clamp(nr - m, min=0) + 1)
+        - torch.lgamma(n + 1)
+        + torch.lgamma(n - m + 1)
+    )
+    return torch.where(ok, torch.exp(log), torch.zeros_like(n))
 
-    Args:
-        rel: bool [Q, K] relevance of the ranked results, K >= max(ks).
-        num_relevant: long [Q], relevant gallery items per query (R).
-        ks: cut-offs.
 
-    Returns:
-        (metrics {"precision@k", "recall@k", "mAP@k": float} (NaN when no query has R > 0),
-         counts {"queries", "queries_without_relevant"}).
-    """
-    if rel.shape[1] < max(ks):
-        raise ValueError(f"ranked list has {rel.shape[1]} items but k={max(ks)} was asked")
+def tie_aware_metrics(
+    ranked: RankedLists, num_relevant: Tensor, ks: Sequence[int]
+) -> tuple[dict[str, float], dict[str, int]]:
+    """precision@k, recall@k (hit rate), ir_recall@k and mAP@k (module docstring), each its expected
+    value over all orderings of the tied groups. Returns (metrics, counts {"queries",
+    "queries_without_relevant"}); metrics are NaN when no query has a relevant item."""
+    s, rel = ranked.scores, ranked.rel
+    num_q, width = s.shape
+    if width < max(ks):
+        raise ValueError(f"ranked list has {width} items but k={max(ks)} was asked")
     keep = num_relevant > 0
-    rel = rel[keep].double()
-    num_rel = num_relevant[keep].double()
-    counts = {"queries": int(keep.numel()), "queries_without_relevant": int((~keep).sum())}
+    counts = {"queries": int(num_q), "queries_without_relevant": int((~keep).sum())}
+    if not keep.any():
+        return {f"{m}@{k}": float("nan") for k in ks for m in METRICS}, counts
+    s, rel, num_rel = s[keep], rel[keep].double(), num_relevant[keep].double()
+    cut_n, cut_r = ranked.cut_count[keep].double(), ranked.cut_relevant[keep].double()
+    nq = s.shape[0]
+    pos = torch.arange(width).expand(nq, width)
+    new = torch.ones(nq, width, dtype=torch.bool)
+    new[:, 1:] = s[:, 1:] != s[:, :-1]
+    start = torch.cummax(torch.where(new, pos, 0), dim=1).values  # first rank of each item's group
+    gid = new.long().cumsum(1) - 1 + torch.arange(nq)[:, None] * width
+    n = torch.bincount(gid.reshape(-1), minlength=nq * width).double()
+    r = torch.bincount(gid.reshape(-1), weights=rel.reshape(-1), minlength=nq * width).double()
+    last = gid[:, -1]
+    n[last], r[last] = cut_n, cut_r  # the cut group, counted in the whole gallery
+    n, r = n[gid], r[gid]
+    p = (pos - start + 1).double()  # 1-based place inside the group
+    before = (rel.cumsum(1) - rel).gather(1, start)  # relevant items in the (complete) earlier groups
+    hits = before + p * r / n
+    rel_hits = (r / n) * (before + 1 + (p - 1) * (r - 1) / torch.clamp(n - 1, min=1))
+    ap_sum = (rel_hits / (pos + 1).double()).cumsum(1)
+    miss = _log_choose_ratio(n, r, p)
     metrics: dict[str, float] = {}
-    hits = rel.cumsum(dim=1)  # hits[:, i-1] = relevant among the first i
-    ranks = torch.arange(1, rel.shape[1] + 1, dtype=torch.float64)
-    prec_at_i = hits / ranks
     for k in ks:
-        if rel.shape[0] == 0:
-            metrics.update({f"{m}@{k}": float("nan") for m in METRICS})
-            continue
-        metrics[f"precision@{k}"] = (hits[:, k - 1] / k).mean().item()
-        metrics[f"recall@{k}"] = (hits[:, k - 1] / num_rel).mean().item()
-        ap = (prec_at_i[:, :k] * rel[:, :k]).sum(1) / torch.clamp(num_rel, max=k)
-        metrics[f"mAP@{k}"] = ap.mean().item()
+        c = k - 1
+        metrics[f"precision@{k}"] = (hits[:, c] / k).mean().item()
+        metrics[f"recall@{k}"] = torch.where(before[:, c] > 0, 1.0, 1.0 - miss[:, c]).mean().item()
+        metrics[f"ir_recall@{k}"] = (hits[:, c] / num_rel).mean().item()
+        metrics[f"mAP@{k}"] = (ap_sum[:, c] / torch.clamp(num_rel, max=k)).mean().item()
     return metrics, counts
+
+
+def retrieval_metrics(rel: Tensor, num_relevant: Tensor, ks: Sequence[int]) -> tuple[dict[str, float], dict[str, int]]:
+    """The metrics of a strict ranking (no ties): ``rel`` bool [Q, K] in rank order, ``num_relevant``
+    long [Q]. Same names and counts as ``tie_aware_metrics``."""
+    num_q, width = rel.shape
+    ranked = RankedLists(
+        -torch.arange(width, dtype=torch.float64).expand(num_q, width),
+        rel.bool(),
+        torch.ones(num_q, dtype=torch.long),
+        rel[:, -1].long(),
+    )
+    return tie_aware_metrics(ranked, num_relevant, ks)
 
 
 def evaluate_retrieval(
     queries: Tensor,
-    q_targets: Tensor,
+    q_targets: Tensor | LabelSets,
     gallery: Tensor | None,
-    g_targets: Tensor | None,
+    g_targets: Tensor | LabelSets | None,
     ks: Sequence[int],
     metric: str = "cosine",
     block_size: int = 1024,
@@ -463,23 +680,27 @@ def evaluate_retrieval(
     device: str | torch.device | None = "cpu",
     progress: bool = False,
     self_index: Tensor | None = None,
+    use_faiss: bool = True,
 ) -> tuple[dict[str, float], dict[str, int]]:
-    """Search and score in one call.
+    """Search and score in one call, tie-aware.
 
     With ``gallery=None`` the evaluation is leave-one-out on ``queries``: every query searches all
     the others (itself excluded by index). For leave-one-out on a subset, pass the gallery and
-    ``self_index`` (the gallery index of each query, as in ``topk_search``).
-    Returns ``retrieval_metrics``' (metrics, counts) with counts["gallery"] added.
+    ``self_index`` (the gallery index of each query, as in ``topk_search``). Targets: anything
+    ``label_sets`` takes. Returns ``tie_aware_metrics``' (metrics, counts) with counts["gallery"].
     """
     if gallery is None:
         gallery, g_targets = queries, q_targets
         self_index = torch.arange(queries.shape[0])
     elif g_targets is None:
         raise ValueError("g_targets is required with a gallery")
-    if queries.shape[0] != q_targets.shape[0] or gallery.shape[0] != g_targets.shape[0]:
+    if queries.shape[0] != len(q_targets) or gallery.shape[0] != len(g_targets):
         raise ValueError("embeddings and targets disagree on the number of items")
-    found = topk_search(queries, gallery, max(ks), metric, block_size, gallery_block_size, self_index, device, progress)
-    rel, num_rel = relevance(q_targets, g_targets, found.indices, self_index, block_size)
-    metrics, counts = retrieval_metrics(rel, num_rel, ks)
+    q_sets, g_sets = _check_targets(q_targets, g_targets)
+    ranked = tie_aware_search(
+        queries, gallery, q_sets, g_sets, max(ks), metric, self_index, block_size, device, use_faiss
+    )
+    num_rel = count_relevant(q_sets, g_sets, self_index)
+    metrics, counts = tie_aware_metrics(ranked, num_rel, ks)
     counts["gallery"] = int(gallery.shape[0])
     return metrics, counts

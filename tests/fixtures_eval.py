@@ -41,12 +41,26 @@ def brute_relevant(q_t: np.ndarray, g_t: np.ndarray) -> np.ndarray:
     return (q_t.astype(float) @ g_t.astype(float).T) > 0
 
 
+def strict_metrics(rel_ranked: np.ndarray, total: int, ks) -> dict[str, float]:
+    """One query's metrics on a strict ranking, by their textbook definitions (``rel_ranked``: 0/1 in rank order)."""
+    out = {}
+    for k in ks:
+        hits = rel_ranked[:k].sum()
+        out[f"precision@{k}"] = hits / k
+        out[f"recall@{k}"] = float(hits > 0)  # metric-learning Recall@K: any relevant item in the top k
+        out[f"ir_recall@{k}"] = hits / total
+        ap = sum(rel_ranked[:i_].sum() / i_ * rel_ranked[i_ - 1] for i_ in range(1, k + 1))
+        out[f"mAP@{k}"] = ap / min(total, k)
+    return out
+
+
 def brute_metrics(q, q_t, g, g_t, ks, metric="cosine", self_index=None) -> dict[str, float]:
-    """precision/recall/mAP@k by their textbook definitions, query by query in Python."""
+    """precision/recall/ir_recall/mAP@k by their textbook definitions, query by query in Python, on the
+    ranking "score desc, then gallery index asc": equal to the tie-aware figures only on untied data."""
     q, q_t, g, g_t = (np.asarray(x) for x in (q, q_t, g, g_t))
     rel_all = brute_relevant(q_t, g_t)
     ranking = brute_ranking(brute_scores(q, g, metric), self_index)
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("precision", "recall", "mAP")}
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("precision", "recall", "ir_recall", "mAP")}
     used = 0
     for i, order in enumerate(ranking):
         rel_row = rel_all[i].copy()
@@ -56,13 +70,31 @@ def brute_metrics(q, q_t, g, g_t, ks, metric="cosine", self_index=None) -> dict[
         if total == 0:
             continue
         used += 1
-        rel = rel_row[order].astype(float)
-        for k in ks:
-            hits = rel[:k].sum()
-            sums[f"precision@{k}"] += hits / k
-            sums[f"recall@{k}"] += hits / total
-            ap = sum(rel[:i_].sum() / i_ * rel[i_ - 1] for i_ in range(1, k + 1))
-            sums[f"mAP@{k}"] += ap / min(total, k)
+        for name, value in strict_metrics(rel_row[order].astype(float), total, ks).items():
+            sums[name] += value
+    return {name: value / used for name, value in sums.items()}
+
+
+def brute_tie_average(scores: np.ndarray, rel: np.ndarray, ks) -> dict[str, float]:
+    """Expected metrics over every ordering of tied items, by enumeration: average the strict metrics of
+    the ranking "score desc, then position in a permutation" over ALL permutations of the gallery
+    (each ordering of the tied groups is equally likely). ``scores``/``rel``: [Q, G], G <= 7; queries
+    without relevant items are skipped."""
+    import itertools
+
+    sums: dict[str, float] = {}
+    used = 0
+    for row, rel_row in zip(scores, rel, strict=True):
+        total = int(rel_row.sum())
+        if total == 0:
+            continue
+        used += 1
+        perms = list(itertools.permutations(range(row.size)))
+        for perm in perms:
+            perm = np.asarray(perm)
+            order = perm[np.lexsort((np.arange(row.size), -row[perm]))]
+            for name, value in strict_metrics(rel_row[order].astype(float), total, ks).items():
+                sums[name] = sums.get(name, 0.0) + value / len(perms)
     return {name: value / used for name, value in sums.items()}
 
 

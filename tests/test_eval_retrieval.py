@@ -1,16 +1,16 @@
-"""Retrieval search and metrics against an independent brute-force numpy reference, hand-made cases
-with known answers, and torchmetrics' retrieval metrics where the definitions coincide.
+"""Retrieval search and metrics against independent brute-force references: textbook metrics on untied
+random data, an enumeration of every ordering of the tied items on tiny tied data, hand-made cases with
+known answers, and torchmetrics' retrieval metrics where the definitions coincide.
 
 Where torchmetrics (1.9) differs from evaluation.retrieval, and why:
   * mAP@k: RetrievalMAP(top_k=k) divides by the number of relevant items *found in the top k*; ours
-    divides by min(R, k) (R = relevant items in the gallery), so a query that finds 1 of its 3
-    relevant items at rank 1 scores 1.0 there and 1/3 here. Ours does not reward retrieving few
-    relevant items; with k = the whole gallery both are the usual AP and agree.
-  * torchmetrics treats items with a non-positive score as not retrieved (target zeroed where
-    preds <= 0), so raw cosine scores cannot be fed to it; the comparisons below pass positive
-    rank-derived scores that encode our (tie-broken) ranking.
-  * Queries without relevant items: ours excludes them, as torchmetrics with empty_target_action="skip".
-  * precision@k and recall@k coincide (recall = fraction of the query's relevant items retrieved).
+    divides by min(R, k), so a query that finds 1 of its 3 relevant items at rank 1 scores 1.0 there
+    and 1/3 here. With k = the whole gallery both are the usual AP and agree.
+  * torchmetrics treats items with a non-positive score as not retrieved, so the comparisons below
+    pass positive rank-derived scores; and it breaks ties by input order, ours averages over them, so
+    the comparison uses untied data.
+  * recall@k is the metric-learning Recall@K = torchmetrics' RetrievalHitRate; ir_recall@k is
+    RetrievalRecall.
 """
 
 from __future__ import annotations
@@ -19,129 +19,82 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_eval import brute_metrics, brute_ranking, brute_scores, tied_embeddings
-from torchmetrics.retrieval import RetrievalMAP, RetrievalPrecision, RetrievalRecall
+from fixtures_eval import brute_metrics, brute_relevant, brute_scores, brute_tie_average, tied_embeddings
+from torchmetrics.retrieval import RetrievalHitRate, RetrievalMAP, RetrievalPrecision, RetrievalRecall
 
+import evaluation.retrieval as retrieval
 from evaluation.retrieval import (
+    LabelSets,
+    count_relevant,
     evaluate_retrieval,
     hamming_topk,
+    label_sets,
     pack_signs,
-    ranked_topk,
     relevance,
     retrieval_metrics,
+    share_label,
     topk_search,
     unpack_signs,
 )
 
 KS = [1, 3, 5, 10]
+NAMES = ("precision", "recall", "ir_recall", "mAP")
 
 
 def _labels(n: int, kind: str, seed: int, num_classes: int = 4) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     if kind == "single":
         return torch.randint(0, num_classes, (n,), generator=gen)
-    multi = (torch.rand(n, 6, generator=gen) < 0.25).float()  # some rows have no label at all
-    return multi
+    return (torch.rand(n, 6, generator=gen) < 0.25).float()  # some rows have no label at all
+
+
+def _assert_same(got: dict, ref: dict, tol: float = 1e-12) -> None:
+    assert got.keys() == ref.keys()
+    for name in ref:
+        assert got[name] == pytest.approx(ref[name], abs=tol), name
 
 
 # ---------------------------------------------------------------------------------- the search
 
 
-@pytest.mark.parametrize("metric", ["cosine", "hamming"])
 @pytest.mark.parametrize("loo", [False, True])
-def test_topk_indices_equal_bruteforce_ranking_with_ties(metric, loo):
-    q = tied_embeddings(23, seed=1)
-    g = q if loo else tied_embeddings(41, seed=2)
-    self_index = torch.arange(23) if loo else None
-    k = 12
-    got = topk_search(q, g, k, metric, block_size=5, gallery_block_size=7, self_index=self_index)
-    scores = brute_scores(q.numpy(), g.numpy(), metric)
-    ref = brute_ranking(scores, self_index.tolist() if loo else None)
-    assert (scores.round(6) == scores).all() or metric == "cosine"  # hamming scores are integers
-    # The data really has ties inside the top k, so the index tie-break is exercised.
-    assert any(len(set(np.round(scores[i, r[:k]], 9))) < k for i, r in enumerate(ref))
-    for i in range(q.shape[0]):
-        assert got.indices[i].tolist() == ref[i][:k].tolist()
-        np.testing.assert_allclose(got.scores[i].numpy(), scores[i, ref[i][:k]], atol=1e-6)
-
-
-@pytest.mark.parametrize("metric", ["cosine", "hamming"])
-def test_block_sizes_give_identical_results(metric):
+def test_faiss_and_torch_search_agree(loo):
     gen = torch.Generator().manual_seed(3)
-    for q, g in [(tied_embeddings(31, seed=4), tied_embeddings(57, seed=5)), (torch.randn(31, 20, generator=gen),) * 2]:
-        runs = [
-            topk_search(q, g, 9, metric, block_size=b, gallery_block_size=gb)
-            for b, gb in [(1, None), (4, 3), (31, 10), (1000, 57), (7, 1)]
-        ]
-        for other in runs[1:]:
-            assert torch.equal(runs[0].indices, other.indices)
-            torch.testing.assert_close(runs[0].scores, other.scores, atol=1e-6, rtol=0)
-
-
-def test_default_chunking_bounds_memory_and_keeps_results(monkeypatch):
-    import evaluation.retrieval as retrieval
-
-    assert retrieval.default_gallery_block(1024, 10**6) == retrieval.MAX_BLOCK_SCORES // 1024
-    assert retrieval.default_gallery_block(1024, 100) == 100
-    q, g = tied_embeddings(20, seed=8), tied_embeddings(50, seed=9)
-    whole = topk_search(q, g, 10, "hamming", block_size=4)
-    monkeypatch.setattr(retrieval, "MAX_BLOCK_SCORES", 4 * 6)  # forces 6-item gallery chunks
-    chunked = topk_search(q, g, 10, "hamming", block_size=4)
-    assert torch.equal(whole.indices, chunked.indices) and torch.equal(whole.scores, chunked.scores)
-
-
-def test_hamming_topk_on_packed_codes_checks_them():
-    x = torch.randn(6, 20)
-    codes = pack_signs(x)
-    assert torch.equal(hamming_topk(codes, codes, 20, 3).indices, topk_search(x, x, 3, "hamming").indices)
-    with pytest.raises(ValueError, match=r"packed uint8 codes \[N, 3\] for dim=20"):
-        hamming_topk(codes.long(), codes, 20, 3)
-
-
-def test_hamming_tie_break_paths_agree():
-    """The in-matmul tie-break (float32 matmul precision "highest") and the plain path (TF32 allowed)
-    rank identically."""
-    q, g = tied_embeddings(15, seed=15), tied_embeddings(70, seed=16)
-    codes_q, codes_g = pack_signs(q), pack_signs(g)
-    fast = hamming_topk(codes_q, codes_g, 16, 20, block_size=4)
-    before = torch.get_float32_matmul_precision()
-    try:
-        torch.set_float32_matmul_precision("high")
-        plain = hamming_topk(codes_q, codes_g, 16, 20, block_size=4)
-    finally:
-        torch.set_float32_matmul_precision(before)
-    assert torch.equal(fast.indices, plain.indices) and torch.equal(fast.scores, plain.scores)
-
-
-def test_ranked_topk_breaks_ties_by_lowest_index():
-    scores = torch.tensor([[0.5, 0.75, 0.5, 0.75, 0.5, 0.25], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
-    vals, idx = ranked_topk(scores, 4)
-    assert idx.tolist() == [[1, 3, 0, 2], [0, 1, 2, 3]]
-    assert vals.tolist() == [[0.75, 0.75, 0.5, 0.5], [1.0] * 4]
-
-
-def test_leave_one_out_excludes_self_by_index():
-    x = torch.ones(6, 4)  # all identical: every item ties with every other, including itself
-    got = topk_search(x, x, 5, self_index=torch.arange(6))
-    for i in range(6):
-        assert i not in got.indices[i].tolist()
-        assert got.indices[i].tolist() == [j for j in range(6) if j != i]
-    # Two items per class, perfectly embedded: each query's only relevant item is its twin.
-    emb = F.one_hot(torch.arange(8) // 2, 4).float()
-    metrics, counts = evaluate_retrieval(emb, torch.arange(8) // 2, None, None, [1])
-    assert metrics == {"precision@1": 1.0, "recall@1": 1.0, "mAP@1": 1.0}
-    assert counts["queries_without_relevant"] == 0
+    q = torch.randn(37, 24, generator=gen)
+    g = q if loo else torch.randn(211, 24, generator=gen)
+    self_index = torch.arange(37) if loo else None
+    for metric in ("cosine", "hamming"):
+        fast = topk_search(q, g, 9, metric, self_index=self_index)
+        slow = topk_search(q, g, 9, metric, block_size=5, gallery_block_size=13, self_index=self_index, use_faiss=False)
+        torch.testing.assert_close(fast.scores, slow.scores, atol=1e-5, rtol=0)  # Hamming: equal k-th distances
+        if metric == "cosine":  # untied float scores: the same lists
+            assert torch.equal(fast.indices, slow.indices)
+        if loo:
+            assert not (fast.indices == self_index[:, None]).any()
 
 
 def test_hamming_equals_brute_force_bit_distance():
     gen = torch.Generator().manual_seed(7)
     q, g = torch.randn(19, 37, generator=gen), torch.randn(45, 37, generator=gen)  # 37 bits: padded bytes
-    got = topk_search(q, g, 45, "hamming", block_size=4, gallery_block_size=10)
-    qb, gb = (q > 0).numpy(), (g > 0).numpy()
-    for i in range(19):
-        dist = [(qb[i] != gb[j]).sum() for j in got.indices[i].tolist()]
-        assert (-got.scores[i]).tolist() == dist
-        assert dist == sorted(dist)
+    ref = np.sort(-brute_scores(q.numpy(), g.numpy(), "hamming"), axis=1)
+    for use_faiss in (True, False):
+        got = topk_search(q, g, 45, "hamming", use_faiss=use_faiss)
+        assert (-got.scores).numpy().tolist() == ref.tolist()
+        qb, gb = (q > 0).numpy(), (g > 0).numpy()
+        for i in range(19):
+            assert (-got.scores[i]).tolist() == [(qb[i] != gb[j]).sum() for j in got.indices[i].tolist()]
+    assert torch.equal(
+        retrieval.hamming_distances(pack_signs(q), pack_signs(g)),
+        torch.from_numpy(-brute_scores(q.numpy(), g.numpy(), "hamming")).int(),
+    )
+
+
+def test_hamming_topk_on_packed_codes_checks_them():
+    x = torch.randn(6, 20)
+    codes = pack_signs(x)
+    assert torch.equal(hamming_topk(codes, codes, 20, 3).scores, topk_search(x, x, 3, "hamming").scores)
+    with pytest.raises(ValueError, match=r"packed uint8 codes \[N, 3\] for dim=20"):
+        hamming_topk(codes.long(), codes, 20, 3)
 
 
 def test_pack_signs_roundtrip_and_zero_is_bit_zero():
@@ -151,57 +104,54 @@ def test_pack_signs_roundtrip_and_zero_is_bit_zero():
     assert unpack_signs(codes, 9).tolist() == [[1, -1, -1, 1, -1, 1, -1, -1, 1]]
 
 
-# --------------------------------------------------------------------------------- the metrics
+def test_faiss_missing_falls_back_to_torch(monkeypatch):
+    x, y = tied_embeddings(40, seed=3), torch.arange(40) % 3
+    with_faiss = evaluate_retrieval(x, y, None, None, KS, "hamming")
+    monkeypatch.setattr(retrieval, "HAVE_FAISS", False)
+    without = evaluate_retrieval(x, y, None, None, KS, "hamming")
+    _assert_same(without[0], with_faiss[0])
 
 
-@pytest.mark.parametrize("metric", ["cosine", "hamming"])
+# ------------------------------------------------------------------------ metrics without ties
+
+
 @pytest.mark.parametrize("kind", ["single", "multi"])
 @pytest.mark.parametrize("loo", [False, True])
-def test_metrics_equal_bruteforce(metric, kind, loo):
-    q = tied_embeddings(29, seed=11)
-    q_t = _labels(29, kind, seed=12)
+def test_metrics_on_untied_random_data_equal_bruteforce(kind, loo):
+    gen = torch.Generator().manual_seed(21)
+    q, q_t = torch.randn(40, 12, generator=gen), _labels(40, kind, seed=12)
     if loo:
-        g, g_t, self_index = q, q_t, list(range(29))
-        got, counts = evaluate_retrieval(q, q_t, None, None, KS, metric, block_size=6)
+        got, counts = evaluate_retrieval(q, q_t, None, None, KS, block_size=16)
+        ref = brute_metrics(q, q_t, q, q_t, KS, "cosine", list(range(40)))
     else:
-        g, g_t, self_index = tied_embeddings(47, seed=13), _labels(47, kind, seed=14), None
-        got, counts = evaluate_retrieval(q, q_t, g, g_t, KS, metric, block_size=6, gallery_block_size=11)
-    ref = brute_metrics(q, q_t, g, g_t, KS, metric, self_index)
-    assert got.keys() == ref.keys()
-    for name in ref:
-        assert got[name] == pytest.approx(ref[name], abs=1e-12), name
+        g, g_t = torch.randn(90, 12, generator=gen), _labels(90, kind, seed=14)
+        got, counts = evaluate_retrieval(q, q_t, g, g_t, KS, block_size=16)
+        ref = brute_metrics(q, q_t, g, g_t, KS)
+    _assert_same(got, ref, 1e-9)
+    assert 0 < got["recall@1"] < got["recall@10"] <= 1  # Recall@K (any hit) is not the fraction retrieved
+    assert got["ir_recall@10"] < got["recall@10"]
     if kind == "multi":
         assert counts["queries_without_relevant"] > 0  # the exclusion path ran
 
 
-def test_metrics_on_random_float_embeddings_equal_bruteforce():
-    gen = torch.Generator().manual_seed(21)
-    q, g = torch.randn(40, 12, generator=gen), torch.randn(90, 12, generator=gen)
-    q_t, g_t = torch.randint(0, 3, (40,), generator=gen), torch.randint(0, 3, (90,), generator=gen)
-    got, _ = evaluate_retrieval(q, q_t, g, g_t, [1, 10, 50], block_size=16)
-    ref = brute_metrics(q, q_t, g, g_t, [1, 10, 50])
-    for name in ref:
-        assert got[name] == pytest.approx(ref[name], abs=1e-9), name
-
-
 def test_hand_made_ranking():
-    rel = torch.tensor([[True, False, True, False, False]])
+    rel = torch.tensor([[False, True, True, False, False]])
     metrics, _ = retrieval_metrics(rel, torch.tensor([3]), [1, 2, 5])
-    assert metrics["precision@1"] == 1.0 and metrics["precision@5"] == pytest.approx(2 / 5)
-    assert metrics["recall@2"] == pytest.approx(1 / 3) and metrics["recall@5"] == pytest.approx(2 / 3)
-    assert metrics["mAP@2"] == pytest.approx(1 / 2)  # (1 * 1 + 1/2 * 0) / min(3, 2)
-    assert metrics["mAP@5"] == pytest.approx((1 + 2 / 3) / 3)
+    assert metrics["precision@1"] == 0.0 and metrics["precision@5"] == pytest.approx(2 / 5)
+    assert metrics["recall@1"] == 0.0 and metrics["recall@2"] == 1.0  # a relevant item by rank 2
+    assert metrics["ir_recall@2"] == pytest.approx(1 / 3) and metrics["ir_recall@5"] == pytest.approx(2 / 3)
+    assert metrics["mAP@2"] == pytest.approx(1 / 4)  # (0 + 1/2) / min(3, 2)
+    assert metrics["mAP@5"] == pytest.approx((1 / 2 + 2 / 3) / 3)
 
 
 def test_perfect_embedding_scores_one():
     labels = torch.arange(60) % 5  # 12 items per class
-    # +-1 class codes plus small noise: distinct directions and distinct sign patterns per class.
     emb = F.one_hot(labels, 5).float() * 2 - 1 + 0.01 * torch.randn(60, 5, generator=torch.Generator().manual_seed(0))
     for metric in ("cosine", "hamming"):
         got, _ = evaluate_retrieval(emb, labels, None, None, [1, 5, 11], metric)
         for k in (1, 5, 11):
-            assert got[f"precision@{k}"] == 1.0 and got[f"mAP@{k}"] == 1.0
-            assert got[f"recall@{k}"] == pytest.approx(k / 11)
+            assert got[f"precision@{k}"] == 1.0 and got[f"mAP@{k}"] == 1.0 and got[f"recall@{k}"] == 1.0
+            assert got[f"ir_recall@{k}"] == pytest.approx(k / 11)
 
 
 def test_random_embedding_precision_is_the_class_prior():
@@ -217,6 +167,92 @@ def test_random_embedding_precision_is_the_class_prior():
         assert got["precision@50"] == pytest.approx(expected, abs=0.03)
 
 
+# ------------------------------------------------------------------------------ tie-aware metrics
+
+
+def test_hand_made_tied_group():
+    """One query, four gallery items at the same distance, one of them relevant."""
+    q = torch.ones(1, 8)
+    g = torch.ones(4, 8)
+    got, _ = evaluate_retrieval(q, torch.tensor([0]), g, torch.tensor([1, 0, 1, 1]), [1, 2, 4], "hamming")
+    assert got["precision@1"] == pytest.approx(1 / 4) and got["recall@1"] == pytest.approx(1 / 4)
+    assert got["recall@2"] == pytest.approx(1 - 3 / 6)  # 1 - C(3, 2) / C(4, 2)
+    assert got["precision@2"] == pytest.approx(1 / 4) and got["ir_recall@2"] == pytest.approx(1 / 2)
+    assert got["mAP@4"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)  # E[1 / rank of the relevant item]
+    assert got["recall@4"] == 1.0
+
+
+def _tiny_tied_case(seed: int, kind: str, bits: int = 3):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(5, bits, generator=gen)
+    g = torch.randn(6, bits, generator=gen)  # 3 bits for 6 items: ties everywhere, also across every cut
+    return q, _labels(5, kind, seed + 1, 3), g, _labels(6, kind, seed + 2, 3)
+
+
+@pytest.mark.parametrize("kind", ["single", "multi"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tie_aware_metrics_equal_the_average_over_all_orderings(kind, seed):
+    q, q_t, g, g_t = _tiny_tied_case(10 * seed, kind)
+    scores = brute_scores(q.numpy(), g.numpy(), "hamming")
+    rel = brute_relevant(q_t.numpy(), g_t.numpy())
+    ks = [1, 2, 3, 5]
+    ref = brute_tie_average(scores, rel, ks)
+    for use_faiss in (True, False):
+        got, _ = evaluate_retrieval(q, q_t, g, g_t, ks, "hamming", block_size=2, use_faiss=use_faiss)
+        _assert_same(got, ref)
+        # The same ±1 codes as float vectors: cosine ties are the same ties.
+        signs = unpack_signs(pack_signs(q), 3), unpack_signs(pack_signs(g), 3)
+        got_cos, _ = evaluate_retrieval(signs[0], q_t, signs[1], g_t, ks, "cosine", use_faiss=use_faiss)
+        _assert_same(got_cos, ref)
+
+
+def test_tie_aware_leave_one_out_equals_the_average_over_all_orderings():
+    x = torch.randn(7, 3, generator=torch.Generator().manual_seed(4))
+    y = torch.tensor([0, 1, 0, 1, 0, 2, 1])
+    scores = brute_scores(x.numpy(), x.numpy(), "hamming")
+    rel = brute_relevant(y.numpy(), y.numpy())
+    keep = ~np.eye(7, dtype=bool)  # each query without itself: 6 gallery items per row
+    ref = brute_tie_average(scores[keep].reshape(7, 6), rel[keep].reshape(7, 6), [1, 2, 4])
+    got, _ = evaluate_retrieval(x, y, None, None, [1, 2, 4], "hamming")
+    _assert_same(got, ref)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "hamming"])
+def test_permuting_the_gallery_never_changes_a_figure(metric):
+    x = tied_embeddings(120, dim=16, seed=2)  # cosine a multiple of 1/16: exact ties in both metrics
+    y = _labels(120, "multi", seed=3)
+    base, _ = evaluate_retrieval(x[:30], y[:30], x, y, KS, metric, self_index=torch.arange(30))
+    for seed in range(3):
+        perm = torch.randperm(120, generator=torch.Generator().manual_seed(seed))
+        where = torch.argsort(perm)  # new position of each old item
+        got, _ = evaluate_retrieval(x[:30], y[:30], x[perm], y[perm], KS, metric, self_index=where[:30])
+        _assert_same(got, base)
+
+
+def test_ties_are_counted_beyond_the_returned_list():
+    """A cut group larger than k: its size and relevant count come from the whole gallery."""
+    q = torch.ones(1, 8)
+    g = torch.cat([torch.ones(50, 8), -torch.ones(10, 8)])  # 50 items tied at distance 0
+    g_t = torch.cat([torch.tensor([1] * 45 + [0] * 5), torch.zeros(10, dtype=torch.long)])
+    got, _ = evaluate_retrieval(q, torch.tensor([0]), g, g_t, [1, 10], "hamming")
+    assert got["precision@10"] == pytest.approx(5 / 50)
+    assert got["ir_recall@10"] == pytest.approx(10 * (5 / 50) / 15)
+    assert got["recall@1"] == pytest.approx(5 / 50)
+
+
+# ------------------------------------------------------------------------------------- relevance
+
+
+def test_label_sets_from_every_target_format_agree():
+    dense = torch.tensor([[1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 1, 0]]).float()
+    ids = torch.tensor([[3, 0, -1], [-1, -1, -1], [2, 1, -1]])
+    weighted = torch.tensor([[3, 0, 1], [2, -1, -1], [2, 1, -1]])
+    weights = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.0, 0.0], [0.2, 0.9, 0.0]])
+    for sets in (label_sets(ids), label_sets(weighted, weights)):
+        assert torch.equal(sets.ids[:, :2], label_sets(dense).ids)
+    assert label_sets(dense).sizes.tolist() == [2, 0, 2]
+
+
 def test_relevance_counts_shared_labels_and_skips_self():
     q_t = torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 0]]).float()
     rel, num_rel = relevance(q_t, q_t, torch.tensor([[1, 2], [0, 2], [0, 1]]), torch.arange(3))
@@ -226,6 +262,17 @@ def test_relevance_counts_shared_labels_and_skips_self():
     rel, num_rel = relevance(q_t, g_t, torch.tensor([[0, 1], [1, 2], [0, 2]]))
     assert rel.tolist() == [[True, False], [True, False], [False, False]]
     assert num_rel.tolist() == [2, 2, 0]
+
+
+def test_sparse_relevance_equals_dense_on_random_labels():
+    gen = torch.Generator().manual_seed(9)
+    q_t, g_t = (torch.rand(30, 40, generator=gen) < 0.08).float(), (torch.rand(80, 40, generator=gen) < 0.08).float()
+    dense = (q_t @ g_t.T) > 0
+    qs, gs = label_sets(q_t), label_sets(g_t)
+    assert count_relevant(qs, gs).tolist() == dense.sum(1).tolist()
+    qi, gi = torch.meshgrid(torch.arange(30), torch.arange(80), indexing="ij")
+    assert torch.equal(share_label(qs[qi.reshape(-1)], gs[gi.reshape(-1)]).view(30, 80), dense)
+    assert isinstance(qs, LabelSets)
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -241,13 +288,15 @@ def test_k_larger_than_gallery_is_a_clear_error():
         topk_search(x, torch.randn(5, 3), 1)
     with pytest.raises(ValueError, match="non-finite"):
         topk_search(torch.full((2, 4), float("nan")), x, 1)
+    with pytest.raises(ValueError, match="disagree on the label count"):
+        evaluate_retrieval(x, torch.eye(5, 3), x, torch.eye(5, 4), [1])
 
 
 # ----------------------------------------------------------------------------- vs torchmetrics
 
 
 def _torchmetrics_inputs(q, q_t, g, g_t, self_index=None):
-    """Flatten (query, gallery item) pairs with positive scores that encode our tie-broken ranking."""
+    """Flatten (query, gallery item) pairs with positive scores that encode our ranking (untied data)."""
     ranked = topk_search(q, g, g.shape[0] - (1 if self_index is not None else 0), self_index=self_index)
     rel_matrix = torch.as_tensor((q_t[:, None] == g_t[None, :]).numpy())
     preds, target, indexes = [], [], []
@@ -262,31 +311,34 @@ def _torchmetrics_inputs(q, q_t, g, g_t, self_index=None):
 
 @pytest.mark.parametrize("loo", [False, True])
 def test_precision_recall_equal_torchmetrics(loo):
-    q = tied_embeddings(25, seed=31)
-    q_t = torch.randint(0, 3, (25,), generator=torch.Generator().manual_seed(32))
+    gen = torch.Generator().manual_seed(31)
+    q = torch.randn(25, 10, generator=gen)
+    q_t = torch.randint(0, 3, (25,), generator=gen)
     if loo:
         g, g_t, self_index = q, q_t, torch.arange(25)
         ours, _ = evaluate_retrieval(q, q_t, None, None, KS)
     else:
-        g, g_t, self_index = tied_embeddings(33, seed=33), torch.randint(0, 3, (33,)), None
+        g, g_t, self_index = torch.randn(33, 10, generator=gen), torch.randint(0, 3, (33,), generator=gen), None
         ours, _ = evaluate_retrieval(q, q_t, g, g_t, KS)
     preds, target, indexes = _torchmetrics_inputs(q, q_t, g, g_t, self_index)
     for k in KS:
-        p = RetrievalPrecision(top_k=k, empty_target_action="skip")(preds, target, indexes=indexes)
-        r = RetrievalRecall(top_k=k, empty_target_action="skip")(preds, target, indexes=indexes)
-        assert ours[f"precision@{k}"] == pytest.approx(p.item(), abs=1e-6)
-        assert ours[f"recall@{k}"] == pytest.approx(r.item(), abs=1e-6)
+        for name, cls in (
+            ("precision", RetrievalPrecision),
+            ("ir_recall", RetrievalRecall),
+            ("recall", RetrievalHitRate),
+        ):
+            ref = cls(top_k=k, empty_target_action="skip")(preds, target, indexes=indexes)
+            assert ours[f"{name}@{k}"] == pytest.approx(ref.item(), abs=1e-6), (name, k)
 
 
 def test_map_equals_torchmetrics_full_ap_and_differs_at_a_cut():
-    q = tied_embeddings(20, seed=41)
-    g = tied_embeddings(30, seed=42)
+    gen = torch.Generator().manual_seed(41)
+    q, g = torch.randn(20, 10, generator=gen), torch.randn(30, 10, generator=gen)
     q_t, g_t = torch.arange(20) % 3, torch.arange(30) % 3
     ours, _ = evaluate_retrieval(q, q_t, g, g_t, [30])  # k = whole gallery: both are the usual AP
     preds, target, indexes = _torchmetrics_inputs(q, q_t, g, g_t)
     full_ap = RetrievalMAP(empty_target_action="skip")(preds, target, indexes=indexes)
     assert ours["mAP@30"] == pytest.approx(full_ap.item(), abs=1e-6)
-    # At a cut: one relevant item of three found, at rank 1. torchmetrics: 1/1; ours: 1/min(3, 5).
     rel = torch.tensor([[True, False, False, False, False]])
     mine, _ = retrieval_metrics(rel, torch.tensor([3]), [5])
     theirs = RetrievalMAP(top_k=5)(
