@@ -234,6 +234,9 @@ class EvalConfig:
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     gallery_limit: int | None = None  # cap gallery size (CPU runs)
     query_limit: int | None = None  # cap query size (CPU runs)
+    # Leave-one-out datasets (weak_label_val): queries are a seeded random choice of this many items
+    # (None: every item); the weak-label head's mAP and p@k are computed on the same items.
+    loo_queries: int | None = 1000
     block_size: int = 1024  # queries per similarity block (memory O(block x gallery))
     device: str = "auto"
     output: str | None = None  # JSON path; default <run_dir>/eval/<dataset>.json

@@ -3,15 +3,24 @@
 Datasets:
     fashion_mnist:   queries = the test split, gallery = the train split (same class = relevant);
                      k-NN and the linear probe train on the train features and report on the test ones.
-    weak_label_val:  leave-one-out retrieval on the weak-label val split (relevant = shares a label);
-                     plus the weak-label head's mAP and p@k when the module has that head.
+    weak_label_val:  leave-one-out retrieval on the weak-label val split (relevant = shares a label):
+                     the queries are a seeded choice of eval.loo_queries items (and at most
+                     eval.query_limit), the gallery the whole split; plus the weak-label head's mAP
+                     and p@k on the same query items when the module has that head.
+Memory of weak_label_val does not grow with the label count C: targets are kept as label-id sets
+(batches may carry dense multi-hot [B, C] targets or padded ids [B, L] with -1, optionally with
+"label_ids"/"label_weights" keys), head logits are computed block by block from the backbone
+feature and only for the labels present among the query items (evaluation.head_metrics).
 For each feature of ``eval.features`` ("embedding" is skipped, with a note, when the module has no
 embedding head): float cosine retrieval, binarized Hamming retrieval (eval.binarize), k-NN and
 linear-probe accuracy, named as docs/ARCHITECTURE.md "Metric names" says:
-    eval/<dataset>/<feature>/<float|binary>/{precision,recall,mAP}@<k>
+    eval/<dataset>/<feature>/<float|binary>/{precision,recall,ir_recall,mAP}@<k>
+      (recall = metric-learning Recall@K, ir_recall = fraction of relevant items retrieved:
+      evaluation/retrieval.py)
     eval/<dataset>/<feature>/knn_acc, eval/<dataset>/<feature>/linear_probe_acc
     eval/weak_label_val/head/{mAP,p@k}
-Caps: eval.gallery_limit / eval.query_limit take the first items of the (deterministic) loaders.
+Caps: eval.gallery_limit / eval.query_limit take the first items of the (deterministic) loaders
+(leave-one-out: query_limit caps the seeded query choice).
 
 JSON (eval.output, else <run_dir>/eval/<dataset>.json):
     {"metrics": {name: value}, "dataset", "checkpoint", "config_hash", "feature_dims", "timings",
@@ -31,13 +40,22 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from torch import Tensor
 
 from configs.compose import to_dict
-from evaluation.embeddings import HEAD_PREFIX, Extracted, extract_outputs
-from evaluation.head_metrics import weak_label_head_metrics
+from evaluation.embeddings import Extracted, extract_outputs
+from evaluation.head_metrics import streaming_head_metrics
 from evaluation.knn import knn_accuracy
 from evaluation.linear_probe import linear_probe_accuracy
-from evaluation.retrieval import evaluate_retrieval, is_multi_label, resolve_device
+from evaluation.retrieval import (
+    PAD,
+    LabelSets,
+    cat_label_sets,
+    evaluate_retrieval,
+    is_multi_label,
+    label_sets,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,18 +155,18 @@ def _retrieval(
     feature: str,
     queries: Extracted,
     gallery: Extracted | None,
-    num_queries: int | None,
+    query_rows: Tensor | None,
     timer: _Timer,
     device: torch.device,
 ) -> tuple[dict[str, float], dict[str, int]]:
-    """Float (and binary) retrieval metrics of one feature, named by the contract."""
+    """Float (and binary) retrieval metrics of one feature, named by the contract. ``gallery=None``:
+    leave-one-out on ``queries``, the queries being its items ``query_rows``."""
     ev = cfg.eval
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {}
     kinds = [("float", "cosine")] + ([("binary", "hamming")] if ev.binarize else [])
-    if gallery is None:  # leave-one-out: the queries are the first num_queries items of the set
-        n = min(num_queries or len(queries), len(queries))
-        q_x, q_y, self_index = queries.features[feature][:n], queries.targets[:n], torch.arange(n)
+    if gallery is None:
+        q_x, q_y, self_index = queries.features[feature][query_rows], queries.targets[query_rows], query_rows
         g_x, g_y = queries.features[feature], queries.targets
     else:
         q_x, q_y, self_index = queries.features[feature], queries.targets, None
@@ -160,6 +178,83 @@ def _retrieval(
             )
         metrics.update({metric_name(dataset, feature, kind, name): value for name, value in got.items()})
     return metrics, counts
+
+
+def loo_query_rows(cfg: DictConfig, num_items: int) -> Tensor:
+    """Items used as leave-one-out queries: all of them when within eval.loo_queries and eval.query_limit,
+    else a seeded (cfg.seed) random choice of that many, in ascending order."""
+    caps = [c for c in (cfg.eval.loo_queries, cfg.eval.query_limit) if c]
+    n = min([num_items, *caps])
+    if n == num_items:
+        return torch.arange(num_items)
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    return torch.sort(torch.randperm(num_items, generator=gen)[:n]).values
+
+
+class SparseTargets:
+    """Wraps an eval loader: multi-label targets leave each batch as label-id sets, so no [N, C] tensor
+    is ever concatenated. Batches keep a dummy class-id target for ``extract_outputs``.
+
+    Accepts ``target`` as class ids [B] (passed through), dense multi-hot float [B, C], padded ids
+    integer [B, L] (-1 = none), or ``label_ids`` [B, L] with optional ``label_weights`` [B, L].
+    ``num_labels``: C of dense batches (None for ids); ``max_label``: the largest id seen.
+    """
+
+    def __init__(self, loader: Iterable[dict[str, Any]]):
+        self.loader = loader
+        self.parts: list[LabelSets] = []
+        self.num_labels: int | None = None
+        self.max_label = -1
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            if isinstance(batch, dict) and ("label_ids" in batch or torch.as_tensor(batch.get("target", 0)).ndim == 2):
+                if "label_ids" in batch:
+                    sets = label_sets(torch.as_tensor(batch["label_ids"]).long(), batch.get("label_weights"))
+                else:
+                    target = torch.as_tensor(batch["target"])
+                    if target.is_floating_point() or target.dtype == torch.bool:
+                        self.num_labels = int(target.shape[1])
+                    sets = label_sets(target)
+                real = sets.ids[sets.ids != PAD]
+                if real.numel():
+                    self.max_label = max(self.max_label, int(real.max()))
+                self.parts.append(sets)
+                batch = {**batch, "target": torch.zeros(len(sets), dtype=torch.long)}
+            yield batch
+
+    def targets(self, n: int) -> LabelSets | None:
+        """The first ``n`` items' label sets (None when every batch had class ids)."""
+        return cat_label_sets(self.parts)[:n] if self.parts else None
+
+
+def _head_size(head: torch.nn.Module) -> int:
+    """Output size of the weak-label head (an nn.Linear in lit_modules/heads.py)."""
+    size = getattr(head, "out_features", None)
+    if size is None:
+        raise TypeError(f"the weak-label head is a {type(head).__name__} without out_features")
+    return int(size)
+
+
+def _check_head(cfg: DictConfig, head: torch.nn.Module, sparse: SparseTargets) -> None:
+    """The head's label space must be the data's: same C for dense targets, every label id below C."""
+    from evaluation.checkpoint import CheckpointMismatchError
+
+    size = _head_size(head)
+    data = f"data.weak_label (label_space={cfg.data.weak_label.label_space})"
+    if sparse.num_labels is not None and sparse.num_labels != size:
+        raise CheckpointMismatchError(
+            f"the weak-label head predicts {size} labels but {data} has {sparse.num_labels}: "
+            "the checkpoint was trained on another label space"
+        )
+    if sparse.max_label >= size:
+        raise CheckpointMismatchError(
+            f"the weak-label head predicts {size} labels but {data} holds label id {sparse.max_label}: "
+            "the checkpoint was trained on another label space"
+        )
 
 
 def evaluate_dataset(
@@ -194,28 +289,20 @@ def evaluate_dataset(
     if ev.gallery_limit:  # a cap below a k fails before any image is read
         _check_k(cfg, dataset, int(ev.gallery_limit), leave_one_out=query_source is None)
     want_head = dataset == "weak_label_val" and heads is not None and "weak_label" in heads
-    outputs = features + ([HEAD_PREFIX + "weak_label"] if want_head else [])
+    # The head's metrics come from the backbone feature (heads.weak_label's input), block by block.
+    outputs = features + (["backbone"] if want_head and "backbone" not in features else [])
+    sparse = SparseTargets(loader_fn(cfg, g_ds, g_split))
     with timer("extract_gallery_s"):
         gallery = extract_outputs(
-            module,
-            loader_fn(cfg, g_ds, g_split),
-            outputs,
-            device,
-            "auto",
-            ev.gallery_limit,
-            f"{dataset} {g_split}",
-            progress,
+            module, sparse, outputs, device, "auto", ev.gallery_limit, f"{dataset} {g_split}", progress
         )
+    label_ids = sparse.targets(len(gallery))
+    if label_ids is not None:
+        gallery.targets = label_ids
     notes.extend(gallery.notes)
     _check_k(cfg, dataset, len(gallery), leave_one_out=query_source is None)  # before the query pass
-    if want_head and gallery.features[HEAD_PREFIX + "weak_label"].shape[1] != gallery.targets.shape[1]:
-        from evaluation.checkpoint import CheckpointMismatchError
-
-        raise CheckpointMismatchError(
-            f"the weak-label head predicts {gallery.features[HEAD_PREFIX + 'weak_label'].shape[1]} labels but "
-            f"data.weak_label (label_space={cfg.data.weak_label.label_space}) has {gallery.targets.shape[1]}: "
-            "the checkpoint was trained on another label space"
-        )
+    if want_head:
+        _check_head(cfg, module.heads["weak_label"], sparse)
     queries = None
     if query_source is not None:
         q_ds, q_split = query_source
@@ -231,12 +318,13 @@ def evaluate_dataset(
                 progress,
             )
     timer.timings["gallery_images_per_sec"] = round(gallery.images_per_sec, 2)
+    query_rows = loo_query_rows(cfg, len(gallery)) if queries is None else None
 
     metrics: dict[str, float] = {}
     counts: dict[str, int] = {}
     for feature in features:
         if queries is None:
-            got, counts = _retrieval(cfg, dataset, feature, gallery, None, ev.query_limit, timer, device)
+            got, counts = _retrieval(cfg, dataset, feature, gallery, None, query_rows, timer, device)
         else:
             got, counts = _retrieval(cfg, dataset, feature, queries, gallery, None, timer, device)
         metrics.update(got)
@@ -253,8 +341,18 @@ def evaluate_dataset(
                     g_x, g_y, q_x, q_y, lp.epochs, lp.lr, lp.weight_decay, lp.batch_size, cfg.seed, device
                 )
     if want_head:
-        head = weak_label_head_metrics(gallery.features[HEAD_PREFIX + "weak_label"], gallery.targets, list(ev.ks))
+        rows = query_rows if query_rows is not None else torch.arange(len(gallery))
+        head_module = module.heads["weak_label"]
+        with timer("head_metrics_s"):
+            head = streaming_head_metrics(
+                lambda x: head_module(x.to(device)).float().cpu(),
+                gallery.features["backbone"][rows],
+                gallery.targets[rows],
+                _head_size(head_module),
+                list(ev.ks),
+            )
         metrics.update({f"eval/{dataset}/head/{name}": value for name, value in head.items()})
+        counts["head_items"] = int(len(rows))
     elif dataset == "weak_label_val":
         notes.append("head metrics skipped: the module has no weak-label head")
 

@@ -39,7 +39,10 @@ def expected_names(features=("embedding", "backbone"), ks=(1, 5), binarize=True)
     for ds in names:
         for f in features:
             names[ds] |= {
-                f"eval/{ds}/{f}/{kind}/{m}@{k}" for kind in kinds for m in ("precision", "recall", "mAP") for k in ks
+                f"eval/{ds}/{f}/{kind}/{m}@{k}"
+                for kind in kinds
+                for m in ("precision", "recall", "ir_recall", "mAP")
+                for k in ks
             }
     for f in features:
         names["fashion_mnist"] |= {f"eval/fashion_mnist/{f}/knn_acc", f"eval/fashion_mnist/{f}/linear_probe_acc"}
