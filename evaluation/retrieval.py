@@ -360,17 +360,21 @@ def label_sets(targets: Tensor | LabelSets, weights: Tensor | None = None) -> La
             f"targets must be class ids [N], multi-hot [N, C] or padded ids [N, L]; got {tuple(targets.shape)}"
         )
     if targets.is_floating_point() or targets.dtype == torch.bool:
-        present = targets > 0
-        width = max(int(present.sum(1).max().item()) if present.numel() else 0, 1)
-        # topk over the 0/1 mask puts present columns first; columns sort ascending below.
-        cols = torch.topk(present.to(torch.uint8), width, dim=1, sorted=True).indices
-        ids = torch.where(present.gather(1, cols), cols, torch.full_like(cols, PAD))
-    else:
-        ids = targets.long().clone()
-        keep = ids >= 0
-        if weights is not None:
-            keep &= torch.as_tensor(weights) > 0
-        ids[~keep] = PAD
+        # nonzero() lists (row, column) pairs row-major, so each row's columns come out ascending; no [N, C] temporary.
+        pairs = torch.nonzero(targets)
+        pairs = pairs[targets[pairs[:, 0], pairs[:, 1]] > 0]
+        rows, cols = pairs[:, 0], pairs[:, 1]
+        per_row = torch.bincount(rows, minlength=targets.shape[0])
+        width = max(int(per_row.max()) if per_row.numel() else 0, 1)
+        slot = torch.arange(rows.numel()) - (torch.cumsum(per_row, 0) - per_row)[rows]
+        ids = torch.full((targets.shape[0], width), PAD, dtype=torch.long)
+        ids[rows, slot] = cols
+        return LabelSets(ids)
+    ids = targets.long().clone()
+    keep = ids >= 0
+    if weights is not None:
+        keep &= torch.as_tensor(weights) > 0
+    ids[~keep] = PAD
     return LabelSets(torch.sort(ids, dim=1).values)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sys
 import types
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
-from fixtures_eval import FakeLoaders, FakeMultiTaskModule, brute_metrics, fashion_and_weak_label_splits
+from fixtures_eval import FakeLoaders, FakeMultiTaskModule, brute_metrics, fashion_and_weak_label_splits, make_loader
 from omegaconf import OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from configs.compose import compose, save_config, to_dict
 from evaluation.checkpoint import (
@@ -19,7 +21,9 @@ from evaluation.checkpoint import (
     load_checkpoint_module,
     resolve_checkpoint,
 )
-from evaluation.runner import config_hash, default_loader, evaluate_run, output_path
+from evaluation.head_metrics import weak_label_head_metrics
+from evaluation.retrieval import evaluate_retrieval
+from evaluation.runner import config_hash, default_loader, evaluate_dataset, evaluate_run, loo_query_rows, output_path
 
 BASE = [
     "eval.datasets=[fashion_mnist,weak_label_val]",
@@ -252,3 +256,131 @@ def test_evaluate_py_checkpoint_logs_offline_wandb(fake_stack, tmp_path, monkeyp
     # Another architecture on the command line: a clear error before any evaluation.
     with pytest.raises(CheckpointMismatchError, match="model.name"):
         evaluate.main([f"eval.checkpoint={run}", "model.name=resnet50"])
+
+
+# --------------------------------------------------------------- weak_label_val memory and formats
+
+
+def _as_label_ids(loader, width: int = 6, keyed: bool = False):
+    """The same batches with padded label ids (-1) instead of dense multi-hot targets."""
+    out = []
+    for batch in loader:
+        dense = batch["target"]
+        ids = torch.full((dense.shape[0], width), -1, dtype=torch.long)
+        for i, row in enumerate(dense):
+            cols = torch.nonzero(row > 0).squeeze(1).flip(0)  # any order: the evaluation sorts them
+            ids[i, : cols.numel()] = cols
+        if keyed:  # the weak-label batch format of label ids + scores, without a dense target
+            batch = {k: v for k, v in batch.items() if k != "target"}
+            batch.update(label_ids=ids, label_weights=(ids >= 0).float())
+        else:
+            batch = {**batch, "target": ids}
+        out.append(batch)
+    return out
+
+
+def _weak_label_val(fmt: str, x, y, batch_size: int = 16):
+    def loader_fn(cfg, dataset, split):
+        assert (dataset, split) == ("weak_label", "val")
+        batches = make_loader(x, y, batch_size, prefix="wl-")
+        return batches if fmt == "dense" else _as_label_ids(batches, keyed=fmt == "keyed")
+
+    return loader_fn
+
+
+def test_weak_label_val_label_ids_equal_dense_targets_and_the_dense_head_metrics():
+    cfg = compose([*BASE, "eval.datasets=[weak_label_val]"])
+    x, y = fashion_and_weak_label_splits()[("weak_label", "val")]
+    module = FakeMultiTaskModule(width=8, dim=6, num_labels=5)
+    got = {
+        fmt: evaluate_dataset(cfg, module, "weak_label_val", _weak_label_val(fmt, x, y), False)["metrics"]
+        for fmt in ("dense", "ids", "keyed")
+    }
+    assert got["dense"] == got["ids"] == got["keyed"]
+    # The streamed head metrics equal the dense ones on the whole split (40 items <= eval.loo_queries).
+    with torch.inference_mode():
+        logits = module.heads["weak_label"](x)
+    dense = weak_label_head_metrics(logits, y, [1, 5])
+    for name, value in dense.items():
+        assert got["dense"][f"eval/weak_label_val/head/{name}"] == pytest.approx(value, abs=1e-6), name
+    ref = brute_metrics(x, y, x, y, [1, 5], "cosine", list(range(len(x))))
+    for name, value in ref.items():
+        assert got["ids"][f"eval/weak_label_val/backbone/float/{name}"] == pytest.approx(value, abs=1e-12)
+
+
+def test_weak_label_val_queries_are_a_seeded_capped_choice():
+    x, y = fashion_and_weak_label_splits()[("weak_label", "val")]
+    module = FakeMultiTaskModule(width=8, dim=6, num_labels=5)
+    runs = {}
+    for seed in (0, 0, 1):
+        cfg = compose([*BASE, "eval.datasets=[weak_label_val]", "eval.loo_queries=12", f"seed={seed}"])
+        rows = loo_query_rows(cfg, len(x))
+        out = evaluate_dataset(cfg, module, "weak_label_val", _weak_label_val("dense", x, y), False)
+        assert out["counts"]["queries"] == 12 and out["counts"]["gallery"] == 40 and out["counts"]["head_items"] == 12
+        ref, _ = evaluate_retrieval(x[rows], y[rows], x, y, [1, 5], self_index=rows)
+        for name, value in ref.items():
+            assert out["metrics"][f"eval/weak_label_val/backbone/float/{name}"] == pytest.approx(value, abs=1e-12)
+        runs.setdefault(seed, []).append(rows)
+    assert torch.equal(runs[0][0], runs[0][1]) and not torch.equal(runs[0][0], runs[1][0])
+    assert not torch.equal(runs[0][0], torch.arange(12))  # a random choice, not the first items
+
+
+class _PeakTensorBytes(TorchDispatchMode):
+    """Peak bytes of live CPU tensor storages created by torch ops while active (tensors made before,
+    such as the loader's batches and the module's weights, are not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, list[int]] = {}
+        self.now = self.peak = 0
+
+    def _release(self, key: int) -> None:
+        entry = self.live[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.now -= entry[1]
+            del self.live[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        inputs = {t.untyped_storage().data_ptr() for t in leaves if isinstance(t, torch.Tensor)}
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.untyped_storage().data_ptr():
+                key, size = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+                if key in inputs and key not in self.live:
+                    continue  # a view or no-op .to() of a tensor made before: not new memory
+                if key in self.live:
+                    self.live[key][0] += 1
+                else:
+                    self.live[key] = [1, size]
+                    self.now += size
+                    self.peak = max(self.peak, self.now)
+                weakref.finalize(t, self._release, key)
+        return out
+
+
+def test_weak_label_val_memory_does_not_grow_with_the_label_count(monkeypatch):
+    """C = 1k vs 100k on 40 items: the old path kept dense [N, C] targets and head logits (32 MB more at
+    100k); here targets are id sets and head logits stream in blocks of HEAD_BLOCK_SCORES."""
+    import evaluation.head_metrics as head_metrics
+
+    monkeypatch.setattr(head_metrics, "HEAD_BLOCK_SCORES", 100_000)
+    cfg = compose([*BASE, "eval.datasets=[weak_label_val]", "eval.features=[backbone]", "eval.binarize=false"])
+    x, _ = fashion_and_weak_label_splits()[("weak_label", "val")]
+    peaks, heads = {}, {}
+    for num_labels in (1_000, 100_000):
+        gen = torch.Generator().manual_seed(0)
+        y = torch.zeros(len(x), num_labels)
+        y[torch.arange(len(x)).repeat_interleave(3), torch.randint(0, num_labels, (3 * len(x),), generator=gen)] = 1
+        y[:, 7] = 1  # one label every item shares
+        module = FakeMultiTaskModule(width=8, dim=6, num_labels=num_labels)
+        loader_fn = _weak_label_val("dense", x, y)
+        loader_fn(cfg, "weak_label", "val")  # built before measuring: the batches are the loader's memory
+        batches = loader_fn(cfg, "weak_label", "val")
+        with _PeakTensorBytes() as meter:
+            out = evaluate_dataset(cfg, module, "weak_label_val", lambda *a, b=batches: b, False)
+        peaks[num_labels], heads[num_labels] = meter.peak, out["metrics"]["eval/weak_label_val/head/mAP"]
+    assert heads[1_000] == heads[1_000] and heads[100_000] == heads[100_000]  # computed, not NaN
+    growth = peaks[100_000] - peaks[1_000]
+    assert growth < 2 * 2**20, f"peak tensor memory grew by {growth / 2**20:.1f} MiB from C=1k to C=100k"
