@@ -1,7 +1,7 @@
 """k-nearest-neighbour classification on frozen embeddings, reusing the blockwise top-k search.
 
-Vote: each of the k nearest training items (cosine similarity, ties in the ranking broken by
-training index as in ``evaluation.retrieval``) votes for its class with weight exp(cos / T), T = 0.07:
+Vote: each of the k nearest training items (cosine similarity, found by ``evaluation.retrieval.topk_search``,
+faiss when installed; an exact tie at the k-th place lets either item in) votes for its class with weight exp(cos / T), T = 0.07:
 the similarity-weighted k-NN of Wu et al. (2018) used by DINO's evaluation. Closer neighbours count
 more; with T -> infinity it is a plain majority vote. Equal vote totals go to the lowest class id.
 """

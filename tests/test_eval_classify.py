@@ -10,7 +10,7 @@ from fixtures_eval import FakeMultiTaskModule, brute_ranking, brute_scores, clas
 from sklearn.metrics import average_precision_score
 
 from evaluation.embeddings import autocast_context, extract, extract_outputs
-from evaluation.head_metrics import weak_label_head_metrics
+from evaluation.head_metrics import streaming_head_metrics, weak_label_head_metrics
 from evaluation.knn import knn_accuracy, knn_predict
 from evaluation.linear_probe import linear_probe_accuracy, train_linear_probe
 
@@ -140,3 +140,28 @@ def test_autocast_choices():
     assert isinstance(autocast_context(cpu, "bf16"), torch.autocast)
     with pytest.raises(ValueError, match="unknown precision"):
         autocast_context(cpu, "fp8")
+
+
+def test_streaming_head_metrics_equal_the_dense_ones(monkeypatch):
+    import evaluation.head_metrics as head_metrics
+
+    gen = torch.Generator().manual_seed(3)
+    head = torch.nn.Linear(6, 50)
+    features = torch.randn(30, 6, generator=gen)
+    targets = (torch.rand(30, 50, generator=gen) < 0.06).float()
+    targets[0] = 0  # an item without labels: left out of p@k
+    with torch.inference_mode():
+        dense = weak_label_head_metrics(head(features), targets, [1, 5, 60])
+    monkeypatch.setattr(head_metrics, "HEAD_BLOCK_SCORES", 7 * 50)  # blocks of 7 items
+    for form in (targets, targets.nonzero()):  # dense, and padded ids built from the same labels
+        if form.ndim == 2 and form.dtype == torch.long:
+            ids = torch.full((30, 50), -1, dtype=torch.long)
+            for i, j in form.tolist():
+                ids[i, j] = j
+            form = ids
+        got = streaming_head_metrics(head, features, form, 50, [1, 5, 60])
+        assert got.keys() == dense.keys() == {"mAP", "p@1", "p@5"}
+        for name in dense:
+            assert got[name] == pytest.approx(dense[name], abs=1e-6), name
+    with pytest.raises(ValueError, match="predicts 50 labels but the data holds label id 70"):
+        streaming_head_metrics(head, features, torch.tensor([[70]] * 30), 50, [1])
