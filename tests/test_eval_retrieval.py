@@ -58,7 +58,8 @@ def _assert_same(got: dict, ref: dict, tol: float = 1e-12) -> None:
 
 
 @pytest.mark.parametrize("loo", [False, True])
-def test_faiss_and_torch_search_agree(loo):
+def test_faiss_and_torch_search_agree(loo, monkeypatch):
+    monkeypatch.setattr(retrieval, "FAISS_FLOAT", True)  # the float path in faiss too (IndexFlatIP)
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(37, 24, generator=gen)
     g = q if loo else torch.randn(211, 24, generator=gen)
@@ -189,13 +190,23 @@ def _tiny_tied_case(seed: int, kind: str, bits: int = 3):
     return q, _labels(5, kind, seed + 1, 3), g, _labels(6, kind, seed + 2, 3)
 
 
+@pytest.fixture(params=[0, 50], ids=["margin0", "margin50"])
+def cut_margin(request, monkeypatch):
+    """CUT_MARGIN=0: one candidate past the cut, so cut groups spill over and the exact count pass runs."""
+    monkeypatch.setattr(retrieval, "CUT_MARGIN", request.param)
+    calls = []
+    real = retrieval.cut_group_counts
+    monkeypatch.setattr(retrieval, "cut_group_counts", lambda *a, **kw: calls.append(len(a[1])) or real(*a, **kw))
+    return calls if request.param == 0 else None
+
+
 @pytest.mark.parametrize("kind", ["single", "multi"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_tie_aware_metrics_equal_the_average_over_all_orderings(kind, seed):
+def test_tie_aware_metrics_equal_the_average_over_all_orderings(kind, seed, cut_margin):
     q, q_t, g, g_t = _tiny_tied_case(10 * seed, kind)
     scores = brute_scores(q.numpy(), g.numpy(), "hamming")
     rel = brute_relevant(q_t.numpy(), g_t.numpy())
-    ks = [1, 2, 3, 5]
+    ks = [1, 2, 3]  # k = 3 of 6 items: with CUT_MARGIN=0 the 4 candidates leave ties outside
     ref = brute_tie_average(scores, rel, ks)
     for use_faiss in (True, False):
         got, _ = evaluate_retrieval(q, q_t, g, g_t, ks, "hamming", block_size=2, use_faiss=use_faiss)
@@ -204,9 +215,11 @@ def test_tie_aware_metrics_equal_the_average_over_all_orderings(kind, seed):
         signs = unpack_signs(pack_signs(q), 3), unpack_signs(pack_signs(g), 3)
         got_cos, _ = evaluate_retrieval(signs[0], q_t, signs[1], g_t, ks, "cosine", use_faiss=use_faiss)
         _assert_same(got_cos, ref)
+    if cut_margin is not None:
+        assert cut_margin, "the count pass never ran"
 
 
-def test_tie_aware_leave_one_out_equals_the_average_over_all_orderings():
+def test_tie_aware_leave_one_out_equals_the_average_over_all_orderings(cut_margin):
     x = torch.randn(7, 3, generator=torch.Generator().manual_seed(4))
     y = torch.tensor([0, 1, 0, 1, 0, 2, 1])
     scores = brute_scores(x.numpy(), x.numpy(), "hamming")
@@ -218,7 +231,7 @@ def test_tie_aware_leave_one_out_equals_the_average_over_all_orderings():
 
 
 @pytest.mark.parametrize("metric", ["cosine", "hamming"])
-def test_permuting_the_gallery_never_changes_a_figure(metric):
+def test_permuting_the_gallery_never_changes_a_figure(metric, cut_margin):
     x = tied_embeddings(120, dim=16, seed=2)  # cosine a multiple of 1/16: exact ties in both metrics
     y = _labels(120, "multi", seed=3)
     base, _ = evaluate_retrieval(x[:30], y[:30], x, y, KS, metric, self_index=torch.arange(30))
@@ -229,7 +242,7 @@ def test_permuting_the_gallery_never_changes_a_figure(metric):
         _assert_same(got, base)
 
 
-def test_ties_are_counted_beyond_the_returned_list():
+def test_ties_are_counted_beyond_the_returned_list(cut_margin):
     """A cut group larger than k: its size and relevant count come from the whole gallery."""
     q = torch.ones(1, 8)
     g = torch.cat([torch.ones(50, 8), -torch.ones(10, 8)])  # 50 items tied at distance 0
@@ -238,6 +251,8 @@ def test_ties_are_counted_beyond_the_returned_list():
     assert got["precision@10"] == pytest.approx(5 / 50)
     assert got["ir_recall@10"] == pytest.approx(10 * (5 / 50) / 15)
     assert got["recall@1"] == pytest.approx(5 / 50)
+    if cut_margin is not None:
+        assert cut_margin == [1]  # the query's cut group was counted in the whole gallery
 
 
 # ------------------------------------------------------------------------------------- relevance
