@@ -72,7 +72,8 @@ HAVE_FAISS = faiss is not None
 FAISS_FLOAT = False
 CUT_MARGIN = 50  # candidates searched past the k-th, so that most cut groups are seen whole (no count pass)
 METRICS = ("precision", "recall", "ir_recall", "mAP")
-MAX_BLOCK_SCORES = 1 << 24  # scores per block in the torch passes (128 MiB of float64)
+MAX_BLOCK_SCORES = 1 << 24  # scores per block in the exact passes (128 MiB of float64)
+SEARCH_BLOCK_SCORES = 1 << 26  # float32 scores per block of the torch search (256 MiB)
 SEARCH_METRICS = ("cosine", "hamming")
 PAD = torch.iinfo(torch.long).max  # padding of LabelSets.ids: sorts after every real id
 
@@ -210,7 +211,9 @@ class _Engine:
         """Blockwise running top-k in torch: the path when faiss is missing (or for a GPU device)."""
         num_q = self.q.shape[0]
         out_s, out_i = torch.empty(num_q, k), torch.empty(num_q, k, dtype=torch.long)
-        chunk = gallery_block_size or self.gallery_chunk(block_size)
+        chunk = gallery_block_size or max(1, min(self.num_g, SEARCH_BLOCK_SCORES // block_size))
+        if self.metric == "hamming":
+            chunk = min(chunk, self.gallery_chunk(block_size))  # the byte-table fallback's [rows, chunk, bytes]
         for start in range(0, num_q, block_size):
             rows = torch.arange(start, min(start + block_size, num_q))
             best_s = best_i = None
@@ -567,7 +570,9 @@ def tie_aware_search(
     engine = _Engine(q, g, metric, resolve_device(device), use_faiss)
     available = g.shape[0] - int(excluding)
     # Candidates past the cut: when the last one scores below the k-th, the whole cut group is among them.
-    width = min(k + 1 + CUT_MARGIN, available)
+    # Float cut groups are rare (equal vectors): a few extra candidates; Hamming ties are the rule.
+    margin = CUT_MARGIN if metric == "hamming" else min(CUT_MARGIN, 4)
+    width = min(k + 1 + margin, available)
     found = _drop_self(engine.search(width + int(excluding), block_size, None), self_index, width)
     num_q = q.shape[0]
     exact, tol = found.scores.double(), 0.0
