@@ -230,6 +230,20 @@ def test_tie_aware_leave_one_out_equals_the_average_over_all_orderings(cut_margi
     _assert_same(got, ref)
 
 
+def test_float_duplicates_are_ties_averaged_over_all_orderings(cut_margin):
+    """Random float vectors, each twice in the gallery (duplicate images): equal cosine scores are one
+    tied group, whatever float32 rounding the search kernel gives each copy. (Ties are equal vectors
+    after float32 normalization: x and 3x may round apart and then rank as distinct items.)"""
+    gen = torch.Generator().manual_seed(8)
+    q = torch.randn(6, 5, generator=gen)
+    g = torch.randn(3, 5, generator=gen).repeat_interleave(2, dim=0)
+    q_t, g_t = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 1, 1, 2, 0, 0])
+    scores = brute_scores(q.numpy(), g.numpy(), "cosine")
+    ref = brute_tie_average(scores, brute_relevant(q_t.numpy(), g_t.numpy()), [1, 3])
+    got, _ = evaluate_retrieval(q, q_t, g, g_t, [1, 3], "cosine")
+    _assert_same(got, ref)
+
+
 @pytest.mark.parametrize("metric", ["cosine", "hamming"])
 def test_permuting_the_gallery_never_changes_a_figure(metric, cut_margin):
     x = tied_embeddings(120, dim=16, seed=2)  # cosine a multiple of 1/16: exact ties in both metrics
