@@ -4,8 +4,8 @@ Search (``topk_search``): faiss ``IndexBinaryFlat`` on packed sign bits (``numpy
 bytes per item, the serving format); float cosine of L2-normalized float32 embeddings by blockwise
 torch matmul + topk, which measured faster than faiss ``IndexFlatIP`` here (FAISS_FLOAT switches).
 Without faiss (an import-guarded fallback) Hamming runs blockwise in torch, xor + popcount by byte
-table. Neither builds the full query x gallery matrix. The
-order of tied items inside a returned list is unspecified: metrics never depend on it (below).
+table. Neither builds the full query x gallery matrix. The order of tied items inside a returned
+list is unspecified: metrics never depend on it (below).
 
 Binarization (the paper serves binarized embeddings): bit = 1 where the float value is > 0, else 0.
 
@@ -33,10 +33,12 @@ before it and a cut k inside it (m = k - s of its items above the cut):
     E[hits@k] = H + m * r / n
     E[rel_i * hits@i] = (r / n) * (H + 1 + (p - 1) * (r - 1) / (n - 1))   at rank i = s + p
     P(no relevant item above the cut) = C(n - r, m) / C(n, m)              (when H = 0)
-The cut group may extend past the returned list: its size n and relevant count r in the whole
-gallery are counted exactly by a second, blockwise pass over the queries whose k-th and (k+1)-th
-scores tie (``cut_group_counts``), so memory stays O(block x gallery chunk). When nothing ties at
-the cut (most float queries), that pass is skipped.
+The cut group may extend past the k-th place. The search returns CUT_MARGIN extra candidates (4 for
+float); when the last candidate scores below the k-th, the whole cut group is among them. Otherwise
+its size n and relevant count r in the whole gallery are counted exactly by a second, blockwise pass
+over those queries only (``cut_group_counts``: memory O(block x gallery chunk)). Float candidates
+whose search scores lie within float32 rounding of a neighbour are rescored in float64 first, so
+rounding never splits or fakes a tie; with no near-ties (most float queries) that costs nothing.
 
 Relevance (``LabelSets``): every item carries a set of label ids (single-label class ids are sets
 of one); a gallery item is relevant to a query when the sets intersect. Sets are sorted padded id
