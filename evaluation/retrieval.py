@@ -140,10 +140,24 @@ def _check_embeddings(x: Tensor, name: str) -> None:
 
 def ranked_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-k of each row of ``scores`` [B, N] -> (values, columns) [B, k], ranked by score desc then column
-    asc; ties at the cut go to the lowest columns (the weak-label head's p@k rule)."""
-    cols = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-    return scores.gather(1, order), cols.gather(1, order)
+    asc; ties at the cut go to the lowest columns (the weak-label head's p@k rule).
+
+    torch.topk(k + 1) settles every row whose k-th and (k+1)-th values differ; rows with a tie across
+    the cut take a stable full-row sort.
+    """
+    num = scores.shape[1]
+    top, cols = torch.topk(scores, min(k + 1, num), dim=1, sorted=True)
+    vals, cols = top[:, :k].clone(), cols[:, :k].clone()
+    if num > k:
+        crossing = top[:, k - 1] == top[:, k]
+        if crossing.any():
+            order = torch.sort(scores[crossing], dim=1, descending=True, stable=True).indices[:, :k]
+            vals[crossing], cols[crossing] = scores[crossing].gather(1, order), order
+    # Order: column asc, then a stable sort by value desc keeps equal values in column order.
+    by_col = torch.sort(cols, dim=1).indices
+    vals, cols = vals.gather(1, by_col), cols.gather(1, by_col)
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
+    return vals.gather(1, order), cols.gather(1, order)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -30,6 +30,7 @@ from evaluation.retrieval import (
     hamming_topk,
     label_sets,
     pack_signs,
+    ranked_topk,
     relevance,
     retrieval_metrics,
     share_label,
@@ -103,6 +104,13 @@ def test_pack_signs_roundtrip_and_zero_is_bit_zero():
     codes = pack_signs(x)
     assert codes.dtype == torch.uint8 and codes.shape == (1, 2)
     assert unpack_signs(codes, 9).tolist() == [[1, -1, -1, 1, -1, 1, -1, -1, 1]]
+
+
+def test_ranked_topk_breaks_ties_by_lowest_index():
+    scores = torch.tensor([[0.5, 0.75, 0.5, 0.75, 0.5, 0.25], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [3, 2, 1, 0, -1, -2]])
+    vals, idx = ranked_topk(scores.float(), 4)
+    assert idx.tolist() == [[1, 3, 0, 2], [0, 1, 2, 3], [0, 1, 2, 3]]
+    assert vals.tolist() == [[0.75, 0.75, 0.5, 0.5], [1.0] * 4, [3, 2, 1, 0]]
 
 
 def test_faiss_missing_falls_back_to_torch(monkeypatch):
