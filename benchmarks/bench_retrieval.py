@@ -10,7 +10,8 @@ Prints:
      (faiss IndexFlatIP / IndexBinaryFlat, tie-aware metrics), side by side on one random set:
      1,000 queries x --gallery 256-d items (default 200,000), k = 50, float and binary. Per form:
      top-k search alone, and the whole evaluate_retrieval (search + relevance + metrics, 10 classes);
-     the before/after ratio; the share of queries whose top-50 cut falls inside a tied group; and
+     the before/after ratio (float search also with faiss IndexFlatIP, which the code does not use
+     by default: evaluation.retrieval.FAISS_FLOAT); the share of queries whose top-50 cut falls inside a tied group; and
      precision@50 before and after shuffling the gallery (before: the tie-break makes it move).
   1. embeddings/s of evaluation.embeddings.extract_outputs (embedding + backbone feature in one
      pass) for a small ViT on CPU: the CPU demo's ViT (configs/model/vit_demo.yaml) at 64 px and
@@ -38,6 +39,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import evaluation.retrieval as retrieval  # noqa: E402
 from evaluation.embeddings import extract_outputs  # noqa: E402
 from evaluation.retrieval import (  # noqa: E402
     evaluate_retrieval,
@@ -163,7 +165,7 @@ def bench_before_after(num_g: int, gen: torch.Generator) -> None:
     print(
         f"0. repo-before ({BEFORE_COMMIT}) vs faiss + tie-aware: {QUERIES:,} queries x {num_g:,} gallery, {DIM}-d, k={K}"
     )
-    print(f"   {'':<28} {'before s':>9} {'after s':>9} {'ratio':>7}")
+    print(f"   {'':<32} {'before s':>9} {'after s':>9} {'ratio':>7}")
     rows = [
         ("float top-k search", lambda: before.topk_search(q, g, K, "cosine"), lambda: topk_search(q, g, K, "cosine")),
         (
@@ -181,10 +183,19 @@ def bench_before_after(num_g: int, gen: torch.Generator) -> None:
             )
         )
     results = {}
+
+    def faiss_float() -> object:
+        retrieval.FAISS_FLOAT = True
+        try:
+            return topk_search(q, g, K, "cosine")
+        finally:
+            retrieval.FAISS_FLOAT = False
+
+    rows.insert(1, ("float search, faiss IndexFlatIP", lambda: before.topk_search(q, g, K, "cosine"), faiss_float))
     for label, old, new in rows:
         t_old, results[(label, "old")] = timed_result(old)
         t_new, results[(label, "new")] = timed_result(new)
-        print(f"   {label:<28} {t_old:9.2f} {t_new:9.2f} {t_old / t_new:6.1f}x")
+        print(f"   {label:<32} {t_old:9.2f} {t_new:9.2f} {t_old / t_new:6.1f}x")
     for metric, form in (("cosine", "float"), ("hamming", "binary")):
         ranked = tie_aware_search(q, g, label_sets(q_t), label_sets(g_t), K, metric)
         crossing = (ranked.cut_count > (ranked.scores == ranked.scores[:, K - 1 : K]).sum(1)).double().mean().item()
