@@ -3,42 +3,46 @@
 Config: ``data.weak_label.{manifest, shards, label_space, scale, resampled}``, ``data.{img_size, batch_size,
 eval_batch_size, num_workers, shuffle_buffer, augment.*}``, ``seed``. Sample counts always come from the manifest.
 
-Training pipeline, per (rank, logical worker), in webdataset's DataPipeline style (``TrainStream.pipeline``)::
+Training pipeline, per (rank, logical worker), one ``wds.DataPipeline`` (``TrainStream.pipeline``) in the shape of
+open_clip's ``get_wds_dataset``::
 
-    shard source      resampled (default): webdataset's ResampledShards seeded by (seed, epoch, pass, rank,
-                      worker), with replacement; else ShardSource: the shard list shuffled by (seed, epoch, pass,
-                      round), the same on every rank, then split by rank and worker (split_by_node +
-                      split_by_worker with explicit ranks); fewer shards than rank x worker slots: every slot
-                      reads every shard and keeps every n-th sample, with a warning
-    ReadShards        tar reading (datamodules.tar_reader), members grouped into samples by webdataset's key
-                      rule; a shard that cannot be opened, is corrupt or truncated is logged, counted and skipped
-                      (samples before the break are kept); only .jpg/.jpeg/.png/.webp/.json members are read (a
-                      .pyd/.pickle member is skipped unread, never unpickled); a complete shard whose sample
-                      count differs from the manifest raises ManifestMismatchError
-    RoundShuffle      sample shuffle buffer of raw bytes, seeded per (seed, epoch, pass, rank, worker); in the
-                      non-resampled mode it drains at the end of each round over the shard list, so a pass reads
-                      each sample of its slot once before repeating any
-    index_and_skip    numbers the raw samples; a resumed pass drops the ones already consumed *before decoding*
-    DecodeSample      json labels -> multi-hot target (ids outside the vocabulary: counted skip), PIL decode,
-                      timm transform; each sample's RNGs are seeded from its raw index, so augmentations are a
-                      pure function of (seed, epoch, pass, rank, worker, index); failures are counted skips
-    batched           full batches only (``partial=False``); optional timm Mixup with soft multi-hot targets
-    quota             each worker yields exactly ceil(ceil(N / (batch x ranks)) / workers) batches per pass
-                      (N = the manifest's count for the scale), so every rank gets the same number of batches
-                      and no rank waits at a collective; the stream under the quota never runs dry because the
-                      shard source repeats
+    shard list        resampled (default): webdataset's ResampledShards seeded by (seed, epoch, pass, rank, worker);
+                      else ShardSource: the list shuffled per round by (seed, epoch, pass, round), the same on every
+                      rank, then split by rank and logical worker (fewer shards than slots: every slot reads every
+                      shard and keeps every n-th sample, with a warning)
+    ShardGroups       consecutive shards -> shuffle groups of >= GROUP_BUFFERS x shuffle_buffer samples, each sample's
+                      raw index in the pass known from the manifest counts alone (a round always starts a group)
+    ResumeAt          a resumed pass: groups before the position are dropped unopened; in the position's group the
+                      samples already consumed are marked, found by replaying the group's shuffle on positions
+    ReadShards        tar -> raw samples (datamodules.tar_reader, webdataset's key rule); marked samples are passed by
+                      their headers (a seek, no payload read); bad shards are counted skips (below)
+    GroupShuffle      webdataset's shuffle within each group, seeded per group; numbers the samples (``__raw__``)
+    DecodeSample      json labels -> target, PIL decode, timm transform, RNGs seeded from ``__raw__``; counted skips
+    batched           full batches only; optional timm Mixup
+    with_epoch        each worker yields exactly ceil(ceil(N / (batch x ranks)) / workers) batches per pass (N from
+                      the manifest), open_clip's num_worker_batches: equal batch counts on every rank
+
+Bad data in training is always a counted skip that names the shard, never an exception (one rank raising would leave
+the others waiting at the next collective): a shard that cannot be opened, is truncated or corrupt
+(``shard_read_error``, ``samples_lost``), a shard whose count disagrees with the manifest (``count_mismatch``; only its
+first manifest-count samples are used), a sample without json / labels, with a label id outside the vocabulary, or
+with undecodable image bytes. Validation raises on shards that disagree with the manifest, because its batch plan
+(equal counts on every rank, every sample once) is cut from the manifest and its metrics must cover that split.
 
 Guarantees:
 
 * **Equal batch counts per rank**, by construction (quota above), whatever the shard count or sizes.
-* **Determinism**: given seed, world size, num_workers, batch size and manifest, pass ``p`` of epoch ``e`` yields the
-  same samples in the same order with the same augmentations.
+* **Determinism**: given seed, world size, num_workers, batch size, shuffle_buffer and manifest, pass ``p`` of epoch
+  ``e`` yields the same samples in the same order with the same augmentations.
 * **Mid-epoch resume** (``MultiTaskDataModule.state_dict``): the checkpoint stores the trainer's position; each
-  logical worker skips exactly the raw samples it had turned into batches the trainer consumed (counted in the raw,
-  pre-decode stream, so undecodable samples do not shift it), and worker roles are rotated so the resumed run yields
-  the same batches in the same order as an uninterrupted run. Limits: world size, num_workers, batch size, seed and
-  the shards must be unchanged (otherwise a warning and the epoch restarts from a fresh pass); skipping still reads
-  (but does not decode) the skipped part of the shards; a shard that became unreadable in between changes the stream.
+  logical worker resumes at the raw index after the last sample it turned into a consumed batch (counted in the raw,
+  pre-decode stream, so undecodable samples do not shift it), and worker roles are rotated, so the resumed run yields
+  the same batches in the same order as an uninterrupted run, in both modes. Its cost is bounded: at most one shuffle
+  group of tar headers per worker (payloads seeked past) plus an in-memory replay of that group's shuffle, whatever
+  the position in the epoch (benchmarks/bench_resume.py); the shard source is re-enumerated up to the position
+  (random draws only, no I/O). Limits: world size, num_workers, batch size, seed, shuffle_buffer and the shards must
+  be unchanged (otherwise a warning and the epoch restarts from a fresh pass); a shard that became unreadable or
+  changed its count in between changes the stream from its group on.
 * **Non-resampled passes** read each sample of their slot's shards once before repeating any; with shards that do
   not split evenly, a slot whose share exceeds the quota leaves its rest for the next pass and a smaller one repeats
   a few samples (the price of equal batch counts). Resampled passes draw shards with replacement: samples repeat
@@ -98,6 +102,7 @@ from datamodules.tar_reader import TarFormatError, iter_members
 
 log = logging.getLogger(__name__)
 
+CHECK_SHARDS = 16  # local shards whose existence start-up checks (a sample, not all)
 GROUP_BUFFERS = 4  # a shuffle group holds at least this many shuffle buffers of samples (bounds the resume replay)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 READ_EXTS = frozenset((*IMAGE_EXTS, "json"))
@@ -937,11 +942,16 @@ class WeakLabelData:
         self._check_local(self.train_shards, "train")
 
     def _check_local(self, shards: list[ShardInfo], split: str) -> None:
-        missing = [s.url for s in shards if not _is_remote(s.url) and not os.path.isfile(s.url)]
+        """Fail early when local shards are missing, checking at most CHECK_SHARDS of them (first, last, evenly spaced
+        between): start-up costs the same at 100k shards and on every one of 128 ranks. A shard missing later is a
+        counted skip in training and an error in validation."""
+        step = max(1, -(-len(shards) // CHECK_SHARDS))
+        sample = [*shards[::step], shards[-1]] if shards else []
+        missing = [s.url for s in sample if not _is_remote(s.url) and not os.path.isfile(s.url)]
         if missing:
             raise ManifestError(
-                f"manifest {self.manifest.path} lists {len(missing)} {split} shard(s) that do not "
-                f"exist, e.g. {missing[0]}"
+                f"manifest {self.manifest.path} lists {split} shard(s) that do not exist, e.g. {missing[0]} "
+                f"({len(missing)} missing of the {len(sample)} checked)"
             )
 
     def _spec(

@@ -66,7 +66,9 @@ def test_manifest_errors_name_the_key_and_file(ds, tmp_path):
     bad.write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match=r"label_space='raw' is not in manifest .* it has \['clustered'\]"):
         WeakLabelData(compose_cfg(str(bad), "data.weak_label.label_space=raw"))
-    with pytest.raises(ManifestError, match=r"lists \d+ train shard\(s\) that do not exist"):
+    with pytest.raises(
+        ManifestError, match=r"lists train shard\(s\) that do not exist, e\.g\. .*\(\d+ missing of the \d+ checked\)"
+    ):
         WeakLabelData(compose_cfg(str(bad)))  # the shards are not next to this copy of the manifest
 
     manifest = json.loads(Path(ds["manifest"]).read_text())
@@ -74,6 +76,20 @@ def test_manifest_errors_name_the_key_and_file(ds, tmp_path):
     bad.write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match=r"'splits\.train\.num_samples' is 31 but its shards sum to 30"):
         WeakLabelData(compose_cfg(str(bad)))
+
+
+def test_start_up_checks_a_bounded_sample_of_shards(tmp_path, monkeypatch):
+    import datamodules.weak_label as wl
+
+    one = make_dataset(tmp_path, n_train=6, n_val=3, shard_size=6, scales=(1.0,))
+    manifest = json.loads(Path(one["manifest"]).read_text())
+    shard = manifest["splits"]["train"]["shards"][0]
+    manifest["splits"]["train"] = {"num_samples": 6 * 5000, "shards": [shard] * 5000}  # a 5000-shard manifest
+    Path(one["manifest"]).write_text(json.dumps(manifest))
+    calls = []
+    monkeypatch.setattr(wl.os.path, "isfile", lambda p: calls.append(p) or os.path.exists(p))
+    WeakLabelData(compose_cfg(one["manifest"]))
+    assert len(calls) <= wl.CHECK_SHARDS + 2  # the manifest itself and a sample of shards, not 5000 stats per rank
 
 
 def test_scale_subsets_are_nested_and_counted_from_the_manifest(ds):
