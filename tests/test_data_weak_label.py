@@ -408,3 +408,20 @@ def test_mixup_gives_soft_multi_hot_targets(ds):
     t = batch["target"]
     assert ((t > 0) & (t < 1)).any()
     assert torch.all((t >= 0) & (t <= 1))
+
+
+def test_label_shard_writer_writes_no_pax_headers_and_the_reader_skips_payloads(tmp_path):
+    from datamodules.tar_reader import iter_members
+    from labels.shards import _Writer
+
+    writer = _Writer(str(tmp_path / "s-%06d.tar"), maxcount=10, maxsize=1 << 30)
+    for i in range(3):
+        writer.write({"__key__": f"k{i}", "jpg": bytes([i]) * 700, "json": b"{}"})
+    ((name, count),) = writer.close()
+    data = (tmp_path / name).read_bytes()
+    assert count == 3 and b"PaxHeader" not in data  # an integer mtime: no extended header per member
+    with open(tmp_path / name, "rb") as f:  # header-only members: names and offsets, payloads never read
+        members = list(iter_members(f, lambda fname: None if fname.endswith(".jpg") else True))
+    jpgs = [m for m in members if m["fname"].endswith(".jpg")]
+    assert [m["data"] for m in jpgs] == [None] * 3
+    assert [data[m["offset"] : m["offset"] + m["size"]] for m in jpgs] == [bytes([i]) * 700 for i in range(3)]
