@@ -720,7 +720,11 @@ class StreamSpec:
 
 class ShardSource(IterableDataset):
     """Infinite shard stream of the non-resampled mode: the list shuffled per round by a seed shared by all slots,
-    then split by slot (rank-major); with fewer shards than slots every slot reads all shards with a sample stride."""
+    then split by slot (rank-major); with fewer shards than slots every slot reads all shards with a sample stride.
+
+    Written by hand rather than ``SimpleShardList + detshuffle + split_by_node + split_by_worker`` because the split is
+    by *logical* worker (rotated on resume, see ``datamodules.loaders``), not the physical worker id those read, and
+    because each round is tagged so shuffle groups never straddle two rounds."""
 
     def __init__(self, urls: list[str], seed: int, slot: int, slots: int) -> None:
         super().__init__()

@@ -294,6 +294,16 @@ def test_resume_cost_does_not_grow_with_the_position(many, monkeypatch, resample
     assert max(first_batch) < 5 * per_batch, (first_batch, per_batch)
 
 
+def test_resume_is_exact_when_ranks_stride_over_too_few_shards(tmp_path):
+    one = make_dataset(tmp_path, n_train=40, n_val=3, shard_size=20, scales=(1.0,))  # 2 shards for 3 ranks
+    cfg = compose_cfg(one["manifest"], "data.weak_label.resampled=false", "data.num_workers=0", "data.shuffle_buffer=2")
+    with pytest.warns(UserWarning, match="every slot reads every shard"):
+        loader = _loader(cfg, rank=0, world=3)
+    full = _pass(loader)
+    for k in (1, len(full) - 1):
+        assert _pass(_loader(cfg, rank=0, world=3), pos=loader.position(0, k)) == full[k:]
+
+
 # ------------------------------------------------------------------------------------------ bad data
 
 
