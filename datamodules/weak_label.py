@@ -790,11 +790,12 @@ class TrainStream(IterableDataset):
         else:
             source = ShardSource(urls, pass_seed, slot, s.slots)
         shuffle = GroupShuffle(self.shuffle_buffer, mix_seed(worker_seed, 1))
+        counts = s.counts  # built once per pass: 100k entries at web scale
         stages = [
             source,
-            ShardGroups(s.counts, GROUP_BUFFERS * self.shuffle_buffer),
-            ResumeAt(start, shuffle, s.counts),
-            ReadShards(s.counts, counter, max_empty=max(50, 2 * len(urls))),
+            ShardGroups(counts, GROUP_BUFFERS * self.shuffle_buffer),
+            ResumeAt(start, shuffle, counts),
+            ReadShards(counts, counter, max_empty=max(50, 2 * len(urls))),
             shuffle,
             wds.map(
                 NameShard(
