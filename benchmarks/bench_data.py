@@ -17,7 +17,7 @@ the per-chunk-pair ratios). Cores per GPU for a ViT-B/16 at 3,000 images/s = 3,0
 Images: ``data/openclipart`` when its manifest exists (the real shards), else synthetic JPEGs (short side 256, like
 the label pipeline writes) in a temporary folder.
 
-    python benchmarks/bench_data.py                      # ~1-2 minutes on a 2-core machine
+    python benchmarks/bench_data.py                      # ~2-3 minutes on a 2-core machine
     python benchmarks/bench_data.py --workers 4 --images 2048
 """
 
@@ -49,13 +49,18 @@ from datamodules.weak_label import decode_image, draft_size, image_transform  # 
 VIT_B16_TARGET = 3000  # images/s one GPU consumes training ViT-B/16 (the figure the issue asks about)
 
 
-def synthetic_shards(root: Path, n: int = 2048, shard_size: int = 256, classes: int = 50) -> Path:
-    """JPEG shards + manifest in the docs/ARCHITECTURE.md format: smooth shapes, 256 px short side."""
+def synthetic_shards(
+    root: Path, n: int = 2048, shard_size: int = 256, classes: int = 50, mtime: float | int = 0
+) -> Path:
+    """JPEG shards + manifest in the docs/ARCHITECTURE.md format: smooth shapes, 256 px short side; integer mtime as
+    labels/shards.py writes (a float one gives every member a PAX header)."""
     import webdataset as wds
 
     rng = np.random.default_rng(0)
     shards = []
-    with wds.ShardWriter(str(root / "train-b0-%06d.tar"), maxcount=shard_size, encoder=False, verbose=0) as sink:
+    with wds.ShardWriter(
+        str(root / "train-b0-%06d.tar"), maxcount=shard_size, encoder=False, verbose=0, mtime=mtime
+    ) as sink:
         for i in range(n):
             w = int(rng.integers(256, 384))
             img = Image.new("RGB", (w, 256), tuple(int(c) for c in rng.integers(0, 256, 3)))
@@ -182,6 +187,31 @@ def pipeline_batches(cfg):
     return iterator, _worker_pids(loader.source.dataloader._iterator)
 
 
+def tar_reading(manifest: Path, repeats: int = 3) -> dict:
+    """Microseconds per sample to read the shards into raw samples: the repo's reader (``ReadShards``) vs
+    ``webdataset.tarfile_to_samples`` (stdlib tarfile + group_by_keys); best of ``repeats``."""
+    import webdataset as wds
+
+    from datamodules.weak_label import ReadShards, SkipCounter
+
+    data = json.loads(manifest.read_text())
+    urls = [str(manifest.parent / s["url"]) for s in data["splits"]["train"]["shards"]]
+    counts = {u: s["num_samples"] for u, s in zip(urls, data["splits"]["train"]["shards"])}
+    readers = {
+        "repo": lambda: ReadShards(counts, SkipCounter(), max_empty=1 << 30)(iter({"url": u} for u in urls)),
+        "tarfile_to_samples": lambda: wds.tarfile_to_samples()(iter({"url": u} for u in urls)),
+    }
+    out = {}
+    for name, make in readers.items():
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            n = sum(1 for _ in make())
+            best = min(best, time.perf_counter() - start)
+        out[name] = 1e6 * best / n
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for both (a) and (b)")
@@ -189,13 +219,29 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=768, help="images timed per chunk at 224 px (x3 at 64)")
     parser.add_argument("--repeats", type=int, default=4, help="alternating (a)/(b) chunks; medians are reported")
     parser.add_argument("--manifest", default=str(REPO / "data" / "openclipart" / "manifest.json"))
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        default=4096,
+        help="synthetic images when no real manifest exists: one pass of (b) reads them all once, and every pass "
+        "restarts the workers' streams (shuffle fill, a first-batch bubble); 1024 makes passes of 32 batches, far "
+        "shorter than a training epoch, and costs (b) ~0.1 at 64 px",
+    )
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "bench_data.json"))
     args = parser.parse_args()
+    results: dict = {
+        "synthetic_images": args.synthetic,
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "cores": os.cpu_count(),
+        "sizes": {},
+    }
 
     tmp = None
     manifest = Path(args.manifest)
     if not manifest.is_file():
         tmp = tempfile.TemporaryDirectory()
-        manifest = synthetic_shards(Path(tmp.name))
+        manifest = synthetic_shards(Path(tmp.name), n=args.synthetic)
     source = "synthetic JPEGs" if tmp else str(manifest.parent)
     warmup = 2 * max(1, args.workers)
     images = shard_images(manifest, 1024)
@@ -236,6 +282,14 @@ def main() -> None:
         ratio = float(np.median([b[0] / a[0] for a, b in zip(pil, pipe)]))
         a_cpu, b_cpu = float(np.median([x[1] for x in pil])), float(np.median([x[1] for x in pipe]))
         per_core[size] = 1000 / b_cpu
+        results["sizes"][size] = {
+            "pil_images_per_s": a_wall,
+            "pipeline_images_per_s": b_wall,
+            "wall_ratio": ratio,
+            "pil_cpu_ms": a_cpu,
+            "pipeline_cpu_ms": b_cpu,
+            "cpu_ratio": a_cpu / b_cpu,
+        }
         print(
             f"{size:>5} {a_wall:>9.0f} {b_wall:>13.0f} {ratio:>8.2f} {b_wall / max(1, args.workers):>9.0f} "
             f"{a_cpu:>9.2f} {b_cpu:>13.2f} {a_cpu / b_cpu:>8.2f} {per_core[size]:>11.0f}"
@@ -245,6 +299,25 @@ def main() -> None:
         f"ViT-B/16 at {VIT_B16_TARGET:,} img/s (224 px) needs ~{cores:.0f} cores of this kind per GPU for data loading "
         f"({VIT_B16_TARGET:,} / {per_core[224]:.0f} img/s per core, from CPU time)."
     )
+    # Tar reading alone, on integer-mtime shards (what labels/shards.py writes) and, for reference, float-mtime ones
+    # (PAX header per member: what third-party shards written with a float mtime carry).
+    with tempfile.TemporaryDirectory() as float_tmp:
+        (Path(float_tmp) / "int").mkdir()
+        (Path(float_tmp) / "float").mkdir()
+        int_manifest = synthetic_shards(Path(float_tmp) / "int", n=1024)
+        float_manifest = synthetic_shards(Path(float_tmp) / "float", n=1024, mtime=0.0)
+        for label, m in (("int mtime", int_manifest), ("float mtime", float_manifest)):
+            us = tar_reading(m)
+            share = (us["tarfile_to_samples"] - us["repo"]) / (1000 * results["sizes"][224]["pipeline_cpu_ms"])
+            results[f"tar_us_per_sample ({label})"] = {**us, "gain_share_of_224px_sample": share}
+            print(
+                f"tar reading, {label}: repo reader {us['repo']:.0f} us/sample, tarfile_to_samples "
+                f"{us['tarfile_to_samples']:.0f} us/sample; the difference is {100 * share:.1f}% of the pipeline's "
+                "CPU time per 224 px sample"
+            )
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.json}")
     if tmp:
         tmp.cleanup()
 

@@ -341,8 +341,9 @@ class WeakLabelShardDataModule(MultiTaskDataModule):
 
 
 class DataCountsLogger(Callback):
-    """Logs the data skip counters summed over ranks as ``data/<dataset>/<split>/<reason>`` (non-zero ones), at the
-    end of every training and validation epoch. Safe under DDP: every rank reduces a fixed-size vector."""
+    """Logs the data skip counters summed over ranks as ``data/<dataset>/<split>/<reason>`` (non-zero ones): training
+    ones every ``trainer.log_every_n_steps`` batches (config ``trainer.log_every_n_steps``) and at each epoch end,
+    validation ones at each validation end. Safe under DDP: every rank reduces a fixed-size vector."""
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
         dm = trainer.datamodule
@@ -361,6 +362,14 @@ class DataCountsLogger(Callback):
         }
         if metrics:
             pl_module.log_dict(metrics, rank_zero_only=True)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # Every trainer.log_every_n_steps batches, the same batch on every rank so the reduce is matched: a one-epoch
+        # run would otherwise log its skips once, at the end.
+        if (batch_idx + 1) % max(1, int(trainer.log_every_n_steps or 1)) == 0:
+            self._log(trainer, pl_module, "train")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log(trainer, pl_module, "train")

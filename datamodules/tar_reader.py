@@ -1,10 +1,13 @@
-"""A strict, fast reader of the regular-file members of a tar stream (what a webdataset shard holds).
+"""A strict reader of the regular-file members of a tar stream (what a webdataset shard holds), shared by training
+(``datamodules.weak_label``) and the label miner (``labels.sources.img2dataset``).
 
-Why not ``tarfile``: in stream mode it spends ~0.3 ms per member parsing headers in Python (PAX headers especially,
-which ``webdataset.ShardWriter`` writes for every member), about a quarter of the whole per-sample cost of the
-training pipeline at 224 px on 256 px images (benchmarks/bench_data.py). This reader handles exactly what shards
-contain: ustar/GNU/PAX headers (PAX ``path``/``size`` and GNU long names), regular files returned as bytes, every other
-member type skipped (never followed, never written anywhere). It is also explicit about the two ways a shard can end:
+Why not ``tarfile`` / ``webdataset.tarfile_to_samples``: both read every member's payload. Exact mid-epoch resume
+(``datamodules.weak_label``) skips the samples a run already consumed by their headers alone, seeking past the data
+on a local file (reading and discarding only on an unseekable stream); the label miner's text-only runs skip the
+image bytes the same way. (Header parsing speed, the reason this reader was first written, is no longer one: see
+benchmarks/bench_data.py ``--tar`` for the figure against ``tarfile_to_samples`` on integer-mtime shards.) It handles
+exactly what shards contain: ustar/GNU/PAX headers (PAX ``path``/``size`` and GNU long names), regular files, every
+other member type skipped (never followed, never written anywhere). It is explicit about the two ways a shard can end:
 
 * two zero blocks (end-of-archive): a clean end, the generator returns;
 * anything else (the stream stops mid-header or mid-data, a header's checksum is wrong): ``TarFormatError``, so a
@@ -37,7 +40,11 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes:
     return data
 
 
-def _skip(stream: BinaryIO, size: int) -> None:
+def _skip(stream: BinaryIO, size: int, seekable: bool) -> None:
+    if seekable:
+        # Seeking past the end raises nothing; a truncated file then fails at the next header read.
+        stream.seek(size, 1)
+        return
     while size > 0:
         chunk = stream.read(min(size, 1 << 20))
         if not chunk:
@@ -77,18 +84,35 @@ def _pax_records(body: bytes) -> dict[str, str]:
     return records
 
 
-def iter_members(stream: BinaryIO, wanted: Callable[[str], bool] = lambda name: True) -> Iterator[dict]:
-    """Yield ``{"fname": str, "data": bytes}`` for each regular file whose name ``wanted`` accepts, in stream order.
+def _seekable(stream: BinaryIO) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
 
-    Unwanted members' data are skipped unread. Raises ``TarFormatError`` when the stream is truncated or a header is
-    corrupt; returns normally only at a proper end-of-archive block.
+
+def iter_members(
+    stream: BinaryIO, wanted: Callable[[str], bool | None] = lambda name: True, pos: int = 0
+) -> Iterator[dict]:
+    """Yield ``{"fname", "data", "offset", "size"}`` for the regular files of a tar stream, in stream order.
+
+    Args:
+        stream: the tar bytes, positioned at a header.
+        wanted: per member name: ``True`` reads its data, ``None`` yields the member with ``data=None`` and skips its
+            payload (a seek on a seekable stream), ``False`` skips it without yielding it.
+        pos: the stream offset of the first header (``offset`` of a member is where its data starts).
+
+    Raises ``TarFormatError`` when the stream is truncated or a header is corrupt; returns normally only at a proper
+    end-of-archive block.
     """
+    seekable = _seekable(stream)
     pax: dict[str, str] = {}
     long_name: bytes | None = None
     while True:
         header = stream.read(BLOCK)
         if len(header) < BLOCK:
             raise TarFormatError("stream ended without the end-of-archive block (truncated tar)")
+        pos += BLOCK
         if header == ZERO_BLOCK:
             return
         checksum = _number(header[148:156])
@@ -99,6 +123,7 @@ def iter_members(stream: BinaryIO, wanted: Callable[[str], bool] = lambda name: 
         padded = -(-size // BLOCK) * BLOCK
         if kind in (b"x", b"g", b"L"):  # PAX (per-member or global) extended header, GNU long name
             body = _read_exact(stream, padded)[:size]
+            pos += padded
             if kind == b"x":
                 pax = _pax_records(body)
             elif kind == b"L":
@@ -116,7 +141,11 @@ def iter_members(stream: BinaryIO, wanted: Callable[[str], bool] = lambda name: 
             size = int(pax["size"])
             padded = -(-size // BLOCK) * BLOCK
         pax, long_name = {}, None
-        if kind in REGULAR and wanted(fname):
-            yield {"fname": fname, "data": _read_exact(stream, padded)[:size]}
+        choice = wanted(fname) if kind in REGULAR else False
+        if choice:
+            yield {"fname": fname, "data": _read_exact(stream, padded)[:size], "offset": pos, "size": size}
         else:
-            _skip(stream, padded)
+            _skip(stream, padded, seekable)
+            if choice is None:
+                yield {"fname": fname, "data": None, "offset": pos, "size": size}
+        pos += padded

@@ -3,42 +3,46 @@
 Config: ``data.weak_label.{manifest, shards, label_space, scale, resampled}``, ``data.{img_size, batch_size,
 eval_batch_size, num_workers, shuffle_buffer, augment.*}``, ``seed``. Sample counts always come from the manifest.
 
-Training pipeline, per (rank, logical worker), in webdataset's DataPipeline style (``TrainStream.pipeline``)::
+Training pipeline, per (rank, logical worker), one ``wds.DataPipeline`` (``TrainStream.pipeline``) in the shape of
+open_clip's ``get_wds_dataset``::
 
-    shard source      resampled (default): webdataset's ResampledShards seeded by (seed, epoch, pass, rank,
-                      worker), with replacement; else ShardSource: the shard list shuffled by (seed, epoch, pass,
-                      round), the same on every rank, then split by rank and worker (split_by_node +
-                      split_by_worker with explicit ranks); fewer shards than rank x worker slots: every slot
-                      reads every shard and keeps every n-th sample, with a warning
-    ReadShards        tar reading (datamodules.tar_reader), members grouped into samples by webdataset's key
-                      rule; a shard that cannot be opened, is corrupt or truncated is logged, counted and skipped
-                      (samples before the break are kept); only .jpg/.jpeg/.png/.webp/.json members are read (a
-                      .pyd/.pickle member is skipped unread, never unpickled); a complete shard whose sample
-                      count differs from the manifest raises ManifestMismatchError
-    RoundShuffle      sample shuffle buffer of raw bytes, seeded per (seed, epoch, pass, rank, worker); in the
-                      non-resampled mode it drains at the end of each round over the shard list, so a pass reads
-                      each sample of its slot once before repeating any
-    index_and_skip    numbers the raw samples; a resumed pass drops the ones already consumed *before decoding*
-    DecodeSample      json labels -> multi-hot target (ids outside the vocabulary: counted skip), PIL decode,
-                      timm transform; each sample's RNGs are seeded from its raw index, so augmentations are a
-                      pure function of (seed, epoch, pass, rank, worker, index); failures are counted skips
-    batched           full batches only (``partial=False``); optional timm Mixup with soft multi-hot targets
-    quota             each worker yields exactly ceil(ceil(N / (batch x ranks)) / workers) batches per pass
-                      (N = the manifest's count for the scale), so every rank gets the same number of batches
-                      and no rank waits at a collective; the stream under the quota never runs dry because the
-                      shard source repeats
+    shard list        resampled (default): webdataset's ResampledShards seeded by (seed, epoch, pass, rank, worker);
+                      else ShardSource: the list shuffled per round by (seed, epoch, pass, round), the same on every
+                      rank, then split by rank and logical worker (fewer shards than slots: every slot reads every
+                      shard and keeps every n-th sample, with a warning)
+    ShardGroups       consecutive shards -> shuffle groups of >= GROUP_BUFFERS x shuffle_buffer samples, each sample's
+                      raw index in the pass known from the manifest counts alone (a round always starts a group)
+    ResumeAt          a resumed pass: groups before the position are dropped unopened; in the position's group the
+                      samples already consumed are marked, found by replaying the group's shuffle on positions
+    ReadShards        tar -> raw samples (datamodules.tar_reader, webdataset's key rule); marked samples are passed by
+                      their headers (a seek, no payload read); bad shards are counted skips (below)
+    GroupShuffle      webdataset's shuffle within each group, seeded per group; numbers the samples (``__raw__``)
+    DecodeSample      json labels -> target, PIL decode, timm transform, RNGs seeded from ``__raw__``; counted skips
+    batched           full batches only; optional timm Mixup
+    with_epoch        each worker yields exactly ceil(ceil(N / (batch x ranks)) / workers) batches per pass (N from
+                      the manifest), open_clip's num_worker_batches: equal batch counts on every rank
+
+Bad data in training is always a counted skip that names the shard, never an exception (one rank raising would leave
+the others waiting at the next collective): a shard that cannot be opened, is truncated or corrupt
+(``shard_read_error``, ``samples_lost``), a shard whose count disagrees with the manifest (``count_mismatch``; only its
+first manifest-count samples are used), a sample without json / labels, with a label id outside the vocabulary, or
+with undecodable image bytes. Validation raises on shards that disagree with the manifest, because its batch plan
+(equal counts on every rank, every sample once) is cut from the manifest and its metrics must cover that split.
 
 Guarantees:
 
 * **Equal batch counts per rank**, by construction (quota above), whatever the shard count or sizes.
-* **Determinism**: given seed, world size, num_workers, batch size and manifest, pass ``p`` of epoch ``e`` yields the
-  same samples in the same order with the same augmentations.
+* **Determinism**: given seed, world size, num_workers, batch size, shuffle_buffer and manifest, pass ``p`` of epoch
+  ``e`` yields the same samples in the same order with the same augmentations.
 * **Mid-epoch resume** (``MultiTaskDataModule.state_dict``): the checkpoint stores the trainer's position; each
-  logical worker skips exactly the raw samples it had turned into batches the trainer consumed (counted in the raw,
-  pre-decode stream, so undecodable samples do not shift it), and worker roles are rotated so the resumed run yields
-  the same batches in the same order as an uninterrupted run. Limits: world size, num_workers, batch size, seed and
-  the shards must be unchanged (otherwise a warning and the epoch restarts from a fresh pass); skipping still reads
-  (but does not decode) the skipped part of the shards; a shard that became unreadable in between changes the stream.
+  logical worker resumes at the raw index after the last sample it turned into a consumed batch (counted in the raw,
+  pre-decode stream, so undecodable samples do not shift it), and worker roles are rotated, so the resumed run yields
+  the same batches in the same order as an uninterrupted run, in both modes. Its cost is bounded: at most one shuffle
+  group of tar headers per worker (payloads seeked past) plus an in-memory replay of that group's shuffle, whatever
+  the position in the epoch (benchmarks/bench_resume.py); the shard source is re-enumerated up to the position
+  (random draws only, no I/O). Limits: world size, num_workers, batch size, seed, shuffle_buffer and the shards must
+  be unchanged (otherwise a warning and the epoch restarts from a fresh pass); a shard that became unreadable or
+  changed its count in between changes the stream from its group on.
 * **Non-resampled passes** read each sample of their slot's shards once before repeating any; with shards that do
   not split evenly, a slot whose share exceeds the quota leaves its rest for the next pass and a smaller one repeats
   a few samples (the price of equal batch counts). Resampled passes draw shards with replacement: samples repeat
@@ -61,6 +65,7 @@ worker's last batch of a pass are not reported.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import math
@@ -97,13 +102,17 @@ from datamodules.tar_reader import TarFormatError, iter_members
 
 log = logging.getLogger(__name__)
 
+CHECK_SHARDS = 16  # local shards whose existence start-up checks (a sample, not all)
+GROUP_BUFFERS = 4  # a shuffle group holds at least this many shuffle buffers of samples (bounds the resume replay)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 READ_EXTS = frozenset((*IMAGE_EXTS, "json"))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SKIP_REASONS = (
     "shard_read_error",  # a shard could not be opened or its tar stream broke (e.g. truncated)
-    "samples_lost",  # samples the manifest lists in a shard that broke, never read
+    "samples_lost",  # samples the manifest lists in a shard that broke or holds fewer, never read
+    "count_mismatch",  # a complete shard whose sample count differs from the manifest (the shard is named in the log)
+    "samples_extra",  # samples beyond the manifest's count of such a shard, not used
     "ignored_member",  # a tar member with an extension the pipeline does not read (.pyd, .pickle, .txt, ...)
     "missing_image",
     "missing_json",
@@ -323,7 +332,7 @@ class SkipCounter:
 
     def __call__(self, exn: BaseException) -> bool:
         reason = exn.reason if isinstance(exn, SampleSkip) else "decode_error"
-        self.add(reason, detail=repr(exn)[:300])
+        self.add(reason, detail=" ".join([repr(exn)[:300], *getattr(exn, "__notes__", ())]))
         return True
 
     def take(self) -> dict:
@@ -332,36 +341,62 @@ class SkipCounter:
         return dict(delta)
 
 
+class NameShard:
+    """Calls ``fn(sample)``; an exception it raises gets the sample's shard as a note, so the skip log names it."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, sample: dict) -> Any:
+        try:
+            return self.fn(sample)
+        except Exception as exn:
+            exn.add_note(f"(shard {sample.get('__url__')})")
+            raise
+
+
 class ReadShards:
     """Tar shards -> raw samples ``{"__key__", "__url__", "jpg", "json", ...}`` (bytes), checked against the manifest.
 
-    A shard that cannot be opened, is corrupt or ends before its end-of-archive block (truncated; see
-    ``datamodules.tar_reader``) is logged, counted and skipped after the samples read before the break. A complete shard whose sample count differs
-    from the manifest's raises ``ManifestMismatchError``. ``{"url", "stride": (n, i)}`` shard entries keep only samples ``j % n == i``.
+    Shard entries are ``{"url"}`` plus, optionally, ``"stride": (n, i)`` (keep only samples ``j % n == i``), ``"skip"``
+    (kept-sample indices a resumed pass already consumed: yielded as ``{"__skip__": True}`` placeholders whose payload
+    is never read, see ``datamodules.tar_reader``) and the shuffle-group fields of ``ShardGroups``, copied onto each
+    sample. Samples are grouped by webdataset's key rule inline (``base_plus_ext``: the key is the path up to the first
+    dot of the file name, the extension the rest, lower-cased), because the generic ``group_by_keys`` costs more per
+    sample than the rest of the tar reading; ``tarfile_to_samples`` cannot skip payloads, hence this stage.
+
+    Bad shards never stop training: a shard that cannot be opened, is corrupt or truncated is logged and counted
+    (``shard_read_error``, ``samples_lost`` for what the manifest listed but was not read) after the samples read
+    before the break; a complete shard whose count differs from the manifest is counted (``count_mismatch``, naming
+    the shard) and only its first manifest-count samples are used (``samples_extra`` for the rest), so sample numbers
+    stay within what the manifest assigns to it. With ``strict`` (validation) a count mismatch raises
+    ``ManifestMismatchError`` instead.
     """
 
-    def __init__(self, counts: dict[str, int], counter: SkipCounter, max_empty: int) -> None:
+    def __init__(self, counts: dict[str, int], counter: SkipCounter, max_empty: int, strict: bool = False) -> None:
         self.counts = counts
         self.counter = counter
         self.max_empty = max_empty
+        self.strict = strict
+        self.empty_run = 0  # shards in a row that gave no sample: a run of them means the data is gone
 
-    def _wanted(self, fname: str) -> bool:
-        dot = fname.find(".", fname.rfind("/") + 1)
-        if dot >= 0 and fname[dot + 1 :].lower() in READ_EXTS:
-            return True
-        self.counter.add("ignored_member", detail=fname)
-        return False
+    def _samples(self, stream: Any, url: str, read: Any) -> Iterator[dict]:
+        """Samples of one tar stream; ``read(j)`` says whether sample ``j``'s payload is needed."""
+        last: list = [None, -1]  # key and index of the sample the reader is in
 
-    def _samples(self, stream: Any, url: str) -> Iterator[dict]:
-        """Consecutive members with the same key -> one sample, webdataset's rule (``base_plus_ext``): the key is the
-        path up to the first dot of the file name, the extension the rest, lower-cased. Grouped inline because the
-        generic ``group_by_keys`` costs more per sample than the rest of the tar reading."""
+        def wanted(fname: str) -> bool | None:
+            dot = fname.find(".", fname.rfind("/") + 1)
+            if dot < 0 or fname[dot + 1 :].lower() not in READ_EXTS:
+                self.counter.add("ignored_member", detail=fname)
+                return False
+            if fname[:dot] != last[0]:
+                last[0], last[1] = fname[:dot], last[1] + 1
+            return True if read(last[1]) else None
+
         sample: dict | None = None
-        for member in iter_members(stream, self._wanted):
+        for member in iter_members(stream, wanted):
             fname = member["fname"]
             dot = fname.find(".", fname.rfind("/") + 1)
-            if dot < 0:
-                continue
             key, ext = fname[:dot], fname[dot + 1 :].lower()
             if sample is None or key != sample["__key__"]:
                 if sample is not None:
@@ -369,62 +404,107 @@ class ReadShards:
                 sample = {"__key__": key, "__url__": url}
             elif ext in sample:
                 raise TarFormatError(f"{fname}: two members with the same name in one sample")
-            sample[ext] = member["data"]
+            if member["data"] is None:
+                sample["__skip__"] = True
+            else:
+                sample[ext] = member["data"]
         if sample is not None:
             yield sample
 
     def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
-        empty_run = 0
         for shard in src:
             url = shard["url"]
-            stride = shard.get("stride")
+            expected = self.counts.get(url)
+            limit = expected if expected is not None and not self.strict else None
+            every, first = shard.get("stride") or (1, 0)
+            skip = shard.get("skip") or ()
+            tags = {f"__{k}__": shard[k] for k in ("group", "gstart") if k in shard}
+
+            def read(j: int, every=every, first=first, skip=skip, limit=limit) -> bool:
+                return j % every == first and j // every not in skip and (limit is None or j < limit)
+
             n = 0
             try:
                 stream = gopen(url, "rb")
             except Exception as exn:  # noqa: BLE001 - any opener failure is a counted skip
                 self.counter.add("shard_read_error", detail=f"{url}: {exn!r}")
-                self.counter.add("samples_lost", self.counts.get(url, 0), detail=url)
-                empty_run += 1
-                self._check_empty_run(empty_run, url)
+                self.counter.add("samples_lost", expected or 0, detail=url)
+                self._check_empty_run(0, url)
                 continue
             problem = None
             try:
-                for sample in self._samples(stream, url):
-                    if stride is None or n % stride[0] == stride[1]:
-                        sample["__round__"] = shard.get("round")
+                for sample in self._samples(stream, url, read):
+                    if n % every == first and (limit is None or n < limit):
+                        sample.update(tags)
                         yield sample
                     n += 1
             except (OSError, EOFError, ValueError) as exn:  # TarFormatError (truncated/corrupt) is a ValueError
                 problem = repr(exn)
             finally:
                 stream.close()
-            expected = self.counts.get(url)
             if problem is not None:
                 self.counter.add("shard_read_error", detail=f"{url} after {n} samples: {problem}")
                 if expected is not None and expected > n:
                     self.counter.add("samples_lost", expected - n, detail=url)
             elif expected is not None and n != expected:
-                raise ManifestMismatchError(
-                    f"shard {url} holds {n} samples but the manifest lists {expected}; the manifest does not "
-                    "describe these shards (rebuild them with mine_labels.py or fix data.weak_label.manifest)"
-                )
-            empty_run = empty_run + 1 if n == 0 else 0
-            self._check_empty_run(empty_run, url)
+                msg = f"shard {url} holds {n} samples but the manifest lists {expected}"
+                if self.strict:
+                    raise ManifestMismatchError(
+                        f"{msg}; the manifest does not describe these shards (rebuild them with mine_labels.py or fix "
+                        "data.weak_label.manifest)"
+                    )
+                self.counter.add("count_mismatch", detail=msg)
+                self.counter.add("samples_lost" if n < expected else "samples_extra", abs(n - expected), detail=url)
+            self._check_empty_run(n, url)
 
-    def _check_empty_run(self, empty_run: int, url: str) -> None:
-        if empty_run > self.max_empty:
+    def _check_empty_run(self, n: int, url: str) -> None:
+        self.empty_run = self.empty_run + 1 if n == 0 else 0
+        if self.empty_run > self.max_empty:
             raise RuntimeError(
-                f"no sample could be read from {empty_run} shards in a row (last: {url}); "
+                f"no sample could be read from {self.empty_run} shards in a row (last: {url}); "
                 f"skip counts so far: {dict(self.counter.counts)}"
             )
 
 
-class RoundShuffle:
-    """Shuffle buffer over raw samples that never mixes two rounds over the shard list: in the non-resampled mode a
-    pass reads every sample of its slot once before any repeats. (Resampled shards carry no round: a plain buffer.)
+def slot_count(entry: dict, counts: dict[str, int]) -> int:
+    """Samples a shard entry contributes by the manifest (its stride share when it has a stride)."""
+    n = counts.get(entry["url"], 0)
+    stride = entry.get("stride")
+    return len(range(stride[1], n, stride[0])) if stride else n
 
-    Like ``webdataset.shuffle`` it starts yielding once ``initial`` samples are buffered and reads two samples per
-    yield until the buffer holds ``bufsize``, so a new pass does not wait for a full buffer.
+
+class ShardGroups:
+    """Shard entries -> the same entries tagged with their shuffle group: ``group`` (index in the pass), ``gstart``
+    (raw index of the group's first sample in the pass), ``gsize`` and ``gpos`` (the entry's first sample within
+    the group), all from the manifest counts, so the position of every sample is known without reading a shard.
+
+    A group is the consecutive entries that first reach ``target`` samples; a new round of the shard source always
+    starts a new group (a non-resampled pass reads each sample of its slot once before repeating any).
+    """
+
+    def __init__(self, counts: dict[str, int], target: int) -> None:
+        self.counts = counts
+        self.target = max(1, target)
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        group, start, size, entries, rnd = 0, 0, 0, [], None
+        for entry in src:
+            if entries and (size >= self.target or entry.get("round") != rnd):
+                yield from ({**e, "group": group, "gstart": start, "gsize": size} for e in entries)
+                group, start, size, entries = group + 1, start + size, 0, []
+            rnd = entry.get("round")
+            entries.append({**entry, "gpos": size})
+            size += slot_count(entry, self.counts)
+        yield from ({**e, "group": group, "gstart": start, "gsize": size} for e in entries)
+
+
+class GroupShuffle:
+    """``webdataset.shuffle`` applied within each shuffle group (``ShardGroups``), seeded per group, then the samples
+    numbered in the pass's raw stream (``__raw__ = gstart + position in the group's shuffled order``).
+
+    Why groups: the shuffled order of a group depends only on its seed and size (both known from the manifest), so a
+    resume can tell which samples of the group were already consumed (``ResumeAt``) without reading anything before
+    the group. Placeholders (``__skip__``) take their place in the shuffle and are dropped here.
     """
 
     def __init__(self, bufsize: int, seed: int, initial: int | None = None) -> None:
@@ -432,47 +512,43 @@ class RoundShuffle:
         self.initial = min(self.bufsize, max(1, initial if initial is not None else self.bufsize // 8))
         self.seed = seed
 
-    def _pick(self, buf: list[dict], rng: random.Random) -> dict:
-        i = rng.randrange(len(buf))
-        buf[i], buf[-1] = buf[-1], buf[i]
-        return buf.pop()
+    def shuffled(self, items: Iterator, group: int) -> Iterator:
+        return wds.shuffle(self.bufsize, self.initial, seed=mix_seed(self.seed, group))(items)
 
     def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
-        rng = random.Random(self.seed)
-        buf: list[dict] = []
-        current = None
-        filling = True
-        for sample in src:
-            if sample.get("__round__") != current:
-                rng.shuffle(buf)
-                yield from buf
-                buf, current = [], sample.get("__round__")
-            buf.append(sample)
-            if filling and len(buf) < self.bufsize:
-                if len(buf) < self.initial:
+        for group, samples in itertools.groupby(src, key=lambda s: s.get("__group__")):
+            for i, sample in enumerate(self.shuffled(samples, group or 0)):
+                if sample.pop("__skip__", False):
                     continue
-                more = next(src, None)  # grow while yielding: two in, one out
-                if more is not None and more.get("__round__") == current:
-                    buf.append(more)
-                elif more is not None:  # a new round starts: flush this one, keep the newcomer
-                    rng.shuffle(buf)
-                    yield from buf
-                    buf, current = [more], more.get("__round__")
-                    continue
-            else:
-                filling = False
-            if len(buf) >= self.initial:
-                yield self._pick(buf, rng)
-        rng.shuffle(buf)
-        yield from buf
+                sample["__raw__"] = sample.pop("__gstart__", 0) + i
+                yield sample
 
 
-def index_and_skip(src: Iterator[dict], start: int = 0) -> Iterator[dict]:
-    """Number the raw samples of a stream (``__raw__``) and drop the first ``start`` (a resumed pass)."""
-    for j, sample in enumerate(src):
-        if j >= start:
-            sample["__raw__"] = j
-            yield sample
+class ResumeAt:
+    """Resume a pass at raw index ``start`` in bounded time: shard entries of groups that end before ``start`` are
+    dropped unopened; in the group holding ``start`` the samples the shuffle emitted first (``GroupShuffle.shuffled``
+    replayed on sample positions, no I/O) are marked ``skip`` so ``ReadShards`` passes them by their tar headers.
+    The cost is at most one group's headers per worker, whatever the position in the epoch."""
+
+    def __init__(self, start: int, shuffle: GroupShuffle, counts: dict[str, int]) -> None:
+        self.start = start
+        self.shuffle = shuffle
+        self.counts = counts
+
+    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
+        consumed: tuple[int, set[int]] = (-1, set())
+        for entry in src:
+            gstart, gsize = entry["gstart"], entry["gsize"]
+            if gstart >= self.start:
+                yield entry
+                continue
+            if gstart + gsize <= self.start:
+                continue
+            if consumed[0] != entry["group"]:
+                order = self.shuffle.shuffled(iter(range(gsize)), entry["group"])
+                consumed = (entry["group"], set(itertools.islice(order, self.start - gstart)))
+            lo, n = entry["gpos"], slot_count(entry, self.counts)
+            yield {**entry, "skip": {p - lo for p in consumed[1] if lo <= p < lo + n}}
 
 
 class DecodeSample:
@@ -644,7 +720,11 @@ class StreamSpec:
 
 class ShardSource(IterableDataset):
     """Infinite shard stream of the non-resampled mode: the list shuffled per round by a seed shared by all slots,
-    then split by slot (rank-major); with fewer shards than slots every slot reads all shards with a sample stride."""
+    then split by slot (rank-major); with fewer shards than slots every slot reads all shards with a sample stride.
+
+    Written by hand rather than ``SimpleShardList + detshuffle + split_by_node + split_by_worker`` because the split is
+    by *logical* worker (rotated on resume, see ``datamodules.loaders``), not the physical worker id those read, and
+    because each round is tagged so shuffle groups never straddle two rounds."""
 
     def __init__(self, urls: list[str], seed: int, slot: int, slots: int) -> None:
         super().__init__()
@@ -709,13 +789,20 @@ class TrainStream(IterableDataset):
             source = wds.ResampledShards(urls, seed=worker_seed, deterministic=True, worker_seed=partial(int, 0))
         else:
             source = ShardSource(urls, pass_seed, slot, s.slots)
+        shuffle = GroupShuffle(self.shuffle_buffer, mix_seed(worker_seed, 1))
+        counts = s.counts  # built once per pass: 100k entries at web scale
         stages = [
             source,
-            ReadShards(s.counts, counter, max_empty=max(50, 2 * len(urls))),
-            RoundShuffle(self.shuffle_buffer, mix_seed(worker_seed, 1)),
-            partial(index_and_skip, start=start),
+            ShardGroups(counts, GROUP_BUFFERS * self.shuffle_buffer),
+            ResumeAt(start, shuffle, counts),
+            ReadShards(counts, counter, max_empty=max(50, 2 * len(urls))),
+            shuffle,
             wds.map(
-                DecodeSample(s.label_space, s.num_classes, s.transform, s.draft, mix_seed(worker_seed, 2), s.numpy_rng),
+                NameShard(
+                    DecodeSample(
+                        s.label_space, s.num_classes, s.transform, s.draft, mix_seed(worker_seed, 2), s.numpy_rng
+                    )
+                ),
                 handler=counter,
             ),
             wds.batched(s.batch_size, collation_fn=Collate(counter, lw), partial=False),
@@ -787,7 +874,8 @@ class EvalStream(IterableDataset):
         plan = split_plan(n, s.batch_size, self.batches[s.rank][worker])
         counter = SkipCounter(where=f"weak_label val rank {s.rank} worker {worker}: ")
         counts = {e["url"]: c for e in entries if (c := s.counts.get(e["url"])) is not None}
-        raw = index_and_skip(ReadShards(counts, counter, max_empty=1 << 30)(iter(entries)))
+        read = ReadShards(counts, counter, max_empty=1 << 30, strict=True)(iter(entries))
+        raw = ({**sample, "__raw__": j} for j, sample in enumerate(read))
         decode = DecodeSample(s.label_space, s.num_classes, s.transform, s.draft, seed=None)
         collate = Collate(counter, worker)
         lost_before = counter.counts["samples_lost"]
@@ -810,9 +898,11 @@ class EvalStream(IterableDataset):
                     f"({dict(counter.counts)}); every rank must yield the same number of batches"
                 )
             yield collate(good)
-        if counter.counts["samples_lost"] > lost_before or next(raw, None) is not None:
+        extra = next(raw, None)
+        if counter.counts["samples_lost"] > lost_before or extra is not None:
+            where = f"; {extra['__url__']} holds more samples than the manifest lists" if extra is not None else ""
             raise ManifestMismatchError(
-                f"val shards of rank {s.rank} worker {worker} disagree with the manifest ({dict(counter.counts)})"
+                f"val shards of rank {s.rank} worker {worker} disagree with the manifest ({dict(counter.counts)}){where}"
             )
 
 
@@ -857,11 +947,16 @@ class WeakLabelData:
         self._check_local(self.train_shards, "train")
 
     def _check_local(self, shards: list[ShardInfo], split: str) -> None:
-        missing = [s.url for s in shards if not _is_remote(s.url) and not os.path.isfile(s.url)]
+        """Fail early when local shards are missing, checking at most CHECK_SHARDS of them (first, last, evenly spaced
+        between): start-up costs the same at 100k shards and on every one of 128 ranks. A shard missing later is a
+        counted skip in training and an error in validation."""
+        step = max(1, -(-len(shards) // CHECK_SHARDS))
+        sample = [*shards[::step], shards[-1]] if shards else []
+        missing = [s.url for s in sample if not _is_remote(s.url) and not os.path.isfile(s.url)]
         if missing:
             raise ManifestError(
-                f"manifest {self.manifest.path} lists {len(missing)} {split} shard(s) that do not "
-                f"exist, e.g. {missing[0]}"
+                f"manifest {self.manifest.path} lists {split} shard(s) that do not exist, e.g. {missing[0]} "
+                f"({len(missing)} missing of the {len(sample)} checked)"
             )
 
     def _spec(

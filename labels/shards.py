@@ -2,7 +2,8 @@
 
 Layout (docs/ARCHITECTURE.md): train shards ``train-b<i>-%06d.tar`` per nested scale bucket ``i``,
 val shards ``val-%06d.tar``; ``manifest.json`` lists every shard with its exact sample count and,
-for train shards, its ``scale_bucket`` (the bucket's upper scale). Tar headers carry a fixed mtime,
+for train shards, its ``scale_bucket`` (the bucket's upper scale). Tar headers carry a fixed integer mtime
+(an int: a float mtime makes tarfile add a PAX header to every member),
 so equal inputs give byte-identical shards.
 """
 
@@ -36,7 +37,7 @@ class _Writer:
             import webdataset as wds  # imports torch: only when shards are written
 
             self.writer = wds.ShardWriter(
-                self.pattern, maxcount=self.maxcount, maxsize=self.maxsize, post=self._done, verbose=0, mtime=0.0
+                self.pattern, maxcount=self.maxcount, maxsize=self.maxsize, post=self._done, verbose=0, mtime=0
             )
         self.writer.write(sample)
 

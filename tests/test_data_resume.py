@@ -167,3 +167,22 @@ def test_ddp_corrupt_samples_are_skipped_and_counted(ddp_runs):
     assert sum(per_rank) >= 1
     # DataCountsLogger logs the sum over ranks (rank 0 holds it), at each epoch end
     assert full[0]["logged"]["data/weak_label/train/decode_error"] >= 1
+
+
+def test_skip_counters_are_logged_every_n_steps_not_only_at_epoch_end(small):
+    from types import SimpleNamespace
+
+    from datamodules.multitask import DataCountsLogger, WeakLabelShardDataModule
+    from tests.fixtures_data import compose_cfg
+
+    dm = WeakLabelShardDataModule(compose_cfg(small["wl"]["manifest"]))
+    dm.train_loaders = {"weak_label": SimpleNamespace(counts=Counter(decode_error=2))}
+    dm.val_loaders = {}
+    logged = []
+    module = SimpleNamespace(device="cpu", log_dict=lambda metrics, **kw: logged.append(metrics))
+    strategy = SimpleNamespace(reduce=lambda vec, reduce_op: vec * 2)  # as if two ranks had the same counts
+    trainer = SimpleNamespace(datamodule=dm, log_every_n_steps=3, strategy=strategy)
+    callback = DataCountsLogger()
+    for batch_idx in range(7):
+        callback.on_train_batch_end(trainer, module, None, None, batch_idx)
+    assert logged == [{"data/weak_label/train/decode_error": 4.0}] * 2  # after batches 3 and 6

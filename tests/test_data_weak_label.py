@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader
 
 from datamodules.loaders import EpochClock, PassLoader, split_plan
-from datamodules.weak_label import ManifestError, ManifestMismatchError, RoundShuffle, WeakLabelData
+from datamodules.weak_label import GroupShuffle, ManifestError, ManifestMismatchError, WeakLabelData
 from tests.fixtures_data import PickleBomb, compose_cfg, make_dataset
 
 
@@ -65,7 +66,9 @@ def test_manifest_errors_name_the_key_and_file(ds, tmp_path):
     bad.write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match=r"label_space='raw' is not in manifest .* it has \['clustered'\]"):
         WeakLabelData(compose_cfg(str(bad), "data.weak_label.label_space=raw"))
-    with pytest.raises(ManifestError, match=r"lists \d+ train shard\(s\) that do not exist"):
+    with pytest.raises(
+        ManifestError, match=r"lists train shard\(s\) that do not exist, e\.g\. .*\(\d+ missing of the \d+ checked\)"
+    ):
         WeakLabelData(compose_cfg(str(bad)))  # the shards are not next to this copy of the manifest
 
     manifest = json.loads(Path(ds["manifest"]).read_text())
@@ -73,6 +76,20 @@ def test_manifest_errors_name_the_key_and_file(ds, tmp_path):
     bad.write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match=r"'splits\.train\.num_samples' is 31 but its shards sum to 30"):
         WeakLabelData(compose_cfg(str(bad)))
+
+
+def test_start_up_checks_a_bounded_sample_of_shards(tmp_path, monkeypatch):
+    import datamodules.weak_label as wl
+
+    one = make_dataset(tmp_path, n_train=6, n_val=3, shard_size=6, scales=(1.0,))
+    manifest = json.loads(Path(one["manifest"]).read_text())
+    shard = manifest["splits"]["train"]["shards"][0]
+    manifest["splits"]["train"] = {"num_samples": 6 * 5000, "shards": [shard] * 5000}  # a 5000-shard manifest
+    Path(one["manifest"]).write_text(json.dumps(manifest))
+    calls = []
+    monkeypatch.setattr(wl.os.path, "isfile", lambda p: calls.append(p) or os.path.exists(p))
+    WeakLabelData(compose_cfg(one["manifest"]))
+    assert len(calls) <= wl.CHECK_SHARDS + 2  # the manifest itself and a sample of shards, not 5000 stats per rank
 
 
 def test_scale_subsets_are_nested_and_counted_from_the_manifest(ds):
@@ -189,13 +206,17 @@ def test_val_covers_every_sample_exactly_once_with_equal_batches(ds, world, work
     assert all(1 <= len(b) <= 2 for rank in per_rank for b in rank)
 
 
-def test_round_shuffle_keeps_rounds_apart_and_every_sample_once():
-    src = [{"k": i, "__round__": i // 37} for i in range(200)]
-    out = list(RoundShuffle(16, seed=1)(iter(src)))
+def test_group_shuffle_keeps_groups_apart_numbers_by_group_and_is_seeded():
+    src = [{"k": i, "__group__": i // 37, "__gstart__": 37 * (i // 37)} for i in range(200)]
+    out = list(GroupShuffle(16, seed=1)(iter(dict(x) for x in src)))
     assert sorted(x["k"] for x in out) == list(range(200))
-    assert [x["__round__"] for x in out] == sorted(x["__round__"] for x in out)  # no round mixed into another
+    assert [x["k"] // 37 for x in out] == sorted(x["k"] // 37 for x in out)  # no group mixed into another
     assert [x["k"] for x in out] != list(range(200))  # shuffled
-    assert out == list(RoundShuffle(16, seed=1)(iter(src)))  # seeded
+    assert [x["__raw__"] for x in out] == list(range(200))  # numbered in shuffled order from each group's start
+    assert out == list(GroupShuffle(16, seed=1)(iter(dict(x) for x in src)))  # seeded
+    # The order of a group depends only on its seed and size: the replay that ResumeAt relies on.
+    positions = list(GroupShuffle(16, seed=1).shuffled(iter(range(37)), 0))
+    assert [x["k"] for x in out[:37]] == positions
 
 
 def test_split_plan_equalizes_batch_counts():
@@ -220,6 +241,67 @@ def test_resume_position_continues_exactly_even_after_undecodable_samples(tmp_pa
         pos = loader.position(1, k)
         resumed = _pass(_loader(cfg), epoch=1, pass_idx=0, pos=pos)
         assert resumed == full[k:], f"resume after {k} batches"
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """60 train samples of 48 px in 12 shards of 5: with data.shuffle_buffer=2 a shuffle group is 2 shards."""
+    return make_dataset(tmp_path_factory.mktemp("many"), n_train=60, n_val=3, shard_size=5, img_size=48, scales=(1.0,))
+
+
+class _CountingOpen:
+    """Stands in for gopen: counts the bytes actually read from shards (seeks past payloads are not reads)."""
+
+    def __init__(self, gopen):
+        self.gopen, self.read = gopen, 0
+
+    def __call__(self, url, mode="rb"):
+        stream, outer = self.gopen(url, mode), self
+
+        class Counted:
+            def read(self, n=-1):
+                data = stream.read(n)
+                outer.read += len(data)
+                return data
+
+            def __getattr__(self, name):
+                return getattr(stream, name)
+
+        return Counted()
+
+
+@pytest.mark.parametrize("resampled", ["true", "false"])
+def test_resume_cost_does_not_grow_with_the_position(many, monkeypatch, resampled):
+    import datamodules.weak_label as wl
+
+    cfg = compose_cfg(
+        many["manifest"], f"data.weak_label.resampled={resampled}", "data.num_workers=0", "data.shuffle_buffer=2"
+    )
+    counting = _CountingOpen(wl.gopen)
+    monkeypatch.setattr(wl, "gopen", counting)
+    loader = _loader(cfg)
+    full = _pass(loader, epoch=0)
+    per_batch = counting.read / len(full)
+    first_batch = []
+    for k in (1, len(full) // 2, len(full) - 2):
+        counting.read = 0
+        resumed = _loader(cfg).run_pass(0, 0, loader.position(0, k))
+        first = next(resumed)
+        first_batch.append(counting.read)
+        assert [first["key"], *(b["key"] for b in resumed)] == full[k:], f"resume after {k} batches"
+    # Reaching the first batch reads at most about a shuffle group (2 shards = 2.5 batches) plus a batch, wherever
+    # the pass resumes; replaying the consumed part of the pass would read k batches' bytes.
+    assert max(first_batch) < 5 * per_batch, (first_batch, per_batch)
+
+
+def test_resume_is_exact_when_ranks_stride_over_too_few_shards(tmp_path):
+    one = make_dataset(tmp_path, n_train=40, n_val=3, shard_size=20, scales=(1.0,))  # 2 shards for 3 ranks
+    cfg = compose_cfg(one["manifest"], "data.weak_label.resampled=false", "data.num_workers=0", "data.shuffle_buffer=2")
+    with pytest.warns(UserWarning, match="every slot reads every shard"):
+        loader = _loader(cfg, rank=0, world=3)
+    full = _pass(loader)
+    for k in (1, len(full) - 1):
+        assert _pass(_loader(cfg, rank=0, world=3), pos=loader.position(0, k)) == full[k:]
 
 
 # ------------------------------------------------------------------------------------------ bad data
@@ -279,15 +361,55 @@ def test_truncated_val_shard_fails_clearly(tmp_path):
         list(loader)
 
 
-def test_manifest_that_disagrees_with_the_shards_fails_naming_the_shard(tmp_path):
+@pytest.mark.parametrize("delta", [1, -1])
+def test_shard_count_that_disagrees_with_the_manifest_is_a_counted_skip_in_training(tmp_path, delta):
+    # R3: raising inside one rank's worker would leave the other ranks waiting at the next collective.
     bad = make_dataset(tmp_path, n_train=12, n_val=3, shard_size=6, scales=(1.0,))
     manifest = json.loads(Path(bad["manifest"]).read_text())
-    manifest["splits"]["train"]["shards"][1]["num_samples"] += 1
-    manifest["splits"]["train"]["num_samples"] += 1
+    manifest["splits"]["train"]["shards"][1]["num_samples"] += delta
+    manifest["splits"]["train"]["num_samples"] += delta
     Path(bad["manifest"]).write_text(json.dumps(manifest))
     loader = _loader(compose_cfg(bad["manifest"], "data.weak_label.resampled=false"))
-    with pytest.raises(ManifestMismatchError, match=r"train-b0-000001\.tar holds 6 samples but the manifest lists 7"):
-        _pass(loader)
+    batches = _pass(loader)
+    assert len(batches) == len(loader)  # the pass keeps its length: every rank the same number of batches
+    assert loader.counts["count_mismatch"] >= 1  # once per read of the shard (a pass may repeat it)
+    assert loader.counts["samples_lost" if delta > 0 else "samples_extra"] == loader.counts["count_mismatch"]
+    keys = {k for b in batches for k in b}
+    assert set(bad["train_keys"][:6]) <= keys  # the intact shard is used
+    if delta < 0:  # only the manifest's count of the long shard is used
+        assert len(keys & set(bad["train_keys"][6:])) == 5
+
+
+def test_val_shard_that_disagrees_with_the_manifest_fails_naming_the_shard(tmp_path):
+    bad = make_dataset(tmp_path, n_train=6, n_val=12, shard_size=6, scales=(1.0,))
+    manifest = json.loads(Path(bad["manifest"]).read_text())
+    manifest["splits"]["val"]["shards"][1]["num_samples"] -= 1
+    manifest["splits"]["val"]["num_samples"] -= 1
+    Path(bad["manifest"]).write_text(json.dumps(manifest))
+    loader, _ = WeakLabelData(compose_cfg(bad["manifest"])).eval_dataloader(num_workers=0)
+    with pytest.raises(ManifestMismatchError, match=r"val-000001\.tar holds more samples than the manifest lists"):
+        list(loader)
+
+
+def test_missing_json_is_a_counted_skip_naming_the_shard(tmp_path, caplog):
+    bad = make_dataset(tmp_path, n_train=12, n_val=3, shard_size=6, scales=(1.0,))
+    shard = Path(bad["root"]) / bad["train_shards"][0]["url"]
+    samples = list(wds.WebDataset(str(shard), shardshuffle=False))
+    victim = samples[2]["__key__"]
+    with wds.TarWriter(str(shard), encoder=False, mtime=0) as sink:
+        for sample in samples:
+            sink.write(
+                {
+                    k: v
+                    for k, v in sample.items()
+                    if k not in ("__url__", "__local_path__") and not (sample["__key__"] == victim and k == "json")
+                }
+            )
+    loader = _loader(compose_cfg(bad["manifest"], "data.weak_label.resampled=false"))
+    with caplog.at_level("WARNING", logger="datamodules.weak_label"):
+        keys = {k for b in _pass(loader) for k in b}
+    assert victim not in keys and loader.counts["missing_json"] == 1
+    assert any("missing_json" in r.getMessage() and shard.name in r.getMessage() for r in caplog.records)
 
 
 def test_mixup_gives_soft_multi_hot_targets(ds):
@@ -296,3 +418,20 @@ def test_mixup_gives_soft_multi_hot_targets(ds):
     t = batch["target"]
     assert ((t > 0) & (t < 1)).any()
     assert torch.all((t >= 0) & (t <= 1))
+
+
+def test_label_shard_writer_writes_no_pax_headers_and_the_reader_skips_payloads(tmp_path):
+    from datamodules.tar_reader import iter_members
+    from labels.shards import _Writer
+
+    writer = _Writer(str(tmp_path / "s-%06d.tar"), maxcount=10, maxsize=1 << 30)
+    for i in range(3):
+        writer.write({"__key__": f"k{i}", "jpg": bytes([i]) * 700, "json": b"{}"})
+    ((name, count),) = writer.close()
+    data = (tmp_path / name).read_bytes()
+    assert count == 3 and b"PaxHeader" not in data  # an integer mtime: no extended header per member
+    with open(tmp_path / name, "rb") as f:  # header-only members: names and offsets, payloads never read
+        members = list(iter_members(f, lambda fname: None if fname.endswith(".jpg") else True))
+    jpgs = [m for m in members if m["fname"].endswith(".jpg")]
+    assert [m["data"] for m in jpgs] == [None] * 3
+    assert [data[m["offset"] : m["offset"] + m["size"]] for m in jpgs] == [bytes([i]) * 700 for i in range(3)]

@@ -1,7 +1,8 @@
 """img2dataset output: webdataset tars of ``{key}.jpg|png|webp`` + ``{key}.txt`` + ``{key}.json``.
 
-Tars are streamed member by member with :mod:`tarfile` (nothing is extracted to disk, nothing is
-unpickled); members sharing a key (the path up to the first dot of the file name, webdataset's rule)
+Tars are streamed member by member with the training side's reader, :mod:`datamodules.tar_reader` (nothing is
+extracted to disk, nothing is unpickled, links are never followed; image bytes are skipped by seeking when they are
+not needed); members sharing a key (the path up to the first dot of the file name, webdataset's rule)
 form one unit. Signals: the ``.txt`` caption as signal type ``caption_signal``, and the ``.json``
 fields named in ``fields`` (field -> signal type; a list value gives several texts). The image's
 byte offset inside the tar is recorded so the writing pass reads it back with one seek.
@@ -16,9 +17,9 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tarfile
 from collections.abc import Iterator, Mapping
 
+from datamodules.tar_reader import TarFormatError, iter_members
 from labels.sources.base import RASTER_EXTS, InputError, Unit, add_signal
 
 
@@ -45,18 +46,22 @@ def _split_name(name: str) -> tuple[str, str]:
     return os.path.join(folder, stem) if folder else stem, ext.lower()
 
 
-def _group_members(tf: tarfile.TarFile) -> Iterator[tuple[str, dict[str, tarfile.TarInfo]]]:
+def _group_members(stream, read_images: bool) -> Iterator[tuple[str, dict[str, dict]]]:
+    """Consecutive members with the same key -> ``(key, {ext: member})``; members as ``tar_reader.iter_members``
+    yields them (text payloads read, image payloads only when ``read_images``, others header-only)."""
+
+    def wanted(fname: str) -> bool | None:
+        ext = _split_name(fname)[1]
+        return True if ext in ("txt", "json") or (read_images and ext in RASTER_EXTS) else None
+
     key, group = None, {}
-    for info in tf:
-        if not info.isfile():
-            continue
-        k, ext = _split_name(info.name)
+    for member in iter_members(stream, wanted):
+        k, ext = _split_name(member["fname"])
         if k != key and group:
             yield key, group
             group = {}
         key = k
-        group[ext] = info
-        tf.members = []  # tarfile keeps every header it has seen; drop them to stay bounded
+        group[ext] = member
     if group:
         yield key, group
 
@@ -81,42 +86,48 @@ def iter_img2dataset(
     for tar_path in list_tars(path):
         tar_name = os.path.basename(tar_path)
         try:
-            tf = tarfile.open(tar_path, "r:")
-        except tarfile.TarError as err:
+            stream = open(tar_path, "rb")
+        except OSError as err:
             raise InputError(f"cannot read tar {tar_path}: {err}") from None
-        with tf:
-            for key, group in _group_members(tf):
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                uid = f"{tar_name}:{key}"
-                signals: dict[str, list[str]] = {}
-                skip = None
-                if "txt" in group:
-                    add_signal(signals, caption_signal, tf.extractfile(group["txt"]).read().decode("utf-8", "replace"))
-                if "json" in group:
-                    try:
-                        meta = json.loads(tf.extractfile(group["json"]).read())
-                    except (ValueError, UnicodeDecodeError):
-                        meta, skip = {}, "bad_metadata"
-                    if isinstance(meta, dict):
-                        for field_name, signal in fields.items():
-                            if field_name in meta:
-                                add_signal(signals, signal, meta[field_name])
-                image_ext = next((e for e in RASTER_EXTS if e in group), None)
-                if image_ext is None:
-                    yield Unit(source=name, uid=uid, signals=signals, skip=skip or "missing_image")
-                    continue
-                info = group[image_ext]
-                data = tf.extractfile(info).read() if read_images else None
-                yield Unit(
-                    source=name,
-                    uid=uid,
-                    signals=signals,
-                    path=tar_path,
-                    offset=info.offset_data,
-                    size=info.size,
-                    ext=image_ext,
-                    data=data,
-                    skip=skip,
-                )
+        with stream:
+            try:
+                for key, group in _group_members(stream, read_images):
+                    if limit is not None and count >= limit:
+                        return
+                    count += 1
+                    yield _unit(group, f"{tar_name}:{key}", name, tar_path, caption_signal, fields)
+            except TarFormatError as err:
+                raise InputError(f"cannot read tar {tar_path}: {err}") from None
+
+
+def _unit(
+    group: dict[str, dict], uid: str, name: str, tar_path: str, caption_signal: str, fields: Mapping[str, str]
+) -> Unit:
+    signals: dict[str, list[str]] = {}
+    skip = None
+    if "txt" in group:
+        add_signal(signals, caption_signal, group["txt"]["data"].decode("utf-8", "replace"))
+    if "json" in group:
+        try:
+            meta = json.loads(group["json"]["data"])
+        except (ValueError, UnicodeDecodeError):
+            meta, skip = {}, "bad_metadata"
+        if isinstance(meta, dict):
+            for field_name, signal in fields.items():
+                if field_name in meta:
+                    add_signal(signals, signal, meta[field_name])
+    image_ext = next((e for e in RASTER_EXTS if e in group), None)
+    if image_ext is None:
+        return Unit(source=name, uid=uid, signals=signals, skip=skip or "missing_image")
+    member = group[image_ext]
+    return Unit(
+        source=name,
+        uid=uid,
+        signals=signals,
+        path=tar_path,
+        offset=member["offset"],
+        size=member["size"],
+        ext=image_ext,
+        data=member["data"],
+        skip=skip,
+    )
