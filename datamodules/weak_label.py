@@ -19,10 +19,11 @@ Training pipeline, per (rank, logical worker), in webdataset's DataPipeline styl
                       non-resampled mode it drains at the end of each round over the shard list, so a pass reads
                       each sample of its slot once before repeating any
     index_and_skip    numbers the raw samples; a resumed pass drops the ones already consumed *before decoding*
-    DecodeSample      json labels -> multi-hot target (ids outside the vocabulary: counted skip), PIL decode,
+    DecodeSample      json labels -> label ids + scores (ids outside the vocabulary: counted skip), PIL decode,
                       timm transform; each sample's RNGs are seeded from its raw index, so augmentations are a
                       pure function of (seed, epoch, pass, rank, worker, index); failures are counted skips
-    batched           full batches only (``partial=False``); optional timm Mixup with soft multi-hot targets
+    batched           full batches only (``partial=False``) of uint8 images and padded label ids (the contract in
+                      ``datamodules.targets``; dense targets, normalization and mixup happen on the device)
     quota             each worker yields exactly ceil(ceil(N / (batch x ranks)) / workers) batches per pass
                       (N = the manifest's count for the scale), so every rank gets the same number of batches
                       and no rank waits at a collective; the stream under the quota never runs dry because the
@@ -93,6 +94,7 @@ from datamodules.loaders import (
     seed_sample_rngs,
     split_plan,
 )
+from datamodules.targets import label_arrays, pad_labels
 from datamodules.tar_reader import TarFormatError, iter_members
 
 log = logging.getLogger(__name__)
@@ -476,7 +478,7 @@ def index_and_skip(src: Iterator[dict], start: int = 0) -> Iterator[dict]:
 
 
 class DecodeSample:
-    """Raw sample -> ``{"image", "target", "key", "__raw__"}``; raises SampleSkip (counted) for unusable samples.
+    """Raw sample -> ``{"image", "label_ids", "label_weights", "key", "__raw__"}``; raises SampleSkip (counted) for unusable samples.
 
     Only JSON and PIL decoding happen here; no pickle/torch decoder is ever applied to shard content.
     """
@@ -491,7 +493,8 @@ class DecodeSample:
         self.seed = seed  # None: evaluation, no random transform
         self.numpy_rng = numpy_rng  # the transform draws from numpy too (timm RandAugment can)
 
-    def labels(self, sample: dict) -> torch.Tensor:
+    def labels(self, sample: dict) -> tuple[np.ndarray, np.ndarray]:
+        """``(label ids int32 [n], weights float32 [n])`` of the sample (``datamodules.targets``: never dense)."""
         if "json" not in sample:
             raise SampleSkip("missing_json", sample.get("__key__", ""))
         try:
@@ -508,9 +511,11 @@ class DecodeSample:
                 "label_out_of_vocab",
                 f"{sample.get('__key__')}: {ids} outside [0, {self.num_classes}) of '{self.label_space}'",
             )
-        target = np.zeros(self.num_classes, dtype=np.float32)
-        target[ids] = 1.0  # numpy: a few times cheaper per sample than indexing a torch tensor
-        return torch.from_numpy(target)
+        scores = meta.get("scores", {}).get(self.label_space) if isinstance(meta.get("scores"), dict) else None
+        try:
+            return label_arrays(ids, scores)
+        except (TypeError, ValueError) as exn:
+            raise SampleSkip("bad_json", f"{sample.get('__key__')}: scores.{self.label_space}: {exn}") from None
 
     def image(self, sample: dict) -> Image.Image:
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
@@ -519,11 +524,17 @@ class DecodeSample:
         return decode_image(data, self.draft)
 
     def __call__(self, sample: dict) -> dict:
-        target = self.labels(sample)  # cheap checks first
+        ids, weights = self.labels(sample)  # cheap checks first
         img = self.image(sample)
         if self.seed is not None:
             seed_sample_rngs(index_seed(self.seed, sample["__raw__"]), numpy_too=self.numpy_rng)
-        return {"image": self.transform(img), "target": target, "key": sample["__key__"], "__raw__": sample["__raw__"]}
+        return {
+            "image": self.transform(img),
+            "label_ids": ids,
+            "label_weights": weights,
+            "key": sample["__key__"],
+            "__raw__": sample["__raw__"],
+        }
 
 
 def decode_image(data: bytes, draft: int = 0) -> Image.Image:
@@ -536,44 +547,31 @@ def decode_image(data: bytes, draft: int = 0) -> Image.Image:
 
 
 class Collate:
-    """Stack decoded samples into ``{"image", "target", "key", "__meta__"}``; the metadata carries the logical worker,
-    the raw-stream offset after the batch and the skip counts since the previous batch."""
+    """Stack decoded samples into ``{"image", "label_ids", "label_weights", "key", "__meta__"}`` (the contract in
+    ``datamodules.targets``; labels padded to ``max_labels``); the metadata carries the logical worker, the raw-stream
+    offset after the batch and the skip counts since the previous batch."""
 
-    def __init__(self, counter: SkipCounter, lw: int) -> None:
+    def __init__(self, counter: SkipCounter, lw: int, max_labels: int = 0) -> None:
         self.counter = counter
         self.lw = lw
+        self.max_labels = max_labels
 
     def __call__(self, samples: list[dict]) -> dict:
+        ids, weights = pad_labels([s["label_ids"] for s in samples], [s["label_weights"] for s in samples], self.max_labels)
         return {
             # default_collate stacks straight into shared memory inside a worker (no copy on the way out)
             "image": default_collate([s["image"] for s in samples]),
-            "target": default_collate([s["target"] for s in samples]),
+            "label_ids": ids,
+            "label_weights": weights,
             "key": [s["key"] for s in samples],
             META: {"lw": self.lw, "raw_end": samples[-1]["__raw__"] + 1, "counts": self.counter.take()},
         }
 
 
-class MixupStage:
-    """timm Mixup on a collated batch (soft multi-hot targets), seeded per batch so it is reproducible."""
-
-    def __init__(self, alpha: float, num_classes: int, seed: int) -> None:
-        from timm.data import Mixup
-
-        self.mixup = Mixup(
-            mixup_alpha=alpha, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=num_classes, multi_label=True
-        )
-        self.seed = seed
-
-    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
-        for batch in src:
-            seed_sample_rngs(mix_seed(self.seed, batch[META]["raw_end"], 0x313))
-            batch["image"], batch["target"] = self.mixup(batch["image"], batch["target"])
-            yield batch
-
-
 def image_transform(data_cfg: Any, train: bool, grayscale_safe: bool = False) -> Any:
     """timm transform: train = RandomResizedCrop(scale_min..1) + hflip (+ RandAugment), eval = resize + center crop;
-    ImageNet mean/std. ``grayscale_safe`` (small centred objects, e.g. Fashion-MNIST): the train crop keeps the whole
+    uint8 ``[3, H, W]`` out (timm's ``use_prefetcher`` form: ImageNet mean/std are applied on the device by
+    ``datamodules.targets.BatchTransform``). ``grayscale_safe`` (small centred objects, e.g. Fashion-MNIST): the train crop keeps the whole
     image (scale and ratio 1) so the object is never cut out."""
     from timm.data import create_transform
 
@@ -585,6 +583,7 @@ def image_transform(data_cfg: Any, train: bool, grayscale_safe: bool = False) ->
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             crop_pct=1.0 if grayscale_safe else None,
+            use_prefetcher=True,  # uint8 CHW out; normalized on the device (datamodules.targets)
         )
     scale = (1.0, 1.0) if grayscale_safe else (float(aug.scale_min), 1.0)
     ratio = (1.0, 1.0) if grayscale_safe else None
@@ -598,6 +597,7 @@ def image_transform(data_cfg: Any, train: bool, grayscale_safe: bool = False) ->
         color_jitter=None,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        use_prefetcher=True,
     )
 
 
@@ -632,6 +632,7 @@ class StreamSpec:
     transform: Any
     draft: int
     numpy_rng: bool = False  # the train transform draws from numpy (RandAugment), so seed it per sample too
+    max_labels: int = 0  # label-id padding width (datamodules.targets.pad_labels); 0: the batch's longest list
 
     @property
     def slots(self) -> int:
@@ -718,10 +719,8 @@ class TrainStream(IterableDataset):
                 DecodeSample(s.label_space, s.num_classes, s.transform, s.draft, mix_seed(worker_seed, 2), s.numpy_rng),
                 handler=counter,
             ),
-            wds.batched(s.batch_size, collation_fn=Collate(counter, lw), partial=False),
+            wds.batched(s.batch_size, collation_fn=Collate(counter, lw, s.max_labels), partial=False),
         ]
-        if self.mixup_alpha > 0:
-            stages.append(MixupStage(self.mixup_alpha, s.num_classes, worker_seed))
         return wds.DataPipeline(*stages)
 
     def __iter__(self) -> Iterator[dict]:
@@ -789,7 +788,7 @@ class EvalStream(IterableDataset):
         counts = {e["url"]: c for e in entries if (c := s.counts.get(e["url"])) is not None}
         raw = index_and_skip(ReadShards(counts, counter, max_empty=1 << 30)(iter(entries)))
         decode = DecodeSample(s.label_space, s.num_classes, s.transform, s.draft, seed=None)
-        collate = Collate(counter, worker)
+        collate = Collate(counter, worker, s.max_labels)
         lost_before = counter.counts["samples_lost"]
         for size in plan:
             good = []
@@ -854,6 +853,9 @@ class WeakLabelData:
         self.num_classes, self.label_names = self.manifest.label_space(self.label_space)
         self.train_shards = self.manifest.train_shards(float(wl.scale), wl.shards)
         self.num_train_samples = sum(s.num_samples for s in self.train_shards)
+        # Fixed label-id width from the miner's cap (labels/ configs: vocab.max_labels_per_image), when recorded.
+        cap = (self.manifest.data.get("pipeline_config") or {}).get("vocab", {}).get("max_labels_per_image")
+        self.max_labels = int(cap) if isinstance(cap, int) and cap > 0 else 0
         self._check_local(self.train_shards, "train")
 
     def _check_local(self, shards: list[ShardInfo], split: str) -> None:
@@ -887,6 +889,7 @@ class WeakLabelData:
             transform=image_transform(d, train),
             draft=draft_size(int(d.img_size), float(d.augment.scale_min), train),
             numpy_rng=train and bool(d.augment.rand_augment),
+            max_labels=self.max_labels,
         )
 
     def train_source(self, rank: int, world: int) -> StreamSource:
