@@ -94,8 +94,8 @@ from datamodules.loaders import (
     seed_sample_rngs,
     split_plan,
 )
-from datamodules.targets import label_arrays, pad_labels
 from datamodules.tar_reader import TarFormatError, iter_members
+from datamodules.targets import label_arrays, pad_labels
 
 log = logging.getLogger(__name__)
 
@@ -557,7 +557,9 @@ class Collate:
         self.max_labels = max_labels
 
     def __call__(self, samples: list[dict]) -> dict:
-        ids, weights = pad_labels([s["label_ids"] for s in samples], [s["label_weights"] for s in samples], self.max_labels)
+        ids, weights = pad_labels(
+            [s["label_ids"] for s in samples], [s["label_weights"] for s in samples], self.max_labels
+        )
         return {
             # default_collate stacks straight into shared memory inside a worker (no copy on the way out)
             "image": default_collate([s["image"] for s in samples]),

@@ -25,11 +25,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import binary_average_precision, multilabel_average_precision
 from torchmetrics.utilities import dim_zero_cat
 
+from evaluation.retrieval import ranked_topk
 from lit_modules.backbones import create_backbone, feature_dim
 from lit_modules.checkpoints import CheckpointError, InitReport, compatibility_problems, describe, read_checkpoint
 from lit_modules.heads import TaskSpec, build_heads, task_datasets, task_specs
 from lit_modules.losses import classification_loss, multi_hot_softmax_loss, multi_label_bce_loss, proxy_logits
-from evaluation.retrieval import ranked_topk
 from lit_modules.optim import backbone_group_matcher, build_optimizer, param_group_spec
 
 __all__ = [

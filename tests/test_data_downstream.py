@@ -167,7 +167,10 @@ def test_combined_mode_every_dataset_every_step(data):
         wl = batch["weak_label"]
         assert wl["label_ids"].dtype == torch.int32 and wl["label_ids"].shape[0] == 4 and "target" not in wl
         on_device = dm.on_after_batch_transfer(batch, 0)  # what the module gets (no trainer: eval form)
-        assert on_device["weak_label"]["target"].shape == (4, 5) and on_device["fashion_mnist"]["image"].is_floating_point()
+        assert (
+            on_device["weak_label"]["target"].shape == (4, 5)
+            and on_device["fashion_mnist"]["image"].is_floating_point()
+        )
     fm_keys = [k for b in steps for k in b["fashion_mnist"]["key"]]
     per_pass = len(dm.train_loaders["fashion_mnist"]) * 4
     assert len(set(fm_keys[:per_pass])) == per_pass  # one pass: no sample twice

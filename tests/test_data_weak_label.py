@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.targets import unpad_labels
 from datamodules.loaders import EpochClock, PassLoader, split_plan
+from datamodules.targets import unpad_labels
 from datamodules.weak_label import ManifestError, ManifestMismatchError, RoundShuffle, WeakLabelData
 from tests.fixtures_data import PickleBomb, compose_cfg, make_dataset
 
