@@ -484,7 +484,14 @@ class DecodeSample:
     """
 
     def __init__(
-        self, label_space: str, num_classes: int, transform: Any, draft: int, seed: int | None, numpy_rng: bool = False
+        self,
+        label_space: str,
+        num_classes: int,
+        transform: Any,
+        draft: int,
+        seed: int | None,
+        numpy_rng: bool = False,
+        tensor_jpeg: bool | None = None,
     ) -> None:
         self.label_space = label_space
         self.num_classes = num_classes
@@ -492,6 +499,8 @@ class DecodeSample:
         self.draft = draft
         self.seed = seed  # None: evaluation, no random transform
         self.numpy_rng = numpy_rng  # the transform draws from numpy too (timm RandAugment can)
+        # torchvision's JPEG decoder where it is faster, unless the transform needs PIL (RandAugment: numpy_rng)
+        self.tensor_jpeg = not numpy_rng if tensor_jpeg is None else bool(tensor_jpeg)
 
     def labels(self, sample: dict) -> tuple[np.ndarray, np.ndarray]:
         """``(label ids int32 [n], weights float32 [n])`` of the sample (``datamodules.targets``: never dense)."""
@@ -517,11 +526,11 @@ class DecodeSample:
         except (TypeError, ValueError) as exn:
             raise SampleSkip("bad_json", f"{sample.get('__key__')}: scores.{self.label_space}: {exn}") from None
 
-    def image(self, sample: dict) -> Image.Image:
+    def image(self, sample: dict) -> Image.Image | torch.Tensor:
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
         if data is None:
             raise SampleSkip("missing_image", sample.get("__key__", ""))
-        return decode_image(data, self.draft)
+        return decode_image(data, self.draft, tensor_jpeg=self.tensor_jpeg)
 
     def __call__(self, sample: dict) -> dict:
         ids, weights = self.labels(sample)  # cheap checks first
@@ -537,10 +546,22 @@ class DecodeSample:
         }
 
 
-def decode_image(data: bytes, draft: int = 0) -> Image.Image:
+def decode_image(data: bytes, draft: int = 0, tensor_jpeg: bool = False) -> Image.Image | torch.Tensor:
     """Bytes -> RGB PIL image. ``draft`` > 0 lets a JPEG decode at a reduced DCT scale that keeps both sides >= draft
-    pixels (much cheaper for large sources; PIL ignores it for other formats)."""
+    pixels (much cheaper for large sources; PIL ignores it for other formats).
+
+    ``tensor_jpeg``: a JPEG that PIL's draft cannot shrink (a side below ``2 * draft``) is decoded by
+    ``torchvision.io.decode_jpeg`` (libjpeg-turbo) into a uint8 ``[3, H, W]`` tensor instead, which timm's transforms
+    take as well: 2.7x PIL's decode rate on the demo's images (benchmarks/bench_label_memory.py). PNG/WEBP and
+    shrinkable JPEGs stay with PIL; a JPEG torchvision rejects goes to PIL, whose error is the counted skip."""
     img = Image.open(io.BytesIO(data))
+    if img.format == "JPEG" and tensor_jpeg and (not draft or min(img.size) < 2 * draft):
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass
     if draft and img.format == "JPEG":
         img.draft("RGB", (draft, draft))
     return img.convert("RGB")

@@ -285,3 +285,19 @@ def test_limit_val_batches_applies_per_dataset_and_every_task_logs_its_metric(tm
     assert {"val/weak_label/mAP", "val/weak_label/p@1", "val/clf/fashion/acc", "val/loss"} <= set(metrics)
     assert 0.0 <= metrics["val/clf/fashion/acc"] <= 1.0
     assert module.val_metrics["weak_label_map"].exact  # 2 batches x 4 rows x 5 labels: the exact mode
+
+
+def test_jpeg_decoder_rule_torchvision_where_pil_draft_cannot_shrink():
+    from datamodules.weak_label import decode_image
+
+    small = _jpeg(1, size=40)
+    out = decode_image(small, draft=30, tensor_jpeg=True)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.uint8 and out.shape == (3, 40, 40)
+    pil = np.asarray(decode_image(small, draft=30)).transpose(2, 0, 1)
+    assert np.abs(out.numpy().astype(int) - pil.astype(int)).mean() < 2  # both libjpeg-turbo, same pixels nearly
+    assert isinstance(decode_image(_jpeg(1, size=80), draft=30, tensor_jpeg=True), Image.Image)  # draft shrinks it
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, "PNG")
+    assert isinstance(decode_image(buf.getvalue(), 0, tensor_jpeg=True), Image.Image)  # PNG: PIL
+    with pytest.raises(OSError):  # a truncated JPEG: torchvision refuses, PIL's error is the counted skip
+        decode_image(small[: len(small) // 2], 0, tensor_jpeg=True)
