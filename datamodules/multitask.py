@@ -399,12 +399,14 @@ def build_datamodule(cfg: Any) -> MultiTaskDataModule:
 
 def eval_loader(cfg: Any, dataset: str, split: str, rank: int = 0, world_size: int = 1) -> EvalLoader:
     """Loader for evaluate.py: deterministic, unshuffled, every sample of ``split`` exactly once (over ``world_size``
-    ranks), eval transforms, plain batches ``{"image", "target", "key"}``.
+    ranks), eval transforms, plain batches in the loader form (uint8 ``"image"``; ``"target"`` or, for weak_label,
+    ``"label_ids"``/``"label_weights"``); ``loader.batch_transform.to_device(batch, device)`` gives the model form
+    (normalized images, dense ``"target"``), as ``evaluation.embeddings.extract_outputs`` does.
 
     Args:
         cfg: the composed run config.
-        dataset: "fashion_mnist" (splits "train" = gallery, "test" = query), "weak_label" (split "val"; targets
-            multi-hot in ``data.weak_label.label_space``) or a ``data.user_tasks`` name (splits "train", "val").
+        dataset: "fashion_mnist" (splits "train" = gallery, "test" = query), "weak_label" (split "val"; label ids
+            of ``data.weak_label.label_space``) or a ``data.user_tasks`` name (splits "train", "val").
         split: see ``dataset``.
         rank, world_size: this process's share when evaluation itself is distributed.
     """
