@@ -301,3 +301,21 @@ def test_jpeg_decoder_rule_torchvision_where_pil_draft_cannot_shrink():
     assert isinstance(decode_image(buf.getvalue(), 0, tensor_jpeg=True), Image.Image)  # PNG: PIL
     with pytest.raises(OSError):  # a truncated JPEG: torchvision refuses, PIL's error is the counted skip
         decode_image(small[: len(small) // 2], 0, tensor_jpeg=True)
+
+
+def test_on_after_batch_transfer_mixes_training_batches_only(tmp_path):
+    from types import SimpleNamespace
+
+    from datamodules import build_datamodule
+
+    ds = make_dataset(tmp_path / "wl", n_train=12, n_val=4, shard_size=6)
+    dm = build_datamodule(compose_cfg(ds["manifest"], "data.augment.mixup_alpha=0.8"))
+    ((_, loader),) = dm.val_dataloader().items()
+    raw = next(iter(loader))
+    dm.trainer = SimpleNamespace(training=True, current_epoch=0)
+    mixed = dm.on_after_batch_transfer({"weak_label": raw}, 0)["weak_label"]["target"]
+    dm.trainer = SimpleNamespace(training=False, current_epoch=0)
+    plain = dm.on_after_batch_transfer({"weak_label": raw}, 0)["weak_label"]["target"]
+    assert set(plain.unique().tolist()) <= {0.0, 1.0}
+    assert ((mixed > 0) & (mixed < 1)).any()  # soft multi-hot: timm Mixup ran on the device
+    assert torch.equal(mixed, dm.batch_transform(raw, train=True, epoch=0)["target"])  # seeded: reproducible
