@@ -121,7 +121,7 @@ class WeakLabelMAP(Metric):
 
     def state_bytes(self) -> int:
         """Bytes held by the metric state now (the bounded part plus any exact rows)."""
-        rows = [t for t in (*self.preds, *self.target) if isinstance(t, torch.Tensor)]
+        rows = [t for state in (self.preds, self.target) for t in (state if isinstance(state, list) else [state])]
         return self.hist.numel() * self.hist.element_size() + sum(t.numel() * t.element_size() for t in rows)
 
     def compute(self) -> torch.Tensor:
@@ -143,7 +143,7 @@ class WeakLabelMAP(Metric):
         return ap.mean().float()
 
     def _compute_exact(self) -> torch.Tensor:
-        if not self.target:
+        if isinstance(self.target, list) and not self.target:  # after a DDP sync the state is one tensor
             return torch.tensor(float("nan"), device=self.hist.device)
         target = dim_zero_cat(self.target)
         has_positive = target.sum(dim=0) > 0

@@ -319,3 +319,34 @@ def test_on_after_batch_transfer_mixes_training_batches_only(tmp_path):
     assert set(plain.unique().tolist()) <= {0.0, 1.0}
     assert ((mixed > 0) & (mixed < 1)).any()  # soft multi-hot: timm Mixup ran on the device
     assert torch.equal(mixed, dm.batch_transform(raw, train=True, epoch=0)["target"])  # seeded: reproducible
+
+
+def _map_on_rank(rank: int, world: int, port: int, exact: bool, out: dict) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(0)
+    preds, target = torch.rand(64, 9, generator=g), torch.rand(64, 9, generator=g) < 0.3
+    metric = WeakLabelMAP(9, thresholds=20, exact=exact)
+    metric.update(preds[rank::world], target[rank::world])  # each rank its share, as EvalStream splits
+    out[rank] = float(metric.compute())
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exact", [False, True])
+def test_map_over_two_gloo_ranks_equals_one_process(exact):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_map_on_rank, args=(2, port, exact, out), nprocs=2, join=True)
+    g = torch.Generator().manual_seed(0)
+    preds, target = torch.rand(64, 9, generator=g), torch.rand(64, 9, generator=g) < 0.3
+    single = WeakLabelMAP(9, thresholds=20, exact=exact)
+    single.update(preds, target)
+    assert out[0] == out[1] == pytest.approx(float(single.compute()), abs=1e-6)
