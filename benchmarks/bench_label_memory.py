@@ -15,7 +15,8 @@ Three measurements, old (code at 3793c3b) and new side by side where that is che
 3. JPEG decoding on CPU, one thread: PIL (with and without ``draft``, the DCT-domain downscale the loader uses) vs
    ``torchvision.io.decode_jpeg``, for images rendered like the demo's (openclipart SVGs, short side 256, JPEG
    quality 90; synthetic JPEGs if the SVGs are missing), decoded and resized to 64 and 224 px (short side).
-   ``decode_jpeg(device="cuda")`` (nvjpeg) is the GPU path; it needs a GPU and is not measured here.
+   ``decode_jpeg(device="cuda")`` (nvjpeg) is the GPU path; it needs a GPU and is not measured here. Also per loader
+   sample (decode + the timm train/eval transform), torchvision where PIL's draft cannot shrink vs PIL only.
 
 Prints a table and writes ``benchmarks/results/bench_label_memory.json``.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import glob
 import io
+import itertools
 import json
 import os
 import platform
@@ -227,8 +229,9 @@ def decode_bench(jpegs: list[bytes], repeats: int) -> dict:
             key=lambda kv: kv[1],
         )[0]
         out["results"].append(row)
-    # What the loader does per sample (DecodeSample: decode + timm transform), with the decoder rule of
-    # datamodules.weak_label.decode_image (tensor_jpeg) against PIL only.
+    # What the loader does per sample (DecodeSample: decode + timm transform): torchvision's decoder where PIL's draft
+    # cannot shrink the JPEG (decode_image(tensor_jpeg=True)) against PIL only. DecodeSample uses the former in
+    # evaluation only, where it measured faster; in training PIL's crop-and-resize is cheaper.
     from configs.compose import compose
     from datamodules.weak_label import image_transform
 
@@ -246,8 +249,9 @@ def decode_bench(jpegs: list[bytes], repeats: int) -> dict:
                     0 if train else None,
                     tensor_jpeg=tensor_jpeg,
                 )
+                raw = itertools.count()  # a new raw index per call: a new random crop each time, as in training
                 row[f"{name}_samples_per_s"] = rate(
-                    lambda d, dec=dec: dec({"__key__": "k", "jpg": d, "json": meta, "__raw__": 0})
+                    lambda d, dec=dec, raw=raw: dec({"__key__": "k", "jpg": d, "json": meta, "__raw__": next(raw)})
                 )
             row["auto_over_pil"] = row["auto_samples_per_s"] / row["pil_samples_per_s"]
             out.setdefault("loader_sample", []).append(row)
@@ -320,7 +324,7 @@ def main() -> None:
     for r in decode["loader_sample"]:
         print(
             f"   loader sample {r['out_size']:>3} px {'train' if r['train'] else 'eval '}: PIL only "
-            f"{r['pil_samples_per_s']:6.0f}/s, decoder rule {r['auto_samples_per_s']:6.0f}/s "
+            f"{r['pil_samples_per_s']:6.0f}/s, torchvision rule {r['auto_samples_per_s']:6.0f}/s "
             f"(x{r['auto_over_pil']:.2f})"
         )
     print(

@@ -499,8 +499,9 @@ class DecodeSample:
         self.draft = draft
         self.seed = seed  # None: evaluation, no random transform
         self.numpy_rng = numpy_rng  # the transform draws from numpy too (timm RandAugment can)
-        # torchvision's JPEG decoder where it is faster, unless the transform needs PIL (RandAugment: numpy_rng)
-        self.tensor_jpeg = not numpy_rng if tensor_jpeg is None else bool(tensor_jpeg)
+        # torchvision's JPEG decoder for evaluation (resize + center crop), where it measured faster; training keeps
+        # PIL: its RandomResizedCrop resize costs less than the tensor one (benchmarks/bench_label_memory.py)
+        self.tensor_jpeg = seed is None if tensor_jpeg is None else bool(tensor_jpeg)
 
     def labels(self, sample: dict) -> tuple[np.ndarray, np.ndarray]:
         """``(label ids int32 [n], weights float32 [n])`` of the sample (``datamodules.targets``: never dense)."""
@@ -552,8 +553,9 @@ def decode_image(data: bytes, draft: int = 0, tensor_jpeg: bool = False) -> Imag
 
     ``tensor_jpeg``: a JPEG that PIL's draft cannot shrink (a side below ``2 * draft``) is decoded by
     ``torchvision.io.decode_jpeg`` (libjpeg-turbo) into a uint8 ``[3, H, W]`` tensor instead, which timm's transforms
-    take as well: 2.7x PIL's decode rate on the demo's images (benchmarks/bench_label_memory.py). PNG/WEBP and
-    shrinkable JPEGs stay with PIL; a JPEG torchvision rejects goes to PIL, whose error is the counted skip."""
+    take as well (``DecodeSample`` asks for it in evaluation, where it measured faster end to end:
+    benchmarks/bench_label_memory.py). PNG/WEBP and shrinkable JPEGs stay with PIL; a JPEG torchvision rejects goes
+    to PIL, whose error is the counted skip."""
     img = Image.open(io.BytesIO(data))
     if img.format == "JPEG" and tensor_jpeg and (not draft or min(img.size) < 2 * draft):
         from torchvision.io import ImageReadMode, decode_jpeg

@@ -301,6 +301,9 @@ def test_jpeg_decoder_rule_torchvision_where_pil_draft_cannot_shrink():
     assert isinstance(decode_image(buf.getvalue(), 0, tensor_jpeg=True), Image.Image)  # PNG: PIL
     with pytest.raises(OSError):  # a truncated JPEG: torchvision refuses, PIL's error is the counted skip
         decode_image(small[: len(small) // 2], 0, tensor_jpeg=True)
+    # evaluation decodes with torchvision (faster there); training keeps PIL (its crop-and-resize is cheaper)
+    assert DecodeSample("clustered", 2, None, 0, seed=None).tensor_jpeg
+    assert not DecodeSample("clustered", 2, None, 0, seed=1).tensor_jpeg
 
 
 def test_on_after_batch_transfer_mixes_training_batches_only(tmp_path):
