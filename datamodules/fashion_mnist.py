@@ -87,7 +87,8 @@ def load_split(root: str, split: str, limit: int | None = None) -> tuple[np.ndar
 
 
 class FashionMNIST(Dataset):
-    """Map-style Fashion-MNIST split; items ``{"image": float[3,H,W], "target": int, "key": str}``."""
+    """Map-style Fashion-MNIST split; items ``{"image": uint8[3,H,W], "target": int, "key": str}`` (normalized on the
+    device: ``datamodules.targets``)."""
 
     def __init__(self, root: str, split: str, transform: Any, limit: int | None = None) -> None:
         self.split = split

@@ -120,7 +120,8 @@ class ImageFolderTask:
 
 
 class ImageFolderDataset(Dataset):
-    """Items ``{"image", "target", "key"}``; an unreadable image is a counted skip (see the module docstring)."""
+    """Items ``{"image": uint8 [3, H, W], "target", "key"}``; an unreadable image is a counted skip (see the module
+    docstring)."""
 
     def __init__(self, items: list[tuple[str, int]], base: str, transform: Any, replace_unreadable: bool) -> None:
         self.items = items

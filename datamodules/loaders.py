@@ -291,12 +291,18 @@ class PassLoader:
 
 
 class EvalLoader:
-    """Iterable over evaluation batches (deterministic, every sample once); strips metadata, counts skips."""
+    """Iterable over evaluation batches (deterministic, every sample once); strips metadata, counts skips.
 
-    def __init__(self, name: str, dataloader: DataLoader, num_batches: int) -> None:
+    ``batch_transform`` (``datamodules.targets.BatchTransform``) is what a consumer applies once a batch is on its
+    device (normalization, dense targets); Lightning does it through the DataModule's ``on_after_batch_transfer``,
+    ``evaluation.embeddings.extract_outputs`` reads it from here.
+    """
+
+    def __init__(self, name: str, dataloader: DataLoader, num_batches: int, batch_transform: Any = None) -> None:
         self.name = name
         self.dataloader = dataloader
         self.num_batches = num_batches
+        self.batch_transform = batch_transform
         self.counts: Counter = Counter()
 
     def __len__(self) -> int:
@@ -307,21 +313,6 @@ class EvalLoader:
             meta = batch.pop(META)
             self.counts.update(meta.get("counts", {}))
             yield batch
-
-
-class SequentialLoader:
-    """Validation: every dataset's loader in turn, each batch tagged ``{name: batch}`` (the training format)."""
-
-    def __init__(self, loaders: dict[str, Any]) -> None:
-        self.loaders = loaders
-
-    def __len__(self) -> int:
-        return sum(len(loader) for loader in self.loaders.values())
-
-    def __iter__(self) -> Iterator[dict]:
-        for name, loader in self.loaders.items():
-            for batch in loader:
-                yield {name: batch}
 
 
 class InterleavedLoader:

@@ -2,7 +2,13 @@
 
 ``build_datamodule(cfg)`` loads what the enabled tasks use (``tasks.weak_label.enabled`` -> weak_label,
 ``tasks.classifiers.*.dataset``, ``tasks.embedding.datasets``) and exposes ``num_classes`` / ``label_names`` right
-away (manifest and constants only). Batches follow docs/ARCHITECTURE.md: ``{dataset: {"image", "target", "key"}}``.
+away (manifest and constants only). Batches follow docs/ARCHITECTURE.md: ``{dataset: {"image", "target", "key"}}``
+once ``on_after_batch_transfer`` (on the device) turned the loaders' uint8 images and label ids into normalized
+images and dense targets and applied mixup (``datamodules.targets``).
+
+Validation: ``val_dataloader`` returns a dict ``{dataset: EvalLoader}``, so Lightning runs them in its "sequential"
+mode with ``limit_val_batches`` per dataset; every batch reaches the module as one dataset's plain batch with its
+``dataloader_idx`` (the position of the dataset in ``val_loaders``).
 
 Mixing (``data.mixing.mode``):
 
@@ -52,10 +58,10 @@ from datamodules.loaders import (
     InterleavedLoader,
     MapSource,
     PassLoader,
-    SequentialLoader,
     dist_info,
     mix_seed,
 )
+from datamodules.targets import BatchTransform
 from datamodules.weak_label import SKIP_REASONS, WeakLabelData, image_transform
 
 COUNT_REASONS = (*SKIP_REASONS, "unreadable_image")
@@ -145,6 +151,9 @@ class MultiTaskDataModule(L.LightningDataModule):
             if bad:
                 raise DataConfigError(f"data.mixing.ratios.{bad[0]} must be positive")
         self.ratios = ratios
+        self.batch_transform = BatchTransform(
+            self.num_classes.get("weak_label"), float(cfg.data.augment.mixup_alpha), int(cfg.seed)
+        )
         self.clock = EpochClock(lambda: self.trainer)
         self.train_loaders: dict[str, PassLoader] = {}
         self.val_loaders: dict[str, EvalLoader] = {}
@@ -206,11 +215,12 @@ class MultiTaskDataModule(L.LightningDataModule):
             loader, n = _eval_map_loader(dataset, batch_size, int(d.num_workers), rank, world)
         else:
             raise DataConfigError(f"dataset '{name}' is not loaded by this run (loaded: {self.dataset_names})")
-        return EvalLoader(name, loader, n)
+        return EvalLoader(name, loader, n, self.batch_transform)
 
-    def val_dataloader(self) -> SequentialLoader:
-        """Every dataset's validation split in turn (weak_label: val, fashion_mnist: test, user tasks: val), each
-        batch ``{dataset: batch}``; every sample once over all ranks, the same number of batches on every rank."""
+    def val_dataloader(self) -> dict[str, EvalLoader]:
+        """Every dataset's validation split (weak_label: val, fashion_mnist: test, user tasks: val) as
+        ``{dataset: EvalLoader}``: Lightning's sequential mode, ``limit_val_batches`` per dataset; every sample once
+        over all ranks, the same number of batches on every rank for each dataset."""
         rank, world = self._rank_world()
         split = {"weak_label": "val", "fashion_mnist": "test"}
         self.val_loaders = {}
@@ -219,7 +229,19 @@ class MultiTaskDataModule(L.LightningDataModule):
                 warnings.warn("weak_label: the manifest has no val split; no weak-label validation", stacklevel=2)
                 continue
             self.val_loaders[name] = self.eval_loader(name, split.get(name, "val"), rank, world)
-        return SequentialLoader(self.val_loaders)
+        return dict(self.val_loaders)
+
+    def val_dataset_name(self, dataloader_idx: int) -> str:
+        """The dataset of validation loader ``dataloader_idx`` (Lightning numbers the dict's loaders in order)."""
+        return list(self.val_loaders)[dataloader_idx]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """On the device: uint8 -> normalized float, label ids -> dense targets, mixup for training weak-label
+        batches (``datamodules.targets.BatchTransform``), for ``{dataset: batch}`` and plain batches alike."""
+        trainer = self.trainer
+        train = trainer is not None and trainer.training
+        epoch = int(trainer.current_epoch) if trainer is not None else self.clock.manual_epoch
+        return self.batch_transform.apply(batch, train=train, epoch=epoch)
 
     # ------------------------------------------------------------------------------- epoch, resume
 
@@ -386,12 +408,14 @@ def build_datamodule(cfg: Any) -> MultiTaskDataModule:
 
 def eval_loader(cfg: Any, dataset: str, split: str, rank: int = 0, world_size: int = 1) -> EvalLoader:
     """Loader for evaluate.py: deterministic, unshuffled, every sample of ``split`` exactly once (over ``world_size``
-    ranks), eval transforms, plain batches ``{"image", "target", "key"}``.
+    ranks), eval transforms, plain batches in the loader form (uint8 ``"image"``; ``"target"`` or, for weak_label,
+    ``"label_ids"``/``"label_weights"``); ``loader.batch_transform.to_device(batch, device)`` gives the model form
+    (normalized images, dense ``"target"``), as ``evaluation.embeddings.extract_outputs`` does.
 
     Args:
         cfg: the composed run config.
-        dataset: "fashion_mnist" (splits "train" = gallery, "test" = query), "weak_label" (split "val"; targets
-            multi-hot in ``data.weak_label.label_space``) or a ``data.user_tasks`` name (splits "train", "val").
+        dataset: "fashion_mnist" (splits "train" = gallery, "test" = query), "weak_label" (split "val"; label ids
+            of ``data.weak_label.label_space``) or a ``data.user_tasks`` name (splits "train", "val").
         split: see ``dataset``.
         rank, world_size: this process's share when evaluation itself is distributed.
     """

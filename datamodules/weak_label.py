@@ -17,8 +17,10 @@ open_clip's ``get_wds_dataset``::
     ReadShards        tar -> raw samples (datamodules.tar_reader, webdataset's key rule); marked samples are passed by
                       their headers (a seek, no payload read); bad shards are counted skips (below)
     GroupShuffle      webdataset's shuffle within each group, seeded per group; numbers the samples (``__raw__``)
-    DecodeSample      json labels -> target, PIL decode, timm transform, RNGs seeded from ``__raw__``; counted skips
-    batched           full batches only; optional timm Mixup
+    DecodeSample      json labels -> label ids + scores, image decode, timm transform (uint8 out), RNGs seeded from
+                      ``__raw__``; counted skips
+    batched           full batches only of uint8 images and padded label ids (the contract in ``datamodules.targets``:
+                      dense targets, normalization and mixup happen on the device)
     with_epoch        each worker yields exactly ceil(ceil(N / (batch x ranks)) / workers) batches per pass (N from
                       the manifest), open_clip's num_worker_batches: equal batch counts on every rank
 
@@ -99,6 +101,7 @@ from datamodules.loaders import (
     split_plan,
 )
 from datamodules.tar_reader import TarFormatError, iter_members
+from datamodules.targets import label_arrays, pad_labels
 
 log = logging.getLogger(__name__)
 
@@ -552,13 +555,20 @@ class ResumeAt:
 
 
 class DecodeSample:
-    """Raw sample -> ``{"image", "target", "key", "__raw__"}``; raises SampleSkip (counted) for unusable samples.
+    """Raw sample -> ``{"image", "label_ids", "label_weights", "key", "__raw__"}``; raises SampleSkip (counted) for unusable samples.
 
     Only JSON and PIL decoding happen here; no pickle/torch decoder is ever applied to shard content.
     """
 
     def __init__(
-        self, label_space: str, num_classes: int, transform: Any, draft: int, seed: int | None, numpy_rng: bool = False
+        self,
+        label_space: str,
+        num_classes: int,
+        transform: Any,
+        draft: int,
+        seed: int | None,
+        numpy_rng: bool = False,
+        tensor_jpeg: bool | None = None,
     ) -> None:
         self.label_space = label_space
         self.num_classes = num_classes
@@ -566,8 +576,12 @@ class DecodeSample:
         self.draft = draft
         self.seed = seed  # None: evaluation, no random transform
         self.numpy_rng = numpy_rng  # the transform draws from numpy too (timm RandAugment can)
+        # torchvision's JPEG decoder for evaluation (resize + center crop), where it measured faster; training keeps
+        # PIL: its RandomResizedCrop resize costs less than the tensor one (benchmarks/bench_label_memory.py)
+        self.tensor_jpeg = seed is None if tensor_jpeg is None else bool(tensor_jpeg)
 
-    def labels(self, sample: dict) -> torch.Tensor:
+    def labels(self, sample: dict) -> tuple[np.ndarray, np.ndarray]:
+        """``(label ids int32 [n], weights float32 [n])`` of the sample (``datamodules.targets``: never dense)."""
         if "json" not in sample:
             raise SampleSkip("missing_json", sample.get("__key__", ""))
         try:
@@ -584,72 +598,82 @@ class DecodeSample:
                 "label_out_of_vocab",
                 f"{sample.get('__key__')}: {ids} outside [0, {self.num_classes}) of '{self.label_space}'",
             )
-        target = np.zeros(self.num_classes, dtype=np.float32)
-        target[ids] = 1.0  # numpy: a few times cheaper per sample than indexing a torch tensor
-        return torch.from_numpy(target)
+        scores = meta.get("scores", {}).get(self.label_space) if isinstance(meta.get("scores"), dict) else None
+        try:
+            return label_arrays(ids, scores)
+        except (TypeError, ValueError) as exn:
+            raise SampleSkip("bad_json", f"{sample.get('__key__')}: scores.{self.label_space}: {exn}") from None
 
-    def image(self, sample: dict) -> Image.Image:
+    def image(self, sample: dict) -> Image.Image | torch.Tensor:
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
         if data is None:
             raise SampleSkip("missing_image", sample.get("__key__", ""))
-        return decode_image(data, self.draft)
+        return decode_image(data, self.draft, tensor_jpeg=self.tensor_jpeg)
 
     def __call__(self, sample: dict) -> dict:
-        target = self.labels(sample)  # cheap checks first
+        ids, weights = self.labels(sample)  # cheap checks first
         img = self.image(sample)
         if self.seed is not None:
             seed_sample_rngs(index_seed(self.seed, sample["__raw__"]), numpy_too=self.numpy_rng)
-        return {"image": self.transform(img), "target": target, "key": sample["__key__"], "__raw__": sample["__raw__"]}
+        return {
+            "image": self.transform(img),
+            "label_ids": ids,
+            "label_weights": weights,
+            "key": sample["__key__"],
+            "__raw__": sample["__raw__"],
+        }
 
 
-def decode_image(data: bytes, draft: int = 0) -> Image.Image:
+def decode_image(data: bytes, draft: int = 0, tensor_jpeg: bool = False) -> Image.Image | torch.Tensor:
     """Bytes -> RGB PIL image. ``draft`` > 0 lets a JPEG decode at a reduced DCT scale that keeps both sides >= draft
-    pixels (much cheaper for large sources; PIL ignores it for other formats)."""
+    pixels (much cheaper for large sources; PIL ignores it for other formats).
+
+    ``tensor_jpeg``: a JPEG that PIL's draft cannot shrink (a side below ``2 * draft``) is decoded by
+    ``torchvision.io.decode_jpeg`` (libjpeg-turbo) into a uint8 ``[3, H, W]`` tensor instead, which timm's transforms
+    take as well (``DecodeSample`` asks for it in evaluation, where it measured faster end to end:
+    benchmarks/bench_label_memory.py). PNG/WEBP and shrinkable JPEGs stay with PIL; a JPEG torchvision rejects goes
+    to PIL, whose error is the counted skip."""
     img = Image.open(io.BytesIO(data))
+    if img.format == "JPEG" and tensor_jpeg and (not draft or min(img.size) < 2 * draft):
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass
     if draft and img.format == "JPEG":
         img.draft("RGB", (draft, draft))
     return img.convert("RGB")
 
 
 class Collate:
-    """Stack decoded samples into ``{"image", "target", "key", "__meta__"}``; the metadata carries the logical worker,
-    the raw-stream offset after the batch and the skip counts since the previous batch."""
+    """Stack decoded samples into ``{"image", "label_ids", "label_weights", "key", "__meta__"}`` (the contract in
+    ``datamodules.targets``; labels padded to ``max_labels``); the metadata carries the logical worker, the raw-stream
+    offset after the batch and the skip counts since the previous batch."""
 
-    def __init__(self, counter: SkipCounter, lw: int) -> None:
+    def __init__(self, counter: SkipCounter, lw: int, max_labels: int = 0) -> None:
         self.counter = counter
         self.lw = lw
+        self.max_labels = max_labels
 
     def __call__(self, samples: list[dict]) -> dict:
+        ids, weights = pad_labels(
+            [s["label_ids"] for s in samples], [s["label_weights"] for s in samples], self.max_labels
+        )
         return {
             # default_collate stacks straight into shared memory inside a worker (no copy on the way out)
             "image": default_collate([s["image"] for s in samples]),
-            "target": default_collate([s["target"] for s in samples]),
+            "label_ids": ids,
+            "label_weights": weights,
             "key": [s["key"] for s in samples],
             META: {"lw": self.lw, "raw_end": samples[-1]["__raw__"] + 1, "counts": self.counter.take()},
         }
 
 
-class MixupStage:
-    """timm Mixup on a collated batch (soft multi-hot targets), seeded per batch so it is reproducible."""
-
-    def __init__(self, alpha: float, num_classes: int, seed: int) -> None:
-        from timm.data import Mixup
-
-        self.mixup = Mixup(
-            mixup_alpha=alpha, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=num_classes, multi_label=True
-        )
-        self.seed = seed
-
-    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
-        for batch in src:
-            seed_sample_rngs(mix_seed(self.seed, batch[META]["raw_end"], 0x313))
-            batch["image"], batch["target"] = self.mixup(batch["image"], batch["target"])
-            yield batch
-
-
 def image_transform(data_cfg: Any, train: bool, grayscale_safe: bool = False) -> Any:
     """timm transform: train = RandomResizedCrop(scale_min..1) + hflip (+ RandAugment), eval = resize + center crop;
-    ImageNet mean/std. ``grayscale_safe`` (small centred objects, e.g. Fashion-MNIST): the train crop keeps the whole
+    uint8 ``[3, H, W]`` out (timm's ``use_prefetcher`` form: ImageNet mean/std are applied on the device by
+    ``datamodules.targets.BatchTransform``). ``grayscale_safe`` (small centred objects, e.g. Fashion-MNIST): the train crop keeps the whole
     image (scale and ratio 1) so the object is never cut out."""
     from timm.data import create_transform
 
@@ -661,6 +685,7 @@ def image_transform(data_cfg: Any, train: bool, grayscale_safe: bool = False) ->
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             crop_pct=1.0 if grayscale_safe else None,
+            use_prefetcher=True,  # uint8 CHW out; normalized on the device (datamodules.targets)
         )
     scale = (1.0, 1.0) if grayscale_safe else (float(aug.scale_min), 1.0)
     ratio = (1.0, 1.0) if grayscale_safe else None
@@ -674,6 +699,7 @@ def image_transform(data_cfg: Any, train: bool, grayscale_safe: bool = False) ->
         color_jitter=None,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        use_prefetcher=True,
     )
 
 
@@ -708,6 +734,7 @@ class StreamSpec:
     transform: Any
     draft: int
     numpy_rng: bool = False  # the train transform draws from numpy (RandAugment), so seed it per sample too
+    max_labels: int = 0  # label-id padding width (datamodules.targets.pad_labels); 0: the batch's longest list
 
     @property
     def slots(self) -> int:
@@ -747,15 +774,12 @@ class TrainStream(IterableDataset):
     state), so persistent workers read the current pass when a new iteration starts instead of being re-spawned.
     """
 
-    def __init__(
-        self, spec: StreamSpec, resampled: bool, quota: int, shuffle_buffer: int, mixup_alpha: float = 0.0
-    ) -> None:
+    def __init__(self, spec: StreamSpec, resampled: bool, quota: int, shuffle_buffer: int) -> None:
         super().__init__()
         self.spec = spec
         self.resampled = resampled
         self.quota = quota  # batches per logical worker per pass
         self.shuffle_buffer = shuffle_buffer
-        self.mixup_alpha = mixup_alpha
         self.workers = max(1, spec.num_workers)
         # [epoch, pass, rotation, done[0..W-1], offsets[0..W-1]]; written by the main process before iter().
         self._shared = multiprocessing.get_context().Array("q", 3 + 2 * self.workers, lock=False)
@@ -805,10 +829,8 @@ class TrainStream(IterableDataset):
                 ),
                 handler=counter,
             ),
-            wds.batched(s.batch_size, collation_fn=Collate(counter, lw), partial=False),
+            wds.batched(s.batch_size, collation_fn=Collate(counter, lw, s.max_labels), partial=False),
         ]
-        if self.mixup_alpha > 0:
-            stages.append(MixupStage(self.mixup_alpha, s.num_classes, worker_seed))
         return wds.DataPipeline(*stages)
 
     def __iter__(self) -> Iterator[dict]:
@@ -877,7 +899,7 @@ class EvalStream(IterableDataset):
         read = ReadShards(counts, counter, max_empty=1 << 30, strict=True)(iter(entries))
         raw = ({**sample, "__raw__": j} for j, sample in enumerate(read))
         decode = DecodeSample(s.label_space, s.num_classes, s.transform, s.draft, seed=None)
-        collate = Collate(counter, worker)
+        collate = Collate(counter, worker, s.max_labels)
         lost_before = counter.counts["samples_lost"]
         for size in plan:
             good = []
@@ -944,6 +966,9 @@ class WeakLabelData:
         self.num_classes, self.label_names = self.manifest.label_space(self.label_space)
         self.train_shards = self.manifest.train_shards(float(wl.scale), wl.shards)
         self.num_train_samples = sum(s.num_samples for s in self.train_shards)
+        # Fixed label-id width from the miner's cap (labels/ configs: vocab.max_labels_per_image), when recorded.
+        cap = (self.manifest.data.get("pipeline_config") or {}).get("vocab", {}).get("max_labels_per_image")
+        self.max_labels = int(cap) if isinstance(cap, int) and cap > 0 else 0
         self._check_local(self.train_shards, "train")
 
     def _check_local(self, shards: list[ShardInfo], split: str) -> None:
@@ -982,6 +1007,7 @@ class WeakLabelData:
             transform=image_transform(d, train),
             draft=draft_size(int(d.img_size), float(d.augment.scale_min), train),
             numpy_rng=train and bool(d.augment.rand_augment),
+            max_labels=self.max_labels,
         )
 
     def train_source(self, rank: int, world: int) -> StreamSource:
@@ -1005,7 +1031,7 @@ class WeakLabelData:
             raise DataConfigError(f"data.batch_size={d.batch_size} must be even when data.augment.mixup_alpha > 0")
         global_batches = math.ceil(self.num_train_samples / (spec.batch_size * world))
         quota = math.ceil(global_batches / workers)
-        stream = TrainStream(spec, resampled, quota, int(d.shuffle_buffer), float(d.augment.mixup_alpha))
+        stream = TrainStream(spec, resampled, quota, int(d.shuffle_buffer))
         return StreamSource(stream)
 
     def eval_stream(self, rank: int = 0, world: int = 1, num_workers: int | None = None) -> EvalStream:

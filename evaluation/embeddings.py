@@ -101,7 +101,9 @@ def extract_outputs(
 
     Args:
         module: a module with ``embed(images, feature)`` (and ``heads`` for "head:<task>" outputs).
-        loader: yields {"image": float [B,3,H,W], "target": long [B] | float [B,C], "key": list[str]}.
+        loader: yields {"image": float [B,3,H,W], "target": long [B] | float [B,C], "key": list[str]}; or the
+            loaders' raw form (uint8 images, label ids) when it carries a ``batch_transform`` (``datamodules.EvalLoader``),
+            applied on ``device`` to each batch, the same transform Lightning applies in training.
         outputs: any of "embedding", "backbone", "head:<task>" (e.g. "head:weak_label" logits).
         device: where the module runs ("auto" = cuda if available); the module is moved there.
         precision: "auto" (bf16 autocast on a bf16-capable GPU, fp32 on CPU), "bf16" or "fp32".
@@ -136,9 +138,12 @@ def extract_outputs(
     with contextlib.suppress(TypeError):
         total = len(loader)  # type: ignore[arg-type]
     start = time.perf_counter()
+    batch_transform = getattr(loader, "batch_transform", None)
     bar = tqdm(loader, desc=desc, total=total, leave=False, disable=not progress)
     try:
         for index, batch in enumerate(bar):
+            if batch_transform is not None:
+                batch = batch_transform.to_device(batch, device)
             images, target, batch_keys = _batch_fields(batch, index)
             if index == 0 and limit is not None and bar.total:  # the bar ends at the limit, not the split
                 bar.total = min(bar.total, -(-limit // max(len(batch_keys), 1)))

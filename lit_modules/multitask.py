@@ -20,11 +20,12 @@ from omegaconf.errors import OmegaConfBaseException
 from timm.layers import resample_abs_pos_embed
 from timm.utils import ModelEmaV3
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
-from torchmetrics.functional.classification import multilabel_average_precision
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.functional.classification import binary_average_precision, multilabel_average_precision
 from torchmetrics.utilities import dim_zero_cat
 
+from evaluation.retrieval import ranked_topk
 from lit_modules.backbones import create_backbone, feature_dim
 from lit_modules.checkpoints import CheckpointError, InitReport, compatibility_problems, describe, read_checkpoint
 from lit_modules.heads import TaskSpec, build_heads, task_datasets, task_specs
@@ -43,6 +44,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PRECISION_AT = (1, 5)
+MAP_THRESHOLDS = 100  # score bins of the bounded mAP state: 2 x C x T int64 (16 MB per 10k labels)
+# Exact mAP when the gathered predictions of a validation pass hold at most this many rows x labels (about
+# 5 bytes each: fp32 scores + bool targets, i.e. <= 84 MB): e.g. 40k rows at C=400, 800 rows at C=20k.
+EXACT_MAP_MAX_ELEMENTS = 1 << 24
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,46 +70,114 @@ def complete_config(config: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(merged, resolve=True)
 
 
-class WeakLabelMAP(MultilabelAveragePrecision):
-    """Macro mean average precision over the labels that have at least one positive in the split.
+class WeakLabelMAP(Metric):
+    """Macro mean average precision over the labels that have at least one positive in the split (labels absent
+    from the evaluated split have no defined AP; torchmetrics would count them as 0).
 
-    Labels absent from the evaluated split have no defined AP; torchmetrics would count them as 0.
+    Two modes, set before a pass with ``set_exact`` (the module decides per evaluation epoch from the number of
+    batches, the same on every rank, see ``MultiTaskModule._choose_map_mode``):
+
+    * exact: every score and target is kept (torchmetrics ``multilabel_average_precision``, thresholds=None); for
+      small passes only (``EXACT_MAP_MAX_ELEMENTS``);
+    * binned (default): per label, counts of positives and negatives in ``thresholds`` score bins, a fixed
+      ``int64 [2, C, T]`` state whatever the number of samples, summed over ranks. The AP equals torchmetrics'
+      ``MultilabelAveragePrecision(thresholds=T)``. Written here because torchmetrics' binned update materializes a
+      ``[B, C, T]`` int64 tensor per batch (20 GB at B=256, C=100k, T=100); this one needs ``[B, C]``.
+
+    Scores must lie in [0, 1] (probabilities).
     """
 
-    def __init__(self, num_labels: int, **kwargs: Any):
-        super().__init__(num_labels=num_labels, average="none", thresholds=None, validate_args=False, **kwargs)
+    full_state_update = False
+
+    def __init__(self, num_labels: int, thresholds: int = MAP_THRESHOLDS, exact: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        if thresholds < 2:
+            raise ValueError(f"thresholds={thresholds}: need at least 2 score bins")
+        self.num_labels = int(num_labels)
+        self.num_thresholds = int(thresholds)
+        self.exact = bool(exact)
+        self.register_buffer("edges", torch.linspace(0, 1, self.num_thresholds), persistent=False)
+        self.add_state("hist", torch.zeros(2, self.num_labels, self.num_thresholds, dtype=torch.long), "sum")
+        self.add_state("preds", [], "cat")
+        self.add_state("target", [], "cat")
+
+    def set_exact(self, exact: bool) -> None:
+        """Choose the mode of the next pass (call on every rank alike, before the first update)."""
+        self.exact = bool(exact)
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """``preds`` float ``[B, C]`` in [0, 1], ``target`` ``[B, C]`` (> 0 = positive)."""
+        positive = target > 0
+        if self.exact:
+            self.preds.append(preds.float())
+            self.target.append(positive)
+            return
+        # bin j holds scores in [edge_j, edge_j+1): a score counts as predicted positive at thresholds 0..j
+        bins = torch.bucketize(preds.float().clamp(0, 1), self.edges, right=True) - 1
+        labels = torch.arange(self.num_labels, device=preds.device)
+        index = (positive.long() * self.num_labels + labels) * self.num_thresholds + bins
+        counts = torch.bincount(index.flatten(), minlength=self.hist.numel())
+        self.hist += counts.view_as(self.hist)
+
+    def state_bytes(self) -> int:
+        """Bytes held by the metric state now (the bounded part plus any exact rows)."""
+        rows = [t for state in (self.preds, self.target) for t in (state if isinstance(state, list) else [state])]
+        return self.hist.numel() * self.hist.element_size() + sum(t.numel() * t.element_size() for t in rows)
 
     def compute(self) -> torch.Tensor:
+        if self.exact:
+            return self._compute_exact()
+        neg, pos = self.hist[0].double(), self.hist[1].double()
+        has_positive = pos.sum(dim=1) > 0
+        if not bool(has_positive.any()):
+            return torch.tensor(float("nan"), device=self.hist.device)
+        neg, pos = neg[has_positive], pos[has_positive]
+        # counts at or above each threshold (reverse cumulative sum over the bins)
+        tps = pos.flip(1).cumsum(1).flip(1)
+        fps = neg.flip(1).cumsum(1).flip(1)
+        precision = tps / (tps + fps).clamp_min(1)  # 0 where nothing is predicted positive, as torchmetrics
+        recall = tps / pos.sum(dim=1, keepdim=True)
+        ones = torch.ones_like(precision[:, :1])
+        precision, recall = torch.cat([precision, ones], 1), torch.cat([recall, 0 * ones], 1)
+        ap = -((recall[:, 1:] - recall[:, :-1]) * precision[:, :-1]).sum(1)
+        return ap.mean().float()
+
+    def _compute_exact(self) -> torch.Tensor:
+        if isinstance(self.target, list) and not self.target:  # after a DDP sync the state is one tensor
+            return torch.tensor(float("nan"), device=self.hist.device)
         target = dim_zero_cat(self.target)
-        has_positive = (target == 1).sum(dim=0) > 0
+        has_positive = target.sum(dim=0) > 0
         if not bool(has_positive.any()):
             return torch.tensor(float("nan"), device=target.device)
-        preds = dim_zero_cat(self.preds)
-        # Score only the labels with positives (this also keeps torchmetrics' no-positive warning away).
+        preds = dim_zero_cat(self.preds)[:, has_positive]
+        target = target[:, has_positive].long()
+        if target.shape[1] == 1:  # torchmetrics' multilabel form needs two labels or more
+            return binary_average_precision(preds[:, 0], target[:, 0], thresholds=None, validate_args=False)
+        # Only the labels with positives (this also keeps torchmetrics' no-positive warning away).
         return multilabel_average_precision(
-            preds[:, has_positive],
-            target[:, has_positive],
-            num_labels=int(has_positive.sum()),
-            average="macro",
-            thresholds=None,
-            validate_args=False,
+            preds, target, num_labels=target.shape[1], average="macro", thresholds=None, validate_args=False
         )
 
 
 def precision_at_k(scores: torch.Tensor, positives: torch.Tensor, k: int) -> torch.Tensor:
     """Per-row precision@k: the fraction of the ``k`` top-scored labels that are positives.
 
+    Ties among scores go to the lowest label id (``evaluation.retrieval.ranked_topk``, the rule of
+    ``evaluation.head_metrics``), so the value is deterministic.
+
     Args:
         scores: ``[B, C]`` label scores.
         positives: ``[B, C]`` 0/1 targets.
-        k: how many top labels count.
+        k: how many top labels count; at most C (p@k is not defined with fewer labels than k).
 
     Returns:
         ``[B']`` values for the rows with at least one positive (rows without labels are not scored).
     """
-    top = scores.topk(min(k, scores.shape[1]), dim=1).indices
-    hits = positives.gather(1, top).sum(dim=1).float() / k
-    return hits[positives.sum(dim=1) > 0]
+    if not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"precision@{k} needs 1 <= k <= the number of labels ({scores.shape[1]})")
+    _, top = ranked_topk(scores, k)
+    hits = (positives.gather(1, top) > 0).sum(dim=1).float() / k
+    return hits[(positives > 0).sum(dim=1) > 0]
 
 
 class MultiTaskModule(pl.LightningModule):
@@ -181,10 +254,13 @@ class MultiTaskModule(pl.LightningModule):
 
     def _build_metrics(self) -> nn.ModuleDict:
         metrics = nn.ModuleDict()
+        # Sample-weighted mean of the total loss over every validation dataset (logged at epoch end: one name for
+        # batches of several dataloaders).
+        metrics["loss"] = MeanMetric()
         for spec in self.tasks:
             if spec.kind == "weak_label":
                 metrics["weak_label_map"] = WeakLabelMAP(self.num_classes["weak_label"])
-                for k in PRECISION_AT:
+                for k in self._precision_ks():
                     metrics[f"weak_label_p{k}"] = MeanMetric()
             elif spec.kind == "classifier":
                 if spec.dataset == "weak_label":  # multi-hot target: top-1 is right when it is any label
@@ -193,6 +269,10 @@ class MultiTaskModule(pl.LightningModule):
                     n = self.num_classes[spec.dataset]
                     metrics[f"clf_{spec.head}_acc"] = MulticlassAccuracy(num_classes=n, average="micro")
         return metrics
+
+    def _precision_ks(self) -> list[int]:
+        """The p@k of PRECISION_AT defined for this label space (k <= C; p@5 of 3 labels is not reported)."""
+        return [k for k in PRECISION_AT if k <= self.num_classes.get("weak_label", 0)]
 
     # --------------------------------------------------------------------------------- forward
 
@@ -234,8 +314,13 @@ class MultiTaskModule(pl.LightningModule):
         smoothing = float(self.cfg["tasks"]["classifiers"][spec.head]["label_smoothing"])
         return classification_loss(logits, target, smoothing)
 
-    def _check_target(self, spec: TaskSpec, target: torch.Tensor, batch_size: int) -> None:
+    def _check_target(self, spec: TaskSpec, target: torch.Tensor | None, batch_size: int) -> None:
         n = self.num_classes[spec.dataset]
+        if target is None:
+            raise ValueError(
+                f"batch['{spec.dataset}'] has no 'target' (label ids arrive as label_ids/label_weights): apply "
+                "datamodules.targets.BatchTransform on the device first (the DataModule's on_after_batch_transfer)"
+            )
         multi_hot = target.ndim == 2 and target.is_floating_point()
         ok = (multi_hot and tuple(target.shape) == (batch_size, n)) or (
             target.ndim == 1 and not target.is_floating_point() and target.shape[0] == batch_size
@@ -257,6 +342,12 @@ class MultiTaskModule(pl.LightningModule):
                 f"batch holds datasets {sorted(batch)} but the enabled tasks read {self.datasets}: nothing to train"
             )
         images = [batch[ds]["image"] for ds in present]
+        raw = [ds for ds, im in zip(present, images) if not im.is_floating_point()]
+        if raw:
+            raise ValueError(
+                f"batch {raw} images are {images[present.index(raw[0])].dtype}: normalize them on the device with "
+                "datamodules.targets.BatchTransform (the DataModule's on_after_batch_transfer) first"
+            )
         if len(images) > 1 and all(im.shape[1:] == images[0].shape[1:] for im in images):
             feats = self(torch.cat(images)).split([im.shape[0] for im in images])
         else:
@@ -280,7 +371,7 @@ class MultiTaskModule(pl.LightningModule):
         for spec in self.tasks:
             if spec.dataset not in feats:
                 continue
-            target = batch[spec.dataset]["target"]
+            target = batch[spec.dataset].get("target")
             self._check_target(spec, target, feats[spec.dataset].shape[0])
             out = self._task_logits(spec, feats[spec.dataset], embeddings)
             loss = self._loss(spec, out, target)
@@ -382,12 +473,68 @@ class MultiTaskModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- evaluation
 
-    def _eval_step(self, stage: str, batch: Mapping[str, Mapping[str, Any]]) -> torch.Tensor:
+    def _dataset_batch(self, batch: Mapping[str, Any], dataloader_idx: int) -> Mapping[str, Mapping[str, Any]]:
+        """An evaluation batch as ``{dataset: batch}``: a dict of val loaders (Lightning's sequential mode) hands
+        one dataset's plain batch per step, named here from ``dataloader_idx``; keyed batches pass through."""
+        if "image" not in batch:
+            return batch
+        trainer = self._trainer
+        loaders = None
+        if trainer is not None:
+            loaders = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders
+        if not isinstance(loaders, Mapping):
+            raise ValueError(
+                "an evaluation batch without dataset names needs a dict of dataloaders {dataset: loader} "
+                f"(got {type(loaders).__name__})"
+            )
+        return {list(loaders)[dataloader_idx]: batch}
+
+    def _choose_map_mode(self, stage: str) -> None:
+        """Exact weak-label mAP when the whole pass is small, else the bounded binned state (``WeakLabelMAP``).
+
+        The row count is bounded from the batch counts Lightning planned (the same on every rank) times the eval
+        batch size and the world size, so every rank picks the same mode.
+        """
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        if "weak_label_map" not in metrics:
+            return
+        trainer = self._trainer
+        if trainer is None:
+            return
+        if stage == "test":
+            batches = trainer.num_test_batches
+        else:
+            batches = trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches
+        total = sum(batches) if isinstance(batches, (list, tuple)) else batches
+        data = self.cfg["data"]
+        rows = float(total) * int(data["eval_batch_size"] or data["batch_size"]) * max(1, int(trainer.world_size))
+        metrics["weak_label_map"].set_exact(rows * self.num_classes["weak_label"] <= EXACT_MAP_MAX_ELEMENTS)
+
+    def on_validation_epoch_start(self) -> None:
+        self._choose_map_mode("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._choose_map_mode("test")
+
+    def _log_eval_loss(self, stage: str) -> None:
+        metric = (self.val_metrics if stage == "val" else self.test_metrics)["loss"]
+        if metric.update_called:
+            self.log(f"{stage}/loss", metric.compute(), prog_bar=True)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval_loss("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_loss("test")
+
+    def _eval_step(self, stage: str, batch: Mapping[str, Any], dataloader_idx: int = 0) -> torch.Tensor:
+        batch = self._dataset_batch(batch, dataloader_idx)
         total, losses, logits = self.compute_losses(batch)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         n = self._batch_size(batch)
         kw = dict(on_step=False, on_epoch=True, sync_dist=True, add_dataloader_idx=False)
-        self.log(f"{stage}/loss", total.detach(), prog_bar=True, batch_size=n, **kw)
+        metrics["loss"].update(total.detach().float(), weight=n)
         for name, value in losses.items():
             self.log(f"{stage}/{name}/loss", value.detach(), batch_size=n, **kw)
         kw.pop("sync_dist")  # torchmetrics objects sync themselves
@@ -397,11 +544,11 @@ class MultiTaskModule(pl.LightningModule):
             target = batch[spec.dataset]["target"]
             out = logits[spec.name].detach().float()
             if spec.kind == "weak_label":
-                positives = (target > 0.5).long()
+                positives = target > 0.5
                 probs = out.sigmoid() if self.cfg["tasks"]["weak_label"]["loss"] == "bce" else out.softmax(dim=1)
                 metrics["weak_label_map"].update(probs, positives)
                 self.log(f"{stage}/weak_label/mAP", metrics["weak_label_map"], **kw)
-                for k in PRECISION_AT:
+                for k in self._precision_ks():
                     per_row = precision_at_k(probs, positives, k)
                     if per_row.numel():
                         metrics[f"weak_label_p{k}"].update(per_row)
@@ -415,11 +562,11 @@ class MultiTaskModule(pl.LightningModule):
                 self.log(f"{stage}/clf/{spec.head}/acc", metric, **kw)
         return total
 
-    def validation_step(self, batch: Mapping[str, Mapping[str, Any]], batch_idx: int, dataloader_idx: int = 0):
-        return self._eval_step("val", batch)
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        return self._eval_step("val", batch, dataloader_idx)
 
-    def test_step(self, batch: Mapping[str, Mapping[str, Any]], batch_idx: int, dataloader_idx: int = 0):
-        return self._eval_step("test", batch)
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
+        return self._eval_step("test", batch, dataloader_idx)
 
     # ------------------------------------------------------------------------------ optimizer
 

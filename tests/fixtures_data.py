@@ -238,9 +238,10 @@ def _lightning_classes():
                     loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(logits, b["target"])
             return loss
 
-        def validation_step(self, batch: dict, batch_idx: int) -> None:
-            for name, b in batch.items():
-                self.val_keys.append([self.current_epoch, name, list(b["key"])])
+        def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+            # a dict of val loaders: one dataset's plain batch per step, named by its dataloader_idx
+            name = self.trainer.datamodule.val_dataset_name(dataloader_idx)
+            self.val_keys.append([self.current_epoch, name, list(batch["key"])])
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=0.01)

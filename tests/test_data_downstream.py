@@ -66,13 +66,9 @@ def test_fashion_mnist_items_limits_and_channels(data):
     assert len(full) == 40 and len(first) == 7
     assert np.array_equal(first.images, full.images[:7])  # the limit keeps the first N in file order
     item = first[3]
-    assert item["image"].shape == (3, 16, 16)
-    unnormalized = (
-        item["image"] * torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-        + torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-    )
-    assert torch.allclose(unnormalized[0], unnormalized[1], atol=1e-5)  # grayscale replicated to 3 channels
-    assert torch.allclose(unnormalized[0], unnormalized[2], atol=1e-5)
+    assert item["image"].shape == (3, 16, 16) and item["image"].dtype == torch.uint8  # normalized on the device
+    assert torch.equal(item["image"][0], item["image"][1])  # grayscale replicated to 3 channels
+    assert torch.equal(item["image"][0], item["image"][2])
     assert item["target"] == 3 and item["key"] == "fashion_mnist/train/00003"
 
 
@@ -167,7 +163,14 @@ def test_combined_mode_every_dataset_every_step(data):
         assert set(batch) == {"weak_label", "fashion_mnist"}
         fm = batch["fashion_mnist"]
         assert fm["target"].dtype == torch.long and fm["image"].shape == (4, 3, 16, 16) and len(fm["key"]) == 4
-        assert batch["weak_label"]["target"].shape == (4, 5)
+        assert fm["image"].dtype == torch.uint8
+        wl = batch["weak_label"]
+        assert wl["label_ids"].dtype == torch.int32 and wl["label_ids"].shape[0] == 4 and "target" not in wl
+        on_device = dm.on_after_batch_transfer(batch, 0)  # what the module gets (no trainer: eval form)
+        assert (
+            on_device["weak_label"]["target"].shape == (4, 5)
+            and on_device["fashion_mnist"]["image"].is_floating_point()
+        )
     fm_keys = [k for b in steps for k in b["fashion_mnist"]["key"]]
     per_pass = len(dm.train_loaders["fashion_mnist"]) * 4
     assert len(set(fm_keys[:per_pass])) == per_pass  # one pass: no sample twice
@@ -193,10 +196,12 @@ def test_interleave_mode_one_tagged_dataset_per_step_same_on_every_build(data):
 def test_val_dataloader_dict_batches_every_sample_once(data):
     dm = build_datamodule(_cfg(data, *MULTITASK, "data.fashion_mnist.test_limit=7"))
     seen = Counter()
-    for batch in dm.val_dataloader():
-        assert len(batch) == 1
-        ((name, b),) = batch.items()
-        seen.update(f"{name}:{k}" for k in b["key"])
+    loaders = dm.val_dataloader()
+    assert list(loaders) == ["weak_label", "fashion_mnist"]  # a dict: Lightning's sequential mode
+    assert [dm.val_dataset_name(i) for i in range(2)] == ["weak_label", "fashion_mnist"]
+    for name, loader in loaders.items():
+        for b in loader:
+            seen.update(f"{name}:{k}" for k in b["key"])
     assert set(seen.values()) == {1}
     assert sum(1 for k in seen if k.startswith("fashion_mnist:")) == 7
     assert {k.split(":", 1)[1] for k in seen if k.startswith("weak_label:")} == set(data["wl"]["val_keys"])
@@ -210,8 +215,10 @@ def test_eval_loader_plain_batches(data):
     assert set(query[0]) == {"image", "target", "key"}
     gallery = eval_loader(cfg, "fashion_mnist", "train")
     assert sum(len(b["key"]) for b in gallery) == 40
-    val = list(eval_loader(cfg, "weak_label", "val"))
+    loader = eval_loader(cfg, "weak_label", "val")
+    val = list(loader)
     assert sorted(k for b in val for k in b["key"]) == sorted(data["wl"]["val_keys"])
-    assert val[0]["target"].shape[1] == 12  # the raw label space
+    assert set(val[0]) == {"image", "label_ids", "label_weights", "key"}
+    assert loader.batch_transform.to_device(val[0], "cpu")["target"].shape[1] == 12  # the raw label space
     with pytest.raises(DataConfigError, match="weak_label evaluation reads the 'val' split"):
         eval_loader(cfg, "weak_label", "train")

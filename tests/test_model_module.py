@@ -247,13 +247,20 @@ def test_weak_label_metrics_known_values():
     positives = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]])
     # mAP over the labels with positives (0, 1, 2): label 0 and 1 rank their positive first (AP 1); label 2
     # ranks its positive (row 1, score 0.1) third (AP 1/3); label 3 has no positive and is not scored -> 7/9
-    metric = WeakLabelMAP(4)
-    metric.update(scores, positives)
-    assert metric.compute().item() == pytest.approx(7 / 9)
+    for exact in (False, True):  # the bounded binned state and the exact one agree on well-separated scores
+        metric = WeakLabelMAP(4, exact=exact)
+        metric.update(scores, positives)
+        assert metric.compute().item() == pytest.approx(7 / 9)
     # p@1: rows 0 and 1 hit, row 2 has no label and is not scored; p@2: each row has 1 hit in its top 2
     assert precision_at_k(scores, positives, 1).tolist() == [1.0, 1.0]
     assert precision_at_k(scores, positives, 2).tolist() == [0.5, 0.5]
     assert precision_at_k(scores, positives, 3).tolist() == pytest.approx([1 / 3, 2 / 3])
+
+
+def test_precision_at_k_above_the_label_count_is_not_reported():
+    cfg = tiny_config(tasks="weak_label")
+    m = MultiTaskModule(cfg, {"weak_label": 3})
+    assert "weak_label_p1" in m.val_metrics and "weak_label_p5" not in m.val_metrics  # p@5 of 3 labels: undefined
 
 
 def test_bce_option_uses_per_label_sigmoids():
