@@ -30,6 +30,7 @@ from lit_modules.checkpoints import CheckpointError, InitReport, compatibility_p
 from lit_modules.heads import TaskSpec, build_heads, task_datasets, task_specs
 from lit_modules.losses import classification_loss, multi_hot_softmax_loss, multi_label_bce_loss, proxy_logits
 from lit_modules.optim import backbone_group_matcher, build_optimizer, param_group_spec
+from lit_modules.strategy import any_rank
 
 __all__ = [
     "MultiTaskModule",
@@ -327,7 +328,7 @@ class MultiTaskModule(pl.LightningModule):
         any_bad = local_bad
         if trainer is not None and trainer.world_size > 1:
             # Every rank must take the same branch, or DDP would wait forever on the skipping rank.
-            any_bad = trainer.strategy.reduce_boolean_decision(local_bad, all=False)
+            any_bad = any_rank(trainer.strategy, local_bad)
         if not any_bad:
             return True
         rank = trainer.global_rank if trainer is not None else 0

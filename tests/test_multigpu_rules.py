@@ -1,0 +1,130 @@
+"""Rules that only bite on real multi-GPU hardware, enforced on CPU.
+
+* NCCL takes collective tensors only on the rank's own GPU: ``NcclRulesStrategy`` has a root device that is not
+  the CPU (``meta``) and refuses any collective tensor elsewhere, then answers with a known CPU result. The data
+  position gather (``DataModule.state_dict`` with world 2, the checkpoint path), the skip-counter reduce and the
+  non-finite-loss decision all go through it.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.fixtures_data import compose_cfg, make_dataset
+
+
+class NcclRulesStrategy:
+    """A stand-in for a DDP/FSDP strategy on an NCCL process group, for CPU tests.
+
+    ``root_device`` is ``meta`` (not the CPU, as a GPU rank's is not): a collective given a tensor on another
+    device raises NCCL's error, so a call site that forgets the move fails here as it would on GPUs. Tensors on
+    ``meta`` carry no values, so each collective answers with ``answers[op]`` (a CPU tensor the test chose), and
+    records ``(op, device, shape, dtype)`` of what it was given in ``seen``.
+    """
+
+    root_device = torch.device("meta")
+
+    def __init__(self, world_size: int, answers: dict[str, torch.Tensor]):
+        self.world_size = world_size
+        self.answers = answers
+        self.seen: list[tuple[str, torch.device, tuple[int, ...], torch.dtype]] = []
+
+    def _check(self, op: str, tensor: torch.Tensor) -> torch.Tensor:
+        self.seen.append((op, tensor.device, tuple(tensor.shape), tensor.dtype))
+        if tensor.device != self.root_device:
+            raise RuntimeError(f"{op}: No backend type associated with device type {tensor.device.type}")
+        return self.answers[op]
+
+    def all_gather(self, tensor: torch.Tensor, group=None, sync_grads: bool = False) -> torch.Tensor:
+        return self._check("all_gather", tensor)
+
+    def reduce(self, tensor: torch.Tensor, group=None, reduce_op="mean") -> torch.Tensor:
+        return self._check("reduce", tensor)
+
+    def broadcast(self, obj, src: int = 0):
+        return self._check("broadcast", obj) if isinstance(obj, torch.Tensor) else obj
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        # Lightning builds this tensor on root_device itself; count it as a collective all the same.
+        self._check("reduce", torch.tensor(int(decision), device=self.root_device))
+        return bool(self.answers["reduce"].item())
+
+
+def _fake_trainer(strategy: NcclRulesStrategy, rank: int = 0) -> SimpleNamespace:
+    progress = SimpleNamespace(current=SimpleNamespace(processed=2))
+    return SimpleNamespace(
+        global_rank=rank,
+        world_size=strategy.world_size,
+        strategy=strategy,
+        state=SimpleNamespace(fn="fit"),
+        current_epoch=0,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+        sanity_checking=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("nccl") / "wl", n_train=16, n_val=4, shard_size=4)
+
+
+def test_checkpoint_data_position_gather_obeys_nccl_device_rule(shards):
+    """``state_dict()`` at a checkpoint with 2 ranks: the offsets tensor reaches the collective on the root
+    device, and the gathered rows (known answer) land in the checkpoint, per rank, as plain lists."""
+    from datamodules import build_datamodule
+
+    dm = build_datamodule(compose_cfg(shards["manifest"], "data.num_workers=2"))
+    answer = torch.tensor([[3, 5], [-1, -1]], dtype=torch.long)  # rank 1 has no offsets yet
+    strategy = NcclRulesStrategy(world_size=2, answers={"all_gather": answer})
+    dm.trainer = _fake_trainer(strategy)
+    dm.train_dataloader()
+    state = dm.state_dict()
+    assert strategy.seen == [("all_gather", torch.device("meta"), (2,), torch.long)]
+    assert state["world_size"] == 2
+    assert state["loaders"]["weak_label"]["offsets_by_rank"] == [[3, 5], None]
+
+
+def test_skip_counter_reduce_obeys_nccl_device_rule(shards):
+    from datamodules import build_datamodule
+    from datamodules.multitask import COUNT_REASONS, DataCountsLogger
+
+    dm = build_datamodule(compose_cfg(shards["manifest"]))
+    total = torch.zeros(1, len(COUNT_REASONS), dtype=torch.float64)
+    total[0, 0] = 7.0
+    strategy = NcclRulesStrategy(world_size=2, answers={"reduce": total})
+    trainer = _fake_trainer(strategy)
+    trainer.datamodule = dm
+    logged = {}
+    module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda m, **kw: logged.update(m))
+    DataCountsLogger().on_train_epoch_end(trainer, module)
+    assert [(op, dev) for op, dev, *_ in strategy.seen] == [("reduce", torch.device("meta"))]
+    assert logged == {f"data/weak_label/train/{COUNT_REASONS[0]}": 7.0}
+
+
+def test_nonfinite_decision_obeys_nccl_device_rule():
+    from lit_modules import MultiTaskModule
+    from tests.fixtures_model import NUM_CLASSES, make_batch, tiny_config
+
+    module = MultiTaskModule(tiny_config(), NUM_CLASSES)
+    strategy = NcclRulesStrategy(world_size=2, answers={"reduce": torch.tensor(1)})  # another rank saw a NaN
+    module._trainer = _fake_trainer(strategy, rank=0)
+    module._trainer.global_step = 0
+    losses = {"weak_label": torch.tensor(1.0)}
+    with pytest.raises(Exception, match="on another rank"):
+        module._losses_finite(losses, make_batch(), 0)
+    assert [(op, dev) for op, dev, *_ in strategy.seen] == [("reduce", torch.device("meta"))]
+
+
+def test_collective_helpers_return_cpu_results_in_one_process():
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from lit_modules.strategy import all_gather_cpu, any_rank, reduce_cpu
+
+    single = SingleDeviceStrategy(device=torch.device("cpu"))
+    x = torch.tensor([1, 2, 3])
+    assert all_gather_cpu(single, x).tolist() == [[1, 2, 3]]
+    assert reduce_cpu(single, x.double()).tolist() == [1.0, 2.0, 3.0]
+    assert any_rank(single, True) and not any_rank(single, False)
