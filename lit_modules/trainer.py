@@ -208,12 +208,30 @@ def build_trainer(
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> str | None:
-    """The checkpoint to resume from: resume=auto picks <run_dir>/checkpoints/last.ckpt if present."""
+    """The checkpoint to resume from, a file or a sharded FSDP folder (``lit_modules.checkpoints.is_checkpoint``).
+
+    resume=never: None; resume=auto: ``<run_dir>/checkpoints/last.ckpt`` when it exists (file, or the folder
+    ``FSDPStrategy(state_dict_type="sharded")`` writes), else None; any other value: that checkpoint.
+
+    Raises:
+        FileNotFoundError: resume=<path> names neither a checkpoint file nor a complete sharded folder.
+    """
+    from lit_modules.checkpoints import is_checkpoint
+
     if cfg.resume == "never":
         return None
     if cfg.resume == "auto":
-        return str(run_dir.last_checkpoint) if run_dir.last_checkpoint.is_file() else None
+        last = Path(run_dir.last_checkpoint)
+        if last.is_dir() and not is_checkpoint(last):
+            # A sharded save that died before rank 0 wrote meta.pt: refuse to overwrite it by starting over.
+            raise FileNotFoundError(
+                f"resume=auto: {last} is an incomplete sharded checkpoint folder (no meta.pt / .metadata): pass "
+                "resume=<an older checkpoint> or resume=never"
+            )
+        return str(last) if is_checkpoint(last) else None
     path = Path(cfg.resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint file")
+    if not is_checkpoint(path):
+        raise FileNotFoundError(
+            f"resume={cfg.resume}: no such checkpoint file or complete sharded checkpoint folder (.metadata + meta.pt)"
+        )
     return str(path)
