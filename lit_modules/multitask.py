@@ -142,7 +142,7 @@ class MultiTaskModule(pl.LightningModule):
         fsdp_checkpointing = (
             str(trainer_cfg["strategy"]).startswith("fsdp") and trainer_cfg["fsdp"]["activation_checkpointing"]
         )
-        # Compiled after the EMA copy is made (a compiled module does not deep-copy cleanly).
+        # Never compiled here: on_fit_start compiles after the strategy wraps the model (and after the EMA copy).
         model_cfg = {**cfg["model"], "compile": False}
         self.backbone = create_backbone(model_cfg, self.img_size, apply_grad_checkpointing=not fsdp_checkpointing)
         self.feature_dim = feature_dim(self.backbone)
@@ -159,8 +159,8 @@ class MultiTaskModule(pl.LightningModule):
 
         # Computed on the unwrapped module so every rank agrees after DDP/FSDP wrapping.
         self._param_spec = param_group_spec(self, float(cfg["optim"]["weight_decay"]), cfg["optim"]["layer_decay"])
-        if cfg["model"]["compile"]:
-            self.backbone.compile()
+        # model.compile happens in on_fit_start, after the strategy has wrapped the model.
+        self._backbone_compiled = False
 
         self.val_metrics = self._build_metrics()
         self.test_metrics = self._build_metrics()
@@ -433,6 +433,21 @@ class MultiTaskModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     # ---------------------------------------------------------------------------- checkpoints
+
+    def on_fit_start(self) -> None:
+        """Per-rank model RNG, then ``model.compile``.
+
+        * ``torch.manual_seed(seed + global_rank)`` (timm's ``random_seed(seed, rank)``): the weights were built
+          under the same seed on every rank (and DDP broadcasts rank 0's), but drop-path and dropout masks must
+          differ across GPUs, or sample i of every local batch gets the same stochastic-depth mask everywhere.
+        * The backbone is compiled here, in place, after DDP/FSDP wrapped the model (FSDP's auto-wrap has then
+          replaced the blocks by its units, so Dynamo traces the wrapped blocks, not modules FSDP later swaps
+          out); state-dict keys stay those of the plain module (no ``_orig_mod.``).
+        """
+        torch.manual_seed(int(self.cfg["seed"]) + int(self.global_rank))
+        if self.cfg["model"]["compile"] and not self._backbone_compiled:
+            self.backbone.compile()
+            self._backbone_compiled = True
 
     def setup(self, stage: str) -> None:
         # Skipped when the caller already ran it (train.py), or the weights came from load_module.

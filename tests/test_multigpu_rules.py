@@ -128,3 +128,58 @@ def test_collective_helpers_return_cpu_results_in_one_process():
     assert all_gather_cpu(single, x).tolist() == [[1, 2, 3]]
     assert reduce_cpu(single, x.double()).tolist() == [1.0, 2.0, 3.0]
     assert any_rank(single, True) and not any_rank(single, False)
+
+
+# ------------------------------------------------------------------------------- per-rank model RNG (R1)
+
+
+def _rank_forward(rank: int) -> tuple[dict, torch.Tensor]:
+    """Build the module under the run seed (as train.py does), start a fit as rank ``rank``, run one training
+    forward with drop-path 0.5: (initial weights, pooled feature)."""
+    from lightning.pytorch import seed_everything
+
+    from lit_modules import MultiTaskModule
+    from tests.fixtures_model import NUM_CLASSES, make_batch, tiny_config
+
+    seed_everything(3)
+    module = MultiTaskModule(tiny_config("model.drop_path_rate=0.5", "seed=3"), NUM_CLASSES)
+    weights = {k: v.clone() for k, v in module.state_dict().items()}
+    module._trainer = SimpleNamespace(global_rank=rank, world_size=2)
+    module.on_fit_start()
+    module.train()
+    with torch.no_grad():
+        feature = module(make_batch()["weak_label"]["image"])
+    return weights, feature
+
+
+def test_ranks_start_from_the_same_weights_but_draw_different_drop_path_masks():
+    w0, f0 = _rank_forward(0)
+    w1, f1 = _rank_forward(1)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert not torch.allclose(f0, f1)  # other stochastic-depth masks on rank 1
+    w0_again, f0_again = _rank_forward(0)
+    assert torch.equal(f0, f0_again)  # and reproducible per rank
+
+
+# ------------------------------------------------------------------ compile after wrapping (R4), real run
+
+
+def test_compiled_backbone_trains_and_checkpoints_plain_keys(tmp_path, monkeypatch):
+    """A real Dynamo-compiled forward + backward (graph capture and AOTAutograd; the ``aot_eager`` backend skips
+    inductor's C++ code generation, 2.5 min on this CPU, which benchmarks/gpu_check.py exercises on a GPU)."""
+    from lit_modules import MultiTaskModule, load_module
+    from tests.fixtures_model import NUM_CLASSES, combined_loader, cpu_trainer, tiny_config
+
+    compile_in_place = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_in_place(self, backend="aot_eager"))
+
+    module = MultiTaskModule(tiny_config("model.compile=true"), NUM_CLASSES)
+    assert module.backbone._compiled_call_impl is None  # not compiled before the strategy has wrapped it
+    trainer = cpu_trainer(2)
+    trainer.fit(module, train_dataloaders=combined_loader(n=4))
+    assert module.backbone._compiled_call_impl is not None and trainer.global_step == 2
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    keys = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
+    assert keys and not any("_orig_mod" in k for k in keys)
+    assert set(load_module(tmp_path / "last.ckpt").state_dict()) == set(keys)
