@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -183,3 +186,29 @@ def test_compiled_backbone_trains_and_checkpoints_plain_keys(tmp_path, monkeypat
     keys = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
     assert keys and not any("_orig_mod" in k for k in keys)
     assert set(load_module(tmp_path / "last.ckpt").state_dict()) == set(keys)
+
+
+# --------------------------------------------- grad checkpointing under DDP with find_unused_parameters (R5)
+
+
+def _two_process(job: str, port: int, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    import os
+
+    script = Path(__file__).resolve().parent / "fixtures_multigpu.py"
+    return subprocess.run(
+        [sys.executable, str(script), job, str(port)],
+        cwd=script.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+
+
+@pytest.mark.slow
+def test_grad_checkpointing_under_ddp_with_unused_head_trains():
+    # TIMM_REENTRANT_CKPT=1 makes timm use reentrant checkpoints, which fail here ("Expected to mark a variable
+    # ready only once"); create_backbone must pin non-reentrant ones whatever the environment says.
+    proc = _two_process("gradckpt", 29611, env={"TIMM_REENTRANT_CKPT": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK 0" in proc.stdout and "OK 1" in proc.stdout
