@@ -41,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         module = MultiTaskModule(to_dict(cfg), datamodule.num_classes)
         if cfg.init_from:
             module.load_pretrained(cfg.init_from)
-        trainer = build_trainer(cfg, run_dir, logger, callbacks=[ThroughputMonitor(), *datamodule.callbacks()])
+        on_abort = (lambda msg: run_dir.finish("failed", error=msg)) if is_rank_zero else None  # another rank failed
+        callbacks = [ThroughputMonitor(), *datamodule.callbacks()]
+        trainer = build_trainer(cfg, run_dir, logger, callbacks=callbacks, on_abort=on_abort)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, run_dir), weights_only=True)
     except BaseException as err:
         # A killed or failed run says so in run.json; the sweep runner re-runs it (resume=auto).

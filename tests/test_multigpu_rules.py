@@ -212,3 +212,56 @@ def test_grad_checkpointing_under_ddp_with_unused_head_trains():
     proc = _two_process("gradckpt", 29611, env={"TIMM_REENTRANT_CKPT": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OK 0" in proc.stdout and "OK 1" in proc.stdout
+
+
+# ------------------------------------------------------------------ one rank's failure ends every rank (R3)
+
+
+@pytest.mark.slow
+def test_one_ranks_data_error_ends_both_ranks_fast_naming_the_cause(tmp_path):
+    """Two processes started from outside (as srun / torchrun do: no Lightning launcher to kill the other one);
+    rank 1's data raises at its third sample. Both must exit non-zero well under the 30-min collective timeout,
+    and rank 0's error must name rank 1's cause (gloo alone says only "Connection closed by peer"; NCCL hangs)."""
+    import os
+    import time
+
+    script = Path(__file__).resolve().parent / "fixtures_multigpu.py"
+    procs = []
+    start = time.monotonic()
+    for rank in (0, 1):
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "LOCAL_RANK": str(rank),
+            "NODE_RANK": "0",
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29633",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), "failfast", "0", str(tmp_path)],
+                cwd=script.parent.parent,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs, ended = [], []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=150))  # start-up (imports, model, process group) dominates
+            ended.append(time.time())
+    finally:
+        for p in procs:
+            p.kill()
+    elapsed = time.monotonic() - start
+    (out0, err0), (out1, err1) = outputs
+    failed_at = float(err1.split("FAIL_AT ", 1)[1].split()[0])
+    assert ended[0] - failed_at < 20, f"rank 0 ended {ended[0] - failed_at:.1f} s after rank 1 failed"
+    assert procs[1].returncode != 0 and "CorruptSampleError: corrupt sample" in err1
+    assert procs[0].returncode != 0, out0
+    assert "rank 0 stops because rank 1 failed: CorruptSampleError: corrupt sample" in err0, err0[-3000:]
+    assert "finished" not in out0 + out1
+    assert elapsed < 150
