@@ -53,15 +53,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     metrics["trainer/global_step"] = trainer.global_step
-    if cfg.evaluate_after_fit and str(cfg.trainer.strategy).startswith("fsdp"):
-        # Rank 0 holds only a shard of the weights under FSDP: evaluate the checkpoint with evaluate.py instead.
-        print("evaluate_after_fit skipped under fsdp: run `python evaluate.py eval.checkpoint=<run dir>`")
-    elif cfg.evaluate_after_fit and is_rank_zero:
+    if cfg.evaluate_after_fit and is_rank_zero:
         from evaluation.runner import evaluate_run
+        from lit_modules.checkpoints import is_checkpoint
 
-        eval_metrics = evaluate_run(cfg, module=module, run_dir=run_dir.path)
+        # The weights `evaluate.py eval.checkpoint=<run dir>` scores: last.ckpt (a file, or FSDP's sharded folder,
+        # read whole on CPU), EMA weights when the run has an EMA. Without checkpoints: the in-memory weights.
+        last = run_dir.last_checkpoint
+        if is_checkpoint(last):
+            eval_metrics = evaluate_run(cfg, run_dir=run_dir.path, checkpoint=last)
+        elif str(cfg.trainer.strategy).startswith("fsdp"):
+            eval_metrics = {}  # rank 0 holds only a shard of the weights
+            print("evaluate_after_fit skipped: no last.ckpt under fsdp; run `python evaluate.py eval.checkpoint=...`")
+        else:
+            eval_metrics = evaluate_run(cfg, module=module, run_dir=run_dir.path)
         metrics.update(eval_metrics)
-        if logger is not None:
+        if logger is not None and eval_metrics:
             logger.experiment.summary.update(eval_metrics)
     if is_rank_zero:
         metrics = run_dir.write_metrics(metrics)

@@ -132,7 +132,8 @@ def check_compatible(
 
 
 def load_checkpoint_module(cfg: DictConfig, ckpt: Path, data_num_classes: Mapping[str, int] | None = None):
-    """Check the checkpoint against ``cfg``, then load it with ``lit_modules.load_module`` (weights_only)."""
+    """Check the checkpoint against ``cfg``, then load it with ``lit_modules.load_module`` (weights_only), with the
+    EMA weights when the run trained an EMA (``optim.ema_decay``): the weights evaluate_after_fit scores too."""
     hparams = read_hparams(ckpt)
     if hparams is None:
         log.warning("checkpoint %s has no hyper_parameters: architecture check skipped", ckpt)
@@ -142,8 +143,10 @@ def load_checkpoint_module(cfg: DictConfig, ckpt: Path, data_num_classes: Mappin
         )
     from lit_modules import load_module  # heavy: after the cheap checks
 
+    trained = (hparams or {}).get("config") or {}
+    use_ema = bool((trained.get("optim") or {}).get("ema_decay"))
     try:
-        return load_module(ckpt)
+        return load_module(ckpt, use_ema=True) if use_ema else load_module(ckpt)
     except RuntimeError as err:
         if "size mismatch" in str(err) or "Missing key" in str(err) or "Unexpected key" in str(err):
             raise CheckpointMismatchError(f"checkpoint {ckpt} does not fit the module: {err}") from None

@@ -265,3 +265,59 @@ def test_one_ranks_data_error_ends_both_ranks_fast_naming_the_cause(tmp_path):
     assert "rank 0 stops because rank 1 failed: CorruptSampleError: corrupt sample" in err0, err0[-3000:]
     assert "finished" not in out0 + out1
     assert elapsed < 150
+
+
+# --------------------------------------------------- evaluate_after_fit and evaluate.py score the same weights
+
+
+def test_evaluate_after_fit_and_evaluate_py_agree_on_ema_weights(tmp_path):
+    """One rule (REVIEW R6): both score last.ckpt, with the EMA weights when the run trained an EMA."""
+    import evaluate
+    import train
+    from tests.fixtures_reliability import train_args
+
+    shards = make_dataset(tmp_path / "wl", n_train=32, n_val=16, shard_size=8, scales=(1.0,), img_size=16)
+    eval_keys = ["eval.datasets=[weak_label_val]", "eval.features=[backbone]", "eval.ks=[1,5]", "eval.knn_k=5"]
+    args = train_args(
+        shards["manifest"],
+        tmp_path / "runs",
+        "ema",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=3",
+        "trainer.checkpoint_every_n_steps=3",
+        "optim.ema_decay=0.5",
+        "evaluate_after_fit=true",
+        *eval_keys,
+    )
+    after_fit = train.main(args)
+    again = evaluate.main([f"eval.checkpoint={tmp_path / 'runs' / 'ema'}"])
+    scored = {k: v for k, v in after_fit.items() if k.startswith("eval/")}
+    assert scored and scored == {k: again[k] for k in scored}
+    assert (tmp_path / "runs" / "ema" / "checkpoints" / "best.ckpt").is_file()  # present, and not what is scored
+
+    # ... and those are the EMA weights of last.ckpt, not the live ones (which score differently).
+    from configs.compose import load_run_config
+    from evaluation.runner import evaluate_run
+    from lit_modules import load_module
+
+    run = tmp_path / "runs" / "ema"
+    cfg = load_run_config(run / "config.yaml", [])
+    last = run / "checkpoints" / "last.ckpt"
+    ema = evaluate_run(cfg, module=load_module(last, use_ema=True), run_dir=tmp_path / "x", progress=False)
+    live = evaluate_run(cfg, module=load_module(last), run_dir=tmp_path / "y", progress=False)
+    assert scored == {k: ema[k] for k in scored}
+    assert scored != {k: live[k] for k in scored}
+
+
+def test_evaluation_is_fp32_by_default_on_every_device(monkeypatch):
+    import inspect
+
+    from configs.compose import compose
+    from evaluation.embeddings import autocast_context, extract_outputs
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # as on an H100
+    assert type(autocast_context(torch.device("cuda"))).__name__ == "nullcontext"
+    assert type(autocast_context(torch.device("cpu"))).__name__ == "nullcontext"
+    assert inspect.signature(extract_outputs).parameters["precision"].default == "fp32"
+    assert compose([]).eval.precision == "fp32"
+    assert isinstance(autocast_context(torch.device("cpu"), "bf16"), torch.autocast)  # the opt-in
