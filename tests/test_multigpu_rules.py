@@ -321,3 +321,52 @@ def test_evaluation_is_fp32_by_default_on_every_device(monkeypatch):
     assert inspect.signature(extract_outputs).parameters["precision"].default == "fp32"
     assert compose([]).eval.precision == "fp32"
     assert isinstance(autocast_context(torch.device("cpu"), "bf16"), torch.autocast)  # the opt-in
+
+
+# ------------------------------------------------ stage two finds stage one whatever runner named it (R8)
+
+
+def _finished_run(output_dir: Path, cfg, name: str) -> Path:
+    from tracking.run_dir import RunDir
+
+    run = RunDir(output_dir / name)
+    run.start(cfg)
+    run.checkpoints.mkdir(parents=True)
+    torch.save({"state_dict": {}}, run.last_checkpoint)
+    run.finish("finished")
+    return run.last_checkpoint
+
+
+@pytest.mark.parametrize("runner", ["local_runner", "wandb_agent"])
+def test_stage_two_init_from_finds_stage_one_under_either_runner(tmp_path, runner):
+    from configs.compose import compose
+    from studies.sweep import run_name
+    from tracking.run_dir import default_run_name, resolve_init_from
+
+    pretrain = compose(["experiment=scale_arch", "model=vit_b16", f"output_dir={tmp_path}"], hardware=False)
+    if runner == "local_runner":
+        name = run_name(
+            "scale_arch", {"model": "vit_b16", "data.weak_label.scale": 1.0}, ["model", "data.weak_label.scale"]
+        )
+    else:  # wandb agent: no run_name override, the default name from the axes
+        name = default_run_name(pretrain)
+    ckpt = _finished_run(tmp_path, pretrain, name)
+    _finished_run(tmp_path, compose(["experiment=scale_arch", "model=vit_s16"], hardware=False), "other-arch")
+    stage_two = compose(["experiment=multitask", f"output_dir={tmp_path}"], hardware=False)
+    assert resolve_init_from(stage_two.init_from, stage_two.output_dir, stage_two.seed) == str(ckpt)
+    assert resolve_init_from(str(ckpt.parent.parent), tmp_path) == str(ckpt)  # a run directory names its last.ckpt
+
+
+def test_init_from_spec_prefers_the_same_seed_and_names_ambiguity(tmp_path):
+    from configs.compose import compose
+    from tracking.run_dir import resolve_init_from
+
+    for seed in (0, 1):
+        cfg = compose(["experiment=scale_arch", f"seed={seed}"], hardware=False)
+        _finished_run(tmp_path, cfg, f"pre-seed{seed}")
+    spec = "run:experiment=scale_arch,stage=pretrain"
+    assert resolve_init_from(spec, tmp_path, seed=1).endswith("pre-seed1/checkpoints/last.ckpt")
+    with pytest.raises(FileNotFoundError, match=r"2 finished run\(s\).*pre-seed0.*pre-seed1.*add an axis"):
+        resolve_init_from(spec, tmp_path, seed=7)
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        resolve_init_from("run:experiment=nope", tmp_path)
