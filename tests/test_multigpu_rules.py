@@ -370,3 +370,30 @@ def test_init_from_spec_prefers_the_same_seed_and_names_ambiguity(tmp_path):
         resolve_init_from(spec, tmp_path, seed=7)
     with pytest.raises(FileNotFoundError, match="no finished run"):
         resolve_init_from("run:experiment=nope", tmp_path)
+
+
+# ------------------------------------------------------------------- benchmarks/gpu_check.py cannot rot
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_on_cpu(tmp_path):
+    import json
+    import os
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")
+    assert [r["case"] for r in report["train"]] == ["vit_demo", "vit_demo_compile", "resnet10t", "vit_demo_act_ckpt"]
+    assert all(r["images_per_sec"] > 0 and r["train_gflops_per_image"] > 0 for r in report["train"])
+    fsdp, ddp = report["checkpoints"]
+    assert fsdp["sharded_folder"] and fsdp["layout"] == [".metadata", "__0_0.distcp", "meta.pt"]
+    assert fsdp["ok"] and ddp["ok"] and ddp["fit_to_6"]["resumed_from"].endswith("last.ckpt")
+    assert report["eval"]["metrics"] > 0 and report["eval"]["max_abs_diff"] == 0.0
