@@ -452,7 +452,9 @@ class MultiTaskModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         # Skipped when the caller already ran it (train.py), or the weights came from load_module.
         if stage == "fit" and self.cfg.get("init_from") and self.init_report is None and not self._weights_restored:
-            self.load_pretrained(self.cfg["init_from"])
+            from tracking.run_dir import resolve_init_from  # a run directory or run:<axis>=<value>,... spec too
+
+            self.load_pretrained(resolve_init_from(self.cfg["init_from"], self.cfg["output_dir"], self.cfg["seed"]))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_skipped"] = int(self.nonfinite_skipped)
