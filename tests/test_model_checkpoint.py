@@ -160,13 +160,6 @@ def test_resume_with_another_label_space_is_a_clear_error(trained_ckpt):
         trainer.fit(other, train_dataloaders=combined_loader(), ckpt_path=path)
 
 
-def test_compiled_backbone_keeps_plain_state_dict_keys():
-    plain = MultiTaskModule(tiny_config(), NUM_CLASSES)
-    compiled = MultiTaskModule(tiny_config("model.compile=true"), NUM_CLASSES)
-    assert list(compiled.state_dict()) == list(plain.state_dict())
-    assert not any("_orig_mod" in k for k in compiled.state_dict())
-
-
 # --------------------------------------------------------------------- sharded FSDP checkpoint folders
 
 
