@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     from lit_modules import MultiTaskModule
     from lit_modules.callbacks import ThroughputMonitor
     from lit_modules.trainer import build_trainer, resume_checkpoint
-    from tracking.run_dir import RunDir
+    from tracking.run_dir import RunDir, resolve_init_from
     from tracking.wandb_logger import build_wandb_logger, sync_hint, wandb_run_id
 
     seed_everything(cfg.seed, workers=True)
@@ -39,9 +39,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     try:
         datamodule = build_datamodule(cfg)
         module = MultiTaskModule(to_dict(cfg), datamodule.num_classes)
-        if cfg.init_from:
-            module.load_pretrained(cfg.init_from)
-        trainer = build_trainer(cfg, run_dir, logger, callbacks=[ThroughputMonitor(), *datamodule.callbacks()])
+        if cfg.init_from:  # a checkpoint, a run directory, or run:<axis>=<value>,... looked up in output_dir
+            module.load_pretrained(resolve_init_from(cfg.init_from, cfg.output_dir, int(cfg.seed)))
+        on_abort = (lambda msg: run_dir.finish("failed", error=msg)) if is_rank_zero else None  # another rank failed
+        callbacks = [ThroughputMonitor(), *datamodule.callbacks()]
+        trainer = build_trainer(cfg, run_dir, logger, callbacks=callbacks, on_abort=on_abort)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, run_dir), weights_only=True)
     except BaseException as err:
         # A killed or failed run says so in run.json; the sweep runner re-runs it (resume=auto).
@@ -51,15 +53,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     metrics["trainer/global_step"] = trainer.global_step
-    if cfg.evaluate_after_fit and str(cfg.trainer.strategy).startswith("fsdp"):
-        # Rank 0 holds only a shard of the weights under FSDP: evaluate the checkpoint with evaluate.py instead.
-        print("evaluate_after_fit skipped under fsdp: run `python evaluate.py eval.checkpoint=<run dir>`")
-    elif cfg.evaluate_after_fit and is_rank_zero:
+    if cfg.evaluate_after_fit and is_rank_zero:
         from evaluation.runner import evaluate_run
+        from lit_modules.checkpoints import is_checkpoint
 
-        eval_metrics = evaluate_run(cfg, module=module, run_dir=run_dir.path)
+        # The weights `evaluate.py eval.checkpoint=<run dir>` scores: last.ckpt (a file, or FSDP's sharded folder,
+        # read whole on CPU), EMA weights when the run has an EMA. Without checkpoints: the in-memory weights.
+        last = run_dir.last_checkpoint
+        if is_checkpoint(last):
+            eval_metrics = evaluate_run(cfg, run_dir=run_dir.path, checkpoint=last)
+        elif str(cfg.trainer.strategy).startswith("fsdp"):
+            eval_metrics = {}  # rank 0 holds only a shard of the weights
+            print("evaluate_after_fit skipped: no last.ckpt under fsdp; run `python evaluate.py eval.checkpoint=...`")
+        else:
+            eval_metrics = evaluate_run(cfg, module=module, run_dir=run_dir.path)
         metrics.update(eval_metrics)
-        if logger is not None:
+        if logger is not None and eval_metrics:
             logger.experiment.summary.update(eval_metrics)
     if is_rank_zero:
         metrics = run_dir.write_metrics(metrics)

@@ -224,7 +224,8 @@ class LinearProbeConfig:
 class EvalConfig:
     """What evaluate.py computes for a checkpoint (or a random-init backbone)."""
 
-    checkpoint: str | None = None  # a .ckpt, or a run directory (its best/last checkpoint)
+    # a .ckpt (or sharded FSDP folder), or a run directory: its last.ckpt, else best.ckpt; EMA weights if trained
+    checkpoint: str | None = None
     datasets: list[str] = field(default_factory=lambda: ["fashion_mnist"])  # + "weak_label_val"
     # "embedding": the retrieval head's output; "backbone": the backbone's pooled feature.
     features: list[str] = field(default_factory=lambda: ["embedding", "backbone"])
@@ -239,6 +240,8 @@ class EvalConfig:
     loo_queries: int | None = 1000
     block_size: int = 1024  # queries per similarity block (memory O(block x gallery))
     device: str = "auto"
+    # fp32 on every device so figures compare across GPU and CPU; "bf16" opts into autocast (faster on GPUs).
+    precision: str = "fp32"
     output: str | None = None  # JSON path; default <run_dir>/eval/<dataset>.json
 
 

@@ -63,6 +63,7 @@ from datamodules.loaders import (
 )
 from datamodules.targets import BatchTransform
 from datamodules.weak_label import SKIP_REASONS, WeakLabelData, image_transform
+from lit_modules.strategy import all_gather_cpu, reduce_cpu
 
 COUNT_REASONS = (*SKIP_REASONS, "unreadable_image")
 
@@ -291,7 +292,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             return [offsets]
         width = max(1, num_workers)
         local = torch.tensor(offsets if offsets is not None else [-1] * width, dtype=torch.long)
-        gathered = self.trainer.strategy.all_gather(local).reshape(world, width).cpu()
+        gathered = all_gather_cpu(self.trainer.strategy, local).reshape(world, width)
         return [None if (row < 0).all() else row.tolist() for row in gathered]
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -375,7 +376,7 @@ class DataCountsLogger(Callback):
         counts = dm.data_counts()
         keys = [f"{n}/{split}" for n in names]
         vec = torch.tensor([[counts.get(k, {}).get(r, 0) for r in COUNT_REASONS] for k in keys], dtype=torch.float64)
-        total = trainer.strategy.reduce(vec.to(pl_module.device), reduce_op="sum").cpu()
+        total = reduce_cpu(trainer.strategy, vec, "sum")
         metrics = {
             f"data/{k}/{r}": float(total[i, j])
             for i, k in enumerate(keys)

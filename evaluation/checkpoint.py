@@ -14,14 +14,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from configs.compose import to_dict
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")  # in this order of preference inside a run directory
+# In this order of preference inside a run directory. last.ckpt holds the final weights, which are also what
+# train.py's evaluate_after_fit scores, so a sweep's metric and a later re-evaluation agree (docs/evaluation rule:
+# the final weights, EMA weights when the run trained an EMA).
+CHECKPOINT_NAMES = ("last.ckpt", "best.ckpt")
 
 # Config keys that fix the weights' shapes or meaning: a difference means another model.
 ARCHITECTURE_KEYS = (
@@ -39,19 +41,22 @@ class CheckpointMismatchError(ValueError):
 
 
 def resolve_checkpoint(path: os.PathLike | str) -> tuple[Path, Path]:
-    """A .ckpt file, or a run directory (its checkpoints/best.ckpt, else last.ckpt) -> (checkpoint, run_dir).
+    """A checkpoint, or a run directory (its checkpoints/last.ckpt, else best.ckpt) -> (checkpoint, run_dir).
 
-    The run directory is the checkpoint's grandparent when it sits in ``checkpoints/``, else its parent.
+    A checkpoint is a ``.ckpt`` file or a sharded FSDP checkpoint folder (``last.ckpt/`` with ``.metadata`` and
+    ``meta.pt``). The run directory is the checkpoint's grandparent when it sits in ``checkpoints/``, else its parent.
     """
+    from lit_modules.checkpoints import is_checkpoint
+
     p = Path(path)
-    if p.is_dir():
-        folders = [p / "checkpoints", p]
-        found = [f / name for name in CHECKPOINT_NAMES for f in folders if (f / name).is_file()]
-        if not found:
-            raise FileNotFoundError(f"eval.checkpoint={path}: run directory holds no checkpoints/{{best,last}}.ckpt")
-        ckpt = found[0]
-    elif p.is_file():
+    if is_checkpoint(p):
         ckpt = p
+    elif p.is_dir():
+        folders = [p / "checkpoints", p]
+        found = [f / name for name in CHECKPOINT_NAMES for f in folders if is_checkpoint(f / name)]
+        if not found:
+            raise FileNotFoundError(f"eval.checkpoint={path}: run directory holds no checkpoints/{{last,best}}.ckpt")
+        ckpt = found[0]
     else:
         raise FileNotFoundError(f"eval.checkpoint={path}: no such checkpoint file or run directory")
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
@@ -69,13 +74,11 @@ def run_config_path(ckpt: Path, run_dir: Path) -> Path:
 
 
 def read_hparams(ckpt: Path) -> dict[str, Any] | None:
-    """The checkpoint's ``hyper_parameters`` (weights_only, memory-mapped), or None when it has none."""
-    try:
-        payload = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # a pickle that weights_only refuses, a truncated file, not a checkpoint
-        raise ValueError(f"cannot read checkpoint {ckpt} safely (torch.load weights_only=True): {err}") from None
-    if not isinstance(payload, Mapping):
-        raise ValueError(f"checkpoint {ckpt} is not a Lightning checkpoint (a {type(payload).__name__}, not a dict)")
+    """The checkpoint's ``hyper_parameters`` (weights_only; a file memory-mapped, a sharded folder's meta.pt), or
+    None when it has none."""
+    from lit_modules.checkpoints import read_checkpoint_meta
+
+    payload = read_checkpoint_meta(ckpt)
     hparams = payload.get("hyper_parameters")
     return dict(hparams) if isinstance(hparams, Mapping) else None
 
@@ -129,7 +132,8 @@ def check_compatible(
 
 
 def load_checkpoint_module(cfg: DictConfig, ckpt: Path, data_num_classes: Mapping[str, int] | None = None):
-    """Check the checkpoint against ``cfg``, then load it with ``lit_modules.load_module`` (weights_only)."""
+    """Check the checkpoint against ``cfg``, then load it with ``lit_modules.load_module`` (weights_only), with the
+    EMA weights when the run trained an EMA (``optim.ema_decay``): the weights evaluate_after_fit scores too."""
     hparams = read_hparams(ckpt)
     if hparams is None:
         log.warning("checkpoint %s has no hyper_parameters: architecture check skipped", ckpt)
@@ -139,8 +143,10 @@ def load_checkpoint_module(cfg: DictConfig, ckpt: Path, data_num_classes: Mappin
         )
     from lit_modules import load_module  # heavy: after the cheap checks
 
+    trained = (hparams or {}).get("config") or {}
+    use_ema = bool((trained.get("optim") or {}).get("ema_decay"))
     try:
-        return load_module(ckpt)
+        return load_module(ckpt, use_ema=True) if use_ema else load_module(ckpt)
     except RuntimeError as err:
         if "size mismatch" in str(err) or "Missing key" in str(err) or "Unexpected key" in str(err):
             raise CheckpointMismatchError(f"checkpoint {ckpt} does not fit the module: {err}") from None

@@ -48,8 +48,10 @@ class Extracted:
         return len(self.keys)
 
 
-def autocast_context(device: torch.device, precision: str = "auto"):
-    """bf16 autocast on a GPU that supports it ("auto"/"bf16"), or on CPU when "bf16" is asked; else fp32."""
+def autocast_context(device: torch.device, precision: str = "fp32"):
+    """fp32 by default on every device, so GPU and CPU figures compare (bf16 flips sign bits near 0, which
+    binarized retrieval reads). "bf16": bf16 autocast on a GPU that supports it, or on CPU; "auto": bf16 on a
+    bf16-capable GPU only, fp32 elsewhere."""
     precision = str(precision).lower()
     if precision in ("32", "32-true", "fp32", "float32"):
         return contextlib.nullcontext()
@@ -92,7 +94,7 @@ def extract_outputs(
     loader: Iterable[dict[str, Any]],
     outputs: Sequence[str] = ("embedding",),
     device: str | torch.device | None = "auto",
-    precision: str = "auto",
+    precision: str = "fp32",
     limit: int | None = None,
     desc: str = "extract",
     progress: bool = True,
@@ -106,7 +108,8 @@ def extract_outputs(
             applied on ``device`` to each batch, the same transform Lightning applies in training.
         outputs: any of "embedding", "backbone", "head:<task>" (e.g. "head:weak_label" logits).
         device: where the module runs ("auto" = cuda if available); the module is moved there.
-        precision: "auto" (bf16 autocast on a bf16-capable GPU, fp32 on CPU), "bf16" or "fp32".
+        precision: "fp32" (default, every device: eval.precision), "bf16" (autocast) or "auto" (bf16 on a
+            bf16-capable GPU, fp32 on CPU).
         limit: stop after this many items (the loader is deterministic, so it is the first ``limit``).
         desc, progress: tqdm label and switch.
 
@@ -189,7 +192,7 @@ def extract(
     loader: Iterable[dict[str, Any]],
     feature: str = "embedding",
     device: str | torch.device | None = "auto",
-    precision: str = "auto",
+    precision: str = "fp32",
     limit: int | None = None,
 ) -> tuple[Tensor, Tensor, list[str]]:
     """``(features float32 [N, D], targets, keys)`` for one feature ("embedding" or "backbone")."""

@@ -294,7 +294,7 @@ def evaluate_dataset(
     sparse = SparseTargets(loader_fn(cfg, g_ds, g_split))
     with timer("extract_gallery_s"):
         gallery = extract_outputs(
-            module, sparse, outputs, device, "auto", ev.gallery_limit, f"{dataset} {g_split}", progress
+            module, sparse, outputs, device, ev.precision, ev.gallery_limit, f"{dataset} {g_split}", progress
         )
     label_ids = sparse.targets(len(gallery))
     if label_ids is not None:
@@ -312,7 +312,7 @@ def evaluate_dataset(
                 loader_fn(cfg, q_ds, q_split),
                 features,
                 device,
-                "auto",
+                ev.precision,
                 ev.query_limit,
                 f"{dataset} {q_split}",
                 progress,

@@ -12,6 +12,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.layers import set_reentrant_ckpt
 from torch import nn
 
 __all__ = ["create_backbone", "feature_dim", "block_classes"]
@@ -77,6 +78,11 @@ def create_backbone(model_cfg: Mapping[str, Any], img_size: int, apply_grad_chec
     if model_cfg.get("grad_checkpointing") and apply_grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
             raise ValueError(f"model.grad_checkpointing=true but {name} has no set_grad_checkpointing()")
+        # Non-reentrant checkpoints: reentrant ones fire DDP's gradient hooks twice per parameter under
+        # find_unused_parameters=True ("Expected to mark a variable ready only once"), which interleaved
+        # multi-task training needs. timm >= 1.0.2x defaults to non-reentrant, but TIMM_REENTRANT_CKPT=1 (or an
+        # older timm) flips it, process-wide; pin it.
+        set_reentrant_ckpt(False)
         model.set_grad_checkpointing(True)
     if model_cfg.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)

@@ -2,6 +2,12 @@
 
 Checkpoints are only ever read with ``torch.load(weights_only=True)``: a file holding pickled Python
 objects other than tensors and plain containers is refused, never executed.
+
+A checkpoint is a ``.ckpt`` file, or the folder Lightning's ``FSDPStrategy(state_dict_type="sharded")`` writes
+under the same name (``last.ckpt/``): ``torch.distributed.checkpoint`` files (``.metadata``, ``__<rank>_0.distcp``
+holding ``{"model": state_dict, "optimizer_<i>": ...}``) and ``meta.pt`` (everything else: hyper-parameters, loop
+and callback state), written by rank 0 after the shards. ``read_checkpoint`` turns such a folder into the usual
+dict, weights only, on CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +22,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "InitReport", "read_checkpoint", "compatibility_problems"]
+__all__ = [
+    "CheckpointError",
+    "InitReport",
+    "compatibility_problems",
+    "is_checkpoint",
+    "is_sharded_checkpoint",
+    "read_checkpoint",
+    "read_checkpoint_meta",
+]
+
+SHARDED_META = "meta.pt"  # lightning.fabric.utilities.load._METADATA_FILENAME
+DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards
 
 
 class CheckpointError(ValueError):
@@ -54,12 +71,86 @@ class InitReport:
         return "\n".join(lines)
 
 
+def is_sharded_checkpoint(path: os.PathLike | str) -> bool:
+    """True for a complete sharded FSDP checkpoint folder (DCP index and Lightning's ``meta.pt`` both present)."""
+    path = Path(path)
+    return path.is_dir() and (path / SHARDED_META).is_file() and (path / DCP_METADATA).is_file()
+
+
+def is_checkpoint(path: os.PathLike | str) -> bool:
+    """True for a checkpoint file or a sharded FSDP checkpoint folder."""
+    return Path(path).is_file() or is_sharded_checkpoint(path)
+
+
+class _DCPMetadataUnpickler(pickle.Unpickler):
+    """Reads DCP's ``.metadata`` index, which torch.distributed.checkpoint writes with plain pickle: only the
+    classes such an index holds (DCP metadata dataclasses, torch dtypes/sizes/layouts, paths) may be built, so a
+    crafted index cannot run code. The shards themselves are read by DCP with ``torch.load(weights_only=True)``."""
+
+    _TORCH = {"Size", "_get_layout"}
+    _PATHLIB = {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath", "Path"}
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (
+            (module.startswith("torch.distributed.checkpoint.") and not name.startswith("__"))
+            or (module in ("torch", "torch.serialization") and name in self._TORCH)
+            or (module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.memory_format)))
+            or (module == "pathlib" and name in self._PATHLIB)
+            or (module == "collections" and name == "OrderedDict")
+        )
+        if not allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a DCP metadata index")
+        return super().find_class(module, name)
+
+
+def _sharded_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The full model state dict of a sharded folder, on CPU (optimizer shards are not read)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            with open(self.path / DCP_METADATA, "rb") as f:
+                metadata = _DCPMetadataUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is not None:
+                metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    # The private calls DCP's own dcp_to_torch_save and Lightning's consolidate_checkpoint make (the public
+    # dcp.load fills only keys the caller's dict already has): the planner builds the state dict from the index,
+    # so no model is needed; keys={"model"} leaves the optimizer shards on disk; no_dist: a local read per rank.
+    state: dict[str, Any] = {}
+    _load_state_dict(
+        state, storage_reader=SafeReader(path), planner=_EmptyStateDictLoadPlanner(keys={"model"}), no_dist=True
+    )
+    model = state.get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{path}: the sharded checkpoint holds no 'model' state dict")
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in model.items()}
+
+
+def read_checkpoint_meta(path: os.PathLike | str) -> dict[str, Any]:
+    """Everything but the tensors of a checkpoint: a file's full dict (memory-mapped), or a sharded folder's
+    ``meta.pt`` (hyper-parameters, loop state, ...), read with ``weights_only=True``."""
+    path = Path(path)
+    target = path / SHARDED_META if is_sharded_checkpoint(path) else path
+    try:
+        payload = torch.load(target, map_location="cpu", weights_only=True, mmap=target.is_file() and path.is_file())
+    except Exception as err:  # a pickle that weights_only refuses, a truncated file, not a checkpoint
+        raise CheckpointError(f"cannot read checkpoint {path} safely (torch.load weights_only=True): {err}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (a {type(payload).__name__}, not a dict)")
+    return payload
+
+
 def read_checkpoint(path: os.PathLike | str, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint of this repo with ``weights_only=True`` and check its structure.
 
     Args:
-        path: a ``.ckpt`` file written by Lightning for a ``MultiTaskModule``.
-        map_location: passed to ``torch.load``.
+        path: a ``.ckpt`` file written by Lightning for a ``MultiTaskModule``, or a sharded FSDP checkpoint
+            folder (see the module docstring; its weights are gathered into one state dict on CPU).
+        map_location: passed to ``torch.load`` (files).
 
     Returns:
         The checkpoint dict; it has ``state_dict`` and ``hyper_parameters`` with ``config`` and
@@ -67,17 +158,27 @@ def read_checkpoint(path: os.PathLike | str, map_location: Any = "cpu") -> dict[
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: a pickle payload (refused), an unreadable file, a sharded FSDP directory, or
+        CheckpointError: a pickle payload (refused), an unreadable file, an incomplete sharded folder, or
             a checkpoint that is not one of this repo; the message names the file.
     """
     path = Path(path)
     if path.is_dir():
-        if (path / ".metadata").exists() or (path / "meta.pt").exists():
+        if not is_sharded_checkpoint(path):
+            have = sorted(p.name for p in path.iterdir())[:8]
             raise CheckpointError(
-                f"{path} is a sharded FSDP checkpoint directory: consolidate it first with "
-                f"`python -m lightning.pytorch.utilities.consolidate_checkpoint {path}`"
+                f"{path} is a directory but not a complete sharded FSDP checkpoint (needs {DCP_METADATA} and "
+                f"{SHARDED_META}; has {have}): an interrupted save, or not a checkpoint"
             )
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+        ckpt = read_checkpoint_meta(path)
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        try:
+            ckpt["state_dict"] = _sharded_state_dict(path)
+        except (Exception, CheckpointException) as err:  # DCP wraps reader errors (a refused index too) in its
+            # CheckpointException, a BaseException
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{path}: cannot read the sharded checkpoint's weights: {reason}") from None
+        return _checked(path, ckpt)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
@@ -96,6 +197,10 @@ def read_checkpoint(path: os.PathLike | str, map_location: Any = "cpu") -> dict[
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated or another format): {err}"
         ) from None
+    return _checked(path, ckpt)
+
+
+def _checked(path: Path, ckpt: Any) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict' mapping)")
     hp = ckpt.get("hyper_parameters")

@@ -31,6 +31,7 @@ from lit_modules.checkpoints import CheckpointError, InitReport, compatibility_p
 from lit_modules.heads import TaskSpec, build_heads, task_datasets, task_specs
 from lit_modules.losses import classification_loss, multi_hot_softmax_loss, multi_label_bce_loss, proxy_logits
 from lit_modules.optim import backbone_group_matcher, build_optimizer, param_group_spec
+from lit_modules.strategy import any_rank
 
 __all__ = [
     "MultiTaskModule",
@@ -214,7 +215,7 @@ class MultiTaskModule(pl.LightningModule):
         fsdp_checkpointing = (
             str(trainer_cfg["strategy"]).startswith("fsdp") and trainer_cfg["fsdp"]["activation_checkpointing"]
         )
-        # Compiled after the EMA copy is made (a compiled module does not deep-copy cleanly).
+        # Never compiled here: on_fit_start compiles after the strategy wraps the model (and after the EMA copy).
         model_cfg = {**cfg["model"], "compile": False}
         self.backbone = create_backbone(model_cfg, self.img_size, apply_grad_checkpointing=not fsdp_checkpointing)
         self.feature_dim = feature_dim(self.backbone)
@@ -231,8 +232,8 @@ class MultiTaskModule(pl.LightningModule):
 
         # Computed on the unwrapped module so every rank agrees after DDP/FSDP wrapping.
         self._param_spec = param_group_spec(self, float(cfg["optim"]["weight_decay"]), cfg["optim"]["layer_decay"])
-        if cfg["model"]["compile"]:
-            self.backbone.compile()
+        # model.compile happens in on_fit_start, after the strategy has wrapped the model.
+        self._backbone_compiled = False
 
         self.val_metrics = self._build_metrics()
         self.test_metrics = self._build_metrics()
@@ -418,7 +419,7 @@ class MultiTaskModule(pl.LightningModule):
         any_bad = local_bad
         if trainer is not None and trainer.world_size > 1:
             # Every rank must take the same branch, or DDP would wait forever on the skipping rank.
-            any_bad = trainer.strategy.reduce_boolean_decision(local_bad, all=False)
+            any_bad = any_rank(trainer.strategy, local_bad)
         if not any_bad:
             return True
         rank = trainer.global_rank if trainer is not None else 0
@@ -580,10 +581,27 @@ class MultiTaskModule(pl.LightningModule):
 
     # ---------------------------------------------------------------------------- checkpoints
 
+    def on_fit_start(self) -> None:
+        """Per-rank model RNG, then ``model.compile``.
+
+        * ``torch.manual_seed(seed + global_rank)`` (timm's ``random_seed(seed, rank)``): the weights were built
+          under the same seed on every rank (and DDP broadcasts rank 0's), but drop-path and dropout masks must
+          differ across GPUs, or sample i of every local batch gets the same stochastic-depth mask everywhere.
+        * The backbone is compiled here, in place, after DDP/FSDP wrapped the model (FSDP's auto-wrap has then
+          replaced the blocks by its units, so Dynamo traces the wrapped blocks, not modules FSDP later swaps
+          out); state-dict keys stay those of the plain module (no ``_orig_mod.``).
+        """
+        torch.manual_seed(int(self.cfg["seed"]) + int(self.global_rank))
+        if self.cfg["model"]["compile"] and not self._backbone_compiled:
+            self.backbone.compile()
+            self._backbone_compiled = True
+
     def setup(self, stage: str) -> None:
         # Skipped when the caller already ran it (train.py), or the weights came from load_module.
         if stage == "fit" and self.cfg.get("init_from") and self.init_report is None and not self._weights_restored:
-            self.load_pretrained(self.cfg["init_from"])
+            from tracking.run_dir import resolve_init_from  # a run directory or run:<axis>=<value>,... spec too
+
+            self.load_pretrained(resolve_init_from(self.cfg["init_from"], self.cfg["output_dir"], self.cfg["seed"]))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_skipped"] = int(self.nonfinite_skipped)

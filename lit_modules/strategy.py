@@ -15,7 +15,48 @@ from omegaconf import DictConfig, OmegaConf
 from lit_modules.backbones import block_classes, create_backbone
 from lit_modules.heads import task_datasets
 
-__all__ = ["build_strategy", "heads_may_be_unused", "wrap_classes"]
+__all__ = [
+    "all_gather_cpu",
+    "any_rank",
+    "build_strategy",
+    "heads_may_be_unused",
+    "reduce_cpu",
+    "to_root",
+    "wrap_classes",
+]
+
+
+# ---------------------------------------------------------------------------------------------- collectives
+# Every collective of the repo (data position, skip counters, the non-finite-loss decision) goes through these
+# three functions. NCCL, the GPU process group, only takes tensors on the rank's own GPU ("No backend type
+# associated with device type cpu"), while gloo (CPU tests) takes anything: so the move to the strategy's root
+# device happens here, once, and never at a call site. Lightning's strategy.all_gather/reduce do not move tensors.
+
+
+def to_root(strategy: Strategy, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on ``strategy.root_device`` (the device NCCL collectives require)."""
+    return tensor.to(strategy.root_device)
+
+
+def all_gather_cpu(strategy: Strategy, tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather ``tensor`` (same shape on every rank) -> ``[world_size, *tensor.shape]`` on CPU.
+
+    With one process the result is ``tensor[None]``.
+    """
+    gathered = strategy.all_gather(to_root(strategy, tensor))
+    if gathered.dim() == tensor.dim():  # single-device strategies return the tensor itself
+        gathered = gathered.unsqueeze(0)
+    return gathered.cpu()
+
+
+def reduce_cpu(strategy: Strategy, tensor: torch.Tensor, reduce_op: str = "sum") -> torch.Tensor:
+    """``tensor`` reduced over ranks (``sum`` or ``mean``), returned on CPU."""
+    return strategy.reduce(to_root(strategy, tensor), reduce_op=reduce_op).cpu()
+
+
+def any_rank(strategy: Strategy, flag: bool) -> bool:
+    """True when ``flag`` is true on at least one rank (every rank gets the same answer)."""
+    return bool(reduce_cpu(strategy, torch.tensor(int(flag), dtype=torch.int32), "sum").item() > 0)
 
 
 def _plain(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:

@@ -132,6 +132,74 @@ def _final_batch(trainer: Trainer) -> bool:
     )
 
 
+class AbortAllRanksOnError(Callback):
+    """One rank's exception ends every rank within seconds, each with an error that names the cause.
+
+    Without it, the other ranks of a run wait in their next collective (a gradient all-reduce, a checkpoint's
+    data-position gather) until the process group's timeout (30 min by default) when the launcher does not kill
+    them: Lightning's own launcher and torchrun do, ``srun`` without ``--kill-on-bad-exit=1`` does not, and gloo
+    reports only "connection closed". A rank that fails writes its error into the process group's key-value store
+    (the c10d store every rank already talks to); a daemon thread on every rank polls that key every
+    ``poll_s`` seconds and, when another rank has failed, prints the cause, calls ``on_abort(message)`` (train.py
+    marks run.json failed) and ends the process with exit code 1 (``os._exit``: its main thread is stuck inside a
+    collective that cannot be interrupted). No torch or Lightning facility does this: NCCL's watchdog acts only at
+    the timeout.
+    """
+
+    KEY = "repo/abort"
+
+    def __init__(self, poll_s: float = 1.0, on_abort: Any = None) -> None:
+        self.poll_s = float(poll_s)
+        self.on_abort = on_abort
+        self._store = None
+        self._failed_here = False
+        self._stop = None
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        import threading
+
+        import torch.distributed as dist
+
+        if self._store is not None or trainer.world_size < 2 or not (dist.is_available() and dist.is_initialized()):
+            return
+        # The default group's store: private in torch, but the one store every rank of the run shares already.
+        self._store = dist.distributed_c10d._get_default_store()
+        self._stop = threading.Event()
+        rank = trainer.global_rank
+        threading.Thread(target=self._watch, args=(rank,), name="abort-all-ranks", daemon=True).start()
+
+    def _watch(self, rank: int) -> None:
+        import sys
+
+        while not self._stop.wait(self.poll_s):
+            try:
+                if not self._store.check([self.KEY]):
+                    continue
+                cause = self._store.get(self.KEY).decode(errors="replace")
+            except Exception:  # the store went away: the run is ending anyway
+                return
+            if self._failed_here:
+                return
+            message = f"rank {rank} stops because {cause}"
+            print(f"\nERROR: {message}", file=sys.stderr, flush=True)
+            if self.on_abort is not None:
+                with contextlib.suppress(Exception):
+                    self.on_abort(message)
+            os._exit(1)
+
+    def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
+        if self._store is None or self._failed_here:
+            return
+        self._failed_here = True
+        cause = f"rank {trainer.global_rank} failed: {type(exception).__name__}: {exception}"[:4000]
+        with contextlib.suppress(Exception):
+            self._store.set(self.KEY, cause)
+
+    def teardown(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if self._stop is not None and not self._failed_here:
+            self._stop.set()
+
+
 def checkpoint_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[ModelCheckpoint]:
     """`last.ckpt` every trainer.checkpoint_every_n_steps and after the final batch, `best.ckpt` by val/loss.
 
@@ -164,13 +232,18 @@ def build_trainer(
     logger=None,
     callbacks: Sequence[Callback] = (),
     enable_checkpointing: bool = True,
+    on_abort: Any = None,
 ) -> Trainer:
-    """A Trainer driven by steps (webdataset epochs are nominal), with the run's strategy, atomic checkpoint writes
-    and, when ``data.record_keys`` is set, the ``SampleKeyRecorder``."""
+    """A Trainer driven by steps (webdataset epochs are nominal), with the run's strategy, atomic checkpoint writes,
+    ``AbortAllRanksOnError`` (``on_abort(message)`` is called on a rank another rank's failure ends) and, when
+    ``data.record_keys`` is set, the ``SampleKeyRecorder``."""
     from lit_modules.strategy import build_strategy
 
     t = cfg.trainer
-    all_callbacks: list[Callback] = [TQDMProgressBar(refresh_rate=max(1, min(20, t.log_every_n_steps)))]
+    all_callbacks: list[Callback] = [
+        TQDMProgressBar(refresh_rate=max(1, min(20, t.log_every_n_steps))),
+        AbortAllRanksOnError(on_abort=on_abort),
+    ]
     if logger is not None:
         all_callbacks.append(LearningRateMonitor(logging_interval="step"))
     if enable_checkpointing:
@@ -208,12 +281,30 @@ def build_trainer(
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> str | None:
-    """The checkpoint to resume from: resume=auto picks <run_dir>/checkpoints/last.ckpt if present."""
+    """The checkpoint to resume from, a file or a sharded FSDP folder (``lit_modules.checkpoints.is_checkpoint``).
+
+    resume=never: None; resume=auto: ``<run_dir>/checkpoints/last.ckpt`` when it exists (file, or the folder
+    ``FSDPStrategy(state_dict_type="sharded")`` writes), else None; any other value: that checkpoint.
+
+    Raises:
+        FileNotFoundError: resume=<path> names neither a checkpoint file nor a complete sharded folder.
+    """
+    from lit_modules.checkpoints import is_checkpoint
+
     if cfg.resume == "never":
         return None
     if cfg.resume == "auto":
-        return str(run_dir.last_checkpoint) if run_dir.last_checkpoint.is_file() else None
+        last = Path(run_dir.last_checkpoint)
+        if last.is_dir() and not is_checkpoint(last):
+            # A sharded save that died before rank 0 wrote meta.pt: refuse to overwrite it by starting over.
+            raise FileNotFoundError(
+                f"resume=auto: {last} is an incomplete sharded checkpoint folder (no meta.pt / .metadata): pass "
+                "resume=<an older checkpoint> or resume=never"
+            )
+        return str(last) if is_checkpoint(last) else None
     path = Path(cfg.resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint file")
+    if not is_checkpoint(path):
+        raise FileNotFoundError(
+            f"resume={cfg.resume}: no such checkpoint file or complete sharded checkpoint folder (.metadata + meta.pt)"
+        )
     return str(path)

@@ -82,6 +82,29 @@ def test_wrong_type_and_bad_values_fail_naming_the_key():
         compose(["tasks.classifiers.x.dataset=nope"])
 
 
+HARDWARE = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+REPO = CONFIG_DIR.parent
+
+
+def _hardware(cfg) -> dict:
+    return {k: cfg.trainer[k] for k in HARDWARE}
+
+
+def _group_hardware(name: str) -> dict:
+    """The hardware a trainer group file names, schema defaults for what it leaves out."""
+    data = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "trainer" / f"{name}.yaml"))
+    assert set(HARDWARE) <= set(data), f"trainer/{name}.yaml must name all of {HARDWARE}"
+    return {k: data[k] for k in HARDWARE}
+
+
+def _default_trainer(experiment: str | None) -> str:
+    files = [CONFIG_DIR / "config.yaml"] + ([CONFIG_DIR / "experiment" / f"{experiment}.yaml"] if experiment else [])
+    choice = None
+    for f in files:
+        choice = (OmegaConf.load(f).get("defaults") or {}).get("trainer", choice)
+    return choice
+
+
 def test_every_preset_and_group_file_composes():
     # GPU presets are planned on CPU machines too: the hardware check is tested on its own above.
     for group_dir in sorted(p for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in ("labels", "__pycache__")):
@@ -90,6 +113,96 @@ def test_every_preset_and_group_file_composes():
             cfg = compose([override], hardware=False)
             if group_dir.name == "experiment":
                 assert cfg.experiment == f.stem
+                assert _hardware(cfg) == _group_hardware(_default_trainer(f.stem)), f.name
+            if group_dir.name == "trainer":
+                assert _hardware(cfg) == _group_hardware(f.stem), f.name
+
+
+def test_science_presets_carry_no_hardware():
+    # Hardware lives in configs/trainer/*.yaml and on the command line (REVIEW D3): a preset that set
+    # trainer.devices would win over the command line's trainer=gpu (presets merge after group files).
+    for f in sorted((CONFIG_DIR / "experiment").glob("*.yaml")):
+        trainer = OmegaConf.to_container(OmegaConf.load(f)).get("trainer") or {}
+        assert not set(trainer) & set(HARDWARE), f"{f.name} sets trainer.{sorted(set(trainer) & set(HARDWARE))}"
+
+
+def test_a_command_line_trainer_group_replaces_the_presets_hardware():
+    one_gpu = {"accelerator": "gpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "bf16-mixed"}
+    for preset in ("scale_arch", "label_space", "multitask", "embedding_form", "cost"):
+        assert _hardware(compose([f"experiment={preset}", "trainer=gpu"], hardware=False)) == one_gpu, preset
+    assert _hardware(compose(["experiment=scale_arch"], hardware=False))["num_nodes"] == 2
+    assert _hardware(compose(["experiment=multitask"], hardware=False))["devices"] == 8
+
+
+def _doc_commands(path: Path) -> list[tuple[list[str], dict[str, str]]]:
+    """Every ``train.py`` command in the fenced bash blocks of a Markdown file: (its overrides, the launcher's
+    process layout {"nodes", "per_node"} from torchrun flags or the block's #SBATCH lines, when given)."""
+    import re
+    import shlex
+
+    text = path.read_text()
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        sbatch = dict(re.findall(r"#SBATCH --(nodes|ntasks-per-node)=(\d+)", block))
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            if "train.py" not in line or line.lstrip().startswith("#"):
+                continue
+            tokens = shlex.split(line, comments=True)
+            launcher = tokens[: tokens.index("train.py")]
+            args = [t for t in tokens[tokens.index("train.py") + 1 :] if t != "..."]
+            layout = {}
+            for t in launcher:
+                if t.startswith("--nnodes="):
+                    layout["nodes"] = t.split("=", 1)[1]
+                if t.startswith("--nproc-per-node="):
+                    layout["per_node"] = t.split("=", 1)[1]
+            if "srun" in launcher and sbatch:
+                layout = {"nodes": sbatch["nodes"], "per_node": sbatch["ntasks-per-node"]}
+                env = {"$SLURM_NNODES": sbatch["nodes"], "$SLURM_NTASKS_PER_NODE": sbatch["ntasks-per-node"]}
+                for var, value in env.items():
+                    args = [a.replace(var, value) for a in args]
+            args = [a.replace("experiment=<preset>", "experiment=scale_arch") for a in args]
+            out.append((args, layout))
+    return out
+
+
+# Known answers for the README's GPU lines (devices, num_nodes, strategy, precision).
+README_GPU = {
+    ("experiment=scale_arch", "model=vit_b16", "trainer=gpu"): (1, 1, "auto", "bf16-mixed"),
+    ("experiment=scale_arch", "model=vit_l16", "trainer=ddp"): ("auto", 1, "ddp", "bf16-mixed"),
+    ("experiment=scale_arch", "model=vit_h14", "trainer=fsdp", "trainer.num_nodes=4"): (
+        "auto",
+        4,
+        "fsdp",
+        "bf16-mixed",
+    ),
+}
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/multinode.md"])
+def test_every_documented_command_composes_to_the_hardware_it_names(doc):
+    commands = _doc_commands(REPO / doc)
+    assert len(commands) >= 2, f"no train.py commands found in {doc}"
+    for args, layout in commands:
+        cfg = compose(args, hardware=False)
+        groups = [a.split("=", 1)[1] for a in args if a.startswith("trainer=")]
+        experiment = next((a.split("=", 1)[1] for a in args if a.startswith("experiment=")), None)
+        expected = _group_hardware(groups[-1] if groups else _default_trainer(experiment))
+        for a in args:
+            key, _, value = a.partition("=")
+            if key.startswith("trainer.") and key.split(".", 1)[1] in HARDWARE:
+                expected[key.split(".", 1)[1]] = cfg.trainer[key.split(".", 1)[1]]
+                assert str(cfg.trainer[key.split(".", 1)[1]]) == value, a
+        assert _hardware(cfg) == expected, args
+        if layout:  # the launcher starts as many processes as the config expects
+            assert str(cfg.trainer.num_nodes) == layout["nodes"], (args, layout)
+            assert str(cfg.trainer.devices) == layout["per_node"], (args, layout)
+        if doc == "README.md" and tuple(args) in README_GPU:
+            t = cfg.trainer
+            assert (t.devices, t.num_nodes, t.strategy, t.precision) == README_GPU[tuple(args)]
+    if doc == "README.md":
+        assert set(README_GPU) <= {tuple(a) for a, _ in commands}, "a README GPU line changed: update README_GPU"
 
 
 def test_saved_config_round_trips(tmp_path):

@@ -160,11 +160,12 @@ def _fake_run(tmp_path: Path, cfg, num_classes, name: str = "best.ckpt", wandb_i
     return run
 
 
-def test_resolve_checkpoint_prefers_best_then_last(tmp_path):
-    run = _fake_run(tmp_path, compose(BASE), {"weak_label": 5}, name="last.ckpt")
-    assert resolve_checkpoint(run) == (run / "checkpoints" / "last.ckpt", run)
-    torch.save({}, run / "checkpoints" / "best.ckpt")
-    assert resolve_checkpoint(run)[0] == run / "checkpoints" / "best.ckpt"
+def test_resolve_checkpoint_prefers_last_then_best(tmp_path):
+    # last.ckpt: the final weights, which evaluate_after_fit also scores (one rule for both, REVIEW R6).
+    run = _fake_run(tmp_path, compose(BASE), {"weak_label": 5}, name="best.ckpt")
+    assert resolve_checkpoint(run) == (run / "checkpoints" / "best.ckpt", run)
+    torch.save({}, run / "checkpoints" / "last.ckpt")
+    assert resolve_checkpoint(run)[0] == run / "checkpoints" / "last.ckpt"
     assert resolve_checkpoint(run / "checkpoints" / "last.ckpt")[1] == run
     with pytest.raises(FileNotFoundError, match="no such checkpoint file or run directory"):
         resolve_checkpoint(tmp_path / "missing")

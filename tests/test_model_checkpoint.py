@@ -80,7 +80,7 @@ def test_unreadable_or_foreign_files_are_named(tmp_path):
     sharded = tmp_path / "sharded.ckpt"
     sharded.mkdir()
     (sharded / ".metadata").write_bytes(b"")
-    with pytest.raises(CheckpointError, match="sharded FSDP checkpoint directory: consolidate"):
+    with pytest.raises(CheckpointError, match="sharded.ckpt is a directory but not a complete sharded FSDP"):
         load_module(sharded)
 
 
@@ -160,8 +160,98 @@ def test_resume_with_another_label_space_is_a_clear_error(trained_ckpt):
         trainer.fit(other, train_dataloaders=combined_loader(), ckpt_path=path)
 
 
-def test_compiled_backbone_keeps_plain_state_dict_keys():
-    plain = MultiTaskModule(tiny_config(), NUM_CLASSES)
-    compiled = MultiTaskModule(tiny_config("model.compile=true"), NUM_CLASSES)
-    assert list(compiled.state_dict()) == list(plain.state_dict())
-    assert not any("_orig_mod" in k for k in compiled.state_dict())
+# --------------------------------------------------------------------- sharded FSDP checkpoint folders
+
+
+def _write_sharded(ckpt_file, folder):
+    """Write a checkpoint as FSDP does with state_dict_type="sharded", with Lightning's own writer
+    (``FSDPStrategy.save_checkpoint``: DCP shards of model + optimizer, then ``meta.pt``; one process, rank 0)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    checkpoint = torch.load(ckpt_file, weights_only=True)
+    FSDPStrategy(state_dict_type="sharded").save_checkpoint(checkpoint, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory, trained_ckpt):
+    """A run directory whose checkpoints/last.ckpt is a sharded FSDP folder of ``trained_ckpt``."""
+    run = tmp_path_factory.mktemp("fsdp") / "run"
+    folder = _write_sharded(trained_ckpt[0], run / "checkpoints" / "last.ckpt")
+    return run, folder
+
+
+def test_sharded_folder_has_lightnings_layout(sharded_run):
+    _, folder = sharded_run
+    assert folder.is_dir()
+    assert sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp", "meta.pt"]
+    meta = torch.load(folder / "meta.pt", weights_only=True)
+    assert "state_dict" not in meta and "hyper_parameters" in meta and "global_step" in meta
+
+
+def test_load_module_reads_a_sharded_folder_weights_only(sharded_run, trained_ckpt):
+    _, folder = sharded_run
+    from_folder, from_file = load_module(folder), load_module(trained_ckpt[0])
+    ref = from_file.state_dict()
+    got = from_folder.state_dict()
+    assert set(got) == set(ref) and all(torch.equal(v, ref[k]) for k, v in got.items())
+    assert all(v.device.type == "cpu" for v in got.values())
+
+
+def test_init_from_a_sharded_folder(sharded_run, trained_ckpt):
+    _, folder = sharded_run
+    fresh = MultiTaskModule(tiny_config("optim.ema_decay=0.5"), NUM_CLASSES)
+    report = fresh.load_pretrained(folder)
+    ref = load_module(trained_ckpt[0]).state_dict()
+    assert report.loaded and not report.mismatched
+    assert torch.equal(fresh.state_dict()["backbone.pos_embed"], ref["backbone.pos_embed"])
+
+
+def test_resume_auto_and_resume_path_accept_a_sharded_folder(sharded_run, tmp_path):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from lit_modules.trainer import resume_checkpoint
+
+    run, folder = sharded_run
+    run_dir = SimpleNamespace(last_checkpoint=folder)
+    assert resume_checkpoint(OmegaConf.create({"resume": "auto"}), run_dir) == str(folder)
+    assert resume_checkpoint(OmegaConf.create({"resume": str(folder)}), run_dir) == str(folder)
+    assert resume_checkpoint(OmegaConf.create({"resume": "never"}), run_dir) is None
+    partial = tmp_path / "last.ckpt"  # a save killed after the shards, before rank 0's meta.pt
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="incomplete sharded checkpoint"):
+        resume_checkpoint(OmegaConf.create({"resume": "auto"}), SimpleNamespace(last_checkpoint=partial))
+    with pytest.raises(FileNotFoundError, match="complete sharded checkpoint folder"):
+        resume_checkpoint(OmegaConf.create({"resume": str(partial)}), run_dir)
+    empty = SimpleNamespace(last_checkpoint=tmp_path / "none" / "last.ckpt")
+    assert resume_checkpoint(OmegaConf.create({"resume": "auto"}), empty) is None
+
+
+def test_evaluate_resolves_a_run_dir_with_a_sharded_last_checkpoint(sharded_run):
+    from evaluation.checkpoint import read_hparams, resolve_checkpoint
+
+    run, folder = sharded_run
+    assert resolve_checkpoint(run) == (folder, run)
+    assert resolve_checkpoint(folder) == (folder, run)
+    assert read_hparams(folder)["num_classes"] == NUM_CLASSES
+
+
+def test_a_crafted_dcp_index_is_refused_not_executed(sharded_run, tmp_path):
+    import pickle
+    import shutil
+
+    _, folder = sharded_run
+    evil = shutil.copytree(folder, tmp_path / "evil.ckpt")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (evil / ".metadata").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError, match="evil.ckpt: cannot read the sharded checkpoint's weights"):
+        load_module(evil)
+    assert not marker.exists()

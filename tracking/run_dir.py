@@ -165,3 +165,69 @@ class RunDir:
         clean = {k: _clean(v) for k, v in sorted(metrics.items())}
         write_json_atomic(self.path / name, clean)
         return clean
+
+
+RUN_SPEC_PREFIX = "run:"
+
+
+def _axis_matches(value: Any, wanted: str) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value) == wanted
+    try:
+        return float(value) == float(wanted)
+    except ValueError:
+        return False
+
+
+def resolve_init_from(init_from: str, output_dir: os.PathLike | str, seed: int | None = None) -> str:
+    """The checkpoint ``init_from`` names, whatever runner (local sweep runner or ``wandb agent``) named the
+    stage-one run directory.
+
+    Args:
+        init_from: a checkpoint (``.ckpt`` file or sharded FSDP folder); a run directory (its
+            ``checkpoints/last.ckpt``); or a run spec ``run:<axis>=<value>,...`` over the axes every run records in
+            its ``run.json`` (``tracking.run_dir.axes``: experiment, arch, scale, label_space, stage, seed, ...),
+            e.g. ``run:experiment=scale_arch,arch=vit_base_patch16_224,scale=1.0,stage=pretrain``. A spec is
+            looked up over ``<output_dir>/*/run.json`` among finished runs with a last.ckpt; when several match,
+            the one whose seed is ``seed`` wins.
+        output_dir: the folder holding run directories (``cfg.output_dir``).
+        seed: the current run's seed (tie-break for a spec).
+
+    Returns:
+        The checkpoint path (returned unchanged when it is neither a run directory nor a spec).
+
+    Raises:
+        FileNotFoundError: a spec that matches no finished run, or several (listed) even after the seed rule.
+    """
+    from lit_modules.checkpoints import is_checkpoint
+
+    if not init_from.startswith(RUN_SPEC_PREFIX):
+        path = Path(init_from)
+        if not is_checkpoint(path) and (path / "checkpoints" / "last.ckpt").exists():
+            return str(path / "checkpoints" / "last.ckpt")
+        return init_from
+    wanted = {}
+    for item in filter(None, init_from[len(RUN_SPEC_PREFIX) :].split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"init_from={init_from}: '{item}' is not <axis>=<value>")
+        wanted[key.strip()] = value.strip()
+    matches = []
+    for run_json in sorted(Path(output_dir).glob("*/run.json")):
+        record = json.loads(run_json.read_text())
+        recorded = record.get("axes") or {}
+        last = run_json.parent / "checkpoints" / "last.ckpt"
+        if record.get("status") != "finished" or not is_checkpoint(last):
+            continue
+        if all(k in recorded and _axis_matches(recorded[k], v) for k, v in wanted.items()):
+            matches.append((run_json.parent, recorded))
+    if len(matches) > 1 and seed is not None:
+        same_seed = [m for m in matches if m[1].get("seed") == seed]
+        matches = same_seed or matches
+    if len(matches) != 1:
+        found = [m[0].name for m in matches]
+        raise FileNotFoundError(
+            f"init_from={init_from}: {'no' if not matches else len(matches)} finished run(s) with a last.ckpt in "
+            f"{output_dir} match {wanted}" + (f": {found}; add an axis (e.g. seed=...) to choose" if found else "")
+        )
+    return str(matches[0][0] / "checkpoints" / "last.ckpt")
