@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from labels.shards import write_json
 from labels.vocab import frequency_bands, histogram_stats
+from tracking.textio import escape_cell
 
 
 def write_report(
@@ -45,7 +46,8 @@ def write_report(
     with open(os.path.join(report_dir, "clusters.tsv"), "w", encoding="utf-8") as f:
         f.write("cluster_id\tname\timages\tnum_members\tmembers\n")
         for c, name in enumerate(clustered_names):
-            f.write(f"{c}\t{name}\t{clustered_counts[c]}\t{len(members[c])}\t{', '.join(members[c])}\n")
+            cells = [c, name, clustered_counts[c], len(members[c]), ", ".join(members[c])]
+            f.write("\t".join(escape_cell(x) for x in cells) + "\n")  # no tab or line break inside a cell
     _plots(report_dir, raw_counts, clustered_counts, per_image)
     return stats
 

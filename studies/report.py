@@ -23,6 +23,7 @@ from typing import Any
 from studies.collect import AXES, collect_local, collect_wandb, metric_names
 from studies.plots import PowerLaw, label_space_plot, scaling_plot
 from studies.tables import Table, build_tables, choose_metric, param_axes
+from tracking.textio import escape_cell
 
 
 @dataclass
@@ -44,10 +45,17 @@ def write_records_csv(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
     columns = [*AXES, *param_axes(records), *metric_names(records)]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
+        writer.writerow({k: escape_cell(k) for k in columns})
         for record in records:
-            writer.writerow({k: ("" if record.get(k) is None else record.get(k)) for k in columns})
+            # Strings escaped (tracking.textio): no row spans lines for a line-based reader.
+            writer.writerow({k: _csv_value(record.get(k)) for k in columns})
     return path
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    return escape_cell(value) if isinstance(value, str) else value
 
 
 def fit_lines(fits: Mapping[str, PowerLaw], metric: str | None) -> list[str]:
