@@ -15,3 +15,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Two cores: keep each test process from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Hypothesis: "ci" (the default, so `make test` and CI runs are reproducible) draws the same examples every run,
+# never waits on a deadline and skips the shrink phase (it once ran 5 minutes); the failure blob it prints
+# replays the example (`@reproduce_failure`). HYPOTHESIS_PROFILE=dev draws fresh random examples and shrinks them:
+# add what it finds as an explicit @example.
+from hypothesis import Phase, settings  # noqa: E402
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=100,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    print_blob=True,
+)
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
