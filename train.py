@@ -2,6 +2,7 @@
 
     python train.py experiment=demo_cpu model=resnet_demo data.weak_label.scale=0.25
     python train.py --model=vit_b16 --trainer=ddp --data.batch_size=256      # W&B agent form
+    python train.py experiment=scale_arch_cpu --print-config                  # the resolved config, no run
 
 See configs/compose.py for the composition order and README.md for more.
 """
@@ -11,12 +12,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from configs.compose import ConfigError, compose, to_dict
+from configs.compose import ConfigError, compose, parse_cli, print_config, to_dict
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """Run training; returns the final metrics (also written to <run_dir>/metrics.json)."""
-    cfg = compose(sys.argv[1:] if argv is None else argv)
+    """Run training; returns the final metrics (also written to <run_dir>/metrics.json), or {} with --print-config."""
+    overrides, show = parse_cli(sys.argv[1:] if argv is None else argv, "train.py", __doc__)
+    cfg = compose(overrides, hardware=not show)
+    if show:
+        print_config(cfg)
+        return {}
 
     # Heavy imports after the config is known to be valid: a typo fails in a second, not a minute.
     from lightning.pytorch import seed_everything

@@ -119,7 +119,15 @@ def write_report(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="make_report.py", description="Tables (Markdown, CSV) and scaling plots from local run dirs or W&B."
+        prog="make_report.py",
+        description="Tables (Markdown, CSV) and scaling plots from local run dirs or W&B.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  python make_report.py --runs runs --group demo_cpu --out results/demo_cpu     # after `make demo`
+  python make_report.py --wandb ENTITY/PROJECT --sweep SWEEP_ID --out results/scale_arch
+
+writes to --out: <table>.md and .csv (.tex with --latex) per table the runs fill, the scaling plots
+(.png), records.csv (one row per run: every axis and metric) and report.md (all of it).""",
     )
     parser.add_argument("--runs", default=None, help="local runs directory (offline), e.g. runs")
     parser.add_argument("--group", default=None, help="only runs of this W&B group / sweep name / experiment")

@@ -732,11 +732,30 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
+def _epilog(sweep_dir: Path = Path(__file__).resolve().parent.parent / "sweeps") -> str:
+    lines = [
+        "Overrides after `--` go to every run, e.g. `-- trainer.max_steps=50 data.num_workers=0`.",
+        "Each run is `train.py` with the sweep's parameters; `python train.py --help` lists the config groups.",
+        "",
+        "sweep files (sweeps/<name>.yaml):",
+    ]
+    files = sorted(sweep_dir.glob("*.yaml"))
+    width = max((len(p.stem) for p in files), default=0)
+    for path in files:
+        try:
+            description = str((yaml.safe_load(path.read_text()) or {}).get("description", ""))
+        except yaml.YAMLError:
+            description = "(does not parse)"
+        lines.append(f"  {path.stem:<{width}}  {description}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_sweep.py",
         description="Run a W&B sweep file locally (no W&B server): grid or seeded random, resumable.",
-        epilog="Overrides after `--` go to every run, e.g. `-- trainer.max_steps=50 data.num_workers=0`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(),
     )
     parser.add_argument("sweep", help="a W&B sweep YAML, e.g. sweeps/demo_cpu.yaml")
     parser.add_argument("--output-dir", default="runs", help="parent of the run directories (default: runs)")
