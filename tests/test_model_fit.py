@@ -22,8 +22,24 @@ from lit_modules.strategy import build_strategy
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class _Clock:
+    """A perf_counter that advances a fixed 0.5 s per reading: throughput has a known answer."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 0.5
+        return self.now
+
+
 @pytest.mark.parametrize("arch", ["vit", "resnet"])
-def test_tiny_config_fits_a_few_steps(arch):
+def test_tiny_config_fits_a_few_steps(arch, monkeypatch):
+    import lightning.pytorch.callbacks.throughput_monitor as lightning_monitor
+
+    # The monitor's clock reads 0.5 s per batch and the device a 1 TFLOP/s peak, so every figure is known.
+    monkeypatch.setattr(lightning_monitor, "time", _Clock())
+    monkeypatch.setattr(lightning_monitor, "get_available_flops", lambda device, dtype: 1e12)
     torch.manual_seed(0)
     module = MultiTaskModule(tiny_config(arch=arch), NUM_CLASSES)
     recorder, monitor = LossRecorder(), ThroughputMonitor(window=3)
@@ -36,10 +52,24 @@ def test_tiny_config_fits_a_few_steps(arch):
     logged = trainer.callback_metrics
     for name in ("train/loss", "train/weak_label/loss", "train/embedding/fashion_mnist/loss", "train/clf/fashion/loss"):
         assert torch.isfinite(logged[name]), name
-    assert logged["perf/images_per_sec"] > 0 and logged["perf/step_time_s"] > 0
-    assert "perf/mfu" not in logged  # no peak on CPU
-    # 3 steps of 8 images each per window
-    assert logged["perf/images_per_sec"] == pytest.approx(8 / float(logged["perf/step_time_s"]), rel=1e-6)
+    # 8 images per batch (2 datasets x 4) every 0.5 s; 3 x forward FLOPs of 8 images per batch against 1e12
+    assert float(logged["perf/images_per_sec"]) == pytest.approx(16.0)
+    assert float(logged["perf/step_time_s"]) == pytest.approx(0.5)
+    assert module.flops_per_batch == int(3 * monitor.flops_per_image * 8) and monitor.flops_per_image > 1e5
+    assert float(logged["perf/mfu"]) == pytest.approx(3 * monitor.flops_per_image * 16 / 1e12, rel=1e-5)
+
+
+def test_throughput_monitor_counts_images_and_skips_unknown_peaks(monkeypatch):
+    from lit_modules.callbacks import images_in_batch
+
+    image = lambda n: torch.zeros(n, 3, 2, 2)  # noqa: E731
+    assert images_in_batch({"weak_label": {"image": image(3), "key": ["k"] * 3}, "fm": {"image": image(5)}}) == 8
+    assert images_in_batch({"image": image(4), "target": torch.zeros(4)}) == 4  # one dataset's part (validation)
+    assert images_in_batch((image(2), torch.zeros(2))) == 2
+    module = MultiTaskModule(tiny_config(), NUM_CLASSES)
+    trainer = cpu_trainer(3, callbacks=[ThroughputMonitor(window=1, count_flops=False)])
+    trainer.fit(module, train_dataloaders=combined_loader())
+    assert "perf/images_per_sec" in trainer.callback_metrics and "perf/mfu" not in trainer.callback_metrics  # CPU
 
 
 def test_validation_logs_the_architecture_metric_names():
