@@ -42,14 +42,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         return {}
 
     # Heavy imports after the config is known to be valid.
-    from lightning.pytorch import seed_everything
-
     from evaluation.checkpoint import build_random_module, load_checkpoint_module
     from evaluation.runner import evaluate_run
     from evaluation.wandb_log import log_eval_metrics
+    from lit_modules.trainer import seed_run
     from tracking.run_dir import RunDir
 
-    seed_everything(cfg.seed, workers=True)
+    seed_run(cfg)
     if ckpt is not None:
         run_dir = RunDir(run_path)
         module = load_checkpoint_module(cfg, ckpt)

@@ -24,17 +24,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         return {}
 
     # Heavy imports after the config is known to be valid: a typo fails in a second, not a minute.
-    from lightning.pytorch import seed_everything
     from lightning.pytorch.utilities import rank_zero_only
 
     from datamodules import build_datamodule
     from lit_modules import MultiTaskModule
     from lit_modules.callbacks import ThroughputMonitor
-    from lit_modules.trainer import build_trainer, resume_checkpoint
+    from lit_modules.trainer import build_trainer, resume_checkpoint, seed_run
     from tracking.run_dir import RunDir
     from tracking.wandb_logger import build_wandb_logger, sync_hint, wandb_run_id
 
-    seed_everything(cfg.seed, workers=True)
+    seed_run(cfg)
     run_dir = RunDir.for_config(cfg)
     is_rank_zero = rank_zero_only.rank == 0
     logger = build_wandb_logger(cfg, run_dir, rank_zero=is_rank_zero)

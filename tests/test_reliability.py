@@ -751,3 +751,22 @@ def test_yaml_python_tags_are_refused_and_never_run(tmp_path):
 
     yaml.unsafe_load(f"seed: {tag}\n")  # control: loaded unsafely, the tag does run its command
     assert marker.exists()
+
+
+# --------------------------------------------------------------------------------------------- 8. determinism
+
+
+@pytest.mark.slow
+def test_demo_preset_gives_identical_metrics_whatever_the_machine_thread_default(shards, tmp_path):
+    """Two machines differ in torch's default thread count (core count, OMP_NUM_THREADS): the demo preset fixes it
+    (trainer.cpu_threads), so the same command gives bit-identical metrics. Before, 1 vs 2 threads changed the loss
+    after a few steps of this run."""
+    args = ("data.img_size=32", "model.kwargs.depth=2", "trainer.max_steps=6", "trainer.val_check_interval=3")
+    metrics = {}
+    for default_threads in (1, 2):
+        torch.set_num_threads(default_threads)  # what the machine would give without trainer.cpu_threads
+        out = _main(shards["manifest"], tmp_path / f"threads{default_threads}", "run", *args)
+        metrics[default_threads] = {k: v for k, v in out.items() if not k.startswith("perf/")}
+        assert torch.get_num_threads() == 2  # the preset's count, whatever the default was
+    assert {"train/loss", "val/loss", "val/weak_label/mAP"} <= set(metrics[1])
+    assert metrics[1] == metrics[2]  # exact: same kernels, same thread count, same seeds
