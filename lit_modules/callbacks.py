@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import ThroughputMonitor as LightningThroughput
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info
 
-__all__ = ["ThroughputMonitor", "PEAK_BF16_FLOPS", "device_peak_flops", "images_in_batch", "mfu"]
+__all__ = ["ThroughputMonitor", "PEAK_BF16_FLOPS", "available_flops", "device_peak_flops", "images_in_batch", "mfu"]
 
 # Dense (no sparsity) bf16 tensor-core peaks per GPU, from NVIDIA datasheets. Matched in order
 # against torch.cuda.get_device_name().lower(), so more specific names come first.
@@ -67,6 +67,13 @@ def mfu(flops_per_image: float, images_per_sec: float, peak_flops: float, device
     return 3.0 * flops_per_image * images_per_sec / (peak_flops * devices)
 
 
+def available_flops(device: torch.device, fallback: float | None) -> float | None:
+    """Peak FLOP/s of one device for MFU: ``PEAK_BF16_FLOPS`` (dense bf16) for a listed CUDA device, else
+    ``fallback`` (what Lightning's ``get_available_flops`` gives for the run's precision; None on CPU)."""
+    listed = device_peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    return listed or fallback
+
+
 def images_in_batch(batch: Any) -> int:
     """Images in a batch: summed over a ``{dataset: {"image": ...}}`` dict, or one ``{"image": ...}`` part."""
     if isinstance(batch, dict) and "image" in batch:
@@ -96,9 +103,7 @@ class ThroughputMonitor(LightningThroughputMonitor):
         # A window of N batches is N + 1 readings: rates come from differences, so the first batch's start-up is out.
         self.kwargs["window_size"] = max(1, self.window or int(trainer.log_every_n_steps)) + 1
         super().setup(trainer, pl_module, stage)
-        root = trainer.strategy.root_device
-        listed = device_peak_flops(torch.cuda.get_device_name(root)) if root.type == "cuda" else None
-        self.peak = listed or self.available_flops
+        self.peak = available_flops(trainer.strategy.root_device, self.available_flops)
         for throughput in self._throughputs.values():
             throughput.available_flops = self.peak
 

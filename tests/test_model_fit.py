@@ -196,3 +196,20 @@ def test_ddp_two_cpu_processes_stay_in_sync_and_skip_together(tmp_path):
     assert all(r["finite"] for r in ranks)
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)  # replicas identical
     assert ranks[0]["checksum"] != pytest.approx(ranks[0]["initial"], rel=1e-9)  # and they trained
+
+
+def test_mfu_peak_is_the_dense_bf16_figure_where_lightning_has_none_or_a_sparse_one(monkeypatch):
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    from lit_modules.callbacks import available_flops
+
+    cuda = torch.device("cuda", 0)  # a device object needs no GPU; only its name is looked up
+    for name, dense in (("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12)):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, n=name: n)
+        lightning = get_available_flops(cuda, torch.bfloat16)
+        assert available_flops(cuda, lightning) == dense, name
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert get_available_flops(cuda, torch.bfloat16) is None  # why the repo keeps its table: Lightning has no "H200"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 4090")
+    assert available_flops(cuda, 165e12) == 165e12  # not listed here: Lightning's figure
+    assert available_flops(torch.device("cpu"), None) is None
