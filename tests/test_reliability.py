@@ -781,3 +781,16 @@ def test_demo_preset_gives_identical_metrics_whatever_the_machine_thread_default
         assert torch.get_num_threads() == 2  # the preset's count, whatever the default was
     assert {"train/loss", "val/loss", "val/weak_label/mAP"} <= set(metrics[1])
     assert metrics[1] == metrics[2]  # exact: same kernels, same thread count, same seeds
+
+
+def test_evaluate_print_config_shows_the_checkpoint_run_config_and_evaluates_nothing(trained_run, capsys):
+    from omegaconf import OmegaConf
+
+    import evaluate
+
+    before = sorted(trained_run["out"].rglob("*"))
+    assert evaluate.main([f"eval.checkpoint={trained_run['run']}", "eval.knn_k=3", "--print-config"]) == {}
+    cfg = OmegaConf.create(capsys.readouterr().out)
+    assert cfg.run_name == "base" and cfg.trainer.max_steps == 4 and cfg.eval.knn_k == 3  # the run's, plus overrides
+    assert cfg.eval.checkpoint.endswith(".ckpt")
+    assert sorted(trained_run["out"].rglob("*")) == before  # nothing was evaluated or written
