@@ -3,6 +3,7 @@
     python evaluate.py eval.checkpoint=runs/<name>/checkpoints/last.ckpt [key=value|--key=value ...]
     python evaluate.py eval.checkpoint=runs/<name>            # the run's best.ckpt, else last.ckpt
     python evaluate.py experiment=demo_cpu model=vit_demo run_name=demo_cpu-vit_demo-random-init
+    python evaluate.py eval.checkpoint=runs/<name> --print-config     # the resolved config, no evaluation
 
 With a checkpoint, the run's resolved config.yaml is loaded and the overrides applied to it; without
 one, the config is composed as train.py does and a random-init module is evaluated (its run
@@ -18,12 +19,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from configs.compose import ConfigError, compose, load_run_config, normalize_overrides
+from configs.compose import ConfigError, compose, load_run_config, normalize_overrides, parse_cli, print_config
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """Run the evaluation; returns the flat metrics (also written as JSON and logged to W&B)."""
-    items = normalize_overrides(sys.argv[1:] if argv is None else argv)
+    """Run the evaluation; returns the flat metrics (also written as JSON and logged to W&B), {} with --print-config."""
+    overrides, show = parse_cli(sys.argv[1:] if argv is None else argv, "evaluate.py", __doc__)
+    items = normalize_overrides(overrides)
     checkpoint = next((i.split("=", 1)[1] for i in reversed(items) if i.startswith("eval.checkpoint=")), None)
 
     from evaluation.checkpoint import resolve_checkpoint, run_config_path
@@ -34,17 +36,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         rest = [i for i in items if not i.startswith("eval.checkpoint=")]
         cfg = load_run_config(run_config_path(ckpt, run_path), [*rest, f"eval.checkpoint={ckpt}"])
     else:
-        cfg = compose(items)
+        cfg = compose(items, hardware=not show)
+    if show:
+        print_config(cfg)
+        return {}
 
     # Heavy imports after the config is known to be valid.
-    from lightning.pytorch import seed_everything
-
     from evaluation.checkpoint import build_random_module, load_checkpoint_module
     from evaluation.runner import evaluate_run
     from evaluation.wandb_log import log_eval_metrics
+    from lit_modules.trainer import seed_run
     from tracking.run_dir import RunDir
 
-    seed_everything(cfg.seed, workers=True)
+    seed_run(cfg)
     if ckpt is not None:
         run_dir = RunDir(run_path)
         module = load_checkpoint_module(cfg, ckpt)

@@ -2,6 +2,7 @@
 
     python train.py experiment=demo_cpu model=resnet_demo data.weak_label.scale=0.25
     python train.py --model=vit_b16 --trainer=ddp --data.batch_size=256      # W&B agent form
+    python train.py experiment=scale_arch_cpu --print-config                  # the resolved config, no run
 
 See configs/compose.py for the composition order and README.md for more.
 """
@@ -11,25 +12,28 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from configs.compose import ConfigError, compose, to_dict
+from configs.compose import ConfigError, compose, parse_cli, print_config, to_dict
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """Run training; returns the final metrics (also written to <run_dir>/metrics.json)."""
-    cfg = compose(sys.argv[1:] if argv is None else argv)
+    """Run training; returns the final metrics (also written to <run_dir>/metrics.json), or {} with --print-config."""
+    overrides, show = parse_cli(sys.argv[1:] if argv is None else argv, "train.py", __doc__)
+    cfg = compose(overrides, hardware=not show)
+    if show:
+        print_config(cfg)
+        return {}
 
     # Heavy imports after the config is known to be valid: a typo fails in a second, not a minute.
-    from lightning.pytorch import seed_everything
     from lightning.pytorch.utilities import rank_zero_only
 
     from datamodules import build_datamodule
     from lit_modules import MultiTaskModule
     from lit_modules.callbacks import ThroughputMonitor
-    from lit_modules.trainer import build_trainer, resume_checkpoint
+    from lit_modules.trainer import build_trainer, resume_checkpoint, seed_run
     from tracking.run_dir import RunDir, resolve_init_from
     from tracking.wandb_logger import build_wandb_logger, sync_hint, wandb_run_id
 
-    seed_everything(cfg.seed, workers=True)
+    seed_run(cfg)
     run_dir = RunDir.for_config(cfg)
     is_rank_zero = rank_zero_only.rank == 0
     logger = build_wandb_logger(cfg, run_dir, rank_zero=is_rank_zero)

@@ -190,6 +190,9 @@ class TrainerConfig:
     log_every_n_steps: int = 20
     checkpoint_every_n_steps: int = 500
     deterministic: bool = False
+    # torch (and faiss) CPU threads; None keeps torch's default (OMP_NUM_THREADS, else the core count). CPU float
+    # sums depend on the thread count, so a fixed count is what makes a CPU table repeat on another machine.
+    cpu_threads: int | None = None
     # What a non-finite loss does: "raise" stops the run naming step and task; "skip" skips it.
     nonfinite_loss: str = "raise"
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)

@@ -57,6 +57,7 @@ from labels.sources.base import sniff_raster
 from labels.store import SampleRow, WorkStore
 from labels.text import TermExtractor
 from labels.vocab import TermCounter, build_vocabulary
+from tracking.textio import json_line
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ class _Run:
                 for s, raw, clustered, split, bucket in items:
                     meta = label_json(s, raw, clustered, vocab)
                     meta.update(split=split, scale_bucket=self.scales[bucket] if bucket >= 0 else None)
-                    f.write(dumps(meta) + b"\n")
+                    f.write(json_line(meta, sort_keys=True, separators=(",", ":")).encode("utf-8"))
                     stats.add(raw, clustered, split, bucket)
                     bar.update()
             return {"splits": stats.splits(self.scales), "stats": stats}

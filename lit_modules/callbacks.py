@@ -1,24 +1,30 @@
-"""Throughput and model-FLOPs-utilisation logging.
+"""Throughput and model-FLOPs-utilisation logging: Lightning's ``ThroughputMonitor`` under the repo's metric names.
 
-``perf/images_per_sec`` (all ranks together), ``perf/step_time_s`` and ``perf/mfu`` are measured over
-windows of training batches: the wall time between the ends of the first and last batch of a window
-(so data loading counts, compile/warm-up before the first window does not), with one
-``torch.cuda.synchronize`` per window. Model FLOPs are counted once with
-``torch.utils.flop_counter.FlopCounterMode`` for one forward at the configured size (backbone and
-heads), times 3 for forward + backward (activation recomputation is not counted: model FLOPs, not
-hardware FLOPs), against the device's dense bf16 peak.
+Lightning measures (a rolling window of training batches, data loading included, validation time taken out, a
+CUDA synchronize before each reading) and ``lightning.fabric.utilities.throughput.measure_flops`` counts FLOPs
+(``MultiTaskModule.count_flops``: one forward at the configured size on a meta-device twin). This subclass adds:
+
+- the batch size of the per-dataset batch dict (images summed over datasets);
+- ``pl_module.flops_per_batch`` = 3 x forward FLOPs per image x images (model FLOPs: activation recomputation is
+  not counted);
+- the device peak from ``PEAK_BF16_FLOPS`` (dense bf16) when the device is listed, else Lightning's
+  ``get_available_flops``: Lightning's table quotes sparse bf16 figures for H200 and H100 NVL and finds no entry
+  for the plain name "NVIDIA H200";
+- ``perf/images_per_sec`` (all ranks together), ``perf/step_time_s`` and ``perf/mfu`` through ``pl_module.log``,
+  so they reach ``trainer.callback_metrics`` (and metrics.json) under the names tables and W&B panels read.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ThroughputMonitor as LightningThroughputMonitor
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_info
 
-__all__ = ["ThroughputMonitor", "PEAK_BF16_FLOPS", "device_peak_flops", "mfu"]
+__all__ = ["ThroughputMonitor", "PEAK_BF16_FLOPS", "available_flops", "device_peak_flops", "images_in_batch", "mfu"]
 
 # Dense (no sparsity) bf16 tensor-core peaks per GPU, from NVIDIA datasheets. Matched in order
 # against torch.cuda.get_device_name().lower(), so more specific names come first.
@@ -61,65 +67,69 @@ def mfu(flops_per_image: float, images_per_sec: float, peak_flops: float, device
     return 3.0 * flops_per_image * images_per_sec / (peak_flops * devices)
 
 
-class ThroughputMonitor(pl.Callback):
-    """Log ``perf/images_per_sec``, ``perf/step_time_s`` and (on known GPUs) ``perf/mfu``.
+def available_flops(device: torch.device, fallback: float | None) -> float | None:
+    """Peak FLOP/s of one device for MFU: ``PEAK_BF16_FLOPS`` (dense bf16) for a listed CUDA device, else
+    ``fallback`` (what Lightning's ``get_available_flops`` gives for the run's precision; None on CPU)."""
+    listed = device_peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    return listed or fallback
+
+
+def images_in_batch(batch: Any) -> int:
+    """Images in a batch: summed over a ``{dataset: {"image": ...}}`` dict, or one ``{"image": ...}`` part."""
+    if isinstance(batch, dict) and "image" in batch:
+        return int(batch["image"].shape[0])
+    if isinstance(batch, dict):
+        return sum(int(p["image"].shape[0]) for p in batch.values() if isinstance(p, dict) and "image" in p)
+    first = batch[0] if isinstance(batch, (list, tuple)) else batch
+    return int(first.shape[0])
+
+
+class ThroughputMonitor(LightningThroughputMonitor):
+    """Log ``perf/images_per_sec``, ``perf/step_time_s`` and (on GPUs with a known peak) ``perf/mfu``.
 
     Args:
-        window: batches per measurement window (default: the trainer's ``log_every_n_steps``).
+        window: training batches per rolling measurement window (default: the trainer's ``log_every_n_steps``).
         count_flops: count the model's FLOPs at fit start (meta device, no memory).
     """
 
     def __init__(self, window: int | None = None, count_flops: bool = True):
-        super().__init__()
+        super().__init__(batch_size_fn=images_in_batch)
         self.window = window
         self.count_flops = count_flops
         self.flops_per_image: float | None = None
         self.peak: float | None = None
-        self._t0: float | None = None
-        self._images = 0
-        self._batches = 0
-        self.last: dict[str, float] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # A window of N batches is N + 1 readings: rates come from differences, so the first batch's start-up is out.
+        self.kwargs["window_size"] = max(1, self.window or int(trainer.log_every_n_steps)) + 1
+        super().setup(trainer, pl_module, stage)
+        self.peak = available_flops(trainer.strategy.root_device, self.available_flops)
+        for throughput in self._throughputs.values():
+            throughput.available_flops = self.peak
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.window = self.window or max(1, int(trainer.log_every_n_steps))
-        if pl_module.device.type == "cuda":
-            self.peak = device_peak_flops(torch.cuda.get_device_name(pl_module.device))
+        pl_module.flops_per_batch = None  # Lightning reads it every batch; set per batch below
         if self.count_flops and hasattr(pl_module, "count_flops"):
             self.flops_per_image = float(pl_module.count_flops(batch_size=1))
             rank_zero_info(f"model FLOPs per image (forward): {self.flops_per_image / 1e9:.3f} GFLOPs")
-        self._t0 = None
 
-    @staticmethod
-    def _images_in(batch: Any) -> int:
-        if isinstance(batch, dict):
-            return sum(
-                int(part["image"].shape[0]) for part in batch.values() if isinstance(part, dict) and "image" in part
-            )
-        return 0
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
+        if self.flops_per_image:
+            pl_module.flops_per_batch = int(3 * self.flops_per_image * images_in_batch(batch))
 
-    def _now(self, device: torch.device) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
-        if self._t0 is None:  # the window opens at the end of a batch, so start-up is excluded
-            self._t0 = self._now(pl_module.device)
-            self._images = self._batches = 0
-        else:
-            self._images += self._images_in(batch)
-            self._batches += 1
-            if self._batches >= self.window:
-                elapsed = self._now(pl_module.device) - self._t0
-                world = trainer.world_size
-                ips = self._images * world / elapsed
-                self.last = {"perf/images_per_sec": ips, "perf/step_time_s": elapsed / self._batches}
-                if self.peak and self.flops_per_image:
-                    self.last["perf/mfu"] = mfu(self.flops_per_image, ips, self.peak, world)
-                self._t0 = time.perf_counter()
-                self._images = self._batches = 0
-        for name, value in self.last.items():
-            pl_module.log(name, value, on_step=True, on_epoch=False, batch_size=1, rank_zero_only=True)
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._t0 = None  # validation time is not training time: reopen the window afterwards
+    def _compute(self, trainer: pl.Trainer, iter_num: int | None = None) -> None:
+        # Replaces Lightning's logging (its "train|device/samples_per_sec" names, only on logging steps): the repo's
+        # names, every step once a window is full, through pl_module.log so callback_metrics holds them.
+        if trainer.state.stage != RunningStage.TRAINING:
+            return  # validation throughput is not training throughput
+        metrics = self._throughputs[RunningStage.TRAINING].compute()
+        if "device/samples_per_sec" not in metrics:
+            return  # the first window is not full yet
+        last = {
+            "perf/images_per_sec": metrics["device/samples_per_sec"] * trainer.world_size,
+            "perf/step_time_s": 1.0 / metrics["device/batches_per_sec"],
+        }
+        if "device/mfu" in metrics:
+            last["perf/mfu"] = metrics["device/mfu"]
+        for name, value in last.items():
+            trainer.lightning_module.log(name, value, on_step=True, on_epoch=False, batch_size=1, rank_zero_only=True)

@@ -391,8 +391,8 @@ class MultiTaskModule(pl.LightningModule):
 
     def count_flops(self, batch_size: int = 1) -> int:
         """FLOPs of one forward pass (backbone + every head) at ``data.img_size``, counted with
-        ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device twin (no memory, no compile)."""
-        from torch.utils.flop_counter import FlopCounterMode
+        Lightning's ``measure_flops`` (``FlopCounterMode``) on a meta-device twin (no memory, no compile)."""
+        from lightning.fabric.utilities.throughput import measure_flops
 
         twin_cfg = copy.deepcopy(self.cfg)
         twin_cfg["model"].update(compile=False, grad_checkpointing=False, channels_last=False)
@@ -400,10 +400,8 @@ class MultiTaskModule(pl.LightningModule):
         with torch.device("meta"):
             twin = MultiTaskModule(twin_cfg, self.num_classes).eval()  # BatchNorm takes a batch of 1 in eval
             images = torch.empty(batch_size, 3, self.img_size, self.img_size)
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            twin.forward_all_heads(images)
-        return int(counter.get_total_flops())
+        with torch.no_grad():
+            return int(measure_flops(twin, lambda: twin.forward_all_heads(images)))
 
     # ------------------------------------------------------------------------------- training
 

@@ -226,6 +226,27 @@ def checkpoint_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[ModelCheckpoi
     return [last, best]
 
 
+def seed_run(cfg: DictConfig) -> None:
+    """Make a run repeatable before anything is built: seed every RNG (``seed``, loader workers included), fix the
+    CPU thread count (``trainer.cpu_threads``) and, with ``trainer.deterministic``, refuse nondeterministic kernels."""
+    import torch
+    from lightning.pytorch import seed_everything
+
+    seed_everything(cfg.seed, workers=True)
+    threads = cfg.trainer.cpu_threads
+    if threads:
+        torch.set_num_threads(int(threads))
+        try:
+            import faiss  # evaluation's exact search: its BLAS blocking follows the OpenMP thread count too
+
+            faiss.omp_set_num_threads(int(threads))
+        except ImportError:
+            pass
+    if cfg.trainer.deterministic:
+        # Lightning's Trainer(deterministic=True) sets this too; setting it here also covers evaluate.py.
+        torch.use_deterministic_algorithms(True)
+
+
 def build_trainer(
     cfg: DictConfig,
     run_dir: RunDir,

@@ -23,6 +23,7 @@ from typing import Any
 from studies.collect import AXES, collect_local, collect_wandb, metric_names
 from studies.plots import PowerLaw, label_space_plot, scaling_plot
 from studies.tables import Table, build_tables, choose_metric, param_axes
+from tracking.textio import escape_cell
 
 
 @dataclass
@@ -44,10 +45,17 @@ def write_records_csv(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
     columns = [*AXES, *param_axes(records), *metric_names(records)]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
+        writer.writerow({k: escape_cell(k) for k in columns})
         for record in records:
-            writer.writerow({k: ("" if record.get(k) is None else record.get(k)) for k in columns})
+            # Strings escaped (tracking.textio): no row spans lines for a line-based reader.
+            writer.writerow({k: _csv_value(record.get(k)) for k in columns})
     return path
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    return escape_cell(value) if isinstance(value, str) else value
 
 
 def fit_lines(fits: Mapping[str, PowerLaw], metric: str | None) -> list[str]:
@@ -111,7 +119,15 @@ def write_report(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="make_report.py", description="Tables (Markdown, CSV) and scaling plots from local run dirs or W&B."
+        prog="make_report.py",
+        description="Tables (Markdown, CSV) and scaling plots from local run dirs or W&B.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""examples:
+  python make_report.py --runs runs --group demo_cpu --out results/demo_cpu     # after `make demo`
+  python make_report.py --wandb ENTITY/PROJECT --sweep SWEEP_ID --out results/scale_arch
+
+writes to --out: <table>.md and .csv (.tex with --latex) per table the runs fill, the scaling plots
+(.png), records.csv (one row per run: every axis and metric) and report.md (all of it).""",
     )
     parser.add_argument("--runs", default=None, help="local runs directory (offline), e.g. runs")
     parser.add_argument("--group", default=None, help="only runs of this W&B group / sweep name / experiment")

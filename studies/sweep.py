@@ -8,11 +8,12 @@ unchanged against a server. This module runs the same files with no server::
     python run_sweep.py sweeps/scale_arch.yaml --parallel 4 --gpus 0,1,2,3,4,5,6,7
     python run_sweep.py sweeps/demo_cpu.yaml -- trainer.max_steps=50   # extra overrides for every run
 
-- Validation: W&B's published schema (the open-source ``sweeps`` package) plus the checks a local run
-  needs (known command macros, no null values); every run's overrides must compose with
-  ``configs.compose`` before anything starts, so a typo fails in a second.
-- Expansion: ``grid`` through ``sweeps.next_runs`` (all combinations, W&B's order); ``random`` seeded
-  (``--count`` draws, ``--seed``). ``bayes`` needs a server's metric feedback: use ``wandb agent``.
+- Validation: W&B's published schema (``wandb_sweep_schema.json``, vendored from the ``sweeps`` package,
+  checked with jsonschema when installed) plus the checks a local run needs (known command macros, no
+  null values); every run's overrides must compose with ``configs.compose`` before anything starts.
+- Expansion: ``grid`` with itertools.product in W&B's order; ``random`` drawn from W&B's distributions
+  with a seeded generator (``--count`` draws, ``--seed``). Both are a few lines here because W&B's
+  engine (``sweeps``) pins numpy<2. ``bayes`` needs a server's metric feedback: use ``wandb agent``.
 - Runs: name = sweep name + the run's varying parameters (deterministic); command = the sweep's
   ``command:`` with W&B's macros expanded exactly as ``wandb agent`` expands them, followed by
   ``logger.group=<sweep name> run_name=<name> output_dir=<dir>`` and any extra overrides.
@@ -26,9 +27,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
+import itertools
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -38,13 +42,13 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from tracking.run_dir import write_json_atomic
@@ -68,20 +72,18 @@ KNOWN_MACROS = ("env", "interpreter", "program", *ARG_MACROS)
 RUNNER_KEYS = ("logger.group", "run_name", "output_dir")
 LOCAL_METHODS = ("grid", "random")
 MAX_GRID_RUNS = 100_000
-_ENVVAR = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")
+# W&B's published sweep-config schema, vendored unchanged from the `sweeps` package (MIT, see the .LICENSE file):
+# that package pins numpy<2, so the repo validates with jsonschema against its schema instead of importing it.
+SCHEMA_PATH = Path(__file__).with_name("wandb_sweep_schema.json")
+# The distributions W&B deprecated in favour of *_values (sweeps' PARAM_DEPRECATION_MAP): a violation there too.
+DEPRECATED = {"log_uniform": "log_uniform_values", "inv_log_uniform": "inv_log_uniform_values"}
+DEPRECATED["q_log_uniform"] = "q_log_uniform_values"
+GRID_KINDS = ("constant", "categorical", "int_uniform", "q_uniform")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
 
 
 class SweepError(ValueError):
     """A sweep file, run or override that cannot be run; the message names the file and the problem."""
-
-
-def _import_sweeps():
-    # The PyPI package warns about its pydantic-v1 style config at import; nothing for us to act on.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import sweeps
-    return sweeps
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -119,21 +121,71 @@ def load_sweep(path: os.PathLike | str) -> Sweep:
 
 
 def validate_sweep(config: Any, source: str = "sweep") -> None:
-    """Check a sweep config against W&B's schema (the ``sweeps`` package) and what a local run needs.
+    """Check a sweep config against W&B's schema (``schema_problems``) and what a local run needs.
 
     Raises:
         SweepError: listing every violation, each naming the field.
     """
     if not isinstance(config, dict):
         raise SweepError(f"{source}: a sweep file holds a mapping (program, method, metric, parameters, command)")
-    try:
-        problems = list(_import_sweeps().schema_violations_from_proposed_config(config))
-    except (ValueError, TypeError) as err:
-        problems = [str(err)]
-    problems += _local_problems(config)
+    problems = schema_problems(config) + _local_problems(config)
     if problems:
         unique = list(dict.fromkeys(problems))
         raise SweepError(f"{source}: invalid W&B sweep config:\n  - " + "\n  - ".join(unique))
+
+
+@functools.cache
+def _validators() -> tuple[Any, Any] | None:
+    """(whole-config validator, one-parameter validator) on W&B's schema; None without jsonschema."""
+    try:
+        import jsonschema
+    except ImportError:  # a test-only requirement: the local checks and `wandb sweep` still validate
+        log.info("jsonschema not installed: sweep files are checked without W&B's schema")
+        return None
+    schema = json.loads(SCHEMA_PATH.read_text())
+    formats = jsonschema.FormatChecker()
+    # The custom formats the sweeps package registers on its validator (sweeps/config/schema.py).
+    formats.checks("float")(lambda v: isinstance(v, float))
+    formats.checks("integer")(lambda v: isinstance(v, int))
+    parameter = {**schema["definitions"]["parameter"], "definitions": schema["definitions"]}
+    return (
+        jsonschema.Draft7Validator(schema, format_checker=formats),
+        jsonschema.Draft7Validator(parameter, format_checker=formats),
+    )
+
+
+def schema_problems(config: Mapping[str, Any]) -> list[str]:
+    """What W&B's sweep engine reports for a config: its JSON-schema violations (one message per parameter
+    that matches no parameter form), ``min`` not below ``max``, probabilities that do not sum to 1, and the
+    deprecated log distributions. Empty when valid (or when jsonschema is not installed)."""
+    validators = _validators()
+    if validators is None:
+        return []
+    whole, one = validators
+    problems = []
+    for err in whole.iter_errors(config):
+        path = [str(p) for p in err.absolute_path]
+        if path[:1] == ["parameters"] and len(path) > 1:
+            continue  # reported per parameter below, with its name
+        problems.append(f"{'.'.join(path) + ': ' if path else ''}{err.message}")
+    params = config.get("parameters")
+    if "parameters" not in config:
+        problems.append("`parameters` is required")
+    for name, spec in params.items() if isinstance(params, dict) else ():
+        if not isinstance(spec, dict) or not one.is_valid(spec):
+            problems.append(f"invalid hyperparameter configuration: {name} ({spec!r} matches no W&B parameter form)")
+            continue
+        low, high = spec.get("min"), spec.get("max")
+        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
+            problems.append(f"{name}: min {low} is not less than max {high}")
+        probs = spec.get("probabilities")
+        if probs is not None and (len(probs) != len(spec.get("values", [])) or not math.isclose(sum(probs), 1.0)):
+            problems.append(f"Parameter {name}: probabilities {probs} must match values and sum to 1")
+        if spec.get("distribution") in DEPRECATED:
+            problems.append(
+                f"{name}: distribution {spec['distribution']} is deprecated, use {DEPRECATED[spec['distribution']]}"
+            )
+    return problems
 
 
 def _local_problems(config: dict) -> list[str]:
@@ -159,6 +211,8 @@ def _local_problems(config: dict) -> list[str]:
                 values = spec.get("values", [spec["value"]] if "value" in spec else [])
                 if isinstance(values, list) and any(v is None for v in values):
                     problems.append(f"parameters.{name}: null reaches the program as the string 'None'")
+                if "parameters" in spec:
+                    problems.append(f"parameters.{name}: nested parameters are not expanded locally; use dotted keys")
     return problems
 
 
@@ -201,50 +255,83 @@ def expand(config: Mapping[str, Any], count: int | None = None, seed: int = 0) -
     )
 
 
-def _flatten(run_config: Mapping[str, Any], order: Sequence[str]) -> dict[str, Any]:
-    flat = {name: _plain(spec["value"]) for name, spec in run_config.items()}
-    return {name: flat[name] for name in sorted(flat, key=lambda n: order.index(n) if n in order else len(order))}
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars (random search draws them) as Python values, so they format and serialize like W&B's."""
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        return value.item()
-    return value
+def parameter_kind(spec: Mapping[str, Any]) -> str:
+    """W&B's distribution of a parameter spec: ``distribution`` when given, else what the keys imply (as the
+    schema's defaults do): ``value`` constant, ``values`` categorical, integer ``min``/``max`` int_uniform, else uniform."""
+    if "distribution" in spec:
+        return str(spec["distribution"])
+    if "value" in spec:
+        return "constant"
+    if "values" in spec:
+        return "categorical_w_probabilities" if "probabilities" in spec else "categorical"
+    ints = all(isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool) for k in ("min", "max"))
+    return "int_uniform" if ints else "uniform"
 
 
 def _expand_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    sweeps = _import_sweeps()
-    order = list(config.get("parameters", {}))
-    proposed: list = []
-    while True:
-        # next_runs skips grid points already among `proposed`, so asking in batches walks the whole grid.
-        batch = sweeps.next_runs(dict(config), proposed, validate=False, n=256)
-        new = [run for run in batch if run is not None]
-        proposed.extend(new)
-        if len(new) < len(batch) or not new:
-            break
-        if len(proposed) > MAX_GRID_RUNS:
-            raise SweepError(f"grid has more than {MAX_GRID_RUNS} runs")
-    return [_flatten(run.config, order) for run in proposed]
+    """Every combination, as W&B's grid search orders them: itertools.product over the discrete parameters
+    sorted by name (the last name varies fastest); constants join every run."""
+    params = config.get("parameters", {})
+    constants, axes = {}, {}
+    for name, spec in params.items():
+        kind = parameter_kind(spec)
+        if kind not in GRID_KINDS:
+            raise SweepError(f"parameters.{name}: grid search takes {', '.join(GRID_KINDS)} parameters, not {kind}")
+        if kind == "constant":
+            constants[name] = spec["value"]
+        elif kind == "int_uniform":
+            axes[name] = list(range(spec["min"], spec["max"] + 1))
+        elif kind == "q_uniform":
+            axes[name] = np.arange(spec["min"], spec["max"], spec.get("q", 1.0)).tolist()
+        else:
+            axes[name] = list(spec["values"])
+    names = sorted(axes)
+    total = math.prod(len(axes[n]) for n in names)
+    if total > MAX_GRID_RUNS:
+        raise SweepError(f"grid has {total} runs, more than {MAX_GRID_RUNS}")
+    runs = [{**constants, **dict(zip(names, combo))} for combo in itertools.product(*(axes[n] for n in names))]
+    return [{name: run[name] for name in params} for run in runs]
+
+
+def _draw(spec: Mapping[str, Any], rng: random.Random) -> Any:
+    """One draw of a W&B parameter (the distributions of W&B's sweep config reference)."""
+    kind = parameter_kind(spec)
+    lo, hi, q = spec.get("min"), spec.get("max"), spec.get("q", 1.0)
+    mu, sigma = spec.get("mu", 0.0), spec.get("sigma", 1.0)
+    draw = {
+        "constant": lambda: spec["value"],
+        "categorical": lambda: rng.choice(spec["values"]),
+        "categorical_w_probabilities": lambda: rng.choices(spec["values"], weights=spec["probabilities"])[0],
+        "int_uniform": lambda: rng.randint(lo, hi),
+        "uniform": lambda: rng.uniform(lo, hi),
+        "log_uniform_values": lambda: math.exp(rng.uniform(math.log(lo), math.log(hi))),
+        "inv_log_uniform_values": lambda: 1.0 / math.exp(rng.uniform(math.log(1.0 / hi), math.log(1.0 / lo))),
+        "log_uniform": lambda: math.exp(rng.uniform(lo, hi)),  # v1: min/max are exponents
+        "inv_log_uniform": lambda: math.exp(-rng.uniform(lo, hi)),
+        "normal": lambda: rng.gauss(mu, sigma),
+        "log_normal": lambda: rng.lognormvariate(mu, sigma),
+        "beta": lambda: rng.betavariate(spec.get("a", 1.0), spec.get("b", 1.0)),
+    }
+    base = kind[2:] if kind.startswith("q_") else kind
+    if base not in draw:
+        raise SweepError(f"distribution '{kind}' cannot be drawn locally")
+    value = draw[base]()
+    if kind.startswith("q_"):
+        value = round(value / q) * q
+        value = int(value) if isinstance(q, int) else float(value)
+    return value
 
 
 def _expand_random(config: Mapping[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
-    sweeps = _import_sweeps()
-    order = list(config.get("parameters", {}))
-    state = random.getstate()  # the sweeps package samples with the `random` module
-    try:
-        random.seed(seed)
-        draws = sweeps.next_runs(dict(config), [], validate=False, n=n)
-    finally:
-        random.setstate(state)
+    rng = random.Random(seed)  # own generator: the same seed gives the same runs whatever else draws
+    params = config.get("parameters", {})
     runs, seen = [], set()
-    for run in draws:
-        params = _flatten(run.config, order)
-        key = params_hash(params)
+    for _ in range(n):
+        run = {name: _draw(spec, rng) for name, spec in params.items()}
+        key = params_hash(run)
         if key not in seen:
             seen.add(key)
-            runs.append(params)
+            runs.append(run)
     if len(runs) < n:
         log.warning("random search drew %d duplicate parameter sets; %d distinct runs remain", n - len(runs), len(runs))
     return runs
@@ -296,23 +383,12 @@ def run_name(sweep_name: str, params: Mapping[str, Any], varying: Sequence[str],
 
 
 def command_args(params: Mapping[str, Any]) -> dict[str, list[str]]:
-    """The argument macros for one run, formatted exactly as ``wandb agent`` formats them
-    (``f"{key}={value}"``, so ``True``, ``0.1``, ``vit_s16``)."""
-    out: dict[str, list[str]] = {m: [] for m in ARG_MACROS}
-    for key, value in params.items():
-        flag = f"{key}={value}"
-        out["args"].append("--" + flag)
-        out["args_no_hyphens"].append(flag)
-        out["args_no_equals"] += [f"--{key}", str(value)]
-        out["args_append_hydra"].append("+" + flag)
-        out["args_override_hydra"].append("++" + flag)
-        if isinstance(value, bool):
-            if value:
-                out["args_no_boolean_flags"].append("--" + key)
-        else:
-            out["args_no_boolean_flags"].append("--" + flag)
-    out["args_json"] = [json.dumps(dict(params))]
-    return out
+    """The argument macros of one run (``args``, ``args_no_hyphens``, ...): wandb's own
+    ``create_sweep_command_args``, the function ``wandb agent`` calls, so the formatting is W&B's by construction."""
+    # Semi-private in wandb 0.31 (pinned in requirements.txt); tests pin its output. Imported here: wandb takes 2 s.
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    return create_sweep_command_args({"args": {key: {"value": value} for key, value in params.items()}})
 
 
 def build_command(
@@ -323,22 +399,21 @@ def build_command(
     extra: Sequence[str] = (),
 ) -> list[str]:
     """The command of one run: the sweep's ``command:`` (W&B's default when absent) with its macros
-    expanded, then ``runner_items`` (key, value) in the same flag style, then ``extra`` as given.
+    expanded as ``wandb agent`` does, then ``runner_items`` (key, value) in the same flag style, then ``extra``.
 
-    ``${env}`` expands to nothing (the environment is passed directly) and ``${interpreter}`` to ``python``.
+    ``${envvar:NAME}`` goes through wandb's ``create_sweep_command``; ``${env}`` expands to nothing (the
+    environment is passed directly) and ``${interpreter}`` to ``python``.
     """
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command
+
     template = [str(t) for t in (config.get("command") or DEFAULT_COMMAND)]
-    macros = command_args(params)
-    macros["env"] = []
-    macros["interpreter"] = [python]
-    macros["program"] = [str(config["program"])] if config.get("program") else []
+    macros: dict[str, Any] = command_args(params)
+    macros.update(env=[], interpreter=[python], program=[str(config["program"])] if config.get("program") else [])
     command: list[str] = []
-    for token in template:
-        token = _ENVVAR.sub(lambda m: os.environ.get(m.group(1), m.group(1)), token)
-        if token.startswith("${") and token.endswith("}"):
-            command += macros[token[2:-1]]
-        else:
-            command.append(token)
+    # create_sweep_command edits the list it is given: hand it a copy. The loop is wandb_agent.py's own.
+    for token in create_sweep_command(list(template)):
+        token = str(token)
+        command += (macros.get(token[2:-1]) or []) if token.startswith("${") and token.endswith("}") else [token]
     hyphens = any(t in template for t in ("${args}", "${args_no_boolean_flags}", "${args_no_equals}"))
     command += [f"{'--' if hyphens else ''}{key}={value}" for key, value in runner_items]
     command += list(extra)
@@ -657,11 +732,30 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
+def _epilog(sweep_dir: Path = Path(__file__).resolve().parent.parent / "sweeps") -> str:
+    lines = [
+        "Overrides after `--` go to every run, e.g. `-- trainer.max_steps=50 data.num_workers=0`.",
+        "Each run is `train.py` with the sweep's parameters; `python train.py --help` lists the config groups.",
+        "",
+        "sweep files (sweeps/<name>.yaml):",
+    ]
+    files = sorted(sweep_dir.glob("*.yaml"))
+    width = max((len(p.stem) for p in files), default=0)
+    for path in files:
+        try:
+            description = str((yaml.safe_load(path.read_text()) or {}).get("description", ""))
+        except yaml.YAMLError:
+            description = "(does not parse)"
+        lines.append(f"  {path.stem:<{width}}  {description}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_sweep.py",
         description="Run a W&B sweep file locally (no W&B server): grid or seeded random, resumable.",
-        epilog="Overrides after `--` go to every run, e.g. `-- trainer.max_steps=50 data.num_workers=0`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(),
     )
     parser.add_argument("sweep", help="a W&B sweep YAML, e.g. sweeps/demo_cpu.yaml")
     parser.add_argument("--output-dir", default="runs", help="parent of the run directories (default: runs)")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from studies.collect import AXES, is_metric, is_random_init
+from tracking.textio import escape_cell
 
 MISSING = "—"
 # Preferred cell metrics, best first: the retrieval embedding when the runs have one, else the backbone.
@@ -137,7 +138,7 @@ class Table:
 
     def to_markdown(self) -> str:
         def esc(text: str) -> str:
-            return str(text).replace("|", r"\|")
+            return escape_cell(text, extra="|")  # a "|" or a line break would end the cell or the row
 
         lines = [f"### {self.title}", ""]
         lines.append("| " + " | ".join(esc(c) for c in [self.row_header, *self.columns]) + " |")
@@ -152,9 +153,10 @@ class Table:
         """Means at full precision; a missing cell is an empty field."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow([self.row_header, *self.columns])
+        # Labels escaped: csv quotes a line break, but a line-based reader would still split the row.
+        writer.writerow([escape_cell(c) for c in [self.row_header, *self.columns]])
         for label, cells in self.rows:
-            writer.writerow([label, *("" if c is None else f"{c.mean:.6g}" for c in cells)])
+            writer.writerow([escape_cell(label), *("" if c is None else f"{c.mean:.6g}" for c in cells)])
         return buffer.getvalue()
 
     def to_latex(self) -> str:

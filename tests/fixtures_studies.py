@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from tracking.textio import read_jsonl
+
 # Resolved model sections as train.py would save them (configs/model presets on the schema's defaults).
 MODEL_CONFIGS = {
     "vit_demo": {"name": "vit_tiny_patch16_224", "family": "vit", "kwargs": {"patch_size": 8, "depth": 6}},
@@ -123,4 +125,4 @@ def read_calls(output_dir: Path) -> list[dict]:
     path = output_dir / "calls.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return list(read_jsonl(path))  # split on "\n" only, as every JSONL reader in the repo

@@ -1,5 +1,8 @@
 """Config composition: order, override forms, and failures that name the key."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,6 +119,10 @@ def test_every_preset_and_group_file_composes():
                 assert _hardware(cfg) == _group_hardware(_default_trainer(f.stem)), f.name
             if group_dir.name == "trainer":
                 assert _hardware(cfg) == _group_hardware(f.stem), f.name
+            if group_dir.name != "experiment":  # the group file's own values took effect
+                own = OmegaConf.load(f)
+                for key in (k for k in own if not OmegaConf.is_config(own[k])):
+                    assert cfg[group_dir.name][key] == own[key], f"{f}: {key}"
 
 
 def test_science_presets_carry_no_hardware():
@@ -212,3 +219,54 @@ def test_saved_config_round_trips(tmp_path):
     assert again.model.name == "resnet50" and again.data.weak_label.scale == 0.1
     assert list(again.eval.ks) == [1, 3]
     assert OmegaConf.is_readonly(again)
+
+
+# ------------------------------------------------------------------ entry points as a user runs them
+
+ROOT = CONFIG_DIR.parent
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_help_lists_groups_choices_presets_and_override_forms(script):
+    proc = _run(script, "--help")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"python {script}" in out  # the module docstring's usage lines
+    for group in ("model", "data", "tasks", "optim", "trainer", "logger"):
+        assert f"  {group}:" in out
+    assert "vit_ti16*" in out and "resnet_demo" in out and "ddp_cpu" in out  # choices, the default marked
+    for preset in sorted((CONFIG_DIR / "experiment").glob("*.yaml")):
+        first = next(line for line in preset.read_text().split("\n") if line.startswith("#"))
+        assert f"  {preset.stem}" in out and first.lstrip("# ").strip() in out
+    assert "key=value" in out and "--key=value" in out and "GROUP=NAME" in out and "--print-config" in out
+    if script == "train.py":
+        assert _run(script, "-h").stdout == out
+
+
+def test_print_config_composes_overrides_and_exits_without_running(tmp_path):
+    proc = _run("train.py", "experiment=demo_cpu", "--model=resnet_demo", f"output_dir={tmp_path}", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    cfg = OmegaConf.create(proc.stdout)
+    assert cfg.experiment == "demo_cpu" and cfg.model.name == "resnet18" and cfg.output_dir == str(tmp_path)
+    assert cfg == OmegaConf.create(
+        OmegaConf.to_yaml(compose(["experiment=demo_cpu", "model=resnet_demo"] + [f"output_dir={tmp_path}"]))
+    )
+    assert not any(tmp_path.iterdir())  # nothing ran: no run directory
+    gpu = _run("evaluate.py", "experiment=scale_arch", "--print-config")  # a GPU preset prints on this CPU
+    assert gpu.returncode == 0 and OmegaConf.create(gpu.stdout).trainer.accelerator == "gpu"
+    bad = _run("train.py", "model.nme=3", "--print-config")
+    assert bad.returncode == 1 and "unknown config key 'model.nme'" in bad.stderr
+
+
+def test_report_and_sweep_help_show_examples_and_the_sweep_files():
+    report = _run("make_report.py", "--help")
+    assert report.returncode == 0 and "--runs" in report.stdout and "records.csv" in report.stdout
+    sweep = _run("run_sweep.py", "--help")
+    assert sweep.returncode == 0 and "--dry-run" in sweep.stdout
+    for path in sorted((ROOT / "sweeps").glob("*.yaml")):
+        assert f"  {path.stem}  " in sweep.stdout

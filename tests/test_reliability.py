@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -429,6 +429,8 @@ def test_samples_missing_image_or_json_or_labels_are_counted_skips(tmp_path):
 
 @pytest.mark.slow
 def test_train_py_config_mistakes_exit_with_the_key_named(tmp_path):
+    import train
+
     cases = {
         "data.batch_sise=3": r"unknown config key 'data\.batch_sise'.*Did you mean 'data\.batch_size'",
         "data.batch_size=many": r"bad value for config key 'data\.batch_size'",
@@ -437,19 +439,27 @@ def test_train_py_config_mistakes_exit_with_the_key_named(tmp_path):
         "trainer.precision=16-mixed": r"'trainer\.precision': fp16 needs a GPU",
         "trainer.accelerator=gpu": r"'trainer\.accelerator': 'gpu' requested but no CUDA device",
     }
+    # As a user runs it (a schema mistake and a hardware one): exit 1, one line, no traceback. The other cases
+    # take the same exit path, so they are checked in-process (a subprocess each cost ~1 s of imports).
+    by_hand = ("data.batch_sise=3", "trainer.strategy=fsdp")
     procs = {}
-    for i, override in enumerate(cases):
+    for i, override in enumerate(by_hand):
         args = train_args(str(tmp_path / "nowhere.json"), tmp_path / "runs", f"r{i}", override)
-        procs[override] = start_train(args, tmp_path / f"{i}.log")
-    for i, (override, pattern) in enumerate(cases.items()):
-        proc = procs[override]
+        procs[override] = (start_train(args, tmp_path / f"{i}.log"), tmp_path / f"{i}.log")
+    for override, pattern in cases.items():
+        if override in by_hand:
+            continue
+        with pytest.raises(ConfigError) as err:
+            train.main(train_args(str(tmp_path / "nowhere.json"), tmp_path / "runs", "x", override))
+        assert re.search(pattern, f"config error: {err.value}"), str(err.value)
+    for override, (proc, log) in procs.items():
         try:
             proc.wait(timeout=120)
         finally:
             kill_group(proc)
-        output = (tmp_path / f"{i}.log").read_text()
+        output = log.read_text()
         assert proc.returncode == 1, output
-        assert output.startswith("config error: ") and re.search(pattern, output), output
+        assert output.startswith("config error: ") and re.search(cases[override], output), output
         assert "Traceback" not in output
     assert not (tmp_path / "runs").exists()  # nothing was built or written
 
@@ -589,15 +599,21 @@ BASE_ROWS = [{"title": t} for t in ("red car", "black cat", "red cat", "green tr
 ROW = st.fixed_dictionaries({}, optional={"title": ANY_TEXT, "tags": st.lists(ANY_TEXT, max_size=4), "desc": ANY_TEXT})
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# 10 drawn + 2 explicit examples: each is a whole mining run (~0.5 s).
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(ROW, max_size=6))
+# Found on a fresh machine: a raw U+0085 (NEXT LINE) in samples.jsonl made str.splitlines see 10 records for 9.
+@example([{"title": "red car", "desc": "black\x85cat"}])
+@example([{"title": "red\u2028car", "tags": ["cat\u2029"], "desc": "a\rb\x0bc\x0cd\x1ce\x1df\x1eg"}])
 def test_mining_any_text_never_crashes_and_its_counts_add_up(tmp_path, rows):
     rows = [*BASE_ROWS, *rows]  # a vocabulary with some structure, whatever the examples add
     result = _text_only_run(tmp_path, rows, "prop")
     counts = result.counts
     assert counts["read"] == len(rows) == counts["written"] + sum(counts["skipped"].values())
-    lines = (Path(result.output) / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(lines) == counts["written"]
+    text = (Path(result.output) / "samples.jsonl").read_text(encoding="utf-8")
+    # Every line splitter agrees: str.splitlines breaks on all Unicode line boundaries, split("\n") on one.
+    assert len(text.splitlines()) == len(text.split("\n")) - 1 == counts["written"]
+    assert all(isinstance(json.loads(line), dict) for line in text.splitlines())
 
 
 def test_mining_empty_and_huge_fields(tmp_path):
@@ -746,3 +762,35 @@ def test_yaml_python_tags_are_refused_and_never_run(tmp_path):
 
     yaml.unsafe_load(f"seed: {tag}\n")  # control: loaded unsafely, the tag does run its command
     assert marker.exists()
+
+
+# --------------------------------------------------------------------------------------------- 8. determinism
+
+
+@pytest.mark.slow
+def test_demo_preset_gives_identical_metrics_whatever_the_machine_thread_default(shards, tmp_path):
+    """Two machines differ in torch's default thread count (core count, OMP_NUM_THREADS): the demo preset fixes it
+    (trainer.cpu_threads), so the same command gives bit-identical metrics. Before, 1 vs 2 threads changed the loss
+    after a few steps of this run."""
+    args = ("data.img_size=32", "model.kwargs.depth=2", "trainer.max_steps=6", "trainer.val_check_interval=3")
+    metrics = {}
+    for default_threads in (1, 2):
+        torch.set_num_threads(default_threads)  # what the machine would give without trainer.cpu_threads
+        out = _main(shards["manifest"], tmp_path / f"threads{default_threads}", "run", *args)
+        metrics[default_threads] = {k: v for k, v in out.items() if not k.startswith("perf/")}
+        assert torch.get_num_threads() == 2  # the preset's count, whatever the default was
+    assert {"train/loss", "val/loss", "val/weak_label/mAP"} <= set(metrics[1])
+    assert metrics[1] == metrics[2]  # exact: same kernels, same thread count, same seeds
+
+
+def test_evaluate_print_config_shows_the_checkpoint_run_config_and_evaluates_nothing(trained_run, capsys):
+    from omegaconf import OmegaConf
+
+    import evaluate
+
+    before = sorted(trained_run["out"].rglob("*"))
+    assert evaluate.main([f"eval.checkpoint={trained_run['run']}", "eval.knn_k=3", "--print-config"]) == {}
+    cfg = OmegaConf.create(capsys.readouterr().out)
+    assert cfg.run_name == "base" and cfg.trainer.max_steps == 4 and cfg.eval.knn_k == 3  # the run's, plus overrides
+    assert cfg.eval.checkpoint.endswith(".ckpt")
+    assert sorted(trained_run["out"].rglob("*")) == before  # nothing was evaluated or written

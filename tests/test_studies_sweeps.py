@@ -4,6 +4,8 @@ and the experiment presets they point at."""
 from __future__ import annotations
 
 import itertools
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,10 @@ import yaml
 
 from configs.compose import ConfigError, compose
 from studies.sweep import (
+    SCHEMA_PATH,
     Sweep,
     SweepError,
-    _import_sweeps,
+    _validators,
     build_command,
     check_overrides,
     command_args,
@@ -21,6 +24,7 @@ from studies.sweep import (
     load_sweep,
     plan,
     run_name,
+    schema_problems,
     validate_sweep,
 )
 
@@ -37,10 +41,24 @@ def _sweep(config: dict, name: str = "t") -> Sweep:
 # ------------------------------------------------------------------------------ the sweep files
 
 
-def test_sweeps_folder_holds_no_python_and_the_pypi_package_imports():
-    assert not list((ROOT / "sweeps").rglob("*.py")), "sweeps/ must hold no Python: it would shadow the PyPI package"
-    sweeps = _import_sweeps()
-    assert hasattr(sweeps, "next_runs") and "site-packages" in sweeps.__file__
+def test_sweeps_are_validated_against_w_and_b_schema_without_its_numpy_capped_engine():
+    assert not list((ROOT / "sweeps").rglob("*.py")), "sweeps/ holds YAML only"
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert schema["title"] == "SweepConfig" and "param_loguniform_v2" in schema["definitions"]
+    assert "MIT License" in SCHEMA_PATH.with_suffix(".LICENSE").read_text()
+    assert "sweeps" not in (ROOT / "requirements.txt").read_text().split()  # it pins numpy<2
+    assert _validators() is not None  # jsonschema is installed for the tests, so the schema is checked
+
+
+def test_without_jsonschema_only_the_local_checks_run(monkeypatch):
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "jsonschema", None)  # import fails, as in a runtime-only environment
+        _validators.cache_clear()
+        assert schema_problems({"method": "grd"}) == []
+        with pytest.raises(SweepError, match=r"no \$\{args...\} macro"):
+            validate_sweep({"method": "grid", "command": ["${program}"], "program": "train.py"})
+    _validators.cache_clear()
+    assert "method: 'grd' is not one of ['bayes', 'random', 'grid', 'custom']" in schema_problems({"method": "grd"})
 
 
 def test_required_sweeps_exist_with_the_brief_parameters():
@@ -59,7 +77,7 @@ def test_required_sweeps_exist_with_the_brief_parameters():
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
 def test_sweep_file_validates_and_every_run_composes(path):
-    sweep = load_sweep(path)  # W&B's schema via the sweeps package + the local checks
+    sweep = load_sweep(path)  # W&B's schema (jsonschema) + the local checks
     config = sweep.config
     assert config["program"] == "train.py"
     assert config["command"] == ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
@@ -82,6 +100,11 @@ def test_sweep_file_validates_and_every_run_composes(path):
         ({"parameters": {"model": {"vales": ["a"]}}}, "invalid hyperparameter configuration: model"),
         ({"metric": {"name": "m", "goal": "maximise"}}, "'maximise' is not one of"),
         ({"parameters": {"model": {"values": []}}}, "invalid hyperparameter configuration: model"),
+        ({"parameters": {"optim.lr": {"min": 0.1, "max": 0.01}}}, "optim.lr: min 0.1 is not less than max 0.01"),
+        ({"parameters": {"optim.lr": {"distribution": "log_uniform", "min": -9, "max": -2}}}, "use log_uniform_values"),
+        ({"parameters": {"m": {"values": [1, 2], "probabilities": [0.5, 0.6]}}}, "sum to 1"),
+        ({"parameters": {"m": {"parameters": {"a": {"value": 1}}}}}, "nested parameters are not expanded locally"),
+        ({"run_cap": 0}, "run_cap: 0 is less than or equal to the minimum"),
         ({"command": "python train.py"}, "is not of type 'array'"),
         ({"command": ["${interpreter}", "${program}", "${argz}"]}, "macro ${argz}"),
         ({"command": ["${interpreter}", "${program}"]}, "no ${args...} macro"),
@@ -145,15 +168,52 @@ def test_grid_expansion_gives_every_combination():
     assert [r.name for r in plan(sweep, count=2)] == [r.name for r in runs[:2]]  # --count N: the first N
 
 
-def test_grid_expansion_matches_the_cartesian_product():
+def test_grid_expansion_matches_the_cartesian_product_in_w_and_b_order():
     sweep = load_sweep(ROOT / "sweeps/scale_arch.yaml")
     params = expand(sweep.config)
     p = sweep.parameters
     want = set(itertools.product(p["model"]["values"], p["data.weak_label.scale"]["values"]))
     assert len(params) == len(want) == 20
     assert {(x["model"], x["data.weak_label.scale"]) for x in params} == want
+    # The order W&B's engine (sweeps 0.3.0 grid_search_next_runs) gave for these: names sorted, last fastest.
+    demo = [(r["model"], r["data.weak_label.scale"]) for r in expand(load_sweep(ROOT / "sweeps/demo_cpu.yaml").config)]
+    assert demo == [("vit_demo", 0.25), ("resnet_demo", 0.25), ("vit_demo", 1.0), ("resnet_demo", 1.0)]
+    mixed = {
+        "method": "grid",
+        "parameters": {"b": {"values": [1, 2]}, "a": {"values": ["x", "y"]}, "c": {"min": 1, "max": 3}},
+    }
+    got = expand(mixed)
+    assert [list(r) for r in got] == [["b", "a", "c"]] * 12  # keys in the file's order
+    assert [(r["a"], r["b"], r["c"]) for r in got] == list(itertools.product("xy", [1, 2], [1, 2, 3]))
+    q = expand({"method": "grid", "parameters": {"w": {"distribution": "q_uniform", "min": 0, "max": 1, "q": 0.25}}})
+    assert [r["w"] for r in q] == [0.0, 0.25, 0.5, 0.75]  # numpy.arange, as W&B's engine expands q_uniform
     big = {"method": "grid", "parameters": {"a": {"values": list(range(30))}, "b": {"values": list(range(20))}}}
-    assert len(expand(big)) == 600  # more than one batch of the sweeps package's proposals
+    assert len(expand(big)) == 600
+    with pytest.raises(SweepError, match="parameters.lr: grid search takes"):
+        expand({"method": "grid", "parameters": {"lr": {"min": 0.1, "max": 1.0}}})
+
+
+def test_random_draws_follow_each_w_and_b_distribution():
+    spec = {
+        "c": {"value": "k"},
+        "cat": {"values": ["a", "b", "c"]},
+        "w": {"values": ["x", "y"], "probabilities": [1.0, 0.0]},
+        "i": {"min": 2, "max": 4},
+        "u": {"min": 0.5, "max": 1.5},
+        "lu": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+        "qu": {"distribution": "q_uniform", "min": 0, "max": 10, "q": 2},
+        "n": {"distribution": "normal", "mu": 100.0, "sigma": 1.0},
+    }
+    runs = expand({"method": "random", "parameters": spec}, count=200, seed=3)
+    assert len(runs) == 200 and all(list(r) == list(spec) for r in runs)
+    col = {k: [r[k] for r in runs] for k in spec}
+    assert set(col["c"]) == {"k"} and set(col["cat"]) == {"a", "b", "c"} and set(col["w"]) == {"x"}
+    assert set(col["i"]) == {2, 3, 4} and all(type(v) is int for v in col["i"])
+    assert all(0.5 <= v <= 1.5 for v in col["u"]) and all(1e-4 <= v <= 1e-2 for v in col["lu"])
+    below = sum(v < 1e-3 for v in col["lu"])  # log-uniform: half the draws below the geometric midpoint
+    assert 70 < below < 130
+    assert set(col["qu"]) <= {0, 2, 4, 6, 8, 10} and all(type(v) is int for v in col["qu"])
+    assert 95 < min(col["n"]) and max(col["n"]) < 105
 
 
 def test_random_expansion_is_seeded_and_reproducible():
@@ -194,13 +254,47 @@ def test_run_names_are_deterministic_and_filesystem_safe():
 # ---------------------------------------------------------------------------------- commands
 
 
-def test_command_args_match_wandb_agent():
-    utils = pytest.importorskip("wandb.sdk.launch.sweeps.utils")
+def test_command_args_are_wandb_agent_formatting_pinned():
+    """command_args is wandb's create_sweep_command_args (semi-private in wandb 0.31): pin what it returns, so a
+    wandb upgrade that changes how the agent formats arguments fails here, not in a sweep."""
     params = {"model": "vit_s16", "data.weak_label.scale": 0.1, "evaluate_after_fit": True, "x": False, "n": 3}
-    want = utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
     got = command_args(params)
-    for macro in ("args", "args_no_hyphens", "args_no_equals", "args_no_boolean_flags", "args_json"):
-        assert got[macro] == want[macro], macro
+    assert got["args_no_hyphens"] == [
+        "model=vit_s16",
+        "data.weak_label.scale=0.1",
+        "evaluate_after_fit=True",
+        "x=False",
+        "n=3",
+    ]
+    assert got["args"] == ["--" + a for a in got["args_no_hyphens"]]
+    assert got["args_no_boolean_flags"] == [
+        "--model=vit_s16",
+        "--data.weak_label.scale=0.1",
+        "--evaluate_after_fit",
+        "--n=3",
+    ]
+    assert got["args_no_equals"][:4] == ["--model", "vit_s16", "--data.weak_label.scale", "0.1"]
+    assert got["args_append_hydra"][0] == "+model=vit_s16" and got["args_override_hydra"][0] == "++model=vit_s16"
+    assert json.loads(got["args_json"][0]) == params
+
+
+def test_build_command_expands_envvar_and_every_macro_like_the_agent(monkeypatch):
+    monkeypatch.setenv("H11_DATA", "/data")
+    config = {
+        "program": "p.py",
+        "command": [
+            "${env}",
+            "${interpreter}",
+            "${program}",
+            "--root=${envvar:H11_DATA}",
+            "${args_no_boolean_flags}",
+            "${args_json}",
+        ],
+    }
+    template = list(config["command"])
+    cmd = build_command(config, {"flag": True, "off": False, "lr": 0.5}, python="py")
+    assert cmd == ["py", "p.py", "--root=/data", "--flag", "--lr=0.5", '{"flag": true, "off": false, "lr": 0.5}']
+    assert config["command"] == template  # wandb's create_sweep_command edits its list in place: not ours
 
 
 def test_build_command_expands_macros_and_adds_runner_items_in_the_same_style():

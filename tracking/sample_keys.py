@@ -21,6 +21,8 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from tracking.textio import json_line, split_lines
+
 __all__ = ["SampleKeyRecorder", "rank_path", "read_records"]
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def rank_path(path: os.PathLike | str, rank: int) -> Path:
 def read_records(path: os.PathLike | str) -> list[dict[str, Any]]:
     """The records of one rank's file, in order (an incomplete last line, from a kill mid-write, is left out)."""
     text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else ""
-    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+    return [json.loads(line) for line in split_lines(text, keepends=True) if line.endswith("\n")]
 
 
 class SampleKeyRecorder(Callback):
@@ -61,7 +63,7 @@ class SampleKeyRecorder(Callback):
         path = rank_path(self.path, trainer.global_rank)
         keep = self._restored or 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+        lines = split_lines(path.read_text(encoding="utf-8"), keepends=True) if path.is_file() else []
         complete = [ln for ln in lines if ln.endswith("\n")]
         if len(complete) < keep:
             log.warning("%s holds %d records but the checkpoint counts %d", path, len(complete), keep)
@@ -81,5 +83,5 @@ class SampleKeyRecorder(Callback):
         record = {"epoch": trainer.current_epoch, "batch_idx": batch_idx, "step": trainer.global_step, "keys": keys}
         # One write per line, flushed at close: a kill leaves at most one incomplete last line.
         with open(rank_path(self.path, trainer.global_rank), "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_line(record))
         self.lines += 1
