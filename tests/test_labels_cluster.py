@@ -50,7 +50,7 @@ def test_protect_head_splits_clusters_with_two_head_terms():
 
 def test_ppmi_embedding_puts_cooccurring_labels_together():
     # Labels 0/1 always co-occur ("car", "automobile"-like), 2/3 too, never across groups.
-    counter = CooccurrenceCounter(4, batch=3)
+    counter = CooccurrenceCounter(4, compact_every=3)
     for _ in range(10):
         counter.add([0, 1])
         counter.add([2, 3])
