@@ -49,7 +49,40 @@ class TextConfig:
     stop_terms: list[str] = field(default_factory=list)  # whole terms never used as labels
     # Caption scaffolding cut out of every text before terms are formed ("tags:", "stock photo",
     # "image of", "free download"); the report counts each phrase's hits.
-    boilerplate: list[str] = field(default_factory=list)
+    boilerplate: list[str] = field(
+        default_factory=lambda: [
+            "tags:",
+            "tag:",
+            "keywords:",
+            "stock photo",
+            "stock photos",
+            "stock image",
+            "stock images",
+            "stock vector",
+            "stock illustration",
+            "image of",
+            "photo of",
+            "picture of",
+            "illustration of",
+            "vector",
+            "vector illustration",
+            "vector image",
+            "free download",
+            "download free",
+            "royalty free",
+            "royalty-free",
+            "high resolution",
+            "high quality",
+            "isolated on white",
+            "isolated on white background",
+            "white background",
+            "clipart",
+            "clip art",
+            "png",
+            "jpg",
+            "hd",
+        ]
+    )
 
 
 @dataclass
