@@ -155,7 +155,7 @@ class TermExtractor:
         # Bound per instance so that two extractors with different settings never share results.
         self._word = functools.lru_cache(maxsize=1 << 18)(self._word_uncached)
         # Keywords, folder paths and titles repeat across a corpus: memoize short texts' terms.
-        self._short_terms = functools.lru_cache(maxsize=1 << 16)(self._terms_tuple)
+        self._short_terms = functools.lru_cache(maxsize=1 << 16)(self._terms_and_hits)
         self.stop_terms: frozenset[str] = frozenset()
         phrases = sorted({normalize(p).strip() for p in boilerplate if p.strip()}, key=lambda p: (-len(p), p))
         self._boilerplate_re = (
@@ -212,12 +212,16 @@ class TermExtractor:
     def terms(self, text: str) -> list[str]:
         """Distinct candidate terms of ``text`` (1 to ``max_words`` words): chunk by chunk, the words,
         then the 2-word terms, then the 3-word terms, each in order of appearance."""
-        terms, hits = self._short_terms(text) if len(text) <= SHORT_TEXT else self._terms_tuple(text)
+        terms, hits = self._short_terms(text) if len(text) <= SHORT_TEXT else self._terms_and_hits(text)
         if hits:
             self.boilerplate_hits.update(hits)
         return list(terms)
 
-    def _terms_tuple(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def _terms_tuple(self, text: str) -> tuple[str, ...]:
+        """The terms of ``text``, uncached (boilerplate hits not counted)."""
+        return self._terms_and_hits(text)[0]
+
+    def _terms_and_hits(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The terms of ``text`` and the boilerplate phrases cut out of it."""
         self._hits.clear()
         seen: dict[str, None] = {}
