@@ -97,6 +97,7 @@ class Engine:
         self.max_retries = max_retries
         self.progress = progress
         self._executor: ProcessPoolExecutor | None = None
+        self.startup_s = 0.0  # time spent starting Ray (inside the first pass's wall time)
 
     # ------------------------------------------------------------------ public
     def run_pass(self, name: str, fn: Callable, tasks: Sequence[Task]) -> PassStats:
@@ -181,12 +182,14 @@ class Engine:
         import ray
 
         if not ray.is_initialized():
+            t0 = time.perf_counter()
             address = os.environ.get("RAY_ADDRESS")
             env = {"env_vars": {"PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}}
             if address:
                 ray.init(address=address, runtime_env=env, log_to_driver=False)
             else:
                 ray.init(num_cpus=max(1, self.workers), runtime_env=env, include_dashboard=False, log_to_driver=False)
+            self.startup_s += time.perf_counter() - t0
         remote = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(fn)
         refs = {remote.remote(*t.args): t for t in todo}
         not_ready = list(refs)

@@ -120,6 +120,13 @@ def _ctx(cfg: dict) -> dict:
     return ctx
 
 
+def _rss_mb() -> float:
+    """Peak resident memory of this worker process so far, in MB."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def task_dir(work: str, kind: str, i: int) -> str:
     return os.path.join(work, kind, f"{'p' if kind in ('map', 'write') else 'r'}{i:06d}")
 
@@ -205,6 +212,7 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
             "fingerprint": fp.hexdigest(),
             "boilerplate": dict(sorted(scorer.extractor.boilerplate_hits.items())),
             "seconds": round(time.perf_counter() - t0, 3),
+            "peak_rss_mb": _rss_mb(),
         },
     )
 
@@ -283,6 +291,7 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str) -> None:
             "skipped_by_part": {str(p): dict(sorted(c.items())) for p, c in sorted(skipped.items())},
             "group_cap": dict(sorted(capped.items())),
             "seconds": round(time.perf_counter() - t0, 3),
+            "peak_rss_mb": _rss_mb(),
         },
     )
 
@@ -311,7 +320,7 @@ def count_task(cfg: dict, r: int, work: str, cooccurrence: bool) -> None:
     tmp = os.path.join(out, "counts.tmp.npz")
     np.savez(tmp, used=used, rows=rows, cols=cols, vals=vals)
     os.replace(tmp, os.path.join(out, "counts.npz"))
-    write_json_atomic(os.path.join(out, "stats.json"), {"seconds": round(time.perf_counter() - t0, 3)})
+    write_json_atomic(os.path.join(out, "stats.json"), {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()})
 
 
 # ---------------------------------------------------------------------------------------- pass 4: write
@@ -421,5 +430,6 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
             "bucket_counts": sorted(bucket_counts.items()),
             "splits": splits,
             "seconds": round(time.perf_counter() - t0, 3),
+            "peak_rss_mb": _rss_mb(),
         },
     )

@@ -141,8 +141,13 @@ class _Driver:
         self.passes[name] = st.to_dict()
         self.timings[f"{name}_s"] = st.wall_s
 
-    def task_seconds(self, kind: str, n: int) -> float:
-        return round(sum(read_json(passes.stats_path(self.work, kind, i)).get("seconds", 0.0) for i in range(n)), 3)
+    def task_totals(self, kind: str, n: int) -> dict:
+        """Summed task seconds and the largest worker peak memory of a pass (from its stats records)."""
+        recs = [read_json(passes.stats_path(self.work, kind, i)) for i in range(n)]
+        return {
+            "task_s": round(sum(r.get("seconds", 0.0) for r in recs), 3),
+            "peak_worker_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in recs), default=0.0),
+        }
 
     # ------------------------------------------------------------------------------ caps
     def caps(self, parts: list[Partition]) -> dict:
@@ -473,7 +478,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
         group_cap.update(rs["group_cap"])
     considered = counts["written"] + skipped.get("no_label", 0)
     for name, kind, n in (("map", "map", P), ("reduce", "reduce", R), ("count", "count", R), ("write", "write", P)):
-        d.passes[name]["task_s"] = d.task_seconds(kind, n)
+        d.passes[name].update(d.task_totals(kind, n))
     stats = {
         "name": cfg.name,
         "counts": counts,
@@ -511,6 +516,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
             "input_partitions": P,
             "reduce_partitions": R,
             "passes": d.passes,
+            "engine_startup_s": round(d.engine.startup_s, 3),
         },
         "clustering": lab["clustering"],
         "input_fingerprint": fingerprint,

@@ -224,7 +224,7 @@ def test_an_unreadable_shard_is_named_and_retried_on_rerun(tmp_path):
     (src / "00001.tar").write_bytes(good)
     result = run(cfg)
     assert result.counts == {"read": 22, "written": 22, "skipped": {}}
-    assert result.stats["distributed"]["passes"]["map"] | {"wall_s": 0, "task_s": 0} == {
+    assert result.stats["distributed"]["passes"]["map"] | {"wall_s": 0, "task_s": 0, "peak_worker_rss_mb": 0} == {
         "tasks": 3,
         "already_done": 2,
         "ran": 1,
@@ -232,6 +232,7 @@ def test_an_unreadable_shard_is_named_and_retried_on_rerun(tmp_path):
         "failed": [],
         "wall_s": 0,
         "task_s": 0,
+        "peak_worker_rss_mb": 0,
     }
 
 
