@@ -178,8 +178,8 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
                 # Text-only runs never touch images: the key then hashes the unit's id.
                 key = content_key(data if data is not None else f"{unit.source}:{unit.uid}".encode())
         signals = merge_signals([unit.signals])
-        fp.update(f"{unit.source}\0{unit.uid}\0{key}\0{reason}\0{json.dumps(signals, ensure_ascii=False)}\n".encode())
         if reason is not None:
+            fp.update(dumps_line([unit.source, unit.uid, reason, signals]))
             skipped[reason] += 1
             continue
         scores = eligible_terms(scorer.score(signals), min_score) if signals else {}
@@ -192,7 +192,9 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
                 if len(d) > 2 * (cap + 1):
                     groups[g] = dict(sorted(d.items(), key=lambda kv: (kv[1], kv[0]))[: cap + 1])
         line = [seq, key, unit.source, unit.uid, unit.path, unit.offset, unit.size, unit.ext, signals, scores, gs]
-        buckets[bucket_of(key, parts_r)].append(dumps_line(line))
+        encoded = dumps_line(line)
+        fp.update(encoded)  # the fingerprint covers every unit's locator, key, signals and scores
+        buckets[bucket_of(key, parts_r)].append(encoded)
         seq += 1
     offsets = [0]
     for b in buckets:
