@@ -322,7 +322,9 @@ def count_task(cfg: dict, r: int, work: str, cooccurrence: bool) -> None:
     tmp = os.path.join(out, "counts.tmp.npz")
     np.savez(tmp, used=used, rows=rows, cols=cols, vals=vals)
     os.replace(tmp, os.path.join(out, "counts.npz"))
-    write_json_atomic(os.path.join(out, "stats.json"), {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()})
+    write_json_atomic(
+        os.path.join(out, "stats.json"), {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()}
+    )
 
 
 # ---------------------------------------------------------------------------------------- pass 4: write
