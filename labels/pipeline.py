@@ -1,70 +1,74 @@
 """The label-mining run: sources -> weak labels (raw and clustered) -> shards, manifest and report.
 
-Passes, each streaming (memory does not grow with the corpus; the work tables live in SQLite):
+The run is a sequence of passes over partitions (labels/passes.py), each task a pure function of one
+partition that writes its result and its stats record last, run by a local process pool or Ray
+(labels/engine.py, ``run.engine``); the driver only lists partitions, merges small records and
+writes the manifest:
 
-1. Read: every unit of every source, in a fixed order. Units with a skip reason known at read time
-   are counted; the rest are hashed (key = SHA-1 of the image bytes) and stored with their signals.
-2. Merge: units grouped by key. Extra units of a key are merged into its first one
-   (``duplicate_merged``: their texts, e.g. every category folder, join the sample's text); a sample
-   with no text at all is ``no_text``. Term scores are computed and document frequencies counted.
-3. Vocabulary: terms with document frequency >= min_df, capped at max_terms; then a counting pass
-   drops the terms that fewer than min_df images keep after the per-image cap. Long-tail clustering
-   of the kept terms gives the ``clustered`` space.
-4. Write: samples in input order; each gets its raw labels (top terms above the score threshold)
-   and clustered labels; an image with none is ``no_label`` (unless ``vocab.keep_unlabeled``); images
-   are rendered/decoded by a process pool (ordered ``imap`` over bounded windows), failures counted
-   by reason; samples go to the val shards or the train shards of their nested scale bucket.
+1. map (per input partition: one img2dataset tar, ``run.partition_size`` files or manifest rows):
+   read, hash image content, normalize text, score candidate terms, route units to
+   ``run.reduce_partitions`` hash partitions of their content key; per-group cap ranks.
+2. curation caps (driver): per group (``curation.group_by``) the rank of its ``max_per_group``-th sample.
+3. reduce (per hash partition): duplicates merge across input partitions (texts joined), the cap
+   drops samples past it (``group_cap``), document frequencies are counted. No process ever holds
+   every key.
+4. vocabulary (driver): DF summed; terms in more than ``vocab.max_df_share`` of the samples dropped
+   (the document-frequency ceiling); min_df / max_terms.
+5. count (per hash partition): samples keeping each term after the per-image cap (terms fewer than
+   min_df images keep are dropped) and label co-occurrence for the PPMI embedder.
+6. clustering of the kept terms (driver).
+7. write (per input partition): label each sample, split and scale bucket by key hash, render/re-encode
+   the image, write that partition's shards; the driver renames them into the dataset folder in
+   partition order (``train-b<i>-%06d.tar``, ``val-%06d.tar``) and writes ``manifest.json`` last.
 
-Counts add up by construction and are checked: ``read == written + sum(skipped.values())``.
+Kill the run at any point and rerun the same command: completed tasks are skipped (their stats files
+exist), the output is byte-identical to an uninterrupted run. Counts add up and are checked, per
+partition and in total: ``read == written + sum(skipped.values())``.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import resource
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
+from labels import passes
 from labels.cluster import (
     Clusters,
     CooccurrenceCounter,
     build_clusters,
     cluster_embeddings,
+    effective_method,
     embed_ppmi,
     embed_sentence,
     identity_clusters,
     protect_head,
     resolve_embedder,
 )
-from labels.hashing import content_key, scale_bucket, split_of
-from labels.images import ImageJob, ImageSettings, Preparer, read_bytes
+from labels.engine import Engine, PassFailed, Task
+from labels.passes import build_scorer, merge_signals, text_for_json  # noqa: F401 - re-exported
 from labels.report import write_report
-from labels.scoring import TermScorer, cluster_labels, eligible_terms, select_labels
-from labels.shards import FORMAT_VERSION, MANIFEST, ShardSet, remove_dataset, write_json
-from labels.sources import InputError, iter_source
-from labels.sources.base import sniff_raster
-from labels.store import SampleRow, WorkStore
-from labels.text import TermExtractor
+from labels.shards import FORMAT_VERSION, MANIFEST, remove_dataset, write_json
+from labels.sources import InputError, Partition, list_partitions
+from labels.store import read_json, write_json_atomic, write_lines_atomic
 from labels.vocab import TermCounter, build_vocabulary
-from tracking.textio import json_line
 
 log = logging.getLogger(__name__)
 
-# Signal types stored as lists in a sample's "text"; the others are single strings.
-LIST_SIGNALS = ("keywords", "category")
 DEFAULT_THRESHOLD = {"sentence": 0.2, "ppmi": 0.4}
-WINDOW_PER_WORKER = 256  # images in flight per worker in the writing pass
+# Config keys that choose how the run executes, not what it computes: excluded from the work-dir
+# fingerprint and the manifest, so engines and worker counts give byte-identical outputs.
+EXECUTION_KEYS = ("engine", "workers", "progress", "keep_work", "max_retries")
 
 
 @dataclass
@@ -78,318 +82,9 @@ class MiningResult:
     vocab_sizes: dict = field(default_factory=dict)
 
 
-def build_scorer(cfg: DictConfig) -> TermScorer:
-    """The term extractor + scorer a config describes."""
-    extractor = TermExtractor(
-        max_words=cfg.text.max_words,
-        min_word_len=cfg.text.min_word_len,
-        drop_numeric=cfg.text.drop_numeric,
-        fold_plurals=cfg.text.fold_plurals,
-        extra_stopwords=list(cfg.text.extra_stopwords),
-        stop_terms=list(cfg.text.stop_terms),
-    )
-    return TermScorer(extractor, dict(cfg.signals.weights), list(cfg.signals.exclude), cfg.signals.combine)
-
-
-def merge_signals(groups: list[dict[str, list[str]]]) -> dict[str, list[str]]:
-    """Union of several units' signals: per type (sorted), distinct texts in order of first appearance.
-
-    Applied to one unit it gives that unit's canonical signals (the form stored in the first pass).
-    """
-    merged: dict[str, dict[str, None]] = {}
-    for signals in groups:
-        for name, texts in signals.items():
-            bucket = merged.setdefault(name, {})
-            for t in texts:
-                bucket[t] = None
-    return {name: list(texts) for name, texts in sorted(merged.items()) if texts}
-
-
-def text_for_json(text: dict[str, list[str]]) -> dict:
-    """A sample's source text as stored: keywords/category as lists, other signals as one string."""
-    return {k: (list(v) if k in LIST_SIGNALS else "\n".join(v)) for k, v in text.items()}
-
-
-def label_json(
-    s: SampleRow, raw: list[tuple[int, float]], clustered: list[tuple[int, float]], vocab: list[str]
-) -> dict:
-    """The ``json`` entry of a written sample (docs/ARCHITECTURE.md)."""
-    return {
-        "key": s.key,
-        "source": s.source,
-        "labels": {"raw": [i for i, _ in raw], "clustered": [c for c, _ in clustered]},
-        "scores": {"raw": [round(x, 4) for _, x in raw], "clustered": [round(x, 4) for _, x in clustered]},
-        "terms": [vocab[i] for i, _ in raw],
-        "text": text_for_json(s.text),
-        "uids": s.uids,
-    }
-
-
-def dumps(obj) -> bytes:
-    """Canonical JSON bytes (sorted keys, no spaces): equal objects give equal bytes."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
 def _peak_rss_mb() -> float:
     """Peak resident memory of this process in MB (Linux reports ru_maxrss in KiB)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-class _Run:
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-        self.out = cfg.output
-        self.text_only = cfg.run.text_only
-        self.progress = cfg.run.progress
-        self.scorer = build_scorer(cfg)
-        # Plain copies of the values the per-sample loops read (DictConfig access is slow).
-        self.min_score = float(cfg.vocab.min_score)
-        self.max_labels = int(cfg.vocab.max_labels_per_image)
-        self.min_df = int(cfg.vocab.min_df)
-        self.keep_unlabeled = bool(cfg.vocab.keep_unlabeled)
-        self.val_fraction = float(cfg.split.val_fraction)
-        self.scales = [float(x) for x in cfg.split.scales]
-        self.needs_cooccurrence = bool(cfg.cluster.enabled) and resolve_embedder(cfg.cluster.embedder) == "ppmi"
-        self.cooc = None
-        self.read = 0
-        self.skipped: Counter[str] = Counter()
-        self.timings: dict[str, float] = {}
-        self.fingerprint = hashlib.sha256()
-
-    def bar(self, **kw) -> tqdm:
-        return tqdm(disable=not self.progress, dynamic_ncols=True, mininterval=0.5, **kw)
-
-    # ------------------------------------------------------------------------------ pass 1
-    def read_units(self, store: WorkStore) -> None:
-        seq = 0
-        with self.bar(desc="read", unit=" items") as bar:
-            for src in self.cfg.sources:
-                for unit in iter_source(src, read_images=not self.text_only):
-                    self.read += 1
-                    bar.update()
-                    key = None
-                    reason = unit.skip
-                    if reason is None:
-                        data = unit.data
-                        if data is None and not self.text_only:
-                            try:
-                                data = read_bytes(unit.path, unit.offset, unit.size)
-                            except (OSError, TypeError):
-                                reason = "missing_image"
-                        if reason is None and data is not None and not self.text_only and unit.ext != "svg":
-                            reason = sniff_raster(data)
-                        if reason is None:
-                            # Text-only runs never touch images: the key then hashes the unit's id.
-                            key = content_key(data if data is not None else f"{unit.source}:{unit.uid}".encode())
-                    signals = merge_signals([unit.signals])
-                    signals_json = json.dumps(signals, ensure_ascii=False)
-                    self.fingerprint.update(f"{unit.source}\0{unit.uid}\0{key}\0{reason}\0{signals_json}\n".encode())
-                    if reason is not None:
-                        self.skipped[reason] += 1
-                        continue
-                    store.add_unit(
-                        seq, key, unit.source, unit.uid, unit.path, unit.offset, unit.size, unit.ext, signals
-                    )
-                    seq += 1
-        store.finish_units()
-
-    # ------------------------------------------------------------------------------ pass 2
-    def merge(self, store: WorkStore) -> TermCounter:
-        df = TermCounter(self.cfg.vocab.max_candidate_terms)
-        min_score = self.min_score
-        with self.bar(desc="merge + score", unit=" items") as bar:
-            for key, group in store.units_by_key():
-                bar.update(len(group))
-                if len(group) > 1:
-                    self.skipped["duplicate_merged"] += len(group) - 1
-                if len(group) == 1:  # stored canonical: reuse the stored blob as it is
-                    text_blob = group[0][7]
-                    text = store.load(text_blob)
-                else:
-                    text = merge_signals([store.load(g[7]) for g in group])
-                    text_blob = None
-                if not text:
-                    self.skipped["no_text"] += 1
-                    continue
-                terms = eligible_terms(self.scorer.score(text), min_score)
-                df.update(terms)
-                seq, source, _, path, offset, size, ext, _ = group[0]
-                store.add_sample(
-                    SampleRow(seq, key, source, [g[2] for g in group], path, offset, size, ext, text, terms), text_blob
-                )
-        store.finish_samples()
-        return df
-
-    # ------------------------------------------------------------------------------ clustering
-    def cluster(self, store: WorkStore, vocab: list[str], df: list[int]) -> tuple[Clusters, dict]:
-        cc = self.cfg.cluster
-        info = {
-            "enabled": bool(cc.enabled),
-            "method": cc.method,
-            "embedder": None,
-            "distance_threshold": None,
-            "head_fraction": cc.head_fraction,
-        }
-        if not cc.enabled or len(vocab) < 2:
-            return identity_clusters(vocab), info
-        embedder = resolve_embedder(cc.embedder)
-        emb = None
-        if embedder == "sentence":
-            try:
-                emb = embed_sentence(vocab, batch_size=cc.batch_size)
-            except Exception as err:  # a broken optional model install: fall back when allowed
-                if cc.embedder != "auto":
-                    raise
-                log.warning("sentence model failed (%s); using the PPMI co-occurrence embedding", err)
-                embedder = "ppmi"
-        if embedder == "ppmi":
-            if self.cooc is None:  # the sentence model failed after the counting pass
-                self.needs_cooccurrence = True
-                self.prune_to_used(store, vocab)
-            emb = embed_ppmi(self.cooc, dim=cc.svd_dim, seed=cc.seed)
-        threshold = cc.distance_threshold if cc.distance_threshold is not None else DEFAULT_THRESHOLD[embedder]
-        assign = cluster_embeddings(emb, cc.method, threshold, cc.n_clusters, cc.seed)
-        # Vocabulary ids are in descending frequency: the first terms are the head.
-        is_head = np.arange(len(vocab)) < int(round(cc.head_fraction * len(vocab)))
-        assign = protect_head(assign, emb, is_head)
-        info.update(embedder=embedder, distance_threshold=threshold if cc.method == "agglomerative" else None)
-        return build_clusters(vocab, df, assign), info
-
-    def prune_to_used(self, store: WorkStore, vocab: list[str]) -> list[str]:
-        """Drop vocabulary terms that fewer than ``min_df`` images keep after the per-image cap.
-
-        Removing a term can only move the remaining terms up in an image's ranking, so one pass
-        guarantees that every kept term labels at least ``min_df`` images. The same pass counts label
-        co-occurrence for the PPMI embedder (restricted to the kept terms afterwards).
-        """
-        index = {t: i for i, t in enumerate(vocab)}
-        used = [0] * len(vocab)
-        counter = CooccurrenceCounter(len(vocab)) if self.needs_cooccurrence else None
-        min_score, max_labels = self.min_score, self.max_labels
-        for terms in self.bar_iter(store.sample_terms(), "label counts", store.num_samples()):
-            raw = select_labels(terms, index, min_score, max_labels)
-            for i, _ in raw:
-                used[i] += 1
-            if counter is not None and raw:
-                counter.add(sorted(i for i, _ in raw))
-        keep = [i for i, n in enumerate(used) if n >= self.min_df]
-        if counter is not None:
-            self.cooc = counter.result()[keep][:, keep]
-        return [vocab[i] for i in keep]
-
-    def bar_iter(self, it, desc: str, total: int | None = None) -> Iterator:
-        with self.bar(desc=desc, total=total, unit=" samples") as bar:
-            for x in it:
-                yield x
-                bar.update()
-
-    # ------------------------------------------------------------------------------ pass 4
-    def labelled_samples(self, store: WorkStore, vocab: list[str], clusters: Clusters) -> Iterator[tuple]:
-        """``(sample, raw, clustered, split, bucket)`` for every sample that will be written."""
-        index = {t: i for i, t in enumerate(vocab)}
-        scales, val_fraction, min_score, max_labels = self.scales, self.val_fraction, self.min_score, self.max_labels
-        term_cluster = clusters.term_cluster
-        for s in store.samples():
-            raw = select_labels(s.terms, index, min_score, max_labels)
-            if not raw and not self.keep_unlabeled:
-                self.skipped["no_label"] += 1
-                continue
-            clustered = cluster_labels(raw, term_cluster)
-            split = split_of(s.key, val_fraction)
-            bucket = scale_bucket(s.key, scales) if split == "train" else -1
-            yield s, raw, clustered, split, bucket
-
-    def write(self, store: WorkStore, vocab: list[str], clusters: Clusters) -> dict:
-        stats = _WriteStats(len(vocab), len(clusters.names))
-        items = self.labelled_samples(store, vocab, clusters)
-        total = store.num_samples()
-        if self.text_only:
-            path = os.path.join(self.out, "samples.jsonl")
-            with open(path, "wb") as f, self.bar(desc="label", total=total, unit=" samples") as bar:
-                for s, raw, clustered, split, bucket in items:
-                    meta = label_json(s, raw, clustered, vocab)
-                    meta.update(split=split, scale_bucket=self.scales[bucket] if bucket >= 0 else None)
-                    f.write(json_line(meta, sort_keys=True, separators=(",", ":")).encode("utf-8"))
-                    stats.add(raw, clustered, split, bucket)
-                    bar.update()
-            return {"splits": stats.splits(self.scales), "stats": stats}
-        shards = ShardSet(self.out, self.scales, self.cfg.shards.maxcount, self.cfg.shards.maxsize)
-        im = self.cfg.image
-        preparer = Preparer(
-            ImageSettings(im.short_side, im.quality, im.max_aspect, im.render_timeout_s, im.max_svg_bytes)
-        )
-        workers = self.cfg.run.workers
-        # spawn: the parent may hold torch/tokenizer threads (sentence model); forking those is unsafe.
-        pool = mp.get_context("spawn").Pool(workers) if workers > 0 else None
-        window = max(64, WINDOW_PER_WORKER * max(1, workers))
-        try:
-            with self.bar(desc="render + write", total=total, unit=" images") as bar:
-                while True:
-                    batch = []
-                    for item in items:
-                        batch.append(item)
-                        if len(batch) >= window:
-                            break
-                    if not batch:
-                        break
-                    jobs = [ImageJob(s.seq, s.key, s.path, s.offset, s.size, s.ext) for s, *_ in batch]
-                    results = (
-                        pool.imap(preparer, jobs, chunksize=self.cfg.run.chunksize) if pool else map(preparer, jobs)
-                    )
-                    for (s, raw, clustered, split, bucket), (seq, jpeg, reason) in zip(batch, results):
-                        assert seq == s.seq  # ordered imap
-                        bar.update()
-                        if reason == "input_changed":
-                            raise InputError(f"input changed during the run (bytes no longer match): {s.path}")
-                        if reason is not None:
-                            self.skipped[reason] += 1
-                            continue
-                        meta = label_json(s, raw, clustered, vocab)
-                        shards.write({"__key__": s.key, "jpg": jpeg, "json": dumps(meta)}, split, bucket)
-                        stats.add(raw, clustered, split, bucket)
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
-            splits = shards.close()
-        return {"splits": splits, "stats": stats}
-
-
-class _WriteStats:
-    """Label counts and per-image histograms over the written samples (bounded: one int per label)."""
-
-    def __init__(self, num_raw: int, num_clustered: int) -> None:
-        self.raw_counts = [0] * num_raw
-        self.clustered_counts = [0] * num_clustered
-        self.per_image = {"raw": Counter(), "clustered": Counter()}
-        self.written = 0
-        self.labelled = 0
-        self.split_counts: Counter[str] = Counter()
-        self.bucket_counts: Counter[int] = Counter()
-
-    def add(self, raw, clustered, split: str, bucket: int) -> None:
-        self.written += 1
-        self.labelled += bool(raw)
-        for i, _ in raw:
-            self.raw_counts[i] += 1
-        for c, _ in clustered:
-            self.clustered_counts[c] += 1
-        self.per_image["raw"][len(raw)] += 1
-        self.per_image["clustered"][len(clustered)] += 1
-        self.split_counts[split] += 1
-        if bucket >= 0:
-            self.bucket_counts[bucket] += 1
-
-    def splits(self, scales: list[float]) -> dict:
-        """Split sizes for a text-only run (no shards)."""
-        by_scale, running = {}, 0
-        for i, s in enumerate(scales):
-            running += self.bucket_counts[i]
-            by_scale[repr(s)] = running
-        return {
-            "train": {"num_samples": self.split_counts["train"], "num_samples_by_scale": by_scale, "shards": []},
-            "val": {"num_samples": self.split_counts["val"], "shards": []},
-        }
 
 
 def check_inputs(cfg: DictConfig) -> None:
@@ -402,6 +97,245 @@ def check_inputs(cfg: DictConfig) -> None:
             raise InputError(f"sources[{i}] ({src.type}): input path not found: {path}")
 
 
+def computed_config(cfg: DictConfig) -> dict:
+    """The config as the tasks see it (plain dict), without the execution-only ``run`` keys."""
+    d = OmegaConf.to_container(cfg, resolve=True)
+    d["run"] = {k: v for k, v in d["run"].items() if k not in EXECUTION_KEYS}
+    return d
+
+
+def _prepare_work(work: str, cfg_dict: dict, parts: list[Partition]) -> None:
+    """Reuse ``work`` only when it was made by this config over this partition list; else start fresh."""
+    fingerprint = hashlib.sha256(
+        json.dumps({"config": cfg_dict, "partitions": [p.to_dict() for p in parts]}, sort_keys=True).encode()
+    ).hexdigest()
+    marker = os.path.join(work, "run.json")
+    if os.path.exists(marker):
+        try:
+            if read_json(marker).get("fingerprint") == fingerprint:
+                return
+        except (OSError, ValueError):
+            pass
+        log.info("work folder %s was made by another config or input listing: starting afresh", work)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    write_json_atomic(marker, {"fingerprint": fingerprint})
+
+
+class _Driver:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.cfg_dict = computed_config(cfg)
+        self.out = cfg.output
+        self.work = os.path.join(self.out, "_work")
+        self.R = int(cfg.run.reduce_partitions)
+        self.engine = Engine(cfg.run.engine, cfg.run.workers, cfg.run.max_retries, cfg.run.progress)
+        self.passes: dict[str, dict] = {}
+        self.timings: dict[str, float] = {}
+
+    def run_pass(self, name: str, fn, tasks: list[Task]) -> None:
+        try:
+            st = self.engine.run_pass(name, fn, tasks)
+        except PassFailed as err:
+            raise InputError(str(err)) from None
+        self.passes[name] = st.to_dict()
+        self.timings[f"{name}_s"] = st.wall_s
+
+    def task_totals(self, kind: str, n: int) -> dict:
+        """Summed task seconds and the largest worker peak memory of a pass (from its stats records)."""
+        recs = [read_json(passes.stats_path(self.work, kind, i)) for i in range(n)]
+        return {
+            "task_s": round(sum(r.get("seconds", 0.0) for r in recs), 3),
+            "peak_worker_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in recs), default=0.0),
+        }
+
+    # ------------------------------------------------------------------------------ caps
+    def caps(self, parts: list[Partition]) -> dict:
+        """Per curation group over its cap: the rank of its ``max_per_group``-th sample (samples with a
+        larger rank are dropped). Each map task kept its ``cap + 1`` smallest ranks per group, so the
+        global ``cap + 1`` smallest are among them."""
+        cap = int(self.cfg.curation.max_per_group)
+        caps: dict[str, float] = {}
+        if cap > 0 and len(self.cfg.curation.group_by):
+            merged: dict[str, dict[str, float]] = {}
+            for p in parts:
+                for g, pairs in read_json(
+                    os.path.join(passes.task_dir(self.work, "map", p.index), "groups.json")
+                ).items():
+                    merged.setdefault(g, {}).update(pairs)
+            for g, d in sorted(merged.items()):
+                if len(d) > cap:
+                    caps[g] = sorted(d.values())[cap - 1]
+        write_json_atomic(os.path.join(self.work, "caps.json"), caps)
+        return caps
+
+    # ------------------------------------------------------------------------------ vocabulary
+    def vocabulary(self) -> dict:
+        v = self.cfg.vocab
+        df = TermCounter(v.max_candidate_terms)
+        df_all: Counter[str] = Counter()
+        num_samples = 0
+        for r in range(self.R):
+            d = read_json(os.path.join(passes.task_dir(self.work, "reduce", r), "df.json"))
+            df.update_counts(d["df"])
+            df_all.update(d["df_all"])
+            num_samples += read_json(passes.stats_path(self.work, "reduce", r))["samples"]
+        ceiling = float(v.max_df_share) * num_samples
+        dropped = sorted(((t, c) for t, c in df.counts.items() if c > ceiling), key=lambda tc: (-tc[1], tc[0]))
+        counts = {t: c for t, c in df.counts.items() if c <= ceiling} if dropped else df.counts
+        terms = build_vocabulary(counts, v.min_df, v.max_terms)
+        info = {
+            "terms": terms,
+            "df": [counts[t] for t in terms],
+            "num_samples": num_samples,
+            "candidate_terms": len(df),
+            "df_prune_floor": df.floor,
+            "df_prunes": df.prunes,
+            "df_ceiling": {
+                "max_df_share": float(v.max_df_share),
+                "dropped": [{"term": t, "df": c, "share": round(c / num_samples, 4)} for t, c in dropped],
+            },
+            "head_before_curation": [[t, c] for t, c in sorted(df_all.items(), key=lambda tc: (-tc[1], tc[0]))[:25]],
+        }
+        write_json_atomic(os.path.join(self.work, "vocab_df.json"), info)
+        return info
+
+    # ------------------------------------------------------------------------------ clustering
+    def labels(self, vinfo: dict, needs_cooc: bool) -> dict:
+        terms = vinfo["terms"]
+        used = np.zeros(len(terms), dtype=np.int64)
+        counter = CooccurrenceCounter(len(terms)) if needs_cooc else None
+        for r in range(self.R):
+            with np.load(os.path.join(passes.task_dir(self.work, "count", r), "counts.npz"), allow_pickle=False) as z:
+                used += z["used"]
+                if counter is not None:
+                    counter.merge(z["rows"], z["cols"], z["vals"])
+        keep = [i for i, n in enumerate(used) if n >= self.cfg.vocab.min_df]
+        vocab = [terms[i] for i in keep]
+        if not vocab:
+            raise InputError(
+                f"no term labels vocab.min_df={self.cfg.vocab.min_df} images with score >= vocab.min_score="
+                f"{self.cfg.vocab.min_score} ({vinfo['num_samples']} samples with text): nothing to train on; lower them"
+            )
+        vocab_df = [vinfo["df"][i] for i in keep]
+        cooc = counter.result()[keep][:, keep] if counter is not None else None
+        clusters, info = self.cluster(vocab, vocab_df, cooc)
+        lab = {
+            "vocab": vocab,
+            "vocab_df": vocab_df,
+            "names": clusters.names,
+            "members": clusters.members,
+            "term_cluster": clusters.term_cluster,
+            "clustering": info,
+        }
+        write_json_atomic(os.path.join(self.work, "labels.json"), lab)
+        return lab
+
+    def cluster(self, vocab: list[str], df: list[int], cooc) -> tuple[Clusters, dict]:
+        cc = self.cfg.cluster
+        info = {
+            "enabled": bool(cc.enabled),
+            "method": effective_method(cc.method, len(vocab)),
+            "embedder": None,
+            "distance_threshold": None,
+            "head_fraction": cc.head_fraction,
+        }
+        if not cc.enabled or len(vocab) < 2:
+            return identity_clusters(vocab), info
+        embedder = resolve_embedder(cc.embedder)
+        emb = None
+        if embedder == "sentence":
+            try:
+                emb = embed_sentence(vocab, batch_size=cc.batch_size)
+            except Exception as err:  # a broken optional model install: fall back when allowed
+                if cc.embedder != "auto" or cooc is None:
+                    raise
+                log.warning("sentence model failed (%s); using the PPMI co-occurrence embedding", err)
+                embedder = "ppmi"
+        if embedder == "ppmi":
+            emb = embed_ppmi(cooc, dim=cc.svd_dim, seed=cc.seed)
+        threshold = cc.distance_threshold if cc.distance_threshold is not None else DEFAULT_THRESHOLD[embedder]
+        assign = cluster_embeddings(emb, cc.method, threshold, cc.n_clusters, cc.seed)
+        # Vocabulary ids are in descending frequency: the first terms are the head.
+        is_head = np.arange(len(vocab)) < int(round(cc.head_fraction * len(vocab)))
+        assign = protect_head(assign, emb, is_head)
+        info.update(embedder=embedder, distance_threshold=threshold if info["method"] == "agglomerative" else None)
+        return build_clusters(vocab, df, assign), info
+
+    # ------------------------------------------------------------------------------ collect
+    def collect(self, parts: list[Partition]) -> tuple[dict, list[dict]]:
+        """Rename each partition's shards into the dataset folder (global numbering in partition
+        order), idempotently, and return the manifest's ``splits`` plus the write stats."""
+        scales = [float(x) for x in self.cfg.split.scales]
+        wstats = [read_json(passes.stats_path(self.work, "write", p.index)) for p in parts]
+        os.makedirs(self.out, exist_ok=True)
+        manifest_path = os.path.join(self.out, MANIFEST)
+        if os.path.exists(manifest_path):
+            os.remove(manifest_path)  # no manifest may list shards that are being replaced
+        if self.cfg.run.text_only:
+            remove_dataset(self.out)
+
+            def lines():
+                for p in parts:
+                    with open(os.path.join(passes.task_dir(self.work, "write", p.index), "samples.jsonl"), "rb") as f:
+                        yield from f
+
+            write_lines_atomic(os.path.join(self.out, "samples.jsonl"), lines())
+            split_counts, bucket_counts = Counter(), Counter()
+            for w in wstats:
+                split_counts.update(w["split_counts"])
+                bucket_counts.update({int(b): n for b, n in w["bucket_counts"]})
+            by_scale, running = {}, 0
+            for i, s in enumerate(scales):
+                running += bucket_counts[i]
+                by_scale[repr(s)] = running
+            splits = {
+                "train": {"num_samples": split_counts["train"], "num_samples_by_scale": by_scale, "shards": []},
+                "val": {"num_samples": split_counts["val"], "shards": []},
+            }
+            return splits, wstats
+        plan = []  # (src, dst, entry)
+        train_by_bucket: dict[float, list] = {s: [] for s in scales}
+        val = []
+        for p, w in zip(parts, wstats):
+            d = passes.task_dir(self.work, "write", p.index)
+            for sh in w["splits"]["train"]["shards"]:
+                train_by_bucket[sh["scale_bucket"]].append((os.path.join(d, sh["url"]), sh))
+            for sh in w["splits"]["val"]["shards"]:
+                val.append((os.path.join(d, sh["url"]), sh))
+        train_shards, val_shards, by_scale, running = [], [], {}, 0
+        for i, s in enumerate(scales):
+            for k, (src, sh) in enumerate(train_by_bucket[s]):
+                entry = {"url": f"train-b{i}-{k:06d}.tar", "num_samples": sh["num_samples"], "scale_bucket": s}
+                plan.append((src, os.path.join(self.out, entry["url"])))
+                train_shards.append(entry)
+                running += sh["num_samples"]
+            by_scale[repr(s)] = running
+        for k, (src, sh) in enumerate(val):
+            entry = {"url": f"val-{k:06d}.tar", "num_samples": sh["num_samples"]}
+            plan.append((src, os.path.join(self.out, entry["url"])))
+            val_shards.append(entry)
+        targets = {dst for _, dst in plan}
+        for pattern in ("train-b*-*.tar", "val-*.tar", "samples.jsonl"):
+            for path in glob.glob(os.path.join(self.out, pattern)):
+                if path not in targets:
+                    os.remove(path)  # a stale shard of an earlier, different run
+        for src, dst in plan:
+            if os.path.exists(src):
+                os.replace(src, dst)
+            elif not os.path.exists(dst):
+                raise InputError(f"shard {src} vanished before it was moved to {dst}: remove {self.work} and rerun")
+        splits = {
+            "train": {
+                "num_samples": sum(s["num_samples"] for s in train_shards),
+                "num_samples_by_scale": by_scale,
+                "shards": train_shards,
+            },
+            "val": {"num_samples": sum(s["num_samples"] for s in val_shards), "shards": val_shards},
+        }
+        return splits, wstats
+
+
 def run(cfg: DictConfig) -> MiningResult:
     """Mine weak labels from the configured sources and write the dataset (see the module docstring).
 
@@ -412,57 +346,102 @@ def run(cfg: DictConfig) -> MiningResult:
         The output folder, manifest path, counts and report stats.
 
     Raises:
-        labels.sources.InputError: a missing input path, a malformed manifest (file and line), or
-            input files that changed between passes.
+        labels.sources.InputError: a missing input path, a malformed manifest (file and line), a
+            partition that could not be read (named; the rerun retries it), or input files that
+            changed between passes.
     """
     t_start = time.perf_counter()
     check_inputs(cfg)
-    out = cfg.output
-    os.makedirs(out, exist_ok=True)
-    work_dir = os.path.join(out, "_work")
-    r = _Run(cfg)
-    store = WorkStore(work_dir)
+    d = _Driver(cfg)
     try:
-        t = time.perf_counter()
-        r.read_units(store)
-        r.timings["read_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        df = r.merge(store)
-        r.timings["merge_score_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        df_vocab = build_vocabulary(df.counts, cfg.vocab.min_df, cfg.vocab.max_terms)
-        vocab = r.prune_to_used(store, df_vocab)
-        if not vocab:
-            raise InputError(
-                f"no term labels vocab.min_df={cfg.vocab.min_df} images with score >= vocab.min_score="
-                f"{cfg.vocab.min_score} ({store.num_samples()} samples with text): nothing to train on; lower them"
-            )
-        vocab_df = [df.counts[t] for t in vocab]
-        candidate_terms, df_floor, df_prunes = len(df), df.floor, df.prunes
-        del df
-        r.timings["vocab_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        clusters, cluster_info = r.cluster(store, vocab, vocab_df)
-        r.timings["cluster_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        if cfg.run.text_only:
-            remove_dataset(out)
-        written = r.write(store, vocab, clusters)
-        r.timings["write_s"] = time.perf_counter() - t
+        return _run(d, cfg, t_start)
     finally:
-        store.close(remove=not cfg.run.keep_work)
-        if not cfg.run.keep_work:
-            shutil.rmtree(work_dir, ignore_errors=True)
+        d.engine.close()
 
-    ws: _WriteStats = written["stats"]
-    counts = {"read": r.read, "written": ws.written, "skipped": dict(sorted(r.skipped.items()))}
-    if r.read != ws.written + sum(r.skipped.values()):
+
+def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
+    t = time.perf_counter()
+    parts = list_partitions(cfg.sources, int(cfg.run.partition_size))
+    if not parts:
+        raise InputError("the configured sources hold no input")
+    os.makedirs(d.out, exist_ok=True)
+    _prepare_work(d.work, d.cfg_dict, parts)
+    d.timings["list_s"] = time.perf_counter() - t
+    work, cd, R = d.work, d.cfg_dict, d.R
+    P = len(parts)
+
+    d.run_pass(
+        "map",
+        passes.map_task,
+        [Task(p.name, passes.stats_path(work, "map", p.index), (cd, p.to_dict(), work)) for p in parts],
+    )
+    t = time.perf_counter()
+    caps = d.caps(parts)
+    d.timings["caps_s"] = time.perf_counter() - t
+    d.run_pass(
+        "reduce",
+        passes.reduce_task,
+        [Task(f"hash partition {r}", passes.stats_path(work, "reduce", r), (cd, r, P, work)) for r in range(R)],
+    )
+    t = time.perf_counter()
+    vinfo = d.vocabulary()
+    d.timings["vocab_s"] = time.perf_counter() - t
+    needs_cooc = bool(cfg.cluster.enabled) and cfg.cluster.embedder in ("auto", "ppmi")
+    d.run_pass(
+        "count",
+        passes.count_task,
+        [Task(f"hash partition {r}", passes.stats_path(work, "count", r), (cd, r, work, needs_cooc)) for r in range(R)],
+    )
+    t = time.perf_counter()
+    lab = d.labels(vinfo, needs_cooc)
+    d.timings["cluster_s"] = time.perf_counter() - t
+    d.run_pass(
+        "write",
+        passes.write_task,
+        [Task(p.name, passes.stats_path(work, "write", p.index), (cd, p.to_dict(), work, R)) for p in parts],
+    )
+    t = time.perf_counter()
+    splits, wstats = d.collect(parts)
+    d.timings["collect_s"] = time.perf_counter() - t
+
+    # ---------------------------------------------------------------- counts, per partition and in total
+    mstats = [read_json(passes.stats_path(work, "map", p.index)) for p in parts]
+    rstats = [read_json(passes.stats_path(work, "reduce", r)) for r in range(R)]
+    per_part = []
+    for p, m, w in zip(parts, mstats, wstats):
+        sk = Counter(m["skipped"])
+        for rs in rstats:
+            sk.update(rs["skipped_by_part"].get(str(p.index), {}))
+        sk.update(w["skipped"])
+        entry = {"partition": p.name, "read": m["read"], "written": w["written"], "skipped": dict(sorted(sk.items()))}
+        if entry["read"] != entry["written"] + sum(sk.values()):
+            raise AssertionError(f"count identity broken for partition {p.name}: {entry}")
+        per_part.append(entry)
+    skipped: Counter[str] = Counter()
+    for e in per_part:
+        skipped.update(e["skipped"])
+    counts = {
+        "read": sum(e["read"] for e in per_part),
+        "written": sum(e["written"] for e in per_part),
+        "skipped": dict(sorted(skipped.items())),
+    }
+    if counts["read"] != counts["written"] + sum(skipped.values()):
         raise AssertionError(f"count identity broken: {counts}")
-    fingerprint = "sha256:" + r.fingerprint.hexdigest()
+    fingerprint = "sha256:" + hashlib.sha256("".join(m["fingerprint"] for m in mstats).encode()).hexdigest()
+
+    vocab, names, members = lab["vocab"], lab["names"], lab["members"]
+    raw_counts, clustered_counts = [0] * len(vocab), [0] * len(names)
+    per_image = {"raw": Counter(), "clustered": Counter()}
+    labelled = 0
+    for w in wstats:
+        for i, n in w["raw_counts"]:
+            raw_counts[int(i)] += n
+        for c, n in w["clustered_counts"]:
+            clustered_counts[int(c)] += n
+        for space in ("raw", "clustered"):
+            per_image[space].update({int(k): n for k, n in w["per_image"][space]})
+        labelled += w["labelled"]
+
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": cfg.name,
@@ -470,74 +449,94 @@ def run(cfg: DictConfig) -> MiningResult:
             "raw": {
                 "num_classes": len(vocab),
                 "names": vocab,
-                "counts": ws.raw_counts,
-                "df": vocab_df,
-                "cluster": clusters.term_cluster,
+                "counts": raw_counts,
+                "df": lab["vocab_df"],
+                "cluster": lab["term_cluster"],
             },
-            "clustered": {
-                "num_classes": len(clusters.names),
-                "names": clusters.names,
-                "members": clusters.members,
-                "counts": ws.clustered_counts,
-            },
+            "clustered": {"num_classes": len(names), "names": names, "members": members, "counts": clustered_counts},
         },
         "scales": list(cfg.split.scales),
-        "splits": written["splits"],
+        "splits": splits,
         "image": {"format": "jpg", "short_side": cfg.image.short_side},
-        "clustering": cluster_info,
-        "pipeline_config": OmegaConf.to_container(cfg, resolve=True),
+        "clustering": lab["clustering"],
+        "pipeline_config": d.cfg_dict,
         "input_fingerprint": fingerprint,
         "counts": counts,
     }
     if cfg.run.text_only:
         manifest["text_only"] = True
-    manifest_path = os.path.join(out, MANIFEST)
+    manifest_path = os.path.join(d.out, MANIFEST)
     write_json(manifest_path, manifest)
 
+    # ---------------------------------------------------------------- report
     t = time.perf_counter()
-    considered = ws.written + r.skipped.get("no_label", 0)
+    boilerplate: Counter[str] = Counter()
+    for m in mstats:
+        boilerplate.update(m["boilerplate"])
+    group_cap: Counter[str] = Counter()
+    for rs in rstats:
+        group_cap.update(rs["group_cap"])
+    considered = counts["written"] + skipped.get("no_label", 0)
+    for name, kind, n in (("map", "map", P), ("reduce", "reduce", R), ("count", "count", R), ("write", "write", P)):
+        d.passes[name].update(d.task_totals(kind, n))
     stats = {
         "name": cfg.name,
         "counts": counts,
-        "splits": {k: {kk: vv for kk, vv in v.items() if kk != "shards"} for k, v in written["splits"].items()},
-        "num_shards": {k: len(v["shards"]) for k, v in written["splits"].items()},
+        "splits": {k: {kk: vv for kk, vv in v.items() if kk != "shards"} for k, v in splits.items()},
+        "num_shards": {k: len(v["shards"]) for k, v in splits.items()},
         "coverage": {
             # Share of images with >= 1 label among those that reached labelling (text present, image ok).
-            "labelled_share": round(ws.labelled / considered, 4) if considered else 0.0,
-            "labelled": ws.labelled,
+            "labelled_share": round(labelled / considered, 4) if considered else 0.0,
+            "labelled": labelled,
             "considered": considered,
         },
         "vocab": {
-            "candidate_terms": candidate_terms,
-            "df_prune_floor": df_floor,
-            "df_prunes": df_prunes,
-            "after_min_df_max_terms": len(df_vocab),
+            "candidate_terms": vinfo["candidate_terms"],
+            "df_prune_floor": vinfo["df_prune_floor"],
+            "df_prunes": vinfo["df_prunes"],
+            "after_min_df_max_terms": len(vinfo["terms"]),
             "raw": len(vocab),
-            "clustered": len(clusters.names),
-            "multi_term_clusters": sum(1 for m in clusters.members if len(m) > 1),
+            "clustered": len(names),
+            "multi_term_clusters": sum(1 for m in members if len(m) > 1),
         },
-        "clustering": cluster_info,
+        "dropped": {
+            "df_ceiling": vinfo["df_ceiling"],
+            "boilerplate_phrases": dict(sorted(boilerplate.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "curation": {
+                "group_by": list(cfg.curation.group_by),
+                "max_per_group": int(cfg.curation.max_per_group),
+                "capped_groups": len(caps),
+                "dropped_by_group": dict(sorted(group_cap.items(), key=lambda kv: (-kv[1], kv[0]))[:50]),
+            },
+        },
+        "head_before_curation": vinfo["head_before_curation"],
+        "distributed": {
+            "engine": cfg.run.engine,
+            "workers": int(cfg.run.workers),
+            "input_partitions": P,
+            "reduce_partitions": R,
+            "passes": d.passes,
+            "engine_startup_s": round(d.engine.startup_s, 3),
+        },
+        "clustering": lab["clustering"],
         "input_fingerprint": fingerprint,
     }
-    stats = write_report(
-        os.path.join(out, "report"),
-        stats,
-        vocab,
-        ws.raw_counts,
-        clusters.names,
-        ws.clustered_counts,
-        clusters.members,
-        ws.per_image,
-    )
-    r.timings["report_s"] = time.perf_counter() - t
-    r.timings["total_s"] = time.perf_counter() - t_start
-    stats["timings"] = {k: round(v, 3) for k, v in r.timings.items()}
+    report_dir = os.path.join(d.out, "report")
+    stats = write_report(report_dir, stats, vocab, raw_counts, names, clustered_counts, members, per_image)
+    with open(os.path.join(report_dir, "partitions.jsonl"), "w", encoding="ascii") as f:
+        for e in per_part:
+            f.write(json.dumps(e, ensure_ascii=True, sort_keys=True) + "\n")
+    d.timings["report_s"] = time.perf_counter() - t
+    d.timings["total_s"] = time.perf_counter() - t_start
+    stats["timings"] = {k: round(v, 3) for k, v in d.timings.items()}
     stats["peak_rss_mb"] = _peak_rss_mb()
-    write_json(os.path.join(out, "report", "stats.json"), stats)
+    write_json(os.path.join(report_dir, "stats.json"), stats)
+    if not cfg.run.keep_work:
+        shutil.rmtree(d.work, ignore_errors=True)
     return MiningResult(
-        output=out,
+        output=d.out,
         manifest_path=None if cfg.run.text_only else manifest_path,
         counts=counts,
         stats=stats,
-        vocab_sizes={"raw": len(vocab), "clustered": len(clusters.names)},
+        vocab_sizes={"raw": len(vocab), "clustered": len(names)},
     )

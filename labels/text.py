@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 
 # A small English stopword list (function words, auxiliaries, pronouns) plus a few frequent function
@@ -38,62 +39,29 @@ STOPWORDS = frozenset(
     """.split()
 )
 
-# Irregular plurals and words that the suffix rules below would damage.
+# The repo's exceptions on top of inflect: words inflect folds wrongly for this use ("indices" ->
+# "indice", "pants" -> "pant", "christmas" -> "christma"), and singular words ending in "s".
 IRREGULAR = {
-    "men": "man",
-    "women": "woman",
-    "children": "child",
-    "feet": "foot",
-    "teeth": "tooth",
-    "mice": "mouse",
-    "geese": "goose",
-    "oxen": "ox",
-    "dice": "die",
-    "leaves": "leaf",
-    "knives": "knife",
-    "wives": "wife",
-    "lives": "life",
-    "wolves": "wolf",
-    "halves": "half",
-    "shelves": "shelf",
-    "calves": "calf",
-    "loaves": "loaf",
-    "thieves": "thief",
-    "scarves": "scarf",
-    "elves": "elf",
-    "shoes": "shoe",
-    "horseshoes": "horseshoe",
-    "snowshoes": "snowshoe",
-    "toes": "toe",
-    "canoes": "canoe",
-    "hoes": "hoe",
-    "oboes": "oboe",
-    "movies": "movie",
-    "cookies": "cookie",
-    "zombies": "zombie",
-    "brownies": "brownie",
-    "calories": "calorie",
-    "pixies": "pixie",
-    "rookies": "rookie",
-    "hoodies": "hoodie",
-    "genies": "genie",
-    "prairies": "prairie",
-    "species": "species",
-    "series": "series",
+    "waltzes": "waltz",
+    "indices": "index",
+    "matrices": "matrix",
+    "vertices": "vertex",
+    "appendices": "appendix",
+    "pants": "pants",
+    "scissors": "scissors",
+    "trousers": "trousers",
+    "glasses": "glass",
+    "politics": "politics",
+    "physics": "physics",
+    "mathematics": "mathematics",
+    "graphics": "graphics",
+    "electronics": "electronics",
+    "athletics": "athletics",
     "news": "news",
     "lens": "lens",
     "chaos": "chaos",
-    "physics": "physics",
-    "mathematics": "mathematics",
-    "aches": "ache",
-    "headaches": "headache",
-    "caches": "cache",
-    "niches": "niche",
-    "avalanches": "avalanche",
-    "mustaches": "mustache",
-    "moustaches": "moustache",
-    "buses": "bus",
-    # singular words ending in "as" (most "-as" words are plurals of "-a": ideas, bananas, cameras)
+    "species": "species",
+    "series": "series",
     "christmas": "christmas",
     "xmas": "xmas",
     "atlas": "atlas",
@@ -106,14 +74,23 @@ IRREGULAR = {
     "pancreas": "pancreas",
     "pampas": "pampas",
     "jeans": "jeans",
+    "gas": "gas",
+    "yes": "yes",
+    "dice": "die",
+    "data": "data",
+    "people": "people",
+    "this": "this",
 }
 
-# Endings that look plural but are singular ("glass", "bus", "axis", "famous").
+# Endings that look plural but are singular ("glass", "bus", "axis", "famous"): inflect strips them.
 _KEEP_ENDINGS = ("ss", "us", "is", "ous")
 _SPLIT_RE = re.compile(r"[^\w\s'’`-]+")  # punctuation: a chunk boundary
 _POSSESSIVE_RE = re.compile(r"['’`]s\b")
 _APOSTROPHE_RE = re.compile(r"['’`]")
 _JOINERS = str.maketrans("-_", "  ")  # hyphen and underscore join words: they become spaces
+# A one-letter prefix keeps its hyphen ("t-shirt", "x-ray", "e-mail"): split, the letter would be dropped.
+_LETTER_HYPHEN_RE = re.compile(r"(?<![\w-])(\w)-(?=\w)")
+_KEPT_HYPHEN = "\x00"
 SHORT_TEXT = 80  # texts up to this many characters are memoized (see TermExtractor.terms)
 
 
@@ -122,22 +99,25 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
+@functools.lru_cache(maxsize=1)
+def _inflect_engine():
+    import inflect  # imported on first use: it takes seconds, and text-free workers never need it
+
+    return inflect.engine()
+
+
 @functools.lru_cache(maxsize=1 << 18)
 def singularize(word: str) -> str:
-    """Simple plural folding of one lower-case word: ``cats -> cat``, ``boxes -> box``,
-    ``berries -> berry``, ``leaves -> leaf``; ``glass``, ``bus``, ``christmas`` stay as they are."""
+    """Plural folding of one lower-case word through ``inflect``'s ``singular_noun``, with the repo's
+    exceptions (``IRREGULAR``, singular ``-ss/-us/-is/-ous`` endings) on top: ``cats -> cat``,
+    ``theses -> thesis``, ``lenses -> lens``, ``t-shirts -> t-shirt``; ``glass``, ``bus``,
+    ``christmas`` stay as they are."""
     if word in IRREGULAR:
         return IRREGULAR[word]
-    n = len(word)
-    if n <= 3 or not word.endswith("s") or word.endswith(_KEEP_ENDINGS):
+    if len(word) <= 2 or word.endswith(_KEEP_ENDINGS):
         return word
-    if word.endswith("ies") and n > 4:
-        return word[:-3] + "y"
-    if word.endswith(("sses", "shes", "ches", "xes", "zzes")):
-        return word[:-2]
-    if word.endswith("oes") and n > 4:
-        return word[:-2]
-    return word[:-1]
+    folded = _inflect_engine().singular_noun(word)
+    return folded if isinstance(folded, str) and folded else word
 
 
 class TermExtractor:
@@ -150,6 +130,9 @@ class TermExtractor:
         fold_plurals: apply ``singularize`` to every word.
         extra_stopwords: added to ``STOPWORDS`` (given in any case; normalized here).
         stop_terms: whole terms never emitted (normalized and folded like the text).
+        boilerplate: caption scaffolding phrases ("tags:", "stock photo", "image of", "free download"):
+            each occurrence is cut out of the text and ends a chunk; ``boilerplate_hits`` counts them
+            (phrase -> occurrences, cached texts included) for the report.
     """
 
     def __init__(
@@ -160,6 +143,7 @@ class TermExtractor:
         fold_plurals: bool = True,
         extra_stopwords: Iterable[str] = (),
         stop_terms: Iterable[str] = (),
+        boilerplate: Iterable[str] = (),
     ) -> None:
         if max_words < 1:
             raise ValueError(f"max_words must be >= 1, got {max_words}")
@@ -171,8 +155,14 @@ class TermExtractor:
         # Bound per instance so that two extractors with different settings never share results.
         self._word = functools.lru_cache(maxsize=1 << 18)(self._word_uncached)
         # Keywords, folder paths and titles repeat across a corpus: memoize short texts' terms.
-        self._short_terms = functools.lru_cache(maxsize=1 << 16)(self._terms_tuple)
+        self._short_terms = functools.lru_cache(maxsize=1 << 16)(self._terms_and_hits)
         self.stop_terms: frozenset[str] = frozenset()
+        phrases = sorted({normalize(p).strip() for p in boilerplate if p.strip()}, key=lambda p: (-len(p), p))
+        self._boilerplate_re = (
+            re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in phrases) + r")(?!\w)") if phrases else None
+        )
+        self.boilerplate_hits: Counter[str] = Counter()
+        self._hits: list[str] = []
         self.stop_terms = frozenset(t for s in stop_terms for t in self._whole_terms(s))
 
     def _word_uncached(self, token: str) -> str | None:
@@ -190,7 +180,11 @@ class TermExtractor:
         text = text.lower() if text.isascii() else normalize(text)
         if "'" in text or "’" in text or "`" in text:
             text = _APOSTROPHE_RE.sub("", _POSSESSIVE_RE.sub("", text))
-        text = text.translate(_JOINERS)
+        if self._boilerplate_re is not None:
+            text = self._boilerplate_re.sub(self._count_boilerplate, text)
+        if "-" in text:
+            text = _LETTER_HYPHEN_RE.sub(r"\1" + _KEPT_HYPHEN, text)
+        text = text.translate(_JOINERS).replace(_KEPT_HYPHEN, "-")
         out: list[list[str]] = []
         for piece in _SPLIT_RE.split(text):
             run: list[str] = []
@@ -206,17 +200,30 @@ class TermExtractor:
                 out.append(run)
         return out
 
+    def _count_boilerplate(self, match: re.Match) -> str:
+        self._hits.append(match.group(0))
+        return " | "
+
     def _whole_terms(self, text: str) -> list[str]:
-        return [" ".join(run) for run in self.chunks(text)]
+        runs = self.chunks(text)
+        self._hits.clear()
+        return [" ".join(run) for run in runs]
 
     def terms(self, text: str) -> list[str]:
         """Distinct candidate terms of ``text`` (1 to ``max_words`` words): chunk by chunk, the words,
         then the 2-word terms, then the 3-word terms, each in order of appearance."""
-        if len(text) <= SHORT_TEXT:
-            return list(self._short_terms(text))
-        return list(self._terms_tuple(text))
+        terms, hits = self._short_terms(text) if len(text) <= SHORT_TEXT else self._terms_and_hits(text)
+        if hits:
+            self.boilerplate_hits.update(hits)
+        return list(terms)
 
     def _terms_tuple(self, text: str) -> tuple[str, ...]:
+        """The terms of ``text``, uncached (boilerplate hits not counted)."""
+        return self._terms_and_hits(text)[0]
+
+    def _terms_and_hits(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The terms of ``text`` and the boilerplate phrases cut out of it."""
+        self._hits.clear()
         seen: dict[str, None] = {}
         k = self.max_words
         for run in self.chunks(text):
@@ -224,6 +231,7 @@ class TermExtractor:
             seen.update(dict.fromkeys(run))
             for size in range(2, min(k, n) + 1):
                 seen.update(dict.fromkeys(" ".join(run[i : i + size]) for i in range(n - size + 1)))
+        hits = tuple(self._hits)
         if self.stop_terms:
-            return tuple(t for t in seen if t not in self.stop_terms)
-        return tuple(seen)
+            return tuple(t for t in seen if t not in self.stop_terms), hits
+        return tuple(seen), hits

@@ -30,6 +30,12 @@ class TermCounter:
         if len(self.counts) > self.max_size:
             self._prune()
 
+    def update_counts(self, counts) -> None:
+        """Add document frequencies counted elsewhere (term -> count: another partition's table)."""
+        self.counts.update(counts)
+        if len(self.counts) > self.max_size:
+            self._prune()
+
     def _prune(self) -> None:
         self.prunes += 1
         while len(self.counts) > self.max_size // 2:

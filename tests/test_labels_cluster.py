@@ -50,7 +50,7 @@ def test_protect_head_splits_clusters_with_two_head_terms():
 
 def test_ppmi_embedding_puts_cooccurring_labels_together():
     # Labels 0/1 always co-occur ("car", "automobile"-like), 2/3 too, never across groups.
-    counter = CooccurrenceCounter(4, batch=3)
+    counter = CooccurrenceCounter(4, compact_every=3)
     for _ in range(10):
         counter.add([0, 1])
         counter.add([2, 3])
@@ -96,3 +96,57 @@ def test_sentence_model_clusters_synonyms():
     assign = cluster_embeddings(emb, "agglomerative", distance_threshold=0.25)
     assert assign[0] == assign[1] and assign[3] == assign[4]
     assert len({assign[0], assign[2], assign[3], assign[5]}) == 4
+
+
+def test_agglomerative_above_the_term_cap_falls_back_to_kmeans(monkeypatch):
+    import sklearn.cluster
+
+    from labels import cluster
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("agglomerative clustering called above AGGLOMERATIVE_MAX_TERMS")
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(60, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    monkeypatch.setattr(cluster, "AGGLOMERATIVE_MAX_TERMS", 50)
+    monkeypatch.setattr(sklearn.cluster, "AgglomerativeClustering", refuse)
+    assert cluster.effective_method("agglomerative", 60) == "kmeans"
+    assign = cluster.cluster_embeddings(emb, "agglomerative", 0.3, n_clusters=10, seed=0)
+    assert len(np.unique(assign)) == 10  # k-means with the requested count, not a threshold cut
+    assert cluster.effective_method("agglomerative", 50) == "agglomerative"
+
+
+def test_faiss_kmeans_above_5000_rows_is_seeded():
+    from labels.cluster import kmeans_assign
+
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(20, 16)) * 5
+    x = (centers[rng.integers(0, 20, 6000)] + rng.normal(size=(6000, 16)) * 0.1).astype(np.float32)
+    a, b = kmeans_assign(x, 20, seed=3), kmeans_assign(x, 20, seed=3)
+    assert np.array_equal(a, b) and len(np.unique(a)) == 20
+
+
+def test_cooccurrence_counts_match_brute_force_merge_and_compact_rarely():
+    rng = np.random.default_rng(2)
+    images = [sorted(rng.choice(30, size=rng.integers(1, 6), replace=False).tolist()) for _ in range(20000)]
+    truth = np.zeros((30, 30), dtype=np.int64)
+    for ids in images:
+        for i in ids:
+            for j in ids:
+                truth[i, j] += 1
+    whole = CooccurrenceCounter(30, compact_every=1000)
+    for ids in images:
+        whole.add(ids)
+    assert np.array_equal(whole.result().toarray(), truth)
+    # Compaction costs O(pending + nnz): it runs once per compact_every pairs, never per image.
+    pairs = sum(len(ids) ** 2 for ids in images)
+    assert whole.compactions <= pairs // 1000 + 1 < len(images) // 50
+    # Counters of two partitions merged give the whole.
+    a, b = CooccurrenceCounter(30), CooccurrenceCounter(30)
+    for ids in images[:7000]:
+        a.add(ids)
+    for ids in images[7000:]:
+        b.add(ids)
+    a.merge(*b.triplets())
+    assert np.array_equal(a.result().toarray(), truth)

@@ -205,7 +205,7 @@ def test_rerun_is_byte_identical(tmp_path):
     assert (out / "manifest.json").read_bytes() == manifest
     assert [s["json"] for s in read_shards(out, all_urls(load_manifest(cfg)))] == labels_first
     # With two worker processes (ordered imap) the shards are the same bytes too.
-    cfg2 = labels_config(tmp_path, sources, ["run.workers=2", "run.chunksize=2"], out="out2")
+    cfg2 = labels_config(tmp_path, sources, ["run.workers=2"], out="out2")
     run(cfg2)
     assert {p.name: p.read_bytes() for p in sorted(Path(cfg2.output).glob("*.tar"))} == first
 

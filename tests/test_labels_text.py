@@ -86,3 +86,51 @@ def test_empty_and_non_latin_text():
     assert ex.terms("... !!!") == []
     # Cyrillic is case-folded too; the one-letter "и" ends the chunk.
     assert ex.terms("Кошка и СОБАКА") == ["кошка", "собака"]
+
+
+# Words the old suffix rules folded wrongly (REVIEW.md 1.7) and their right singulars.
+REVIEW_ERRORS = {
+    "theses": "thesis",
+    "analyses": "analysis",
+    "crises": "crisis",
+    "quizzes": "quiz",
+    "waltzes": "waltz",
+    "lenses": "lens",
+    "indices": "index",
+    "matrices": "matrix",
+    "pants": "pants",
+    "scissors": "scissors",
+    "politics": "politics",
+}
+# Ordinary words: plural folding must agree with inflect itself (not with the local table).
+INFLECT_WORDS = (
+    "cats dogs boxes berries leaves knives wolves halves shelves tomatoes heroes photos pianos churches wishes"
+    " women men children feet teeth mice geese oxen ideas bananas cameras stars shapes icons flowers houses"
+    " trees apples computers keyboards cities babies toys keys monkeys potatoes buses"
+).split()
+
+
+@pytest.mark.parametrize("word,expected", sorted(REVIEW_ERRORS.items()))
+def test_review_plural_errors_are_fixed(word, expected):
+    assert singularize(word) == expected
+
+
+def test_plural_folding_agrees_with_inflect_on_a_word_list():
+    import inflect
+
+    from labels.text import IRREGULAR
+
+    engine = inflect.engine()
+    checked = 0
+    for word in INFLECT_WORDS:
+        if word in IRREGULAR:
+            continue
+        want = engine.singular_noun(word) or word
+        assert singularize(word) == want, word
+        checked += 1
+    assert checked == len(INFLECT_WORDS)  # none of them needs the local table
+
+
+def test_one_letter_hyphen_compounds_are_kept():
+    ex = TermExtractor()
+    assert ex.terms("Women's T-shirts, x-ray") == ["woman", "t-shirt", "woman t-shirt", "x-ray"]

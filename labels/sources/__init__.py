@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tarfile
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 
 from labels.sources.base import InputError, Unit
-from labels.sources.img2dataset import iter_img2dataset
-from labels.sources.manifest import iter_manifest
-from labels.sources.openclipart import iter_openclipart
-from labels.sources.tuxpaint import iter_tuxpaint
+from labels.sources.img2dataset import iter_img2dataset, list_tars
+from labels.sources.manifest import count_manifest_rows, iter_manifest
+from labels.sources.openclipart import iter_openclipart, list_openclipart
+from labels.sources.tuxpaint import iter_tuxpaint, list_tuxpaint
 
 SOURCE_TYPES = ("img2dataset", "manifest", "openclipart", "tuxpaint")
 
@@ -19,6 +22,110 @@ BUILTIN_SIGNALS = {
     "img2dataset": (),
     "manifest": (),
 }
+
+
+@dataclass
+class Partition:
+    """One shard-like slice of one source: the unit of work of every per-shard pass.
+
+    Attributes:
+        index: position in the run's partition list (the global input order is by index, then unit).
+        source: index of the source in ``cfg.sources``.
+        name: what reports and errors call it (a tar's path, ``<root>[0:1000]``, ``<manifest>[rows 0:1000]``).
+        files: openclipart/tuxpaint: relative paths; img2dataset: the tar path (one).
+        start, stop: manifest: data-row range.
+        limit: units to read at most (what is left of the source's ``limit``), None for all.
+    """
+
+    index: int
+    source: int
+    name: str
+    files: list[str] = field(default_factory=list)
+    start: int = 0
+    stop: int | None = None
+    limit: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _count_tar_units(tar_path: str) -> int:
+    """Samples in a tar (distinct keys of consecutive members): only for a source with a ``limit``."""
+    from labels.sources.img2dataset import _group_members
+
+    try:
+        with tarfile.open(tar_path, "r:") as tf:
+            return sum(1 for _ in _group_members(tf))
+    except tarfile.TarError as err:
+        raise InputError(f"cannot read tar {tar_path}: {err}") from None
+
+
+def list_partitions(sources, partition_size: int) -> list[Partition]:
+    """The run's partitions, in input order: one per img2dataset tar, fixed-size chunks of
+    ``partition_size`` files (openclipart, tuxpaint) or rows (manifests) otherwise.
+
+    A source's ``limit`` is applied here, so each partition knows how many units it may read.
+    """
+    parts: list[Partition] = []
+    for si, src in enumerate(sources):
+        limit = src.limit
+        if src.type in ("openclipart", "tuxpaint"):
+            files = list_openclipart(src.path) if src.type == "openclipart" else list_tuxpaint(src.path)
+            if limit is not None:
+                files = files[:limit]
+            for a in range(0, len(files), partition_size):
+                chunk = files[a : a + partition_size]
+                parts.append(Partition(len(parts), si, f"{src.path}[{a}:{a + len(chunk)}]", files=chunk))
+        elif src.type == "img2dataset":
+            left = limit
+            for tar in list_tars(src.path):
+                if left is not None and left <= 0:
+                    break
+                parts.append(Partition(len(parts), si, tar, files=[tar], limit=left))
+                if left is not None:
+                    left -= _count_tar_units(tar)
+        elif src.type == "manifest":
+            rows = count_manifest_rows(src.path, dict(src.fields), src.image_field, src.format)
+            if limit is not None:
+                rows = min(rows, limit)
+            for a in range(0, rows, partition_size):
+                b = min(rows, a + partition_size)
+                parts.append(Partition(len(parts), si, f"{src.path}[rows {a}:{b}]", start=a, stop=b))
+        else:
+            raise InputError(f"unknown source type '{src.type}': use one of {SOURCE_TYPES}")
+    return parts
+
+
+def iter_partition(src, part: Partition, read_images: bool = True) -> Iterator[Unit]:
+    """Units of one partition of source ``src``, in the source's order."""
+    name = src.name or src.type
+    if src.type == "openclipart":
+        return iter_openclipart(src.path, name=name, files=part.files)
+    if src.type == "tuxpaint":
+        return iter_tuxpaint(src.path, name=name, text_signal=src.text_signal, files=part.files)
+    if src.type == "img2dataset":
+        return iter_img2dataset(
+            os.path.dirname(part.files[0]) or ".",
+            name=name,
+            caption_signal=src.text_signal,
+            fields=dict(src.fields),
+            read_images=read_images,
+            limit=part.limit,
+            tars=part.files,
+        )
+    if src.type == "manifest":
+        return iter_manifest(
+            src.path,
+            fields=dict(src.fields),
+            image_field=src.image_field,
+            name=name,
+            root=src.root,
+            fmt=src.format,
+            read_images=read_images,
+            start=part.start,
+            stop=part.stop,
+        )
+    raise InputError(f"unknown source type '{src.type}': use one of {SOURCE_TYPES}")
 
 
 def iter_source(src, read_images: bool = True) -> Iterator[Unit]:
@@ -51,4 +158,13 @@ def iter_source(src, read_images: bool = True) -> Iterator[Unit]:
     raise InputError(f"unknown source type '{src.type}': use one of {SOURCE_TYPES}")
 
 
-__all__ = ["InputError", "Unit", "SOURCE_TYPES", "BUILTIN_SIGNALS", "iter_source"]
+__all__ = [
+    "InputError",
+    "Unit",
+    "Partition",
+    "SOURCE_TYPES",
+    "BUILTIN_SIGNALS",
+    "iter_source",
+    "iter_partition",
+    "list_partitions",
+]

@@ -73,17 +73,19 @@ def iter_img2dataset(
     fields: Mapping[str, str] | None = None,
     read_images: bool = True,
     limit: int | None = None,
+    tars: list[str] | None = None,
 ) -> Iterator[Unit]:
     """Units for every sample of every tar under ``path`` (tars sorted, members in tar order).
 
     Args:
         fields: ``.json`` field -> signal type.
+        tars: read only these tar files (one partition of ``list_tars(path)``), in the order given.
         read_images: read the image bytes (for the content key and the header check); False for
             text-only runs, where the key comes from the unit id.
     """
     fields = dict(fields or {})
     count = 0
-    for tar_path in list_tars(path):
+    for tar_path in list_tars(path) if tars is None else tars:
         tar_name = os.path.basename(tar_path)
         try:
             stream = open(tar_path, "rb")

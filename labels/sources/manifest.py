@@ -113,8 +113,11 @@ def iter_manifest(
     fmt: str | None = None,
     read_images: bool = True,
     limit: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[Unit]:
-    """Units for every row of the manifest, in file order (uid ``<file>:<line>``).
+    """Units for every row of the manifest, in file order (uid ``<file>:<line>``); with ``start`` /
+    ``stop``, only rows ``start <= i < stop`` (0-based data rows: one partition of the manifest).
 
     Args:
         fields: column -> signal type.
@@ -135,8 +138,10 @@ def iter_manifest(
         rows = _rows_parquet(path, needed)
     base = os.path.basename(path)
     for count, (line_no, row) in enumerate(rows):
-        if limit is not None and count >= limit:
+        if (limit is not None and count >= limit) or (stop is not None and count >= stop):
             return
+        if count < start:
+            continue
         uid = f"{base}:{line_no}"
         signals: dict[str, list[str]] = {}
         for column, signal in fields.items():
@@ -159,3 +164,16 @@ def iter_manifest(
             yield Unit(source=name, uid=uid, signals=signals, path=image_path, ext=ext, skip="missing_image")
             continue
         yield Unit(source=name, uid=uid, signals=signals, path=image_path, ext=ext or "jpg", data=data)
+
+
+def count_manifest_rows(
+    path: str, fields: Mapping[str, str], image_field: str = "image", fmt: str | None = None
+) -> int:
+    """Number of data rows of a manifest (validates it on the way: a malformed one fails here, by line)."""
+    require_path(path, "manifest")
+    kind = manifest_format(path, fmt)
+    needed = [image_field] + [c for c in fields if c != image_field]
+    if kind == "parquet":
+        return sum(1 for _ in _rows_parquet(path, [c for c in needed if c != image_field] or needed))
+    rows = _rows_jsonl(path) if kind == "jsonl" else _rows_csv(path, [c for c in needed if c != image_field])
+    return sum(1 for _ in rows)

@@ -46,31 +46,38 @@ def parse_metadata(data: bytes) -> dict[str, list[str]]:
     return signals
 
 
-def iter_openclipart(root: str, name: str = "openclipart", limit: int | None = None) -> Iterator[Unit]:
-    """Units for every ``*.svg`` below ``root``, in sorted path order.
+def list_openclipart(root: str) -> list[str]:
+    """Paths (relative to ``root``) of every ``*.svg`` below it, in sorted walk order."""
+    require_path(root, "openclipart folder")
+    out = []
+    for dirpath, filenames in sorted_walk(root):
+        out.extend(os.path.relpath(os.path.join(dirpath, f), root) for f in filenames if f.lower().endswith(".svg"))
+    return out
+
+
+def iter_openclipart(
+    root: str, name: str = "openclipart", limit: int | None = None, files: list[str] | None = None
+) -> Iterator[Unit]:
+    """Units for every ``*.svg`` below ``root`` in sorted path order, or for ``files`` (relative
+    paths, one partition of the listing) in the order given.
 
     Each unit carries its bytes (``data``); an SVG whose XML does not parse is a unit with skip
     reason ``unreadable_svg``.
     """
     require_path(root, "openclipart folder")
-    count = 0
-    for dirpath, filenames in sorted_walk(root):
-        folder = os.path.relpath(dirpath, root)
-        for fname in filenames:
-            if not fname.lower().endswith(".svg"):
-                continue
-            if limit is not None and count >= limit:
-                return
-            count += 1
-            path = os.path.join(dirpath, fname)
-            rel = os.path.relpath(path, root)
-            with open(path, "rb") as f:
-                data = f.read()
-            try:
-                signals = parse_metadata(data)
-            except ET.ParseError:
-                yield Unit(source=name, uid=rel, path=path, ext="svg", data=data, skip="unreadable_svg")
-                continue
-            if folder != ".":
-                add_signal(signals, "category", folder)
-            yield Unit(source=name, uid=rel, signals=signals, path=path, ext="svg", data=data)
+    rels = list_openclipart(root) if files is None else files
+    for count, rel in enumerate(rels):
+        if limit is not None and count >= limit:
+            return
+        path = os.path.join(root, rel)
+        folder = os.path.dirname(rel)
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            signals = parse_metadata(data)
+        except ET.ParseError:
+            yield Unit(source=name, uid=rel, path=path, ext="svg", data=data, skip="unreadable_svg")
+            continue
+        if folder:
+            add_signal(signals, "category", folder)
+        yield Unit(source=name, uid=rel, signals=signals, path=path, ext="svg", data=data)

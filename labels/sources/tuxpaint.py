@@ -27,29 +27,44 @@ def read_description(txt_path: str) -> str:
     return "" if "=" in first and ".utf8" in head else first
 
 
-def iter_tuxpaint(
-    root: str, name: str = "tuxpaint", text_signal: str = "description", limit: int | None = None
-) -> Iterator[Unit]:
-    """Units for every stamp below ``root`` in sorted path order (bytes are read later, by path)."""
+def list_tuxpaint(root: str) -> list[str]:
+    """Paths (relative to ``root``) of every stamp image (``.png`` preferred over ``.svg``), sorted."""
     require_path(root, "tuxpaint stamps folder")
-    count = 0
+    out = []
     for dirpath, filenames in sorted_walk(root):
-        folder = os.path.relpath(dirpath, root)
         present = set(filenames)
         stems = sorted({f.rsplit(".", 1)[0] for f in filenames if f.rsplit(".", 1)[-1].lower() in IMAGE_EXTS})
         for stem in stems:
             ext = next(e for e in IMAGE_EXTS if f"{stem}.{e}" in present)
-            if limit is not None and count >= limit:
-                return
-            count += 1
-            path = os.path.join(dirpath, f"{stem}.{ext}")
-            rel = os.path.relpath(path, root)
-            if stem.endswith("_mirror") and f"{stem[: -len('_mirror')]}.txt" in present:
-                yield Unit(source=name, uid=rel, path=path, ext=ext, skip="mirror_variant")
-                continue
-            signals: dict[str, list[str]] = {}
-            if f"{stem}.txt" in present:
-                add_signal(signals, text_signal, read_description(os.path.join(dirpath, f"{stem}.txt")))
-            if folder != ".":
-                add_signal(signals, "category", folder)
-            yield Unit(source=name, uid=rel, signals=signals, path=path, ext=ext)
+            out.append(os.path.relpath(os.path.join(dirpath, f"{stem}.{ext}"), root))
+    return out
+
+
+def iter_tuxpaint(
+    root: str,
+    name: str = "tuxpaint",
+    text_signal: str = "description",
+    limit: int | None = None,
+    files: list[str] | None = None,
+) -> Iterator[Unit]:
+    """Units for every stamp below ``root`` in sorted path order, or for ``files`` (relative image
+    paths from ``list_tuxpaint``, one partition) in the order given. Bytes are read later, by path."""
+    require_path(root, "tuxpaint stamps folder")
+    rels = list_tuxpaint(root) if files is None else files
+    for count, rel in enumerate(rels):
+        if limit is not None and count >= limit:
+            return
+        path = os.path.join(root, rel)
+        dirpath, fname = os.path.split(path)
+        stem, ext = fname.rsplit(".", 1)
+        folder = os.path.dirname(rel)
+        if stem.endswith("_mirror") and os.path.exists(os.path.join(dirpath, f"{stem[: -len('_mirror')]}.txt")):
+            yield Unit(source=name, uid=rel, path=path, ext=ext, skip="mirror_variant")
+            continue
+        signals: dict[str, list[str]] = {}
+        txt = os.path.join(dirpath, f"{stem}.txt")
+        if os.path.exists(txt):
+            add_signal(signals, text_signal, read_description(txt))
+        if folder:
+            add_signal(signals, "category", folder)
+        yield Unit(source=name, uid=rel, signals=signals, path=path, ext=ext)

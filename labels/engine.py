@@ -1,0 +1,207 @@
+"""Where the per-shard pass functions run: a local process pool (default) or Ray (``run.engine=ray``).
+
+Both engines run the same module-level task functions of :mod:`labels.passes` with the same
+arguments; a task writes its outputs and then its stats file (last), so the engines produce the same
+bytes and a rerun skips every task whose stats file exists. Failures are collected per task (the
+other tasks still run) and raised together, naming each partition, so a shard that cannot be read is
+reported and retried on the next run, never dropped. A worker that dies (killed, out of memory) is
+retried: the local pool is rebuilt and its unfinished tasks resubmitted; Ray retries by itself
+(``max_retries``).
+
+Written by hand because the two things it adds to ``concurrent.futures`` / ``ray`` are small: skip
+what is done, and survive a dead worker in the local pool (``BrokenProcessPool`` ends the pool).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+ENGINES = ("local", "ray")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Task:
+    """One call ``fn(*args)`` that writes ``done_path`` last; ``name`` is what errors report."""
+
+    name: str
+    done_path: str
+    args: tuple
+
+
+@dataclass
+class PassStats:
+    """What one pass did: task counts, retries, failures and times (for the label report)."""
+
+    name: str
+    tasks: int = 0
+    already_done: int = 0
+    ran: int = 0
+    retries: int = 0
+    failed: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "tasks": self.tasks,
+            "already_done": self.already_done,
+            "ran": self.ran,
+            "retries": self.retries,
+            "failed": list(self.failed),
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+class PassFailed(Exception):
+    """Tasks of a pass failed; ``failures`` maps each task name to its error text."""
+
+    def __init__(self, pass_name: str, failures: dict[str, str]) -> None:
+        self.failures = failures
+        lines = "; ".join(f"{k}: {v}" for k, v in failures.items())
+        super().__init__(f"{len(failures)} task(s) of pass '{pass_name}' failed (rerun retries them): {lines}")
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # forkserver: workers fork from a clean server that preloads the pass module (imports once, no
+    # threads inherited from a driver that may hold torch/tokenizer threads).
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["labels.passes", "inflect"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+class Engine:
+    """Runs passes of tasks.
+
+    Args:
+        kind: ``local`` or ``ray``.
+        workers: local: worker processes (0: in the driver process); ray local mode: CPUs to start with.
+        max_retries: how often a task whose worker died is resubmitted.
+        progress: show a tqdm bar per pass.
+    """
+
+    def __init__(self, kind: str = "local", workers: int = 2, max_retries: int = 2, progress: bool = False) -> None:
+        if kind not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got '{kind}'")
+        self.kind = kind
+        self.workers = workers
+        self.max_retries = max_retries
+        self.progress = progress
+        self._executor: ProcessPoolExecutor | None = None
+        self.startup_s = 0.0  # time spent starting Ray (inside the first pass's wall time)
+
+    # ------------------------------------------------------------------ public
+    def run_pass(self, name: str, fn: Callable, tasks: Sequence[Task]) -> PassStats:
+        """Run every task whose ``done_path`` does not exist yet; raise ``PassFailed`` at the end if
+        any failed (the others are complete on disk)."""
+        t0 = time.perf_counter()
+        stats = PassStats(name, tasks=len(tasks))
+        todo = [t for t in tasks if not os.path.exists(t.done_path)]
+        stats.already_done = len(tasks) - len(todo)
+        failures: dict[str, str] = {}
+        with tqdm(total=len(todo), desc=name, disable=not self.progress, dynamic_ncols=True, unit=" tasks") as bar:
+            if not todo:
+                pass
+            elif self.kind == "ray":
+                self._run_ray(fn, todo, stats, failures, bar)
+            elif self.workers <= 0:
+                for t in todo:
+                    try:
+                        fn(*t.args)
+                    except Exception as err:  # collected and re-raised together, naming the partition
+                        failures[t.name] = f"{type(err).__name__}: {err}"
+                    bar.update()
+            else:
+                self._run_local(fn, todo, stats, failures, bar)
+        stats.ran = len(todo) - len(failures)
+        stats.failed = sorted(failures)
+        stats.wall_s = time.perf_counter() - t0
+        if failures:
+            raise PassFailed(name, failures)
+        return stats
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    # ------------------------------------------------------------------ local
+    def _run_local(self, fn, todo, stats, failures, bar) -> None:
+        attempts = {t.name: 0 for t in todo}
+        pending = list(todo)
+        while pending:
+            if self._executor is None:
+                self._executor = _pool(self.workers)
+            futures = {self._executor.submit(fn, *t.args): t for t in pending}
+            pending = []
+            broken = False
+            not_done = set(futures)
+            while not_done:
+                done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    t = futures[fut]
+                    try:
+                        fut.result()
+                        bar.update()
+                    except BrokenProcessPool:
+                        broken = True
+                        pending.append(t)
+                    except Exception as err:
+                        failures[t.name] = f"{type(err).__name__}: {err}"
+                        bar.update()
+            if broken:
+                # A worker died: every task of the dead pool that has no stats file is resubmitted.
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+                retry = []
+                for t in pending:
+                    if os.path.exists(t.done_path):
+                        bar.update()
+                        continue
+                    attempts[t.name] += 1
+                    if attempts[t.name] > self.max_retries:
+                        failures[t.name] = f"worker died {attempts[t.name]} times"
+                        bar.update()
+                    else:
+                        retry.append(t)
+                stats.retries += len(retry)
+                log.warning("a worker died; resubmitting %d task(s)", len(retry))
+                pending = retry
+
+    # ------------------------------------------------------------------ ray
+    def _run_ray(self, fn, todo, stats, failures, bar) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            t0 = time.perf_counter()
+            address = os.environ.get("RAY_ADDRESS")
+            env = {"env_vars": {"PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}}
+            if address:
+                ray.init(address=address, runtime_env=env, log_to_driver=False)
+            else:
+                ray.init(num_cpus=max(1, self.workers), runtime_env=env, include_dashboard=False, log_to_driver=False)
+            self.startup_s += time.perf_counter() - t0
+        remote = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(fn)
+        refs = {remote.remote(*t.args): t for t in todo}
+        not_ready = list(refs)
+        while not_ready:
+            ready, not_ready = ray.wait(not_ready, num_returns=1)
+            for ref in ready:
+                t = refs[ref]
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    cause = err.cause if getattr(err, "cause", None) is not None else err
+                    failures[t.name] = f"{type(cause).__name__}: {cause}"
+                except ray.exceptions.RayError as err:  # worker crashed past max_retries
+                    failures[t.name] = f"{type(err).__name__}: {err}"
+                bar.update()

@@ -1,0 +1,439 @@
+"""The per-shard pass functions of the label-mining run (see labels/pipeline.py for the order).
+
+Each function is a pure function of one input partition (or one hash partition of the content keys)
+and of files earlier passes wrote; it writes its outputs under ``<work>/<pass>/<id>/`` and its
+``stats.json`` last (labels/store.py). The same functions run in the driver, in a local process pool
+and in Ray workers (labels/engine.py); their arguments are plain JSON-able values.
+
+Work layout:
+
+- ``map/p<i>/units.jsonl``: the readable units of input partition ``i``, grouped by hash partition of
+  their content key (``stats.json`` holds the byte offsets of each group), each with its canonical
+  signals and eligible term scores; ``groups.json``: per curation group, the smallest cap ranks.
+- ``reduce/r<j>/samples.jsonl``: hash partition ``j`` after the duplicate merge and the curation cap,
+  ordered by input partition (``stats.json`` indexes each input partition's byte range), plus
+  ``df.json``: document frequency of eligible terms over those samples.
+- ``count/r<j>/counts.npz``: per candidate-vocabulary term, the samples that keep it after the
+  per-image cap, and label co-occurrence (COO) for the PPMI embedder.
+- ``write/p<i>/``: the output shards of input partition ``i`` per split and scale bucket (or
+  ``samples.jsonl`` in text-only runs); the driver renames them into the dataset folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+import time
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+
+from labels.hashing import content_key, hash_unit, scale_bucket, split_of
+from labels.images import ImageJob, ImageSettings, Preparer, read_bytes
+from labels.scoring import TermScorer, cluster_labels, eligible_terms, select_labels
+from labels.sources import InputError, Partition, iter_partition
+from labels.sources.base import sniff_raster
+from labels.store import dumps_line, fresh_dir, read_json, read_lines, write_json_atomic, write_lines_atomic
+from labels.text import TermExtractor
+
+LIST_SIGNALS = ("keywords", "category")
+_CONTEXTS: dict[str, dict] = {}
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def bucket_of(key: str, partitions: int) -> int:
+    """Hash partition of a content key: its first 32 bits scaled to ``partitions``."""
+    return (int(key[:8], 16) * partitions) >> 32
+
+
+def cap_rank(key: str) -> float:
+    """The rank a curation cap keeps by (the ``cap`` smallest per group stay): a hash of the key."""
+    return hash_unit("cap:" + key)
+
+
+def merge_signals(groups: list[dict[str, list[str]]]) -> dict[str, list[str]]:
+    """Union of several units' signals: per type (sorted), distinct texts in order of first appearance."""
+    merged: dict[str, dict[str, None]] = {}
+    for signals in groups:
+        for name, texts in signals.items():
+            bucket = merged.setdefault(name, {})
+            for t in texts:
+                bucket[t] = None
+    return {name: list(texts) for name, texts in sorted(merged.items()) if texts}
+
+
+def text_for_json(text: dict[str, list[str]]) -> dict:
+    """A sample's source text as stored: keywords/category as lists, other signals as one string."""
+    return {k: (list(v) if k in LIST_SIGNALS else "\n".join(v)) for k, v in text.items()}
+
+
+def dumps(obj) -> bytes:
+    """Canonical JSON bytes of a sample's ``json`` entry (sorted keys, no spaces)."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def sample_groups(source: str, signals: dict[str, list[str]], group_by: list[str]) -> list[str]:
+    """Curation groups of a sample: ``signal=value`` for each configured signal (``source`` is the
+    source name), every value of it."""
+    out = []
+    for g in group_by:
+        values = [source] if g == "source" else signals.get(g, [])
+        out.extend(f"{g}={v}" for v in values)
+    return sorted(set(out))
+
+
+def build_scorer(cfg: dict) -> TermScorer:
+    """The term extractor + scorer a config (plain dict) describes."""
+    t = cfg["text"]
+    extractor = TermExtractor(
+        max_words=t["max_words"],
+        min_word_len=t["min_word_len"],
+        drop_numeric=t["drop_numeric"],
+        fold_plurals=t["fold_plurals"],
+        extra_stopwords=list(t["extra_stopwords"]),
+        stop_terms=list(t["stop_terms"]),
+        boilerplate=list(t["boilerplate"]),
+    )
+    s = cfg["signals"]
+    return TermScorer(extractor, dict(s["weights"]), list(s["exclude"]), s["combine"])
+
+
+def _ctx(cfg: dict) -> dict:
+    """Per-process objects built once per config (the scorer and its caches, image settings)."""
+    key = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+    ctx = _CONTEXTS.get(key)
+    if ctx is None:
+        im = cfg["image"]
+        ctx = {
+            "scorer": build_scorer(cfg),
+            "preparer": Preparer(
+                ImageSettings(
+                    im["short_side"], im["quality"], im["max_aspect"], im["render_timeout_s"], im["max_svg_bytes"]
+                )
+            ),
+        }
+        _CONTEXTS.clear()
+        _CONTEXTS[key] = ctx
+    return ctx
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this worker process so far, in MB."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def task_dir(work: str, kind: str, i: int) -> str:
+    return os.path.join(work, kind, f"{'p' if kind in ('map', 'write') else 'r'}{i:06d}")
+
+
+def stats_path(work: str, kind: str, i: int) -> str:
+    return os.path.join(task_dir(work, kind, i), "stats.json")
+
+
+# ---------------------------------------------------------------------------------------- pass 1: map
+def map_task(cfg: dict, part: dict, work: str) -> None:
+    """Read one input partition: hash each image, score its text, route units to hash partitions.
+
+    Writes ``units.jsonl`` (lines ``[seq, key, source, uid, path, offset, size, ext, signals, scores,
+    groups]`` ordered by hash partition), ``groups.json`` and ``stats.json`` (read count, skips by
+    reason, hash-partition byte offsets, fingerprint, boilerplate hits).
+    """
+    t0 = time.perf_counter()
+    p = Partition(**part)
+    out = fresh_dir(task_dir(work, "map", p.index))
+    src = cfg["sources"][p.source]
+    text_only = cfg["run"]["text_only"]
+    parts_r = cfg["run"]["reduce_partitions"]
+    min_score = float(cfg["vocab"]["min_score"])
+    group_by = list(cfg["curation"]["group_by"]) if cfg["curation"]["max_per_group"] > 0 else []
+    cap = int(cfg["curation"]["max_per_group"])
+    scorer = _ctx(cfg)["scorer"]
+    scorer.extractor.boilerplate_hits = Counter()
+    buckets: list[list[bytes]] = [[] for _ in range(parts_r)]
+    groups: dict[str, dict[str, float]] = {}
+    skipped: Counter[str] = Counter()
+    fp = hashlib.sha256()
+    read = 0
+    seq = 0
+
+    for unit in iter_partition(SimpleNamespace(**src), p, read_images=not text_only):
+        read += 1
+        key = None
+        reason = unit.skip
+        if reason is None:
+            data = unit.data
+            if data is None and not text_only:
+                try:
+                    data = read_bytes(unit.path, unit.offset, unit.size)
+                except (OSError, TypeError):
+                    reason = "missing_image"
+            if reason is None and data is not None and not text_only and unit.ext != "svg":
+                reason = sniff_raster(data)
+            if reason is None:
+                # Text-only runs never touch images: the key then hashes the unit's id.
+                key = content_key(data if data is not None else f"{unit.source}:{unit.uid}".encode())
+        signals = merge_signals([unit.signals])
+        if reason is not None:
+            fp.update(dumps_line([unit.source, unit.uid, reason, signals]))
+            skipped[reason] += 1
+            continue
+        scores = eligible_terms(scorer.score(signals), min_score) if signals else {}
+        gs = sample_groups(unit.source, signals, group_by)
+        if gs:
+            rank = cap_rank(key)
+            for g in gs:
+                d = groups.setdefault(g, {})
+                d[key] = rank
+                if len(d) > 2 * (cap + 1):
+                    groups[g] = dict(sorted(d.items(), key=lambda kv: (kv[1], kv[0]))[: cap + 1])
+        line = [seq, key, unit.source, unit.uid, unit.path, unit.offset, unit.size, unit.ext, signals, scores, gs]
+        encoded = dumps_line(line)
+        fp.update(encoded)  # the fingerprint covers every unit's locator, key, signals and scores
+        buckets[bucket_of(key, parts_r)].append(encoded)
+        seq += 1
+    offsets = [0]
+    for b in buckets:
+        offsets.append(offsets[-1] + sum(len(x) for x in b))
+    write_lines_atomic(os.path.join(out, "units.jsonl"), (x for b in buckets for x in b))
+    kept = {g: sorted(d.items(), key=lambda kv: (kv[1], kv[0]))[: cap + 1] for g, d in sorted(groups.items())}
+    write_json_atomic(os.path.join(out, "groups.json"), kept)
+    write_json_atomic(
+        os.path.join(out, "stats.json"),
+        {
+            "partition": p.name,
+            "index": p.index,
+            "read": read,
+            "units": seq,
+            "skipped": dict(sorted(skipped.items())),
+            "offsets": offsets,
+            "fingerprint": fp.hexdigest(),
+            "boilerplate": dict(sorted(scorer.extractor.boilerplate_hits.items())),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "peak_rss_mb": _rss_mb(),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------- pass 2: reduce
+def reduce_task(cfg: dict, r: int, num_parts: int, work: str) -> None:
+    """Merge duplicates of hash partition ``r`` across every input partition, apply the curation cap,
+    count document frequencies.
+
+    A key's units merge into its first unit (input order): their texts join, the extra units are
+    ``duplicate_merged``; no text at all is ``no_text``; a sample ranked past a group's cap is
+    ``group_cap``. Skips are attributed to the input partition of the unit they drop.
+    """
+    t0 = time.perf_counter()
+    out = fresh_dir(task_dir(work, "reduce", r))
+    min_score = float(cfg["vocab"]["min_score"])
+    caps = read_json(os.path.join(work, "caps.json"))
+    scorer = _ctx(cfg)["scorer"]
+    by_key: dict[str, list] = {}
+    for p in range(num_parts):
+        st = read_json(stats_path(work, "map", p))
+        a, b = st["offsets"][r], st["offsets"][r + 1]
+        if a == b:
+            continue
+        for line in read_lines(os.path.join(task_dir(work, "map", p), "units.jsonl"), a, b):
+            by_key.setdefault(line[1], []).append((p, line))
+    skipped: dict[int, Counter] = {}
+    capped: Counter[str] = Counter()
+    df_all: Counter[str] = Counter()
+    df: Counter[str] = Counter()
+    samples = []
+    for key, group in by_key.items():
+        group.sort(key=lambda x: (x[0], x[1][0]))
+        p0, first = group[0]
+        if len(group) > 1:
+            for p, _ in group[1:]:
+                skipped.setdefault(p, Counter())["duplicate_merged"] += 1
+            text = merge_signals([g[1][8] for g in group])
+            terms = eligible_terms(scorer.score(text), min_score) if text else {}
+            gs = sorted({x for g in group for x in g[1][10]})
+        else:
+            text, terms, gs = first[8], first[9], first[10]
+        if not text:
+            skipped.setdefault(p0, Counter())["no_text"] += 1
+            continue
+        df_all.update(terms.keys())
+        rank = cap_rank(key)
+        over = next((g for g in gs if g in caps and rank > caps[g]), None)
+        if over is not None:
+            skipped.setdefault(p0, Counter())["group_cap"] += 1
+            capped[over] += 1
+            continue
+        df.update(terms.keys())
+        uids = [g[1][3] for g in group]
+        # [partition, seq, key, source, uids, path, offset, size, ext, text, terms]
+        samples.append((p0, first[0], key, first[2], uids, first[4], first[5], first[6], first[7], text, terms))
+    samples.sort(key=lambda s: (s[0], s[1]))
+    index_parts, index_offsets, pos, lines = [], [], 0, []
+    for s in samples:
+        line = dumps_line(list(s))
+        if not index_parts or index_parts[-1] != s[0]:
+            index_parts.append(s[0])
+            index_offsets.append(pos)
+        lines.append(line)
+        pos += len(line)
+    index_offsets.append(pos)
+    write_lines_atomic(os.path.join(out, "samples.jsonl"), lines)
+    write_json_atomic(
+        os.path.join(out, "df.json"), {"df": dict(sorted(df.items())), "df_all": dict(sorted(df_all.items()))}
+    )
+    write_json_atomic(
+        os.path.join(out, "stats.json"),
+        {
+            "samples": len(samples),
+            "index": {"parts": index_parts, "offsets": index_offsets},
+            "skipped_by_part": {str(p): dict(sorted(c.items())) for p, c in sorted(skipped.items())},
+            "group_cap": dict(sorted(capped.items())),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "peak_rss_mb": _rss_mb(),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------- pass 3: count
+def count_task(cfg: dict, r: int, work: str, cooccurrence: bool) -> None:
+    """Per candidate term, the samples of hash partition ``r`` that keep it after the per-image cap;
+    with ``cooccurrence``, label co-occurrence counts too (``counts.npz``: ``used``, ``rows``, ``cols``,
+    ``vals``)."""
+    from labels.cluster import CooccurrenceCounter
+
+    t0 = time.perf_counter()
+    out = fresh_dir(task_dir(work, "count", r))
+    vocab = read_json(os.path.join(work, "vocab_df.json"))["terms"]
+    index = {t: i for i, t in enumerate(vocab)}
+    min_score, max_labels = float(cfg["vocab"]["min_score"]), int(cfg["vocab"]["max_labels_per_image"])
+    used = np.zeros(len(vocab), dtype=np.int64)
+    counter = CooccurrenceCounter(len(vocab)) if cooccurrence else None
+    for s in read_lines(os.path.join(task_dir(work, "reduce", r), "samples.jsonl")):
+        raw = select_labels(s[10], index, min_score, max_labels)
+        for i, _ in raw:
+            used[i] += 1
+        if counter is not None and raw:
+            counter.add(sorted(i for i, _ in raw))
+    rows, cols, vals = counter.triplets() if counter is not None else (np.zeros(0, np.int64),) * 3
+    tmp = os.path.join(out, "counts.tmp.npz")
+    np.savez(tmp, used=used, rows=rows, cols=cols, vals=vals)
+    os.replace(tmp, os.path.join(out, "counts.npz"))
+    write_json_atomic(
+        os.path.join(out, "stats.json"), {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()}
+    )
+
+
+# ---------------------------------------------------------------------------------------- pass 4: write
+def _partition_samples(work: str, p: int, num_reduce: int):
+    """Samples of input partition ``p`` from every hash partition, in input order (k-way merge)."""
+    streams = []
+    for r in range(num_reduce):
+        st = read_json(stats_path(work, "reduce", r))
+        idx = st["index"]
+        parts = idx["parts"]
+        lo, hi = 0, len(parts)
+        while lo < hi:  # parts is sorted: binary search for p
+            mid = (lo + hi) // 2
+            if parts[mid] < p:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(parts) and parts[lo] == p:
+            path = os.path.join(task_dir(work, "reduce", r), "samples.jsonl")
+            streams.append(read_lines(path, idx["offsets"][lo], idx["offsets"][lo + 1]))
+    return heapq.merge(*streams, key=lambda s: s[1])
+
+
+def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
+    """Label the samples of one input partition and write its output shards (per split and scale
+    bucket) under ``write/p<i>/``; image failures are skipped by reason; ``stats.json`` holds the
+    shard list with exact counts, label counts and per-image histograms."""
+    from labels.shards import ShardSet
+
+    t0 = time.perf_counter()
+    p = Partition(**part)
+    out = fresh_dir(task_dir(work, "write", p.index))
+    lab = read_json(os.path.join(work, "labels.json"))
+    vocab, term_cluster = lab["vocab"], lab["term_cluster"]
+    index = {t: i for i, t in enumerate(vocab)}
+    v = cfg["vocab"]
+    min_score, max_labels, keep_unlabeled = float(v["min_score"]), int(v["max_labels_per_image"]), v["keep_unlabeled"]
+    val_fraction = float(cfg["split"]["val_fraction"])
+    scales = [float(x) for x in cfg["split"]["scales"]]
+    text_only = cfg["run"]["text_only"]
+    preparer = _ctx(cfg)["preparer"]
+    skipped: Counter[str] = Counter()
+    raw_counts: Counter[int] = Counter()
+    clustered_counts: Counter[int] = Counter()
+    per_image = {"raw": Counter(), "clustered": Counter()}
+    split_counts: Counter[str] = Counter()
+    bucket_counts: Counter[int] = Counter()
+    written = labelled = 0
+    shards = None if text_only else ShardSet(out, scales, cfg["shards"]["maxcount"], cfg["shards"]["maxsize"])
+    text_lines = []
+    for s in _partition_samples(work, p.index, num_reduce):
+        _, seq, key, source, uids, path, offset, size, ext, text, terms = s
+        raw = select_labels(terms, index, min_score, max_labels)
+        if not raw and not keep_unlabeled:
+            skipped["no_label"] += 1
+            continue
+        clustered = cluster_labels(raw, term_cluster)
+        split = split_of(key, val_fraction)
+        bucket = scale_bucket(key, scales) if split == "train" else -1
+        meta = {
+            "key": key,
+            "source": source,
+            "labels": {"raw": [i for i, _ in raw], "clustered": [c for c, _ in clustered]},
+            "scores": {"raw": [round(x, 4) for _, x in raw], "clustered": [round(x, 4) for _, x in clustered]},
+            "terms": [vocab[i] for i, _ in raw],
+            "text": text_for_json(text),
+            "uids": uids,
+        }
+        if text_only:
+            meta.update(split=split, scale_bucket=scales[bucket] if bucket >= 0 else None)
+            text_lines.append(dumps_line(meta))
+        else:
+            _, jpeg, reason = preparer(ImageJob(seq, key, path, offset, size, ext))
+            if reason == "input_changed":
+                raise InputError(f"input changed during the run (bytes no longer match): {path}")
+            if reason is not None:
+                skipped[reason] += 1
+                continue
+            shards.write({"__key__": key, "jpg": jpeg, "json": dumps(meta)}, split, bucket)
+        written += 1
+        labelled += bool(raw)
+        for i, _ in raw:
+            raw_counts[i] += 1
+        for c, _ in clustered:
+            clustered_counts[c] += 1
+        per_image["raw"][len(raw)] += 1
+        per_image["clustered"][len(clustered)] += 1
+        split_counts[split] += 1
+        if bucket >= 0:
+            bucket_counts[bucket] += 1
+    if text_only:
+        write_lines_atomic(os.path.join(out, "samples.jsonl"), text_lines)
+        splits = None
+    else:
+        splits = shards.close()
+    write_json_atomic(
+        os.path.join(out, "stats.json"),
+        {
+            "partition": p.name,
+            "written": written,
+            "labelled": labelled,
+            "skipped": dict(sorted(skipped.items())),
+            "raw_counts": sorted(raw_counts.items()),
+            "clustered_counts": sorted(clustered_counts.items()),
+            "per_image": {k: sorted(h.items()) for k, h in per_image.items()},
+            "split_counts": dict(sorted(split_counts.items())),
+            "bucket_counts": sorted(bucket_counts.items()),
+            "splits": splits,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "peak_rss_mb": _rss_mb(),
+        },
+    )

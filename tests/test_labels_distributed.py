@@ -1,0 +1,255 @@
+"""The per-shard passes under both engines, killed and rerun, with bad shards: known answers on small inputs.
+
+Ray runs for real (local mode, one module-scoped session with 2 CPUs: its start-up costs seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labels.pipeline import run
+from labels.sources import InputError
+from tests.fixtures_labels import img2dataset_samples, jpeg_bytes, labels_config, read_shards, svg_bytes, write_tar
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+I2D = {"type": "img2dataset", "fields": {"tags": "keywords", "title": "title"}}
+SMALL_PARTS = ["run.partition_size=2", "run.reduce_partitions=3"]
+
+
+def corpus(root: Path) -> list[dict]:
+    """Three tars (one sample of tar 2 is a byte copy of one in tar 0, with other text) + an SVG folder."""
+    src = root / "i2d"
+    t0 = img2dataset_samples(12)
+    t2 = img2dataset_samples(8, offset=20)
+    dup = {"__key__": "dup000001", "jpg": t0[3]["jpg"], "txt": "a shiny apple", "json": {"tags": ["apple", "shiny"]}}
+    write_tar(src / "00000.tar", t0)
+    write_tar(src / "00001.tar", img2dataset_samples(8, offset=12))
+    write_tar(src / "00002.tar", t2[:4] + [dup] + t2[4:])
+    svg = root / "svg" / "animals"
+    svg.mkdir(parents=True)
+    for i, (title, kw) in enumerate(
+        [("Cat", ["cat"]), ("Red car", ["car"]), ("Cat", ["cat", "pet"]), ("Dog", ["pet"])]
+    ):
+        (svg / f"{i}.svg").write_bytes(svg_bytes(title, kw, color=["red", "green", "blue", "gray"][i]))
+    return [{**I2D, "path": str(src)}, {"type": "openclipart", "path": str(root / "svg")}]
+
+
+def output_bytes(out: Path) -> dict[str, bytes]:
+    """Every file the dataset consists of (shards, manifest, text-only samples), by name; the
+    manifest's record of the output folder (its only run-specific entry) reads OUT."""
+    files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+    if "manifest.json" in files:
+        files["manifest.json"] = files["manifest.json"].replace(json.dumps(str(out)).encode(), b'"OUT"')
+    return files
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted in-process run of the corpus: (sources, output bytes, result)."""
+    root = tmp_path_factory.mktemp("ref")
+    sources = corpus(root)
+    cfg = labels_config(root, sources, SMALL_PARTS)
+    result = run(cfg)
+    return root, sources, output_bytes(Path(cfg.output)), result
+
+
+def test_duplicates_across_input_shards_merge_with_all_texts(reference):
+    root, _, files, result = reference
+    assert result.counts["read"] == 12 + 8 + 9 + 4
+    assert result.counts["skipped"] == {"duplicate_merged": 1}
+    m = json.loads(files["manifest.json"])
+    urls = [s["url"] for sp in ("train", "val") for s in m["splits"][sp]["shards"]]
+    samples = read_shards(root / "out", urls)
+    keys = [s["__key__"] for s in samples]
+    assert len(keys) == len(set(keys)) == result.counts["written"] == 32
+    merged = next(s["json"] for s in samples if "00002.tar:dup000001" in s["json"]["uids"])
+    assert merged["uids"] == ["00000.tar:000000003", "00002.tar:dup000001"]  # first unit first (input order)
+    assert merged["text"]["description"] == "red apple on the table\na shiny apple"
+    assert merged["text"]["keywords"] == ["apple", "fruit", "shiny"]
+    # Many small partitions: the report has per-pass task counts and per-partition counts that add up.
+    stats = result.stats["distributed"]
+    assert stats["input_partitions"] == 3 + 2 and stats["reduce_partitions"] == 3
+    assert stats["passes"]["map"]["tasks"] == 5 and stats["passes"]["reduce"]["tasks"] == 3
+    parts = [json.loads(x) for x in (root / "out" / "report" / "partitions.jsonl").read_text().split("\n") if x]
+    assert [p["read"] for p in parts] == [12, 8, 9, 2, 2]
+    assert parts[2]["skipped"] == {"duplicate_merged": 1}  # charged to the partition of the dropped copy
+    assert all(p["read"] == p["written"] + sum(p["skipped"].values()) for p in parts)
+
+
+def test_local_pool_and_ray_give_byte_identical_outputs(reference, ray_session, tmp_path):
+    root, sources, files, _ = reference
+    local = labels_config(tmp_path, sources, [*SMALL_PARTS, "run.workers=2"], out="local")
+    run(local)
+    assert output_bytes(Path(local.output)) == files
+    on_ray = labels_config(tmp_path, sources, [*SMALL_PARTS, "run.engine=ray", "run.workers=2"], out="ray")
+    result = run(on_ray)
+    assert output_bytes(Path(on_ray.output)) == files
+    assert result.stats["distributed"]["engine"] == "ray"
+    text = labels_config(tmp_path, sources, [*SMALL_PARTS, "run.engine=ray", "run.text_only=true"], out="ray_text")
+    run(text)
+    text_local = labels_config(tmp_path, sources, [*SMALL_PARTS, "run.text_only=true"], out="local_text")
+    run(text_local)
+    assert output_bytes(Path(text.output)) == output_bytes(Path(text_local.output))
+
+
+def _cli_config(tmp_path: Path, sources: list[dict], out: Path, extra: dict) -> Path:
+    cfg = {
+        "name": "test",
+        "output": str(out),
+        "sources": sources,
+        "vocab": {"min_df": 2},
+        "cluster": {"embedder": "ppmi"},
+        "image": {"short_side": 32},
+        "shards": {"maxcount": 20},
+        "split": {"scales": [0.1, 0.5, 1.0], "val_fraction": 0.2},
+        "run": {"workers": 0, "progress": False, "partition_size": 2, "reduce_partitions": 3, **extra},
+    }
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _stats_files(work: Path, kind: str) -> set[str]:
+    return {p.parent.name for p in (work / kind).glob("*/stats.json")}
+
+
+@pytest.mark.parametrize("kill_in", ["map", "write"])
+def test_kill_9_of_the_driver_then_rerun_is_byte_identical(reference, tmp_path, kill_in):
+    _, sources, files, _ = reference
+    out = tmp_path / "out"
+    cfg = _cli_config(tmp_path, sources, out, {})
+    cmd = [sys.executable, str(REPO / "mine_labels.py"), "--config", str(cfg)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = out / "_work"
+    deadline = time.time() + 120
+    while not _stats_files(work, kill_in) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    done = {k: _stats_files(work, k) for k in ("map", "reduce", "count", "write")}
+    assert done[kill_in]  # killed mid-run: some tasks of the pass are complete
+    assert not (out / "manifest.json").exists()
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert output_bytes(out) == files
+    passes = json.loads((out / "report" / "stats.json").read_text())["distributed"]["passes"]
+    for kind, names in done.items():  # the rerun redid none of the tasks complete at the kill
+        assert passes[kind]["already_done"] == len(names)
+        assert passes[kind]["ran"] == passes[kind]["tasks"] - len(names)
+
+
+def _forkserver_workers() -> list[int]:
+    """Pids of the local pool's workers: children of this process's forkserver child."""
+
+    def children(pid: int) -> list[int]:
+        out = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    stat = Path(f"/proc/{d}/stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d))
+        return out
+
+    for c in children(os.getpid()):
+        try:
+            if b"forkserver" in Path(f"/proc/{c}/cmdline").read_bytes():
+                return children(c)
+        except OSError:
+            continue
+    return []
+
+
+def test_a_killed_worker_is_retried_and_the_output_is_unchanged(reference, tmp_path):
+    _, sources, files, _ = reference
+    cfg = labels_config(tmp_path, sources, [*SMALL_PARTS, "run.workers=2"], out="killed")
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def killer():
+        work = Path(cfg.output) / "_work"
+        while not stop.is_set() and not killed:
+            workers = _forkserver_workers()
+            if workers and (work / "map").exists():
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append(workers[0])
+            time.sleep(0.001)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    try:
+        result = run(cfg)
+    finally:
+        stop.set()
+        th.join()
+    assert killed, "no worker was seen"
+    assert output_bytes(Path(cfg.output)) == files
+    assert result.counts["written"] == 32
+
+
+def test_an_unreadable_shard_is_named_and_retried_on_rerun(tmp_path):
+    src = tmp_path / "i2d"
+    write_tar(src / "00000.tar", img2dataset_samples(10))
+    good = write_tar(tmp_path / "good.tar", img2dataset_samples(6, offset=10)).read_bytes()
+    (src / "00001.tar").write_bytes(b"\x00garbage, not a tar" * 100)
+    write_tar(src / "00002.tar", img2dataset_samples(6, offset=16))
+    cfg = labels_config(tmp_path, [{**I2D, "path": str(src)}], ["run.keep_work=true"])
+    with pytest.raises(InputError, match=r"1 task\(s\) of pass 'map' failed.*00001\.tar"):
+        run(cfg)
+    work = Path(cfg.output) / "_work"
+    assert _stats_files(work, "map") == {"p000000", "p000002"}  # the others completed
+    (src / "00001.tar").write_bytes(good)
+    result = run(cfg)
+    assert result.counts == {"read": 22, "written": 22, "skipped": {}}
+    assert result.stats["distributed"]["passes"]["map"] | {"wall_s": 0, "task_s": 0, "peak_worker_rss_mb": 0} == {
+        "tasks": 3,
+        "already_done": 2,
+        "ran": 1,
+        "retries": 0,
+        "failed": [],
+        "wall_s": 0,
+        "task_s": 0,
+        "peak_worker_rss_mb": 0,
+    }
+
+
+def test_config_change_discards_the_work_folder(tmp_path):
+    src = tmp_path / "i2d"
+    write_tar(src / "00000.tar", img2dataset_samples(12))
+    cfg = labels_config(tmp_path, [{**I2D, "path": str(src)}], ["run.keep_work=true"])
+    run(cfg)
+    again = run(cfg)
+    assert again.stats["distributed"]["passes"]["map"]["already_done"] == 1  # finished work is reused
+    changed = run(labels_config(tmp_path, [{**I2D, "path": str(src)}], ["run.keep_work=true", "vocab.min_score=0.5"]))
+    assert changed.stats["distributed"]["passes"]["map"]["already_done"] == 0
+    # Execution keys do not change what is computed: the work is reused.
+    workers = run(
+        labels_config(
+            tmp_path, [{**I2D, "path": str(src)}], ["run.keep_work=true", "vocab.min_score=0.5", "run.workers=1"]
+        )
+    )
+    assert workers.stats["distributed"]["passes"]["write"]["already_done"] == 1
+    assert jpeg_bytes((1, 2, 3))  # fixture import used
