@@ -223,8 +223,16 @@ class SparseTargets:
                 if real.numel():
                     self.max_label = max(self.max_label, int(real.max()))
                 self.parts.append(sets)
-                batch = {**batch, "target": torch.zeros(len(sets), dtype=torch.long)}
+                # The label sets are kept here; the batch goes on with a dummy class-id target and without its
+                # label ids, so the device transform only normalizes its images (no [B, C] target is built).
+                batch = {k: v for k, v in batch.items() if k not in ("label_ids", "label_weights")}
+                batch["target"] = torch.zeros(len(sets), dtype=torch.long)
             yield batch
+
+    @property
+    def batch_transform(self) -> Any:
+        """The wrapped loader's device transform (``datamodules.EvalLoader``), which ``extract_outputs`` applies."""
+        return getattr(self.loader, "batch_transform", None)
 
     def targets(self, n: int) -> LabelSets | None:
         """The first ``n`` items' label sets (None when every batch had class ids)."""

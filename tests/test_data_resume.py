@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.fixtures_data import REPO, make_dataset, make_fashion_mnist, run_fit
 
@@ -180,7 +181,9 @@ def test_skip_counters_are_logged_every_n_steps_not_only_at_epoch_end(small):
     dm.val_loaders = {}
     logged = []
     module = SimpleNamespace(device="cpu", log_dict=lambda metrics, **kw: logged.append(metrics))
-    strategy = SimpleNamespace(reduce=lambda vec, reduce_op: vec * 2)  # as if two ranks had the same counts
+    strategy = SimpleNamespace(
+        root_device=torch.device("cpu"), reduce=lambda vec, reduce_op: vec * 2
+    )  # as if two ranks had the same counts
     trainer = SimpleNamespace(datamodule=dm, log_every_n_steps=3, strategy=strategy)
     callback = DataCountsLogger()
     for batch_idx in range(7):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import types
@@ -204,6 +205,8 @@ def fake_stack(monkeypatch, tmp_path):
     dm = types.ModuleType("datamodules")
     dm.eval_loader = loaders
     dm.build_datamodule = lambda cfg: types.SimpleNamespace(num_classes={"weak_label": 5, "fashion_mnist": 3})
+    # evaluate.py's run seeding (lit_modules.trainer.seed_run) stays the real one.
+    monkeypatch.setitem(sys.modules, "lit_modules.trainer", importlib.import_module("lit_modules.trainer"))
     monkeypatch.setitem(sys.modules, "lit_modules", lit)
     monkeypatch.setitem(sys.modules, "datamodules", dm)
     monkeypatch.chdir(tmp_path)
