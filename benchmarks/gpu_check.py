@@ -188,6 +188,7 @@ def train_case(name: str, overrides: list[str], batch: int, args, manifest: str,
     from configs.compose import compose, to_dict
     from datamodules import build_datamodule
     from lit_modules import MultiTaskModule
+    from lit_modules.callbacks import available_flops
     from lit_modules.trainer import build_trainer
     from tracking.run_dir import RunDir
 
@@ -210,7 +211,8 @@ def train_case(name: str, overrides: list[str], batch: int, args, manifest: str,
     seconds = (timer.t1 or time.perf_counter()) - (timer.t0 or time.perf_counter())
     ips = timer.timed_steps * batch / seconds if seconds > 0 and timer.timed_steps else float("nan")
     device = trainer.strategy.root_device
-    peak = get_available_flops(device, torch.bfloat16) if device.type == "cuda" else None
+    # The repo's dense bf16 table first (Lightning's has no plain "NVIDIA H200" and quotes sparse peaks), then Lightning's.
+    peak = available_flops(device, get_available_flops(device, torch.bfloat16)) if device.type == "cuda" else None
     row = {
         "case": name,
         "model": str(cfg.model.name),
@@ -292,12 +294,16 @@ def eval_case(ckpt: str, args) -> dict:
     path, run = resolve_checkpoint(ckpt)
     devices = ["cpu", "cpu"] if args.smoke else ["cuda", "cpu"]
     scores, seconds = {}, {}
+    # Training ran with TF32 matmuls ("high"); the comparison is of true fp32 evaluation on both devices.
+    matmul_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
     for i, device in enumerate(devices):
         keys = ["eval.datasets=[weak_label_val]", "eval.features=[backbone]", "eval.ks=[1,5]", "eval.knn_k=5"]
         cfg = load_run_config(run_config_path(path, run), [*keys, f"eval.device={device}", "eval.precision=fp32"])
         start = time.perf_counter()
         scores[f"{device}{i}"] = evaluate_run(cfg, checkpoint=path, run_dir=run / f"eval-{device}{i}", progress=False)
         seconds[f"{device}{i}"] = round(time.perf_counter() - start, 2)
+    torch.set_float32_matmul_precision(matmul_precision)
     a, b = scores.values()
     diffs = {k: abs(a[k] - b[k]) for k in a if isinstance(a[k], float) and a[k] == a[k] and b.get(k) == b.get(k)}
     result = {

@@ -115,7 +115,7 @@ _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.in
 def hamming_distances(q_codes: Tensor, g_codes: Tensor) -> Tensor:
     """Exact Hamming distances int32 [Q, G] between packed codes (faiss.hammings, else a byte table)."""
     if HAVE_FAISS:
-        a, b = np.ascontiguousarray(q_codes.numpy()), np.ascontiguousarray(g_codes.numpy())
+        a, b = np.ascontiguousarray(q_codes.cpu().numpy()), np.ascontiguousarray(g_codes.cpu().numpy())
         out = np.empty((a.shape[0], b.shape[0]), dtype=np.int32)
         faiss.hammings(faiss.swig_ptr(a), faiss.swig_ptr(b), a.shape[0], b.shape[0], a.shape[1], faiss.swig_ptr(out))
         return torch.from_numpy(out)

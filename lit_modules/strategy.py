@@ -44,7 +44,7 @@ def all_gather_cpu(strategy: Strategy, tensor: torch.Tensor) -> torch.Tensor:
     With one process the result is ``tensor[None]``.
     """
     gathered = strategy.all_gather(to_root(strategy, tensor))
-    if gathered.dim() == tensor.dim():  # single-device strategies return the tensor itself
+    if strategy.world_size == 1:  # single-device strategies return the tensor itself
         gathered = gathered.unsqueeze(0)
     return gathered.cpu()
 
