@@ -78,3 +78,83 @@ def test_module_explicit_lr_ignores_world_size():
     m._trainer = _FakeTrainer(8, 4)
     opt = m.configure_optimizers()["optimizer"]
     assert {g["lr"] for g in opt.param_groups} == {0.02}
+
+
+# ------------------------------------------------------------------------------------ learning check
+
+LEARN_K = 5
+LEARN_METRIC = f"eval/weak_label_val/backbone/float/mAP@{LEARN_K}"
+
+
+def _learning_argv(manifest: str, out: str, *extra: str) -> list[str]:
+    """train.py arguments: a 2-block ViT at 16 px (patch 4, 16 tokens), weak labels, the demo recipe's
+    optimizer (lr from the global batch), then retrieval on the weak-label val split (shared label = relevant)."""
+    return [
+        "logger=none",
+        "tasks=weak_label",
+        "trainer=cpu",
+        "model=vit_demo",
+        "model.kwargs.depth=2",
+        "model.kwargs.patch_size=4",
+        "model.kwargs.global_pool=avg",
+        f"data.weak_label.manifest={manifest}",
+        "data.weak_label.scale=1.0",
+        "data.img_size=16",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "data.shuffle_buffer=64",
+        "data.augment.scale_min=0.35",
+        "optim.warmup_steps=10",
+        "trainer.max_steps=150",
+        "trainer.limit_val_batches=0",
+        "trainer.checkpoint_every_n_steps=100000",
+        "trainer.log_every_n_steps=50",
+        "eval.datasets=[weak_label_val]",
+        "eval.features=[backbone]",
+        f"eval.ks=[{LEARN_K}]",
+        "eval.binarize=false",
+        "eval.knn_k=5",
+        "eval.linear_probe.epochs=1",
+        "seed=0",
+        "evaluate_after_fit=true",
+        f"output_dir={out}",
+        "resume=never",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def signal_shards(tmp_path_factory):
+    from fixtures_data import make_dataset
+
+    root = tmp_path_factory.mktemp("signal")
+    return make_dataset(
+        root, n_train=320, n_val=80, shard_size=40, num_clustered=8, img_size=16, scales=(1.0,), label_signal=True
+    )
+
+
+def _random_init_score(argv: list[str], run_dir) -> float:
+    from lightning.pytorch import seed_everything
+
+    from configs.compose import compose
+    from evaluation.checkpoint import build_random_module
+    from evaluation.runner import evaluate_run
+
+    cfg = compose(argv)
+    seed_everything(cfg.seed)  # as train.py: the trained run starts from exactly this model
+    metrics = evaluate_run(cfg, module=build_random_module(cfg).eval(), run_dir=run_dir, progress=False)
+    return metrics[LEARN_METRIC]
+
+
+def test_pretraining_beats_random_init_on_in_domain_retrieval(signal_shards, tmp_path):
+    """Seeded, 150 steps of weak-label pretraining on shards whose images carry their labels: retrieval on the
+    held-out val split (relevant = shares a clustered label) must beat the same network at its random init.
+    Fails when the recipe stops learning (an LR far too hot or too cold, a broken loss or head, labels that do
+    not reach the model). Measured: mAP@5 0.496 trained vs 0.399 random init; with optim.lr=3e-2 (the kind of
+    hot constant LR the demo had) the trained model scores 0.377 and this test fails."""
+    import train
+
+    argv = _learning_argv(signal_shards["manifest"], str(tmp_path / "runs"), "run_name=learn")
+    trained = train.main(argv)[LEARN_METRIC]
+    random_init = _random_init_score(argv, tmp_path / "rnd")
+    assert trained > random_init + 0.05, f"trained {trained:.3f} vs random init {random_init:.3f}"
