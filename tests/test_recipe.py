@@ -158,3 +158,17 @@ def test_pretraining_beats_random_init_on_in_domain_retrieval(signal_shards, tmp
     trained = train.main(argv)[LEARN_METRIC]
     random_init = _random_init_score(argv, tmp_path / "rnd")
     assert trained > random_init + 0.05, f"trained {trained:.3f} vs random init {random_init:.3f}"
+
+
+def test_peak_lr_is_logged_as_a_hyperparameter():
+    logged = []
+
+    class _Logger:
+        def log_hyperparams(self, params):
+            logged.append(dict(params))
+
+    m = MultiTaskModule(tiny_config("data.batch_size=16", "optim.lr_base=1e-3", "optim.lr_base_size=64"), NUM_CLASSES)
+    m._trainer = _FakeTrainer(2, 2)
+    m._trainer.logger = _Logger()
+    m.configure_optimizers()
+    assert logged == [{"optim/lr": pytest.approx(1e-3), "optim/global_batch": 64}]
