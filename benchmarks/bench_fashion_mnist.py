@@ -69,7 +69,7 @@ def _plot(result: dict, path: Path) -> None:
     ax.plot(steps, accs, "o-", label=f"{result['model']} (repo, train.py)")
     for i, (name, value) in enumerate(PUBLISHED.items()):
         ax.axhline(value, ls="--", lw=0.8, color=f"C{i + 1}", label=f"{name} {value} (published)")
-    ax.set_xlabel("training step (batch %d)" % result["batch_size"])
+    ax.set_xlabel(f"training step (batch {result['batch_size']})")
     ax.set_ylabel("Fashion-MNIST test accuracy")
     ax.set_ylim(max(0.0, min(accs + [0.9]) - 0.02), 1.0)
     if result["curve"]["train_loss"]:
