@@ -11,7 +11,7 @@ DEBIAN_DATA := openclipart-svg tuxpaint-stamps-default dataset-fashion-mnist
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test venv data lint clean-demo help
+.PHONY: demo test venv data lint clean-demo help study-cpu bench-fashion-mnist
 
 help:
 	@echo "make demo   # mine labels, pretrain ViT + ResNet at two scales, evaluate, print the table"
@@ -49,6 +49,21 @@ demo: venv data
 	$(PY) evaluate.py experiment=demo_cpu model=vit_demo run_name=demo_cpu-vit_demo-random-init
 	$(PY) evaluate.py experiment=demo_cpu model=resnet_demo run_name=demo_cpu-resnet_demo-random-init
 	$(PY) make_report.py --runs runs --group demo_cpu --out results/demo_cpu
+
+# The CPU study (configs/experiment/study_cpu*.yaml): 12 pretraining runs + 3 raw-label runs + 6 random-init
+# evaluations + 6 stage-two runs, 3 seeds a cell; tables (mean ± std over seeds) and plots under results/.
+study-cpu: venv data
+	test -f data/openclipart/manifest.json || $(PY) mine_labels.py --config configs/labels/openclipart.yaml
+	$(PY) run_sweep.py sweeps/study_cpu.yaml
+	$(PY) run_sweep.py sweeps/study_cpu_labels.yaml
+	$(PY) run_sweep.py sweeps/study_cpu_random.yaml
+	$(PY) run_sweep.py sweeps/study_cpu_multitask.yaml
+	$(PY) make_report.py --runs runs --group study_cpu --out results/study_cpu
+	$(PY) make_report.py --runs runs --group study_cpu_multitask --out results/study_cpu_multitask
+
+# The published-number check: Fashion-MNIST test accuracy of the classifier path (target >= 0.93 in <= 30 min).
+bench-fashion-mnist: venv data
+	$(PY) benchmarks/bench_fashion_mnist.py
 
 lint: venv
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

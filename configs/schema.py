@@ -114,9 +114,13 @@ class WeakLabelTaskConfig:
     enabled: bool = True
     weight: float = 1.0
     # "softmax": cross-entropy against the normalized multi-hot target (large-scale weak
-    # supervision recipe); "bce": one sigmoid per label.
+    # supervision recipe); "bce": one sigmoid per label, summed over labels, mean over samples.
     loss: str = "softmax"
     label_smoothing: float = 0.0
+    # Initial bias of every weak-label logit. None: -log(num_labels) for bce (the initial sigmoid is ~1/C,
+    # near the label prior, instead of 0.5 on every label), 0 for softmax (a constant bias cancels there).
+    # big_vision uses -10.0 (init_head_bias).
+    init_bias: float | None = None
 
 
 @dataclass
@@ -153,7 +157,14 @@ class TasksConfig:
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # any timm.optim.create_optimizer_v2 name
-    lr: float = 1e-3  # peak learning rate
+    # Peak learning rate. None (the default): computed from the global batch by the lr_base rule below;
+    # a value set here (YAML or command line) wins over that rule and is used as given.
+    lr: float | None = None
+    # timm train.py semantics: lr = lr_base * (global_batch / lr_base_size) ** (0.5 if sqrt else 1), where
+    # global_batch = data.batch_size x world size x trainer.accumulate_grad_batches (lit_modules/optim.py).
+    lr_base: float = 1e-3  # peak LR at the reference batch (big_vision's ViT: 1e-3 at 4,096)
+    lr_base_size: int = 4096  # the reference global batch of lr_base
+    lr_base_scale: str | None = None  # "sqrt" | "linear" | "none"; None: sqrt for Adam-family, else linear
     weight_decay: float = 0.05  # not applied to norms, biases, position embeddings, cls token
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     layer_decay: float | None = None  # layer-wise LR decay (fine-tuning stage), e.g. 0.75

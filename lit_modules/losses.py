@@ -1,7 +1,7 @@
 """Loss functions of the task heads.
 
 * Weak labels: softmax cross-entropy against the normalized multi-hot target (the large-scale weakly
-  supervised recipe of Mahajan et al. 2018), or one sigmoid per label (BCE).
+  supervised recipe of Mahajan et al. 2018), or one sigmoid per label (BCE, summed over labels).
 * Retrieval embedding: normalized-softmax proxy loss (Zhai and Wu, "Classification is a Strong Baseline
   for Deep Metric Learning", BMVC 2019): cosine similarity between the L2-normalized embedding and
   L2-normalized class proxies, divided by a temperature, then softmax cross-entropy.
@@ -69,7 +69,9 @@ def multi_hot_softmax_loss(logits: torch.Tensor, target: torch.Tensor, label_smo
 
 
 def multi_label_bce_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """One sigmoid per label: binary cross-entropy averaged over every (row, label) element.
+    """One sigmoid per label: binary cross-entropy summed over labels, averaged over rows (big_vision's
+    ``sigmoid_xent``), so the term has the scale of one sample's loss and its weight in a multi-task sum
+    means what it says (a mean over B x C would divide it by the number of labels).
 
     Rows without a label are kept: for BCE "no label" is a well-defined all-negative target.
     Label smoothing moves targets to ``t * (1 - eps) + eps / 2``.
@@ -79,7 +81,7 @@ def multi_label_bce_loss(logits: torch.Tensor, target: torch.Tensor, label_smoot
     target = target.float()
     if label_smoothing:
         target = target * (1.0 - label_smoothing) + label_smoothing / 2.0
-    return F.binary_cross_entropy_with_logits(logits.float(), target)
+    return F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(dim=1).mean()
 
 
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

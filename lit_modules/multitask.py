@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from timm.layers import resample_abs_pos_embed
@@ -30,7 +31,7 @@ from lit_modules.backbones import create_backbone, feature_dim
 from lit_modules.checkpoints import CheckpointError, InitReport, compatibility_problems, describe, read_checkpoint
 from lit_modules.heads import TaskSpec, build_heads, task_datasets, task_specs
 from lit_modules.losses import classification_loss, multi_hot_softmax_loss, multi_label_bce_loss, proxy_logits
-from lit_modules.optim import backbone_group_matcher, build_optimizer, param_group_spec
+from lit_modules.optim import backbone_group_matcher, build_optimizer, global_batch_size, param_group_spec, resolve_lr
 from lit_modules.strategy import any_rank
 
 __all__ = [
@@ -245,9 +246,11 @@ class MultiTaskModule(pl.LightningModule):
         return nn.ModuleDict({"backbone": self.backbone, "heads": self.heads})
 
     def no_weight_decay(self) -> set[str]:
-        """timm protocol: the backbone's no-decay names (position embeddings, class tokens), prefixed."""
+        """timm protocol: the backbone's no-decay names (position embeddings, class tokens), prefixed, and
+        the embedding proxies: they are compared by cosine, so decay would only shrink their norm and raise
+        their effective LR."""
         names = getattr(self.backbone, "no_weight_decay", lambda: set())()
-        return {f"backbone.{n}" for n in names}
+        return {f"backbone.{n}" for n in names} | {"heads.embedding.proxies.*"}
 
     def group_matcher(self, coarse: bool = False):
         """timm protocol: layer ids for layer-wise LR decay (backbone layers, heads on top)."""
@@ -569,12 +572,32 @@ class MultiTaskModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------ optimizer
 
+    def peak_lr(self) -> float:
+        """The run's peak LR from the global batch (``lit_modules.optim.resolve_lr``): ``data.batch_size`` x
+        the trainer's world size x ``accumulate_grad_batches`` (per dataset in a multi-task step). Printed
+        once on rank 0 and logged as the hyperparameter ``optim/lr`` (with ``optim/global_batch``)."""
+        trainer = self._trainer
+        world = int(trainer.world_size) if trainer is not None else 1
+        accumulate = int(trainer.accumulate_grad_batches) if trainer is not None else 1
+        batch = global_batch_size(int(self.cfg["data"]["batch_size"]), world, accumulate)
+        lr, how = resolve_lr(self.cfg["optim"], batch)
+        if trainer is not None:
+            msg = (
+                f"peak LR: {how}; global batch {batch} = data.batch_size x {world} device(s) x {accumulate} accumulated"
+            )
+            rank_zero_info(msg)
+            if trainer.logger is not None:
+                trainer.logger.log_hyperparams({"optim/lr": lr, "optim/global_batch": batch})
+        self.resolved_lr = lr
+        return lr
+
     def configure_optimizers(self) -> dict[str, Any]:
         """timm AdamW (fused on CUDA) over name-based groups, warmup + cosine LambdaLR stepped per step."""
         total = int(self.cfg["trainer"]["max_steps"])
         if total <= 0:
             total = int(self.trainer.estimated_stepping_batches)
-        optimizer, scheduler = build_optimizer(self, self.cfg["optim"], self._param_spec, total)
+        lr = self.peak_lr()
+        optimizer, scheduler = build_optimizer(self, self.cfg["optim"], self._param_spec, total, lr=lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     # ---------------------------------------------------------------------------- checkpoints

@@ -6,6 +6,9 @@ no weight decay on 1-D parameters (norms, biases) and on the backbone's ``no_wei
 ``group_matcher``, the task heads sit in the top layer (scale 1). The grouping is computed once by
 parameter *name* on the unwrapped module, so it stays the same on every rank after FSDP flattens or
 shards the parameters (a sharded view can look 1-D or empty on some ranks).
+
+The peak LR comes from the global batch by timm ``train.py``'s rule (``resolve_lr``) unless ``optim.lr``
+is set, in which case that value is used as given.
 """
 
 from __future__ import annotations
@@ -26,8 +29,14 @@ __all__ = [
     "param_group_spec",
     "param_groups",
     "warmup_cosine",
+    "global_batch_size",
+    "resolve_lr",
     "build_optimizer",
 ]
+
+# timm optimizer names whose update is normalized per parameter (Adam family): sqrt LR scaling by default,
+# as timm train.py does (``'adam' in opt_lower``) plus the Adam-like LAMB/Lion/Adafactor family.
+_SQRT_SCALED = ("adam", "lamb", "lion", "adafactor", "adan", "laprop", "ademamix", "nadam", "radam", "adopt")
 
 # Prefixes wrappers insert into parameter names (FSDP, activation checkpointing, torch.compile).
 _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -120,8 +129,62 @@ def warmup_cosine(
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def global_batch_size(batch_size: int, world_size: int = 1, accumulate_grad_batches: int = 1) -> int:
+    """Images per optimizer step and per dataset: ``batch_size x world_size x accumulate_grad_batches``.
+
+    ``batch_size`` is ``data.batch_size`` (per device, per dataset). A multi-task step holds one such batch
+    of every dataset, and each task's loss is a mean over its own batch, so the per-dataset batch is what
+    sets the gradient noise of each term: the batches of the other datasets are not added.
+    """
+    for name, value in (
+        ("batch_size", batch_size),
+        ("world_size", world_size),
+        ("accumulate", accumulate_grad_batches),
+    ):
+        if int(value) < 1:
+            raise ValueError(f"{name}={value} must be a positive integer")
+    return int(batch_size) * int(world_size) * int(accumulate_grad_batches)
+
+
+def resolve_lr(optim_cfg: Mapping[str, Any], global_batch: int) -> tuple[float, str]:
+    """The peak learning rate of a run and how it was chosen.
+
+    ``optim.lr`` set (not None): used as given. Otherwise timm ``train.py``'s rule:
+    ``lr = lr_base * (global_batch / lr_base_size) ** p`` with ``p = 0.5`` for ``lr_base_scale="sqrt"``,
+    ``1`` for ``"linear"``, ``0`` for ``"none"``; ``lr_base_scale=None`` picks sqrt for Adam-family
+    optimizers (``optim.name``) and linear otherwise.
+
+    Returns:
+        ``(lr, description)``, the description a one-line account for the start-up print.
+    """
+    explicit = optim_cfg.get("lr")
+    if explicit is not None:
+        return float(explicit), f"optim.lr={float(explicit):.3g} (set explicitly; the lr_base rule is not used)"
+    base = float(optim_cfg.get("lr_base", 1e-3))
+    base_size = int(optim_cfg.get("lr_base_size", 4096))
+    if base_size < 1:
+        raise ValueError(f"optim.lr_base_size={base_size} must be a positive integer")
+    scale = optim_cfg.get("lr_base_scale")
+    if scale is None:
+        name = str(optim_cfg.get("name", "adamw")).lower()
+        scale = "sqrt" if any(k in name for k in _SQRT_SCALED) else "linear"
+    power = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}.get(str(scale))
+    if power is None:
+        raise ValueError(f"optim.lr_base_scale='{scale}' is not sqrt|linear|none")
+    lr = base * (global_batch / base_size) ** power
+    how = (
+        f"optim.lr={lr:.3g} = lr_base {base:.3g} x ({global_batch} / lr_base_size {base_size}) ^ {power:g} "
+        f"({scale} scaling by the global batch)"
+    )
+    return lr, how
+
+
 def build_optimizer(
-    module: nn.Module, optim_cfg: Mapping[str, Any], spec: Mapping[str, tuple[float, float]], total_steps: int
+    module: nn.Module,
+    optim_cfg: Mapping[str, Any],
+    spec: Mapping[str, tuple[float, float]],
+    total_steps: int,
+    lr: float | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """timm ``create_optimizer_v2`` over our parameter groups, and a per-step warmup + cosine LambdaLR.
 
@@ -130,11 +193,15 @@ def build_optimizer(
         optim_cfg: the ``optim`` config section.
         spec: ``param_group_spec`` computed on the unwrapped module.
         total_steps: optimizer steps of the whole run (the cosine reaches ``optim.min_lr`` there).
+        lr: the peak LR (``resolve_lr``); None: ``optim.lr``, which must then be set.
 
     Returns:
         ``(optimizer, scheduler)``; fused AdamW/Adam when every parameter is on CUDA.
     """
-    lr = float(optim_cfg["lr"])
+    if lr is None:
+        if optim_cfg.get("lr") is None:
+            raise ValueError("build_optimizer: pass lr (resolve_lr) or set optim.lr")
+        lr = float(optim_cfg["lr"])
     groups = param_groups(module, spec, lr)
     name = str(optim_cfg.get("name", "adamw")).lower()
     kwargs: dict[str, Any] = {"betas": tuple(float(b) for b in optim_cfg.get("betas", (0.9, 0.999)))}

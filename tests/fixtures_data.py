@@ -48,6 +48,21 @@ def _image_bytes(rng: np.random.Generator, size: int, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def _signal_image_bytes(rng: np.random.Generator, size: int, fmt: str, labels: list[int], num_labels: int) -> bytes:
+    """A noisy grey image whose spatial pattern says its labels: label c adds a fixed +-A pattern of 4x4 blocks
+    (seeded by c) on uniform noise. Every pattern has the same mean colour, so an average of random features
+    (a random-init network) sees the label only faintly, while a trained network learns to read it."""
+    arr = rng.integers(64, 192, size=(size, size)).astype(np.float32)
+    blocks = -(-size // 4)
+    for c in labels:
+        sign = np.random.default_rng(1000 + c).choice([-1.0, 1.0], size=(blocks, blocks))
+        arr += 48.0 * np.kron(sign, np.ones((4, 4)))[:size, :size]
+    buf = io.BytesIO()
+    grey = Image.fromarray(arr.clip(0, 255).astype(np.uint8)).convert("RGB")
+    grey.save(buf, format="JPEG" if fmt == "jpg" else "PNG", quality=95)
+    return buf.getvalue()
+
+
 def make_dataset(
     root: os.PathLike,
     n_train: int = 30,
@@ -64,6 +79,7 @@ def make_dataset(
     out_of_vocab: int = 0,
     pickle_marker: str | None = None,
     fmt: str = "jpg",
+    label_signal: bool = False,
 ) -> dict[str, Any]:
     """Write train/val shards + manifest.json under ``root``.
 
@@ -74,6 +90,8 @@ def make_dataset(
         out_of_vocab: the next ``out_of_vocab`` train samples get a clustered label id == num_clustered.
         pickle_marker: if set, the first train sample also carries a ``.pyd`` member whose unpickling creates
             this file.
+        label_signal: images carry their clustered labels (``_signal_image_bytes``), so a model can learn them;
+            the default images are pure noise, unrelated to the labels.
 
     Returns:
         ``{"manifest": path, "train_keys", "val_keys", "corrupt_keys", "oov_keys", "train_shards", "val_shards"}``.
@@ -86,7 +104,12 @@ def make_dataset(
     val: list[dict] = []
     special = {"corrupt": [], "oov": []}
     while len(train) < n_train or len(val) < n_val:
-        data = _image_bytes(rng, img_size, fmt)
+        if label_signal:  # labels first: the image is drawn from them
+            raw = sorted(pyrng.sample(range(num_raw), pyrng.randint(1, 3)))
+            clustered = [pyrng.randrange(num_clustered)]  # one label: its pattern is the whole signal
+            data = _signal_image_bytes(rng, img_size, fmt, clustered, num_clustered)
+        else:
+            data = _image_bytes(rng, img_size, fmt)
         is_train_slot = len(train) < n_train
         kind = None
         if is_train_slot and len(special["corrupt"]) < corrupt:
@@ -98,8 +121,9 @@ def make_dataset(
             continue
         if kind is not None:
             is_val = False
-        raw = sorted(pyrng.sample(range(num_raw), pyrng.randint(1, 3)))
-        clustered = sorted(pyrng.sample(range(num_clustered), pyrng.randint(1, 2)))
+        if not label_signal:
+            raw = sorted(pyrng.sample(range(num_raw), pyrng.randint(1, 3)))
+            clustered = sorted(pyrng.sample(range(num_clustered), pyrng.randint(1, 2)))
         if not is_val and kind is None and len(special["oov"]) < out_of_vocab:
             clustered = [*clustered, num_clustered]
             kind = "oov"

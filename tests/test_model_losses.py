@@ -56,17 +56,30 @@ def test_multi_hot_softmax_all_rows_unlabelled_gives_zero_with_graph():
 
 def test_bce_hand_values_and_smoothing():
     logits = torch.tensor([[0.0, LN3]])
-    # -ln sigmoid(0) = ln 2; -ln(1 - sigmoid(ln 3)) = -ln(1/4) = ln 4; mean over the 2 elements
-    assert multi_label_bce_loss(logits, torch.tensor([[1.0, 0.0]])).item() == pytest.approx(1.5 * LN2, rel=1e-6)
+    # -ln sigmoid(0) = ln 2; -ln(1 - sigmoid(ln 3)) = -ln(1/4) = ln 4; summed over the 2 labels
+    assert multi_label_bce_loss(logits, torch.tensor([[1.0, 0.0]])).item() == pytest.approx(3 * LN2, rel=1e-6)
     # eps = 0.2: targets (0.9, 0.1)
-    expected = (LN2 + -(0.1 * math.log(0.75) + 0.9 * math.log(0.25))) / 2
+    expected = LN2 + -(0.1 * math.log(0.75) + 0.9 * math.log(0.25))
     got = multi_label_bce_loss(logits, torch.tensor([[1.0, 0.0]]), label_smoothing=0.2).item()
     assert got == pytest.approx(expected, rel=1e-6)
 
 
 def test_bce_keeps_unlabelled_rows_as_all_negative():
     logits = torch.tensor([[0.0, 0.0]])
-    assert multi_label_bce_loss(logits, torch.zeros(1, 2)).item() == pytest.approx(LN2, rel=1e-6)
+    assert multi_label_bce_loss(logits, torch.zeros(1, 2)).item() == pytest.approx(2 * LN2, rel=1e-6)
+
+
+def test_bce_sums_over_labels_and_averages_over_rows():
+    # big_vision sigmoid_xent: sum over the C labels, mean over the B rows. At logits 0 every element
+    # costs ln 2, so the loss is C ln 2 whatever B is (a mean over B x C would give ln 2 for every C).
+    for b, c in ((1, 3), (4, 3), (4, 1000)):
+        target = torch.zeros(b, c)
+        target[:, 0] = 1.0
+        assert multi_label_bce_loss(torch.zeros(b, c), target).item() == pytest.approx(c * LN2, rel=1e-5)
+    # Rows weigh alike: row losses 2 ln 2 and 3 ln 2 + ln 4 ... average to their mean.
+    logits = torch.tensor([[0.0, 0.0], [0.0, LN3]])
+    target = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert multi_label_bce_loss(logits, target).item() == pytest.approx((2 * LN2 + 3 * LN2) / 2, rel=1e-6)
 
 
 def test_classification_loss_long_targets_and_smoothing():

@@ -267,8 +267,48 @@ def test_bce_option_uses_per_label_sigmoids():
     m = _module(tiny_config("tasks.weak_label.loss=bce", tasks="weak_label"))
     batch = make_batch(("weak_label",))
     _, losses, logits = m.compute_losses(batch)
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits["weak_label"], batch["weak_label"]["target"])
-    assert torch.allclose(losses["weak_label"], expected)
+    per_element = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits["weak_label"], batch["weak_label"]["target"], reduction="none"
+    )
+    assert torch.allclose(losses["weak_label"], per_element.sum(dim=1).mean())  # sum over labels, mean over rows
+
+
+def test_weak_label_head_bias_init():
+    # BCE: -log(C) by default, so the initial sigmoid is 1/C (12 labels here); softmax: 0; an explicit value wins.
+    bce = _module(tiny_config("tasks.weak_label.loss=bce", tasks="weak_label"))
+    assert torch.allclose(bce.heads["weak_label"].bias, torch.full((12,), -math.log(12)))
+    assert torch.allclose(bce.heads["weak_label"].bias.sigmoid(), torch.full((12,), 1 / 13))
+    softmax = _module(tiny_config(tasks="weak_label"))
+    assert torch.equal(softmax.heads["weak_label"].bias, torch.zeros(12))
+    big_vision = _module(tiny_config("tasks.weak_label.loss=bce", "tasks.weak_label.init_bias=-10", tasks="weak_label"))
+    assert torch.equal(big_vision.heads["weak_label"].bias, torch.full((12,), -10.0))
+
+
+def test_retrieval_head_layout_zhai_wu(vit_cfg):
+    # LayerNorm without affine parameters, projection without bias, unit-norm output (Zhai and Wu, BMVC 2019).
+    m = _module(vit_cfg)
+    head = m.heads["embedding"]
+    assert isinstance(head.norm, torch.nn.LayerNorm) and not head.norm.elementwise_affine
+    assert list(dict(head.norm.named_parameters())) == []
+    assert head.proj.bias is None
+    assert sorted(k for k in m.state_dict() if k.startswith("heads.embedding.") and "proxies" not in k) == [
+        "heads.embedding.proj.weight"
+    ]
+    feats = torch.randn(5, 192) * 7 + 3
+    out = head(feats)
+    assert torch.allclose(out.norm(dim=1), torch.ones(5), atol=1e-5)
+    # The LayerNorm makes the embedding invariant to a per-sample shift and scale of the feature.
+    assert torch.allclose(head(feats * 4 - 2), out, atol=1e-5)
+
+
+def test_proxies_are_excluded_from_weight_decay(vit_cfg):
+    m = _module(vit_cfg)
+    opt = m.configure_optimizers()["optimizer"]
+    wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    params = dict(m.named_parameters())
+    for name in ("heads.embedding.proxies.weak_label", "heads.embedding.proxies.fashion_mnist"):
+        assert wd_of[id(params[name])] == 0.0, name
+    assert wd_of[id(params["heads.embedding.proj.weight"])] == pytest.approx(0.05)
 
 
 def test_config_that_does_not_fit_the_schema_is_named():
