@@ -415,14 +415,16 @@ class MultiTaskModule(pl.LightningModule):
     def _losses_finite(self, losses: dict[str, torch.Tensor], batch: Mapping, batch_idx: int) -> bool:
         values = torch.stack([v.detach().float() for v in losses.values()])
         bad = ~torch.isfinite(values)
-        local_bad = bool(bad.any())  # one device sync per step: the price of never stepping on a NaN
         trainer = self._trainer
-        any_bad = local_bad
+        # One host sync per step (the price of never stepping on a NaN); under DDP the flag is all-reduced on the
+        # device first, so every rank takes the same branch (or DDP would wait forever on the skipping rank).
         if trainer is not None and trainer.world_size > 1:
-            # Every rank must take the same branch, or DDP would wait forever on the skipping rank.
-            any_bad = any_rank(trainer.strategy, local_bad)
+            any_bad = any_rank(trainer.strategy, bad.any())
+        else:
+            any_bad = bool(bad.any())
         if not any_bad:
             return True
+        local_bad = bool(bad.any())
         rank = trainer.global_rank if trainer is not None else 0
         if local_bad:
             names = [n for n, b in zip(losses, bad.tolist()) if b]

@@ -54,8 +54,13 @@ def reduce_cpu(strategy: Strategy, tensor: torch.Tensor, reduce_op: str = "sum")
     return strategy.reduce(to_root(strategy, tensor), reduce_op=reduce_op).cpu()
 
 
-def any_rank(strategy: Strategy, flag: bool) -> bool:
-    """True when ``flag`` is true on at least one rank (every rank gets the same answer)."""
+def any_rank(strategy: Strategy, flag: bool | torch.Tensor) -> bool:
+    """True when ``flag`` is true on at least one rank (every rank gets the same answer).
+
+    A 0-d tensor flag stays on its device through the all-reduce: one host sync in all, none before it.
+    """
+    if isinstance(flag, torch.Tensor):
+        return bool(strategy.reduce(to_root(strategy, flag.to(torch.int32)), reduce_op="sum").item() > 0)
     return bool(reduce_cpu(strategy, torch.tensor(int(flag), dtype=torch.int32), "sum").item() > 0)
 
 
