@@ -40,7 +40,7 @@ data:
 	fi
 
 test: venv data
-	@$(PY) -m pytest -q; rc=$$?; \
+	@$(PY) -m pytest -q --durations=10; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 demo: venv data
