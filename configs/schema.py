@@ -65,6 +65,9 @@ class FashionMNISTConfig:
     root: str = "/usr/share/datasets/fashion-mnist"
     train_limit: int | None = None  # cap on training images (CPU runs); None = all 60,000
     test_limit: int | None = None  # cap on test images; None = all 10,000
+    # Class-balanced training draws (with replacement, every class equally likely), for a proxy-embedding dataset
+    # whose classes are imbalanced; Fashion-MNIST itself is balanced, so off.
+    class_balanced: bool = False
 
 
 @dataclass
@@ -75,6 +78,9 @@ class ImageFolderTaskDataConfig:
     root: str | None = None
     manifest: str | None = None
     val_fraction: float = 0.1
+    # Class-balanced training draws (with replacement, every class equally likely): for a task whose classes are
+    # imbalanced and that trains proxies of the retrieval embedding (tasks.embedding.datasets).
+    class_balanced: bool = False
 
 
 @dataclass

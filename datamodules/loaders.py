@@ -388,9 +388,16 @@ class EpochSampler(DistributedSampler):
     pass, are left out), so with ``drop_last`` batching every rank has the same number of batches. ``start_at`` skips
     the indices a restored run already consumed. It subclasses ``DistributedSampler`` so Lightning leaves it in
     place; Lightning's ``set_epoch`` is ignored because the loader sets the pass itself before iterating.
+
+    ``class_labels`` (one class id per sample) switches to class-balanced sampling, as metric-learning recipes
+    train their proxy datasets: a pass is ``num_samples`` draws with replacement, each class equally likely and
+    uniform within its class (``torch.utils.data.WeightedRandomSampler``'s rule with weights 1 / class count; written
+    here because that sampler has no per-(epoch, pass) seed, rank split or resume offset).
     """
 
-    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int) -> None:
+    def __init__(
+        self, num_samples: int, rank: int, world_size: int, seed: int, class_labels: Any = None
+    ) -> None:
         # DistributedSampler.__init__ only reads len(dataset) and validates rank; the pass is set by set_pass.
         super().__init__(
             range(num_samples), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
@@ -399,6 +406,14 @@ class EpochSampler(DistributedSampler):
         self.per_rank = num_samples // world_size
         self.epoch_pass = (0, 0)
         self.start = 0
+        self.weights = None
+        if class_labels is not None:
+            labels = np.asarray(class_labels, dtype=np.int64)
+            if labels.shape != (num_samples,):
+                raise ValueError(f"class_labels has shape {labels.shape}, expected ({num_samples},)")
+            counts = np.bincount(labels)
+            weights = 1.0 / counts[labels]
+            self.weights = weights / weights.sum()
 
     def set_epoch(self, epoch: int) -> None:  # noqa: D102 - see class docstring
         pass
@@ -409,7 +424,11 @@ class EpochSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng(mix_seed(self.seed, *self.epoch_pass))
-        order = rng.permutation(self.total)[self.rank : self.per_rank * self.num_replicas : self.num_replicas]
+        if self.weights is None:
+            draws = rng.permutation(self.total)
+        else:
+            draws = rng.choice(self.total, size=self.total, replace=True, p=self.weights)
+        order = draws[self.rank : self.per_rank * self.num_replicas : self.num_replicas]
         return iter(order[self.start :].tolist())
 
     def __len__(self) -> int:
@@ -449,8 +468,9 @@ class MapSource(BatchSource):
         world_size: int,
         collate_fn: Callable,
         name: str,
+        class_labels: Any = None,
     ) -> None:
-        self.sampler = EpochSampler(len(dataset), rank, world_size, seed)
+        self.sampler = EpochSampler(len(dataset), rank, world_size, seed, class_labels)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.num_batches = self.sampler.per_rank // batch_size

@@ -172,8 +172,12 @@ class MultiTaskDataModule(L.LightningDataModule):
             return self.weak_label.train_source(rank, world)
         if name == "fashion_mnist":
             dataset = fashion_mnist_dataset(self.cfg, "train", train=True)
+            balanced = bool(d.fashion_mnist.class_balanced)
+            labels = dataset.labels
         else:
             dataset = self.user_tasks[name].dataset("train", image_transform(d, True), train=True)
+            balanced = bool(d.user_tasks[name].class_balanced)
+            labels = [label for _, label in dataset.items]
         return MapSource(
             dataset,
             int(d.batch_size),
@@ -183,6 +187,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             world,
             collate_classification,
             name,
+            class_labels=labels if balanced else None,
         )
 
     def train_dataloader(self) -> Any:

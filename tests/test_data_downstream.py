@@ -222,3 +222,59 @@ def test_eval_loader_plain_batches(data):
     assert loader.batch_transform.to_device(val[0], "cpu")["target"].shape[1] == 12  # the raw label space
     with pytest.raises(DataConfigError, match="weak_label evaluation reads the 'val' split"):
         eval_loader(cfg, "weak_label", "train")
+
+
+# ------------------------------------------------------------------------------- class-balanced sampling
+
+
+def test_epoch_sampler_class_balanced_draws():
+    from datamodules.loaders import EpochSampler
+
+    labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    plain = EpochSampler(1000, 0, 1, seed=3)
+    plain.set_pass(0, 0)
+    assert sorted(plain) == list(range(1000))  # off: a permutation, every sample once
+    sampler = EpochSampler(1000, 0, 1, seed=3, class_labels=labels)
+    shares = np.zeros(3)
+    for p in range(4):
+        sampler.set_pass(0, p)
+        drawn = list(sampler)
+        assert len(drawn) == 1000 == len(sampler)
+        shares += np.bincount(labels[drawn], minlength=3) / 4000
+    assert np.all(np.abs(shares - 1 / 3) < 0.03), shares  # 0.9 / 0.09 / 0.01 in the data
+    sampler.set_pass(1, 2)
+    first = list(sampler)
+    sampler.set_pass(1, 2)
+    assert list(sampler) == first  # a pass is a function of (seed, epoch, pass)
+    sampler.set_pass(1, 2, start=10)
+    assert list(sampler) == first[10:]  # a resumed pass continues where it stopped
+    sampler.set_pass(1, 3)
+    assert list(sampler) != first
+    ranks = []
+    for r in range(2):
+        s = EpochSampler(1000, r, 2, seed=3, class_labels=labels)
+        s.set_pass(1, 2)
+        ranks.append(list(s))
+    assert [i for pair in zip(*ranks) for i in pair] == first  # ranks stride one draw sequence
+    with pytest.raises(ValueError, match="class_labels has shape"):
+        EpochSampler(1000, 0, 1, seed=3, class_labels=labels[:5])
+
+
+def test_class_balanced_key_reaches_a_user_task_loader(tmp_path, data):
+    _write_images(tmp_path / "pets" / "cats", [f"c{i}.png" for i in range(30)])
+    _write_images(tmp_path / "pets" / "dogs", [f"d{i}.png" for i in range(4)])
+    overrides = [
+        "tasks=single_task",
+        "tasks.classifiers={pets: {dataset: pets}}",
+        f"data.user_tasks.pets.root={tmp_path / 'pets'}",
+        "data.user_tasks.pets.val_fraction=0.0",
+        "data.num_workers=0",
+    ]
+    shares = {}
+    for balanced in (False, True):
+        dm = build_datamodule(_cfg(data, *overrides, f"data.user_tasks.pets.class_balanced={balanced}"))
+        dm.train_dataloader()
+        loader = dm.train_loaders["pets"]
+        targets = torch.cat([b["target"] for _ in range(6) for b in loader])
+        shares[balanced] = float((targets == 1).float().mean())
+    assert shares[False] < 0.2 and 0.35 < shares[True] < 0.65, shares  # dogs are 4 of 34 images
