@@ -3,6 +3,8 @@
 In one run, on the same images and with the same number of loader workers, it measures
 
   (a) PIL alone: JPEG bytes held in memory -> decode (PIL) -> timm train transform -> batch, in a plain DataLoader;
+  (a') the same, but the undecoded JPEG goes to the loader's transform, whose ``DraftResizedCrop`` decodes at the
+       DCT scale its random crop needs (what the loader does): (b)/(a') isolates the stream machinery's cost;
   (b) the pipeline: ``build_datamodule(cfg)``'s training loader reading the tar shards (shard source, tar reading,
       shuffle buffer, json labels -> multi-hot, decode, transform, batching, worker metadata),
 
@@ -112,16 +114,18 @@ def shard_images(manifest: Path, limit: int) -> list[bytes]:
 
 
 class PilBaseline(Dataset):
-    """(a): decode + the same timm train transform, nothing else."""
+    """(a): PIL decode (with the loader's global draft) + the same timm train transform, nothing else; ``lazy``
+    (a'): the undecoded image to the loader's transform, whose ``DraftResizedCrop`` decodes at the crop's scale."""
 
-    def __init__(self, images: list[bytes], transform, draft: int, length: int) -> None:
-        self.images, self.transform, self.draft, self.length = images, transform, draft, length
+    def __init__(self, images: list[bytes], transform, draft: int, length: int, lazy: bool = False) -> None:
+        self.images, self.transform, self.draft, self.length, self.lazy = images, transform, draft, length, lazy
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(decode_image(self.images[i % len(self.images)], self.draft))
+        data = self.images[i % len(self.images)]
+        return self.transform(Image.open(io.BytesIO(data)) if self.lazy else decode_image(data, self.draft))
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -157,11 +161,15 @@ def _measure(it, n_images: int, warmup: int, workers: list[int]) -> tuple[float,
     return seen / wall, 1000 * cpu / seen
 
 
-def pil_batches(cfg, images: list[bytes]):
-    """(a): an endless batch iterator over the in-memory images, and its worker pids."""
+def pil_batches(cfg, images: list[bytes], lazy: bool = False):
+    """(a) (or (a') with ``lazy``): an endless batch iterator over the in-memory images, and its worker pids."""
     d = cfg.data
     dataset = PilBaseline(
-        images, image_transform(d, train=True), draft_size(d.img_size, d.augment.scale_min, True), length=1 << 30
+        images,
+        image_transform(d, train=True),
+        draft_size(d.img_size, d.augment.scale_min, True),
+        length=1 << 30,
+        lazy=lazy,
     )
     loader = DataLoader(
         dataset, batch_size=d.batch_size, num_workers=d.num_workers, drop_last=True, persistent_workers=True
@@ -270,17 +278,21 @@ def main() -> None:
             ]
         )
         a_it, a_pids = pil_batches(cfg, images)
+        c_it, c_pids = pil_batches(cfg, images, lazy=True)
         b_it, b_pids = pipeline_batches(cfg)
-        pil, pipe = [], []
-        for _ in range(args.repeats):  # alternate short chunks, so both see the same background load
+        pil, pil_draft, pipe = [], [], []
+        for _ in range(args.repeats):  # alternate short chunks, so all see the same background load
             pil.append(_measure(a_it, n_images, warmup, a_pids))
+            pil_draft.append(_measure(c_it, n_images, warmup, c_pids))
             pipe.append(_measure(b_it, n_images, warmup, b_pids))
-        del a_it, b_it
+        del a_it, b_it, c_it
         gc.collect()  # shut these workers down here, not inside the next loaders' forked workers
         a_wall = float(np.median([x[0] for x in pil]))
         b_wall = float(np.median([x[0] for x in pipe]))
         ratio = float(np.median([b[0] / a[0] for a, b in zip(pil, pipe)]))
+        machinery = float(np.median([b[0] / c[0] for c, b in zip(pil_draft, pipe)]))
         a_cpu, b_cpu = float(np.median([x[1] for x in pil])), float(np.median([x[1] for x in pipe]))
+        c_cpu = float(np.median([x[1] for x in pil_draft]))
         per_core[size] = 1000 / b_cpu
         results["sizes"][size] = {
             "pil_images_per_s": a_wall,
@@ -289,10 +301,20 @@ def main() -> None:
             "pil_cpu_ms": a_cpu,
             "pipeline_cpu_ms": b_cpu,
             "cpu_ratio": a_cpu / b_cpu,
+            # (a'): the loader's own decode (crop-aware JPEG draft) without the loader: (b)/(a') is what the stream
+            # machinery (tar reading, shuffle, labels, batching, worker metadata) costs
+            "pil_draft_crop_images_per_s": float(np.median([x[0] for x in pil_draft])),
+            "pil_draft_crop_cpu_ms": c_cpu,
+            "machinery_wall_ratio": machinery,
+            "machinery_cpu_ratio": c_cpu / b_cpu,
         }
         print(
             f"{size:>5} {a_wall:>9.0f} {b_wall:>13.0f} {ratio:>8.2f} {b_wall / max(1, args.workers):>9.0f} "
             f"{a_cpu:>9.2f} {b_cpu:>13.2f} {a_cpu / b_cpu:>8.2f} {per_core[size]:>11.0f}"
+        )
+        print(
+            f"{'':>5} (a') PIL + the loader's crop-aware decode: {results['sizes'][size]['pil_draft_crop_images_per_s']:.0f} "
+            f"img/s, {c_cpu:.2f} CPU ms/img; (b)/(a') wall {machinery:.2f}, CPU {c_cpu / b_cpu:.2f} (the stream machinery)"
         )
     cores = VIT_B16_TARGET / per_core[224]
     print(

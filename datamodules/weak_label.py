@@ -88,6 +88,7 @@ import webdataset as wds
 from PIL import Image
 from timm.data import DEFAULT_CROP_PCT
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from torchvision.transforms.functional import pil_modes_mapping as PIL_RESAMPLE
 from webdataset.gopen import gopen
 
 from datamodules.loaders import (
@@ -579,6 +580,9 @@ class DecodeSample:
         # torchvision's JPEG decoder for evaluation (resize + center crop), where it measured faster; training keeps
         # PIL: its RandomResizedCrop resize costs less than the tensor one (benchmarks/bench_label_memory.py)
         self.tensor_jpeg = seed is None if tensor_jpeg is None else bool(tensor_jpeg)
+        # A training transform that starts with DraftResizedCrop takes the undecoded image (crop-aware JPEG draft).
+        first = getattr(transform, "transforms", [None])[0]
+        self.lazy = isinstance(first, DraftResizedCrop)
 
     def labels(self, sample: dict) -> tuple[np.ndarray, np.ndarray]:
         """``(label ids int32 [n], weights float32 [n])`` of the sample (``datamodules.targets``: never dense)."""
@@ -608,6 +612,8 @@ class DecodeSample:
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
         if data is None:
             raise SampleSkip("missing_image", sample.get("__key__", ""))
+        if self.lazy:  # the transform's DraftResizedCrop decodes it, at the scale its crop needs
+            return Image.open(io.BytesIO(data))
         return decode_image(data, self.draft, tensor_jpeg=self.tensor_jpeg)
 
     def __call__(self, sample: dict) -> dict:
@@ -670,6 +676,46 @@ class Collate:
         }
 
 
+class DraftResizedCrop:
+    """timm's ``RandomResizedCropAndInterpolation`` that decodes a JPEG at the smallest DCT scale (1, 1/2, 1/4, 1/8)
+    at which its crop still covers the output size, then crops and resizes in one PIL ``resize(box=...)``.
+
+    Same random draws, in the same order, as the wrapped transform (crop box from the image size in the JPEG header,
+    then the interpolation), so a seeded sample gets the same crop; only the pixels come from a DCT-domain
+    downscale instead of a full decode plus a larger resize (at 64 px from 256-px sources most crops decode at 1/2
+    or 1/4: benchmarks/bench_data.py). Any other input (PNG, an already decoded image, a tensor) goes to the wrapped
+    transform unchanged. Written here because neither timm nor torchvision fuse the crop into JPEG decoding (DALI
+    and FFCV do, on their own formats).
+    """
+
+    def __init__(self, crop: Any) -> None:
+        self.crop = crop
+        self.size = crop.size if isinstance(crop.size, tuple) else (crop.size, crop.size)  # (h, w)
+
+    def __repr__(self) -> str:
+        return f"DraftResizedCrop({self.crop!r})"
+
+    def __call__(self, img: Any) -> Any:
+        if not isinstance(img, Image.Image) or img.format != "JPEG" or not img.tile:  # not a JPEG still to decode
+            if isinstance(img, Image.Image) and img.mode != "RGB":
+                img = img.convert("RGB")
+            return self.crop(img)
+        full_w, full_h = img.size
+        i, j, h, w = self.crop.get_params(img, self.crop.scale, self.crop.ratio)
+        interp = self.crop.interpolation
+        interp = random.choice(interp) if isinstance(interp, (tuple, list)) else interp
+        out_h, out_w = self.size
+        factor = 8
+        while factor > 1 and (h < factor * out_h or w < factor * out_w):
+            factor //= 2
+        if factor > 1:
+            img.draft("RGB", (-(-full_w // factor), -(-full_h // factor)))
+        img = img.convert("RGB")
+        sx, sy = img.size[0] / full_w, img.size[1] / full_h
+        box = (j * sx, i * sy, (j + w) * sx, (i + h) * sy)
+        return img.resize((out_w, out_h), PIL_RESAMPLE[interp], box=box)
+
+
 def image_transform(data_cfg: Any, train: bool, grayscale_safe: bool = False) -> Any:
     """timm transform: train = RandomResizedCrop(scale_min..1) + hflip (+ RandAugment), eval = resize + center crop;
     uint8 ``[3, H, W]`` out (timm's ``use_prefetcher`` form: ImageNet mean/std are applied on the device by
@@ -689,7 +735,7 @@ def image_transform(data_cfg: Any, train: bool, grayscale_safe: bool = False) ->
         )
     scale = (1.0, 1.0) if grayscale_safe else (float(aug.scale_min), 1.0)
     ratio = (1.0, 1.0) if grayscale_safe else None
-    return create_transform(
+    transform = create_transform(
         data_cfg.img_size,
         is_training=True,
         scale=scale,
@@ -701,6 +747,9 @@ def image_transform(data_cfg: Any, train: bool, grayscale_safe: bool = False) ->
         std=IMAGENET_STD,
         use_prefetcher=True,
     )
+    if type(transform.transforms[0]).__name__ == "RandomResizedCropAndInterpolation":
+        transform.transforms[0] = DraftResizedCrop(transform.transforms[0])
+    return transform
 
 
 def draft_size(img_size: int, scale_min: float, train: bool) -> int:

@@ -438,3 +438,57 @@ def test_label_shard_writer_writes_no_pax_headers_and_the_reader_skips_payloads(
     jpgs = [m for m in members if m["fname"].endswith(".jpg")]
     assert [m["data"] for m in jpgs] == [None] * 3
     assert [data[m["offset"] : m["offset"] + m["size"]] for m in jpgs] == [bytes([i]) * 700 for i in range(3)]
+
+
+def _jpeg(w: int, h: int, seed: int = 0) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 255 // w), (yy * 255 // h), ((xx + yy) * 127 // (w + h))], -1).astype(np.uint8)
+    img = (img + rng.integers(0, 8, img.shape)).astype(np.uint8)  # smooth + a little noise
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def test_draft_resized_crop_decodes_at_the_crops_scale_with_the_same_draws():
+    import io
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from configs.compose import compose
+    from datamodules.weak_label import DraftResizedCrop, decode_image, image_transform
+
+    cfg = compose(["logger=none", "trainer=cpu", "data.img_size=64"])
+    transform = image_transform(cfg.data, train=True)
+    crop = transform.transforms[0]
+    assert isinstance(crop, DraftResizedCrop)
+    data = _jpeg(512, 384)
+    smaller = 0
+    for seed in range(20):  # same random draws as timm's crop on the fully decoded image, near-identical pixels
+        random.seed(seed)
+        lazy = Image.open(io.BytesIO(data))
+        out = np.asarray(crop(lazy), dtype=np.float32)
+        random.seed(seed)
+        ref = np.asarray(crop.crop(decode_image(data)), dtype=np.float32)
+        assert out.shape == ref.shape == (64, 64, 3)
+        assert np.abs(out - ref).mean() < 3.0, seed
+        smaller += lazy.size[0] < 512  # decoded at 1/2 .. 1/8 (a crop under 128 px a side needs full scale)
+    assert smaller >= 10, smaller
+    whole = DraftResizedCrop(type(crop.crop)(64, scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3)))
+    lazy = Image.open(io.BytesIO(data))
+    whole(lazy)
+    assert lazy.size == (128, 96)  # the whole 512x384 image into 64x64: 1/4 keeps 96 >= 64 rows (1/8 would not)
+    png = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(png, format="PNG")
+    random.seed(1)
+    a = np.asarray(crop(Image.open(io.BytesIO(png.getvalue()))))
+    random.seed(1)
+    b = np.asarray(crop.crop(Image.open(io.BytesIO(png.getvalue())).convert("RGB")))
+    assert (a == b).all()  # not a JPEG: the wrapped transform, unchanged
