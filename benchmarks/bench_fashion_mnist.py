@@ -83,6 +83,15 @@ def _plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 units (AMX or AVX512-BF16, from /proc/cpuinfo): bf16 autocast pays off only there."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results/fashion_mnist", help="folder for result.json + curve.png")
@@ -102,7 +111,13 @@ def main(argv: list[str] | None = None) -> dict:
         return build(cfg, run_dir, logger, callbacks=[*callbacks, recorder], **kw)
 
     trainer_lib.build_trainer = build_with_recorder
-    argv_train = [f"experiment={args.experiment}", "resume=never", f"run_name=bench-{args.experiment}", *overrides]
+    # Hardware on the command line: bf16 autocast where the CPU has bf16 units (an explicit trainer=... wins).
+    trainer_group = [] if any(o.startswith("trainer=") for o in overrides) else [
+        "trainer=cpu_bf16" if cpu_has_bf16() else "trainer=cpu"
+    ]
+    argv_train = [
+        f"experiment={args.experiment}", *trainer_group, "resume=never", f"run_name=bench-{args.experiment}", *overrides
+    ]
     cfg = compose(argv_train)
     start = time.perf_counter()
     try:
@@ -127,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_s": wall,
         "wall_min": wall / 60,
         "torch_threads": __import__("torch").get_num_threads(),
+        "precision": str(cfg.trainer.precision),
         "command": "python benchmarks/bench_fashion_mnist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "overrides": argv_train,
         "curve": {"test_acc": recorder.acc, "train_loss": recorder.loss},

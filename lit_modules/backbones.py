@@ -13,9 +13,31 @@ from typing import Any
 import timm
 import torch
 from timm.layers import set_reentrant_ckpt
+from timm.models import register_model
+from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-__all__ = ["create_backbone", "feature_dim", "block_classes"]
+__all__ = ["create_backbone", "feature_dim", "block_classes", "resnet10_lowres"]
+
+
+@register_model
+def resnet10_lowres(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ResNet-10 (timm ``ResNet``, BasicBlock x [1, 1, 1, 1], widths 64-128-256-512 unless ``channels`` is given)
+    for 28-32 px inputs: a 3x3 stride-1 stem and no max-pool, so its first stage sees the full image, as CIFAR-style
+    ResNets do. Registered with timm so configs build it by name (``model.name: resnet10_lowres``); written here
+    because every timm ResNet/RegNet stem downsamples 2-4x, which leaves a 28-px Fashion-MNIST image 1x1 at the last
+    stage (measured: regnetx_002 0.905 test accuracy after 7.5 epochs, train accuracy 0.94)."""
+    if pretrained:
+        raise ValueError("resnet10_lowres has no pretrained weights (models here train from scratch)")
+    for factory_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm.create_model's own keys
+        kwargs.pop(factory_only, None)
+    in_chans = int(kwargs.pop("in_chans", 3))
+    model = ResNet(BasicBlock, [1, 1, 1, 1], in_chans=in_chans, **kwargs)
+    width = model.bn1.num_features
+    model.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    model.feature_info[0]["reduction"] = 1
+    return model
 
 
 def feature_dim(model: nn.Module) -> int:
