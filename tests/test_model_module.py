@@ -314,3 +314,17 @@ def test_proxies_are_excluded_from_weight_decay(vit_cfg):
 def test_config_that_does_not_fit_the_schema_is_named():
     with pytest.raises(ValueError, match="model.nme"):
         MultiTaskModule({"model": {"nme": "resnet50"}}, NUM_CLASSES)
+
+
+def test_resnet10_lowres_keeps_the_resolution_of_small_images():
+    from configs.compose import compose
+
+    cfg = compose(["experiment=fashion_mnist_cpu", "logger=none"])
+    model = create_backbone(cfg.model, int(cfg.data.img_size))
+    assert cfg.model.name == "resnet10_lowres" and feature_dim(model) == 256
+    x = torch.randn(2, 3, 28, 28)
+    assert model.conv1.stride == (1, 1) and isinstance(model.maxpool, torch.nn.Identity)
+    assert model.forward_features(x).shape == (2, 256, 4, 4)  # a stock timm ResNet ends at 1x1 here
+    assert model(x).shape == (2, 256)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        timm.create_model("resnet10_lowres", pretrained=True)
