@@ -107,6 +107,9 @@ from datamodules.targets import label_arrays, pad_labels
 log = logging.getLogger(__name__)
 
 CHECK_SHARDS = 16  # local shards whose existence start-up checks (a sample, not all)
+# Samples in a row that a training worker may skip before it gives up: a stream where nothing decodes (a broken
+# transform, a corpus of error pages) must end the run with the cause, not spin through shards forever.
+MAX_SKIPS_IN_A_ROW = 10_000
 GROUP_BUFFERS = 4  # a shuffle group holds at least this many shuffle buffers of samples (bounds the resume replay)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 READ_EXTS = frozenset((*IMAGE_EXTS, "json"))
@@ -324,10 +327,12 @@ class SkipCounter:
     ``take()`` returns the counts added since the last call; batches carry them to the main process.
     """
 
-    def __init__(self, where: str = "") -> None:
+    def __init__(self, where: str = "", max_in_a_row: int | None = None) -> None:
         self.counts: Counter = Counter()
         self._sent: Counter = Counter()
         self.where = where
+        self.max_in_a_row = max_in_a_row  # None: no limit (validation fails on its own rules)
+        self.in_a_row = 0  # skips since the last sample that decoded (reset by NameShard)
 
     def add(self, reason: str, n: int = 1, detail: Any = None) -> None:
         self.counts[reason] += n
@@ -336,7 +341,14 @@ class SkipCounter:
 
     def __call__(self, exn: BaseException) -> bool:
         reason = exn.reason if isinstance(exn, SampleSkip) else "decode_error"
-        self.add(reason, detail=" ".join([repr(exn)[:300], *getattr(exn, "__notes__", ())]))
+        detail = " ".join([repr(exn)[:300], *getattr(exn, "__notes__", ())])
+        self.add(reason, detail=detail)
+        self.in_a_row += 1
+        if self.max_in_a_row is not None and self.in_a_row >= self.max_in_a_row:
+            raise RuntimeError(
+                f"{self.where}{self.in_a_row} samples in a row were skipped, none decoded (last: {reason}: {detail}); "
+                f"skip counts: {dict(self.counts)}"
+            ) from exn
         return True
 
     def take(self) -> dict:
@@ -346,17 +358,22 @@ class SkipCounter:
 
 
 class NameShard:
-    """Calls ``fn(sample)``; an exception it raises gets the sample's shard as a note, so the skip log names it."""
+    """Calls ``fn(sample)``; an exception it raises gets the sample's shard as a note, so the skip log names it. A
+    sample that decodes resets ``counter``'s run of skips in a row."""
 
-    def __init__(self, fn: Any) -> None:
+    def __init__(self, fn: Any, counter: SkipCounter | None = None) -> None:
         self.fn = fn
+        self.counter = counter
 
     def __call__(self, sample: dict) -> Any:
         try:
-            return self.fn(sample)
+            out = self.fn(sample)
         except Exception as exn:
             exn.add_note(f"(shard {sample.get('__url__')})")
             raise
+        if self.counter is not None:
+            self.counter.in_a_row = 0
+        return out
 
 
 class ReadShards:
@@ -856,7 +873,7 @@ class TrainStream(IterableDataset):
         slot = s.rank * self.workers + lw
         pass_seed = mix_seed(s.seed, epoch, pass_idx)
         worker_seed = mix_seed(pass_seed, s.rank, lw)
-        counter = SkipCounter(where=f"weak_label rank {s.rank} worker {lw}: ")
+        counter = SkipCounter(where=f"weak_label rank {s.rank} worker {lw}: ", max_in_a_row=MAX_SKIPS_IN_A_ROW)
         urls = [x.url for x in s.shards]
         if self.resampled:
             source = wds.ResampledShards(urls, seed=worker_seed, deterministic=True, worker_seed=partial(int, 0))
@@ -874,7 +891,8 @@ class TrainStream(IterableDataset):
                 NameShard(
                     DecodeSample(
                         s.label_space, s.num_classes, s.transform, s.draft, mix_seed(worker_seed, 2), s.numpy_rng
-                    )
+                    ),
+                    counter,
                 ),
                 handler=counter,
             ),

@@ -318,6 +318,16 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
     assert loader.counts["decode_error"] >= 2
 
 
+def test_a_stream_where_nothing_decodes_ends_the_run_with_the_cause(tmp_path, monkeypatch):
+    import datamodules.weak_label as wl
+
+    monkeypatch.setattr(wl, "MAX_SKIPS_IN_A_ROW", 30)  # forked loader workers inherit it
+    bad = make_dataset(tmp_path, n_train=20, n_val=3, shard_size=5, corrupt=20)
+    cfg = compose_cfg(bad["manifest"])  # resampled shards: without the limit this spins forever
+    with pytest.raises(RuntimeError, match=r"30 samples in a row were skipped, none decoded \(last: decode_error"):
+        _pass(_loader(cfg))
+
+
 def test_pickle_member_is_never_unpickled(tmp_path):
     marker = tmp_path / "executed"
     control = tmp_path / "control"
