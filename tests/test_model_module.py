@@ -324,6 +324,7 @@ def test_resnet10_lowres_keeps_the_resolution_of_small_images():
     assert cfg.model.name == "resnet10_lowres" and feature_dim(model) == 256
     x = torch.randn(2, 3, 28, 28)
     assert model.conv1.stride == (1, 1) and isinstance(model.maxpool, torch.nn.Identity)
+    assert model.conv1.out_channels == 32 and model.layer1[0].downsample is None  # stem as wide as stage 1
     assert model.forward_features(x).shape == (2, 256, 4, 4)  # a stock timm ResNet ends at 1x1 here
     assert model(x).shape == (2, 256)
     with pytest.raises(ValueError, match="no pretrained weights"):
