@@ -62,6 +62,7 @@ study-cpu: venv data
 	$(PY) run_sweep.py sweeps/study_cpu_multitask.yaml $(STUDY_RUNS)
 	$(PY) make_report.py --runs runs --group study_cpu --out results/study_cpu
 	$(PY) make_report.py --runs runs --group study_cpu_multitask --out results/study_cpu_multitask
+	$(PY) benchmarks/study_summary.py results/study_cpu/records.csv > results/study_cpu/summary.md
 
 # The published-number check: Fashion-MNIST test accuracy of the classifier path (target >= 0.93 in <= 30 min).
 bench-fashion-mnist: venv data

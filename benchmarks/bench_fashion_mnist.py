@@ -112,11 +112,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer_lib.build_trainer = build_with_recorder
     # Hardware on the command line: bf16 autocast where the CPU has bf16 units (an explicit trainer=... wins).
-    trainer_group = [] if any(o.startswith("trainer=") for o in overrides) else [
-        "trainer=cpu_bf16" if cpu_has_bf16() else "trainer=cpu"
-    ]
+    trainer_group = (
+        []
+        if any(o.startswith("trainer=") for o in overrides)
+        else ["trainer=cpu_bf16" if cpu_has_bf16() else "trainer=cpu"]
+    )
     argv_train = [
-        f"experiment={args.experiment}", *trainer_group, "resume=never", f"run_name=bench-{args.experiment}", *overrides
+        f"experiment={args.experiment}",
+        *trainer_group,
+        "resume=never",
+        f"run_name=bench-{args.experiment}",
+        *overrides,
     ]
     cfg = compose(argv_train)
     start = time.perf_counter()

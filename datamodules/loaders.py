@@ -395,9 +395,7 @@ class EpochSampler(DistributedSampler):
     here because that sampler has no per-(epoch, pass) seed, rank split or resume offset).
     """
 
-    def __init__(
-        self, num_samples: int, rank: int, world_size: int, seed: int, class_labels: Any = None
-    ) -> None:
+    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, class_labels: Any = None) -> None:
         # DistributedSampler.__init__ only reads len(dataset) and validates rank; the pass is set by set_pass.
         super().__init__(
             range(num_samples), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
