@@ -2,7 +2,8 @@
 
     python benchmarks/study_summary.py results/study_cpu/records.csv > results/study_cpu/summary.md
 
-Reads the records.csv that ``make_report.py --group study_cpu`` writes; prints a Markdown table.
+Reads the records.csv that ``make_report.py --group study_cpu`` writes; prints a Markdown table. Written beside
+``studies.tables`` because its tables hold one metric each; this one puts the study's six figures side by side.
 """
 
 import csv
