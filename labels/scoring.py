@@ -23,6 +23,37 @@ from labels.text import TermExtractor
 COMBINE_RULES = ("noisy_or", "max")
 
 
+class MaskScores:
+    """Score of a term from the bit mask of the weighted signal types holding it: bit i is the i-th type in sorted
+    order; noisy-or or max of their weights, combined in sorted type order as ``TermScorer.score`` does (same float).
+    Callable, cached per mask; needs no text machinery, so the count and write passes score with it alone.
+    """
+
+    def __init__(self, weights: Mapping[str, float], combine: str = "noisy_or") -> None:
+        if combine not in COMBINE_RULES:
+            raise ValueError(f"combine must be one of {COMBINE_RULES}, got '{combine}'")
+        self.weights = dict(weights)
+        self.combine = combine
+        self.bits = {name: 1 << i for i, name in enumerate(sorted(self.weights))}
+        self._scores: dict[int, float] = {}
+
+    def __call__(self, mask: int | str) -> float:
+        """The score of ``mask`` (an int, or its decimal string as the work files' JSON keys hold it)."""
+        score = self._scores.get(mask)
+        if score is None:
+            bits = int(mask)
+            ws = [self.weights[name] for name, bit in self.bits.items() if bits & bit]
+            if self.combine == "max":
+                score = max(ws, default=0.0)
+            else:
+                miss = 1.0
+                for w in ws:
+                    miss = miss * (1.0 - w)
+                score = 1.0 - miss
+            self._scores[mask] = score
+        return score
+
+
 class TermScorer:
     """Scores the candidate terms of one image.
 
@@ -49,6 +80,10 @@ class TermScorer:
         self.weights = dict(weights)
         self.exclude = frozenset(exclude)
         self.combine = combine
+        # Bit i stands for the i-th weighted signal type in sorted order: a term's score depends only on which types
+        # hold it, so the passes carry that mask and score it through ``mask_score`` (same float as ``score``).
+        self.mask_score = MaskScores(self.weights, combine)
+        self.bits = self.mask_score.bits
 
     def signal_terms(self, texts: Sequence[str]) -> list[str]:
         """Distinct terms over several texts of one signal type, in order of appearance."""
@@ -57,6 +92,30 @@ class TermScorer:
             for term in self.extractor.terms(text):
                 seen[term] = None
         return list(seen)
+
+    def term_masks(self, signals: Mapping[str, Sequence[str]]) -> dict[str, int]:
+        """Candidate term -> bit mask of the weighted signal types holding it, for one image (terms sharing a word with
+        an excluded signal dropped), in order of first appearance (signal types in sorted order)."""
+        banned_words: set[str] = set()
+        for name in self.exclude:
+            for text in signals.get(name, ()):
+                for run in self.extractor.chunks(text):
+                    banned_words.update(run)
+        masks: dict[str, int] = {}
+        for name in sorted(signals):
+            bit = self.bits.get(name)
+            if bit is None:
+                continue
+            terms = self.signal_terms(signals[name])
+            if not masks:
+                masks = dict.fromkeys(terms, bit)
+                continue
+            get = masks.get
+            for term in terms:
+                masks[term] = get(term, 0) | bit
+        if banned_words:
+            masks = {t: m for t, m in masks.items() if banned_words.isdisjoint(t.split(" "))}
+        return masks
 
     def score(self, signals: Mapping[str, Sequence[str]]) -> dict[str, float]:
         """Candidate term -> score in (0, 1] for one image.
@@ -70,40 +129,8 @@ class TermScorer:
             signal, in order of first appearance (signal types in sorted order), so equal inputs give
             equal outputs.
         """
-        banned_words: set[str] = set()
-        for name in self.exclude:
-            for text in signals.get(name, ()):
-                for run in self.extractor.chunks(text):
-                    banned_words.update(run)
-        if banned_words:
-            banned = {
-                t
-                for name in signals
-                if name in self.weights
-                for t in self.signal_terms(signals[name])
-                if not banned_words.isdisjoint(t.split(" "))
-            }
-        else:
-            banned = set()
-        if self.combine == "max":
-            best: dict[str, float] = {}
-            for name in sorted(signals):
-                w = self.weights.get(name)
-                if w is None:
-                    continue
-                for term in self.signal_terms(signals[name]):
-                    if term not in banned and w > best.get(term, -1.0):
-                        best[term] = w
-            return best
-        miss: dict[str, float] = {}  # prod(1 - w) over the signal types holding the term
-        for name in sorted(signals):
-            w = self.weights.get(name)
-            if w is None:
-                continue
-            for term in self.signal_terms(signals[name]):
-                if term not in banned:
-                    miss[term] = miss.get(term, 1.0) * (1.0 - w)
-        return {term: 1.0 - m for term, m in miss.items()}
+        mask_score = self.mask_score
+        return {term: mask_score(m) for term, m in self.term_masks(signals).items()}
 
 
 def eligible_terms(scores: Mapping[str, float], min_score: float) -> dict[str, float]:
@@ -124,6 +151,35 @@ def select_labels(
     picked = [(vocab_index[t], s) for t, s in scores.items() if s >= min_score and t in vocab_index]
     picked.sort(key=lambda p: (-p[1], p[0]))
     return picked[:max_labels]
+
+
+def select_group_labels(
+    groups: Mapping[str, str], vocab_index: Mapping[str, int], mask_score, max_labels: int
+) -> list[tuple[int, float]]:
+    """``select_labels`` on the passes' work-file form of an image's eligible terms (``{"<signal mask>": "term\\tterm"}``,
+    see labels/passes.py ``term_groups``): its vocabulary terms, scored by ``mask_score``, best first, ties by id.
+
+    Returns:
+        Up to ``max_labels`` ``(label_id, score)`` pairs, sorted by descending score then id.
+    """
+    by_score: dict[float, list[int]] = {}  # every term is in one group: ids never repeat
+    get = vocab_index.get
+    for mask, terms in groups.items():
+        ids = [i for i in map(get, terms.split("\t")) if i is not None]
+        if ids:
+            score = mask_score(mask)
+            same = by_score.get(score)
+            if same is None:
+                by_score[score] = ids
+            else:
+                same += ids
+    picked: list[tuple[int, float]] = []
+    for score in sorted(by_score, reverse=True):  # = sorting (id, score) pairs by (-score, id), without a key call
+        if len(picked) >= max_labels:
+            break
+        ids = sorted(by_score[score])[: max_labels - len(picked)]
+        picked += [(i, score) for i in ids]
+    return picked
 
 
 def cluster_labels(raw: Sequence[tuple[int, float]], term_cluster: Sequence[int]) -> list[tuple[int, float]]:

@@ -92,6 +92,7 @@ _JOINERS = str.maketrans("-_", "  ")  # hyphen and underscore join words: they b
 _LETTER_HYPHEN_RE = re.compile(r"(?<![\w-])(\w)-(?=\w)")
 _KEPT_HYPHEN = "\x00"
 SHORT_TEXT = 80  # texts up to this many characters are memoized (see TermExtractor.terms)
+WORD_CACHE = 1 << 18  # folded words kept per extractor (the cache is emptied when full)
 
 
 def normalize(text: str) -> str:
@@ -152,8 +153,10 @@ class TermExtractor:
         self.drop_numeric = drop_numeric
         self.fold_plurals = fold_plurals
         self.stopwords = STOPWORDS | {normalize(w) for w in extra_stopwords}
-        # Bound per instance so that two extractors with different settings never share results.
-        self._word = functools.lru_cache(maxsize=1 << 18)(self._word_uncached)
+        # Per instance, so that two extractors with different settings never share results: token -> folded word
+        # (None: the token ends a chunk). A plain dict, cleared when it outgrows WORD_CACHE: an lru_cache wrapper
+        # costs a call per token, the hot loop of the text passes.
+        self._words: dict[str, str | None] = {}
         # Keywords, folder paths and titles repeat across a corpus: memoize short texts' terms.
         self._short_terms = functools.lru_cache(maxsize=1 << 16)(self._terms_and_hits)
         self.stop_terms: frozenset[str] = frozenset()
@@ -174,6 +177,16 @@ class TermExtractor:
         word = singularize(token) if self.fold_plurals else token
         return None if word in self.stopwords else word
 
+    def _word(self, token: str) -> str | None:
+        """The folded word for a token (cached), or None when the token ends a chunk."""
+        words = self._words
+        if token in words:
+            return words[token]
+        if len(words) >= WORD_CACHE:
+            words.clear()
+        word = words[token] = self._word_uncached(token)
+        return word
+
     def chunks(self, text: str) -> list[list[str]]:
         """Normalized, folded word runs of ``text`` that terms may not cross."""
         # NFKC is the identity on ASCII and casefold() equals lower() there: skip the Unicode work.
@@ -186,16 +199,22 @@ class TermExtractor:
             text = _LETTER_HYPHEN_RE.sub(r"\1" + _KEPT_HYPHEN, text)
         text = text.translate(_JOINERS).replace(_KEPT_HYPHEN, "-")
         out: list[list[str]] = []
+        words = self._words
+        word = self._word
         for piece in _SPLIT_RE.split(text):
+            folded = [words[t] if t in words else word(t) for t in piece.split()]
+            if None not in folded:
+                if folded:
+                    out.append(folded)
+                continue
             run: list[str] = []
-            for token in piece.split():
-                word = self._word(token)
-                if word is None:
+            for w in folded:
+                if w is None:
                     if run:
                         out.append(run)
                         run = []
                 else:
-                    run.append(word)
+                    run.append(w)
             if run:
                 out.append(run)
         return out
@@ -229,8 +248,14 @@ class TermExtractor:
         for run in self.chunks(text):
             n = len(run)
             seen.update(dict.fromkeys(run))
-            for size in range(2, min(k, n) + 1):
-                seen.update(dict.fromkeys(" ".join(run[i : i + size]) for i in range(n - size + 1)))
+            if n < 2 or k < 2:
+                continue
+            seen.update(dict.fromkeys([a + " " + b for a, b in zip(run, run[1:])]))
+            if n < 3 or k < 3:
+                continue
+            seen.update(dict.fromkeys([a + " " + b + " " + c for a, b, c in zip(run, run[1:], run[2:])]))
+            for size in range(4, min(k, n) + 1):
+                seen.update(dict.fromkeys([" ".join(run[i : i + size]) for i in range(n - size + 1)]))
         hits = tuple(self._hits)
         if self.stop_terms:
             return tuple(t for t in seen if t not in self.stop_terms), hits
