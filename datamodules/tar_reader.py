@@ -116,7 +116,7 @@ def iter_members(
         if header == ZERO_BLOCK:
             return
         checksum = _number(header[148:156])
-        if checksum != sum(header[:148]) + 8 * 0x20 + sum(header[156:]):
+        if checksum != sum(header) - sum(header[148:156]) + 8 * 0x20:  # the checksum field counts as spaces
             raise TarFormatError("tar header checksum mismatch (corrupt tar)")
         size = _number(header[124:136])
         kind = header[156:157]

@@ -14,12 +14,40 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 
+import orjson
+
 from tracking.textio import json_line
 
 
+# orjson writes U+0085/U+2028/U+2029 raw, as json.dumps(ensure_ascii=False) does: escaped like tracking.textio does.
+_RAW_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+
+
 def dumps_line(obj) -> bytes:
-    """One JSONL line (UTF-8 JSON, no spaces, trailing newline, no raw line separator in any value)."""
-    return json_line(obj, separators=(",", ":")).encode("utf-8")
+    """One JSONL line (UTF-8 JSON, no spaces, trailing newline, no raw line separator in any value).
+
+    Encoded by orjson (the passes write and read every sample three times; it is ~5x faster than ``json``), whose
+    bytes equal ``tracking.textio.json_line``'s for the passes' records (strings, ints, lists, str-keyed dicts,
+    rounded scores); what orjson refuses (a lone surrogate from a ``\\ud800`` escape in input JSON, an int past 64
+    bits) goes through ``json_line``. Floats below 1e-4 would be written ``0.00001`` rather than ``1e-05``: the same
+    value.
+    """
+    try:
+        data = orjson.dumps(obj)
+    except TypeError:
+        return json_line(obj, separators=(",", ":")).encode("utf-8")
+    if not data.isascii():
+        for raw, escaped in _RAW_BREAKS:
+            data = data.replace(raw, escaped)
+    return data + b"\n"
+
+
+def loads_line(line: bytes):
+    """A ``dumps_line`` record (orjson; ``json`` for what orjson refuses, e.g. an escaped lone surrogate)."""
+    try:
+        return orjson.loads(line)
+    except ValueError:
+        return json.loads(line)
 
 
 def write_lines_atomic(path: str, lines: Iterable[bytes]) -> int:
@@ -41,7 +69,7 @@ def read_lines(path: str, start: int = 0, end: int | None = None) -> Iterator:
         data = f.read() if end is None else f.read(end - start)
     for line in data.split(b"\n"):
         if line:
-            yield json.loads(line)
+            yield loads_line(line)
 
 
 def write_json_atomic(path: str, obj) -> None:

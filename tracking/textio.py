@@ -48,8 +48,9 @@ def json_line(obj: Any, *, sort_keys: bool = False, separators: tuple[str, str] 
         The line; ``json.loads`` of it (without the newline) equals ``json.loads(json.dumps(obj))``.
     """
     text = json.dumps(obj, ensure_ascii=False, sort_keys=sort_keys, separators=separators)
-    # Outside strings JSON holds only ASCII, so translating the whole text only touches string values.
-    return text.translate(_JSON_TABLE) + "\n"
+    # Outside strings JSON holds only ASCII, so translating the whole text only touches string values; ASCII text
+    # (the common case, checked in C) holds none of the three.
+    return (text if text.isascii() else text.translate(_JSON_TABLE)) + "\n"
 
 
 def write_jsonl(path: os.PathLike | str, records: Iterable[Any], *, append: bool = False) -> int:

@@ -39,24 +39,29 @@ def list_tars(path: str) -> list[str]:
 
 
 def _split_name(name: str) -> tuple[str, str]:
-    folder, base = os.path.split(name)
-    if "." not in base:
+    """``(key, extension)`` of a member name by webdataset's rule: the key is the path up to the first dot of the
+    file name (folders kept as written), the extension the rest, lower-cased."""
+    dot = name.find(".", name.rfind("/") + 1)
+    if dot < 0:
         return name, ""
-    stem, ext = base.split(".", 1)
-    return os.path.join(folder, stem) if folder else stem, ext.lower()
+    return name[:dot], name[dot + 1 :].lower()
 
 
 def _group_members(stream, read_images: bool) -> Iterator[tuple[str, dict[str, dict]]]:
     """Consecutive members with the same key -> ``(key, {ext: member})``; members as ``tar_reader.iter_members``
     yields them (text payloads read, image payloads only when ``read_images``, others header-only)."""
+    split: dict[str, tuple[str, str]] = {}  # the name wanted() just split, for the member it yields next
 
     def wanted(fname: str) -> bool | None:
-        ext = _split_name(fname)[1]
+        split.clear()
+        k_ext = split[fname] = _split_name(fname)
+        ext = k_ext[1]
         return True if ext in ("txt", "json") or (read_images and ext in RASTER_EXTS) else None
 
     key, group = None, {}
     for member in iter_members(stream, wanted):
-        k, ext = _split_name(member["fname"])
+        fname = member["fname"]
+        k, ext = split.get(fname) or _split_name(fname)
         if k != key and group:
             yield key, group
             group = {}
