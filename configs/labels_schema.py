@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from configs.compose import ConfigError, _merge, _parse_dotlist, _require, load_yaml, normalize_overrides
 
 SOURCE_TYPES = ("img2dataset", "manifest", "openclipart", "tuxpaint")
+AUTO_REDUCE_PARTITIONS = 1024  # the most hash partitions run.reduce_partitions=0 picks
 
 
 @dataclass
@@ -108,8 +109,6 @@ class VocabConfig:
     # Document-frequency ceiling: a term in more than this share of the samples carries no information
     # (caption scaffolding, a corpus-wide tag) and is dropped; the report lists it. 1.0: off.
     max_df_share: float = 1.0
-    # Memory bound of the document-frequency table (~150 MB at 1M terms; lossy counting beyond it).
-    max_candidate_terms: int = 1_000_000
 
 
 @dataclass
@@ -177,9 +176,10 @@ class RunSettings:
     # Partitioning (part of the output: shard boundaries follow it). One img2dataset tar is one input
     # partition; folders and manifests are cut into partitions of this many files / rows.
     partition_size: int = 1000
-    # Hash partitions of the content keys for the duplicate merge (no process holds every key);
-    # about (samples / 1M) at scale.
-    reduce_partitions: int = 8
+    # Hash partitions of the content keys for the duplicate merge (no process holds every key). 0: one per
+    # input partition, at most AUTO_REDUCE_PARTITIONS (so a reduce task holds about one input partition's samples
+    # up to ~10M rows of 10k-row tars, ~1M samples per task at 1B); or a fixed count.
+    reduce_partitions: int = 0
     text_only: bool = False  # mine labels without reading images: writes samples.jsonl, no shards
     progress: bool = True  # tqdm bars on stderr
     keep_work: bool = False  # keep <output>/_work (the passes' files) after a successful run
@@ -305,7 +305,6 @@ def check_labels_values(cfg: DictConfig) -> None:
     _require(cfg.vocab.max_terms >= 1, "vocab.max_terms", "must be >= 1")
     _require(0.0 < cfg.vocab.min_score <= 1.0, "vocab.min_score", "must be in (0, 1]")
     _require(cfg.vocab.max_labels_per_image >= 1, "vocab.max_labels_per_image", "must be >= 1")
-    _require(cfg.vocab.max_candidate_terms >= 1000, "vocab.max_candidate_terms", "must be >= 1000")
     _require(cfg.cluster.embedder in ("auto", "sentence", "ppmi"), "cluster.embedder", "is not auto|sentence|ppmi")
     _require(cfg.cluster.method in ("agglomerative", "kmeans"), "cluster.method", "is not agglomerative|kmeans")
     _require(0.0 < cfg.vocab.max_df_share <= 1.0, "vocab.max_df_share", "must be in (0, 1]")
@@ -337,4 +336,4 @@ def check_labels_values(cfg: DictConfig) -> None:
     _require(cfg.run.workers >= 0, "run.workers", "must be >= 0")
     _require(cfg.run.max_retries >= 0, "run.max_retries", "must be >= 0")
     _require(cfg.run.partition_size >= 1, "run.partition_size", "must be >= 1")
-    _require(1 <= cfg.run.reduce_partitions <= 65536, "run.reduce_partitions", "must be in 1..65536")
+    _require(0 <= cfg.run.reduce_partitions <= 65536, "run.reduce_partitions", "must be in 0..65536 (0: auto)")

@@ -9,7 +9,7 @@ Work layout:
 
 - ``map/p<i>/units.jsonl``: the readable units of input partition ``i``, grouped by hash partition of
   their content key (``stats.json`` holds the byte offsets of each group), each with its canonical
-  signals and eligible term scores; ``groups.json``: per curation group, the smallest cap ranks.
+  signals and eligible terms grouped by signal mask (``term_groups``); ``groups.json``: per curation group, the smallest cap ranks.
 - ``reduce/r<j>/samples.jsonl``: hash partition ``j`` after the duplicate merge and the curation cap,
   ordered by input partition (``stats.json`` indexes each input partition's byte range), plus
   ``df.json``: document frequency of eligible terms over those samples.
@@ -21,6 +21,8 @@ Work layout:
 
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
 import heapq
 import json
@@ -33,11 +35,12 @@ import numpy as np
 
 from labels.hashing import content_key, hash_unit, scale_bucket, split_of
 from labels.images import ImageJob, ImageSettings, Preparer, read_bytes
-from labels.scoring import TermScorer, cluster_labels, eligible_terms, select_labels
+from labels.scoring import MaskScores, TermScorer, cluster_labels, select_group_labels
 from labels.sources import InputError, Partition, iter_partition
 from labels.sources.base import sniff_raster
 from labels.store import dumps_line, fresh_dir, read_json, read_lines, write_json_atomic, write_lines_atomic
 from labels.text import TermExtractor
+from labels.vocab import by_df, split_by_term, top_terms
 
 LIST_SIGNALS = ("keywords", "category")
 _CONTEXTS: dict[str, dict] = {}
@@ -85,6 +88,61 @@ def sample_groups(source: str, signals: dict[str, list[str]], group_by: list[str
     return sorted(set(out))
 
 
+def term_groups(scorer: TermScorer, signals: dict[str, list[str]], min_score: float) -> dict[str, str]:
+    """An image's eligible terms (score >= ``min_score``) in the work files' form: grouped by the mask of signal types
+    that hold them, ``{"<mask>": "term\\tterm..."}`` (masks ascending, terms in order of first appearance).
+
+    Terms never hold a tab (they are whitespace-split words joined by spaces), and a score is a function of the mask
+    (``TermScorer.mask_score``): JSON-encoding a float per term was the largest share of the work files' cost.
+    """
+    by_mask: dict[int, list[str]] = {}
+    for term, mask in scorer.term_masks(signals).items():
+        terms = by_mask.get(mask)
+        if terms is None:
+            if scorer.mask_score(mask) < min_score:
+                continue
+            terms = by_mask[mask] = []
+        terms.append(term)
+    return {str(m): "\t".join(ts) for m, ts in sorted(by_mask.items())}
+
+
+def group_terms(groups: dict[str, str]) -> list[str]:
+    """The terms of a ``term_groups`` record."""
+    return [t for ts in groups.values() for t in ts.split("\t")]
+
+
+def write_df(path: str, df: Counter, df_all: Counter | None, buckets: int) -> list[int]:
+    """A reduce partition's document frequencies cut by term partition (``labels.vocab.term_bucket``): line ``j`` is
+    ``[terms, counts, all_terms, all_counts]`` of term partition ``j`` (terms newline-joined; the ``all_`` pair, the
+    counts before the curation cap, only when the cap dropped samples, else null). Returns the lines' byte offsets.
+
+    Flat arrays, not term -> count objects: sorting and encoding objects of ~10^5 keys cost the reduce pass more than
+    its merge. Terms never hold a newline (they are whitespace-split words joined by single spaces).
+    """
+    parts = split_by_term(df, buckets)
+    parts_all = split_by_term(df_all, buckets) if df_all is not None else [None] * buckets
+    offsets, lines = [0], []
+    for d, d_all in zip(parts, parts_all):
+        rec = ["\n".join(d), list(d.values()), None, None]
+        if d_all is not None:
+            rec[2:] = "\n".join(d_all), list(d_all.values())
+        lines.append(dumps_line(rec))
+        offsets.append(offsets[-1] + len(lines[-1]))
+    write_lines_atomic(path, lines)
+    return offsets
+
+
+def read_df(path: str, start: int, end: int) -> tuple[dict[str, int], dict[str, int]]:
+    """``(df, df_all)`` of one term partition of a reduce partition's ``df.jsonl`` (see ``write_df``)."""
+    (terms, counts, all_terms, all_counts) = next(read_lines(path, start, end))
+
+    def table(joined: str, values: list[int]) -> dict[str, int]:
+        return dict(zip(joined.split("\n"), values)) if values else {}
+
+    df = table(terms, counts)
+    return df, (table(all_terms, all_counts) if all_counts is not None else df)
+
+
 def build_scorer(cfg: dict) -> TermScorer:
     """The term extractor + scorer a config (plain dict) describes."""
     t = cfg["text"]
@@ -101,23 +159,47 @@ def build_scorer(cfg: dict) -> TermScorer:
     return TermScorer(extractor, dict(s["weights"]), list(s["exclude"]), s["combine"])
 
 
-def _ctx(cfg: dict) -> dict:
-    """Per-process objects built once per config (the scorer and its caches, image settings)."""
+def _ctx(cfg: dict, name: str):
+    """A per-process object built once per config, on first use: ``scorer`` (the term scorer and its caches) or
+    ``preparer`` (image settings). Lazily, so that passes without text work never build the extractor."""
     key = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
     ctx = _CONTEXTS.get(key)
     if ctx is None:
-        im = cfg["image"]
-        ctx = {
-            "scorer": build_scorer(cfg),
-            "preparer": Preparer(
+        _CONTEXTS.clear()
+        ctx = _CONTEXTS[key] = {}
+    obj = ctx.get(name)
+    if obj is None:
+        if name == "scorer":
+            obj = build_scorer(cfg)
+        else:
+            im = cfg["image"]
+            obj = Preparer(
                 ImageSettings(
                     im["short_side"], im["quality"], im["max_aspect"], im["render_timeout_s"], im["max_svg_bytes"]
                 )
-            ),
-        }
-        _CONTEXTS.clear()
-        _CONTEXTS[key] = ctx
-    return ctx
+            )
+        ctx[name] = obj
+    return obj
+
+
+def _without_gc(task):
+    """Run a pass function with the cyclic garbage collector paused (its state restored after).
+
+    The passes allocate millions of small acyclic objects (decoded JSON lines, term lists) that reference counting
+    frees; the cyclic collector's generation scans over them were a third of the map/reduce parse time, measured.
+    """
+
+    @functools.wraps(task)
+    def run(*args, **kwargs):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return task(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return run
 
 
 def _rss_mb() -> float:
@@ -136,11 +218,12 @@ def stats_path(work: str, kind: str, i: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------- pass 1: map
+@_without_gc
 def map_task(cfg: dict, part: dict, work: str) -> None:
     """Read one input partition: hash each image, score its text, route units to hash partitions.
 
-    Writes ``units.jsonl`` (lines ``[seq, key, source, uid, path, offset, size, ext, signals, scores,
-    groups]`` ordered by hash partition), ``groups.json`` and ``stats.json`` (read count, skips by
+    Writes ``units.jsonl`` (lines ``[seq, key, source, uid, path, offset, size, ext, signals, terms,
+    groups]`` (``terms``: see ``term_groups``) ordered by hash partition), ``groups.json`` and ``stats.json`` (read count, skips by
     reason, hash-partition byte offsets, fingerprint, boilerplate hits).
     """
     t0 = time.perf_counter()
@@ -152,7 +235,7 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
     min_score = float(cfg["vocab"]["min_score"])
     group_by = list(cfg["curation"]["group_by"]) if cfg["curation"]["max_per_group"] > 0 else []
     cap = int(cfg["curation"]["max_per_group"])
-    scorer = _ctx(cfg)["scorer"]
+    scorer = _ctx(cfg, "scorer")
     scorer.extractor.boilerplate_hits = Counter()
     buckets: list[list[bytes]] = [[] for _ in range(parts_r)]
     groups: dict[str, dict[str, float]] = {}
@@ -182,7 +265,7 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
             fp.update(dumps_line([unit.source, unit.uid, reason, signals]))
             skipped[reason] += 1
             continue
-        scores = eligible_terms(scorer.score(signals), min_score) if signals else {}
+        scores = term_groups(scorer, signals, min_score) if signals else {}
         gs = sample_groups(unit.source, signals, group_by)
         if gs:
             rank = cap_rank(key)
@@ -220,9 +303,10 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- pass 2: reduce
+@_without_gc
 def reduce_task(cfg: dict, r: int, num_parts: int, work: str) -> None:
     """Merge duplicates of hash partition ``r`` across every input partition, apply the curation cap,
-    count document frequencies.
+    count document frequencies (``df.jsonl``, cut by term partition for the df pass).
 
     A key's units merge into its first unit (input order): their texts join, the extra units are
     ``duplicate_merged``; no text at all is ``no_text``; a sample ranked past a group's cap is
@@ -232,7 +316,7 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str) -> None:
     out = fresh_dir(task_dir(work, "reduce", r))
     min_score = float(cfg["vocab"]["min_score"])
     caps = read_json(os.path.join(work, "caps.json"))
-    scorer = _ctx(cfg)["scorer"]
+    scorer = _ctx(cfg, "scorer")
     by_key: dict[str, list] = {}
     for p in range(num_parts):
         st = read_json(stats_path(work, "map", p))
@@ -243,7 +327,7 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str) -> None:
             by_key.setdefault(line[1], []).append((p, line))
     skipped: dict[int, Counter] = {}
     capped: Counter[str] = Counter()
-    df_all: Counter[str] = Counter()
+    df_capped: Counter[str] = Counter()  # terms of the samples the cap drops: df + df_capped = df before the cap
     df: Counter[str] = Counter()
     samples = []
     for key, group in by_key.items():
@@ -253,21 +337,23 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str) -> None:
             for p, _ in group[1:]:
                 skipped.setdefault(p, Counter())["duplicate_merged"] += 1
             text = merge_signals([g[1][8] for g in group])
-            terms = eligible_terms(scorer.score(text), min_score) if text else {}
+            terms = term_groups(scorer, text, min_score) if text else {}
             gs = sorted({x for g in group for x in g[1][10]})
         else:
             text, terms, gs = first[8], first[9], first[10]
         if not text:
             skipped.setdefault(p0, Counter())["no_text"] += 1
             continue
-        df_all.update(terms.keys())
-        rank = cap_rank(key)
-        over = next((g for g in gs if g in caps and rank > caps[g]), None)
-        if over is not None:
-            skipped.setdefault(p0, Counter())["group_cap"] += 1
-            capped[over] += 1
-            continue
-        df.update(terms.keys())
+        terms_list = group_terms(terms)
+        if gs:
+            rank = cap_rank(key)
+            over = next((g for g in gs if g in caps and rank > caps[g]), None)
+            if over is not None:
+                skipped.setdefault(p0, Counter())["group_cap"] += 1
+                capped[over] += 1
+                df_capped.update(terms_list)
+                continue
+        df.update(terms_list)
         uids = [g[1][3] for g in group]
         # [partition, seq, key, source, uids, path, offset, size, ext, text, terms]
         samples.append((p0, first[0], key, first[2], uids, first[4], first[5], first[6], first[7], text, terms))
@@ -282,14 +368,15 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str) -> None:
         pos += len(line)
     index_offsets.append(pos)
     write_lines_atomic(os.path.join(out, "samples.jsonl"), lines)
-    write_json_atomic(
-        os.path.join(out, "df.json"), {"df": dict(sorted(df.items())), "df_all": dict(sorted(df_all.items()))}
+    df_offsets = write_df(
+        os.path.join(out, "df.jsonl"), df, df + df_capped if capped else None, int(cfg["run"]["reduce_partitions"])
     )
     write_json_atomic(
         os.path.join(out, "stats.json"),
         {
             "samples": len(samples),
             "index": {"parts": index_parts, "offsets": index_offsets},
+            "df_offsets": df_offsets,
             "skipped_by_part": {str(p): dict(sorted(c.items())) for p, c in sorted(skipped.items())},
             "group_cap": dict(sorted(capped.items())),
             "seconds": round(time.perf_counter() - t0, 3),
@@ -298,7 +385,41 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str) -> None:
     )
 
 
+# ---------------------------------------------------------------------------------------- pass 2b: df
+HEAD_TERMS = 25  # the most frequent terms before the curation cap, for the report
+
+
+@_without_gc
+def df_task(cfg: dict, j: int, num_reduce: int, work: str, num_samples: int) -> None:
+    """Exact document frequencies of term partition ``j`` (summed over every reduce partition) and its share of the
+    vocabulary (``labels.vocab.top_terms``: the ``vocab.max_terms`` best terms within ``min_df`` and the
+    ``max_df_share`` ceiling, the terms over the ceiling), plus its ``HEAD_TERMS`` most frequent terms before the
+    curation cap. Writes ``vocab.json``, then ``stats.json``.
+
+    Per term partition, so that no process holds every term of the corpus and no count is approximate.
+    """
+    t0 = time.perf_counter()
+    out = fresh_dir(task_dir(work, "df", j))
+    v = cfg["vocab"]
+    df: Counter[str] = Counter()
+    capped: Counter[str] = Counter()  # in samples the curation cap dropped: df + capped = df before the cap
+    for r in range(num_reduce):
+        offsets = read_json(stats_path(work, "reduce", r))["df_offsets"]
+        part, part_all = read_df(os.path.join(task_dir(work, "reduce", r), "df.jsonl"), offsets[j], offsets[j + 1])
+        df.update(part)
+        if part_all is not part:
+            capped.update({t: c - part.get(t, 0) for t, c in part_all.items() if c > part.get(t, 0)})
+    rec = top_terms(df, int(v["min_df"]), int(v["max_terms"]), float(v["max_df_share"]) * num_samples)
+    rec["candidate_terms"] = len(df)
+    rec["head"] = [list(p) for p in heapq.nsmallest(HEAD_TERMS, (df + capped if capped else df).items(), key=by_df)]
+    write_json_atomic(os.path.join(out, "vocab.json"), rec)
+    write_json_atomic(
+        os.path.join(out, "stats.json"), {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()}
+    )
+
+
 # ---------------------------------------------------------------------------------------- pass 3: count
+@_without_gc
 def count_task(cfg: dict, r: int, work: str, cooccurrence: bool) -> None:
     """Per candidate term, the samples of hash partition ``r`` that keep it after the per-image cap;
     with ``cooccurrence``, label co-occurrence counts too (``counts.npz``: ``used``, ``rows``, ``cols``,
@@ -309,11 +430,12 @@ def count_task(cfg: dict, r: int, work: str, cooccurrence: bool) -> None:
     out = fresh_dir(task_dir(work, "count", r))
     vocab = read_json(os.path.join(work, "vocab_df.json"))["terms"]
     index = {t: i for i, t in enumerate(vocab)}
-    min_score, max_labels = float(cfg["vocab"]["min_score"]), int(cfg["vocab"]["max_labels_per_image"])
+    max_labels = int(cfg["vocab"]["max_labels_per_image"])
+    mask_score = MaskScores(cfg["signals"]["weights"], cfg["signals"]["combine"])
     used = np.zeros(len(vocab), dtype=np.int64)
     counter = CooccurrenceCounter(len(vocab)) if cooccurrence else None
     for s in read_lines(os.path.join(task_dir(work, "reduce", r), "samples.jsonl")):
-        raw = select_labels(s[10], index, min_score, max_labels)
+        raw = select_group_labels(s[10], index, mask_score, max_labels)
         for i, _ in raw:
             used[i] += 1
         if counter is not None and raw:
@@ -348,6 +470,7 @@ def _partition_samples(work: str, p: int, num_reduce: int):
     return heapq.merge(*streams, key=lambda s: s[1])
 
 
+@_without_gc
 def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
     """Label the samples of one input partition and write its output shards (per split and scale
     bucket) under ``write/p<i>/``; image failures are skipped by reason; ``stats.json`` holds the
@@ -361,11 +484,12 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
     vocab, term_cluster = lab["vocab"], lab["term_cluster"]
     index = {t: i for i, t in enumerate(vocab)}
     v = cfg["vocab"]
-    min_score, max_labels, keep_unlabeled = float(v["min_score"]), int(v["max_labels_per_image"]), v["keep_unlabeled"]
+    max_labels, keep_unlabeled = int(v["max_labels_per_image"]), v["keep_unlabeled"]
+    mask_score = MaskScores(cfg["signals"]["weights"], cfg["signals"]["combine"])
     val_fraction = float(cfg["split"]["val_fraction"])
     scales = [float(x) for x in cfg["split"]["scales"]]
     text_only = cfg["run"]["text_only"]
-    preparer = _ctx(cfg)["preparer"]
+    preparer = _ctx(cfg, "preparer")
     skipped: Counter[str] = Counter()
     raw_counts: Counter[int] = Counter()
     clustered_counts: Counter[int] = Counter()
@@ -375,9 +499,10 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
     written = labelled = 0
     shards = None if text_only else ShardSet(out, scales, cfg["shards"]["maxcount"], cfg["shards"]["maxsize"])
     text_lines = []
+    rounded = functools.lru_cache(maxsize=None)(lambda x: round(x, 4))  # a handful of distinct scores
     for s in _partition_samples(work, p.index, num_reduce):
         _, seq, key, source, uids, path, offset, size, ext, text, terms = s
-        raw = select_labels(terms, index, min_score, max_labels)
+        raw = select_group_labels(terms, index, mask_score, max_labels)
         if not raw and not keep_unlabeled:
             skipped["no_label"] += 1
             continue
@@ -388,7 +513,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
             "key": key,
             "source": source,
             "labels": {"raw": [i for i, _ in raw], "clustered": [c for c, _ in clustered]},
-            "scores": {"raw": [round(x, 4) for _, x in raw], "clustered": [round(x, 4) for _, x in clustered]},
+            "scores": {"raw": [rounded(x) for _, x in raw], "clustered": [rounded(x) for _, x in clustered]},
             "terms": [vocab[i] for i, _ in raw],
             "text": text_for_json(text),
             "uids": uids,

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from configs.labels_schema import AUTO_REDUCE_PARTITIONS
 from labels import passes
 from labels.cluster import (
     Clusters,
@@ -61,7 +62,7 @@ from labels.report import write_report
 from labels.shards import FORMAT_VERSION, MANIFEST, remove_dataset, write_json
 from labels.sources import InputError, Partition, list_partitions
 from labels.store import read_json, write_json_atomic, write_lines_atomic
-from labels.vocab import TermCounter, build_vocabulary
+from labels.vocab import merge_top
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class _Driver:
         self.cfg_dict = computed_config(cfg)
         self.out = cfg.output
         self.work = os.path.join(self.out, "_work")
-        self.R = int(cfg.run.reduce_partitions)
+        self.R = int(cfg.run.reduce_partitions)  # 0 (auto) is resolved by resolve_reduce_partitions once listed
         self.engine = Engine(cfg.run.engine, cfg.run.workers, cfg.run.max_retries, cfg.run.progress)
         self.passes: dict[str, dict] = {}
         self.timings: dict[str, float] = {}
@@ -169,35 +170,55 @@ class _Driver:
         write_json_atomic(os.path.join(self.work, "caps.json"), caps)
         return caps
 
+    def resolve_reduce_partitions(self, num_parts: int) -> None:
+        """``run.reduce_partitions=0``: one hash partition per input partition, at most ``AUTO_REDUCE_PARTITIONS``,
+        so a reduce task's memory stays flat as the corpus grows; the tasks (and the work fingerprint, and the
+        manifest's pipeline config) see the resolved count."""
+        if self.R == 0:
+            self.R = max(1, min(num_parts, AUTO_REDUCE_PARTITIONS))
+        self.cfg_dict["run"]["reduce_partitions"] = self.R
+
     # ------------------------------------------------------------------------------ vocabulary
     def vocabulary(self) -> dict:
+        """Merge the df pass's per-term-partition shares into the vocabulary (``max_terms`` pairs held at a time)."""
         v = self.cfg.vocab
-        df = TermCounter(v.max_candidate_terms)
-        df_all: Counter[str] = Counter()
-        num_samples = 0
-        for r in range(self.R):
-            d = read_json(os.path.join(passes.task_dir(self.work, "reduce", r), "df.json"))
-            df.update_counts(d["df"])
-            df_all.update(d["df_all"])
-            num_samples += read_json(passes.stats_path(self.work, "reduce", r))["samples"]
-        ceiling = float(v.max_df_share) * num_samples
-        dropped = sorted(((t, c) for t, c in df.counts.items() if c > ceiling), key=lambda tc: (-tc[1], tc[0]))
-        counts = {t: c for t, c in df.counts.items() if c <= ceiling} if dropped else df.counts
-        terms = build_vocabulary(counts, v.min_df, v.max_terms)
+        num_samples = sum(read_json(passes.stats_path(self.work, "reduce", r))["samples"] for r in range(self.R))
+        self.run_pass(
+            "df",
+            passes.df_task,
+            [
+                Task(
+                    f"term partition {j}",
+                    passes.stats_path(self.work, "df", j),
+                    (self.cfg_dict, j, self.R, self.work, num_samples),
+                )
+                for j in range(self.R)
+            ],
+        )
+        t = time.perf_counter()
+        kept: list = []
+        dropped: list = []
+        head: list = []
+        candidates = 0
+        for j in range(self.R):
+            rec = read_json(os.path.join(passes.task_dir(self.work, "df", j), "vocab.json"))
+            kept = merge_top(kept, rec["kept"], int(v.max_terms))
+            dropped = merge_top(dropped, rec["dropped"], None)
+            head = merge_top(head, rec["head"], passes.HEAD_TERMS)
+            candidates += rec["candidate_terms"]
         info = {
-            "terms": terms,
-            "df": [counts[t] for t in terms],
+            "terms": [t for t, _ in kept],
+            "df": [c for _, c in kept],
             "num_samples": num_samples,
-            "candidate_terms": len(df),
-            "df_prune_floor": df.floor,
-            "df_prunes": df.prunes,
+            "candidate_terms": candidates,
             "df_ceiling": {
                 "max_df_share": float(v.max_df_share),
                 "dropped": [{"term": t, "df": c, "share": round(c / num_samples, 4)} for t, c in dropped],
             },
-            "head_before_curation": [[t, c] for t, c in sorted(df_all.items(), key=lambda tc: (-tc[1], tc[0]))[:25]],
+            "head_before_curation": [[t, c] for t, c in head],
         }
         write_json_atomic(os.path.join(self.work, "vocab_df.json"), info)
+        self.timings["vocab_s"] = time.perf_counter() - t
         return info
 
     # ------------------------------------------------------------------------------ clustering
@@ -365,6 +386,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     if not parts:
         raise InputError("the configured sources hold no input")
     os.makedirs(d.out, exist_ok=True)
+    d.resolve_reduce_partitions(len(parts))
     _prepare_work(d.work, d.cfg_dict, parts)
     d.timings["list_s"] = time.perf_counter() - t
     work, cd, R = d.work, d.cfg_dict, d.R
@@ -383,9 +405,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
         passes.reduce_task,
         [Task(f"hash partition {r}", passes.stats_path(work, "reduce", r), (cd, r, P, work)) for r in range(R)],
     )
-    t = time.perf_counter()
     vinfo = d.vocabulary()
-    d.timings["vocab_s"] = time.perf_counter() - t
     needs_cooc = bool(cfg.cluster.enabled) and cfg.cluster.embedder in ("auto", "ppmi")
     d.run_pass(
         "count",
@@ -477,7 +497,13 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     for rs in rstats:
         group_cap.update(rs["group_cap"])
     considered = counts["written"] + skipped.get("no_label", 0)
-    for name, kind, n in (("map", "map", P), ("reduce", "reduce", R), ("count", "count", R), ("write", "write", P)):
+    for name, kind, n in (
+        ("map", "map", P),
+        ("reduce", "reduce", R),
+        ("df", "df", R),
+        ("count", "count", R),
+        ("write", "write", P),
+    ):
         d.passes[name].update(d.task_totals(kind, n))
     stats = {
         "name": cfg.name,
@@ -492,8 +518,6 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
         },
         "vocab": {
             "candidate_terms": vinfo["candidate_terms"],
-            "df_prune_floor": vinfo["df_prune_floor"],
-            "df_prunes": vinfo["df_prunes"],
             "after_min_df_max_terms": len(vinfo["terms"]),
             "raw": len(vocab),
             "clustered": len(names),

@@ -1,49 +1,51 @@
-"""Document frequencies in bounded memory, vocabulary cuts, and head/torso/tail statistics."""
+"""Document frequencies partitioned by term (exact at any corpus size), vocabulary cuts, and head/torso/tail
+statistics."""
 
 from __future__ import annotations
 
-from collections import Counter
+import heapq
+import itertools
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
 
-class TermCounter:
-    """Document frequency of terms, in memory bounded by ``max_size`` distinct terms.
+def term_bucket(term: str, buckets: int) -> int:
+    """Which of ``buckets`` document-frequency partitions counts ``term``: CRC-32 of its UTF-8 bytes (the same in
+    every process and on every machine, unlike ``hash``)."""
+    return zlib.crc32(term.encode("utf-8")) % buckets
 
-    When the table outgrows ``max_size`` it drops every term whose count is at most a floor, raising
-    the floor until the table is at most half full (lossy counting in the spirit of Manku & Motwani
-    2002). Frequent terms survive every prune with exact counts; a term dropped at a prune restarts
-    from zero, so its count is short by at most ``floor`` per prune it lost (``prunes`` and ``floor``
-    go into the report; both stay 0 while the table fits, and counts are then exact).
+
+def split_by_term(df: Mapping[str, int], buckets: int) -> list[dict[str, int]]:
+    """``df`` cut into ``buckets`` disjoint tables by ``term_bucket``."""
+    out: list[dict[str, int]] = [{} for _ in range(buckets)]
+    crc = zlib.crc32
+    for term, count in df.items():
+        out[crc(term.encode("utf-8")) % buckets][term] = count
+    return out
+
+
+def by_df(term_count: tuple[str, int]) -> tuple[int, str]:
+    """Sort key of ``(term, df)`` pairs: most frequent first, ties alphabetical (the vocabulary's order)."""
+    return -term_count[1], term_count[0]
+
+
+def top_terms(df: Mapping[str, int], min_df: int, max_terms: int, ceiling: float) -> dict[str, list]:
+    """One term partition's share of the vocabulary: ``kept``, its ``max_terms`` best ``(term, df)`` pairs with
+    ``min_df <= df <= ceiling``, and ``dropped``, every pair over the ceiling, both in ``by_df`` order.
+
+    Term partitions are disjoint, so the ``max_terms`` best of all partitions' ``kept`` lists (``merge_top``) are
+    exactly ``build_vocabulary`` of the whole table: each partition is counted exactly, never pruned, and the driver
+    holds ``max_terms`` pairs, not the table.
     """
+    kept = heapq.nsmallest(max_terms, ((t, c) for t, c in df.items() if min_df <= c <= ceiling), key=by_df)
+    dropped = sorted(((t, c) for t, c in df.items() if c > ceiling), key=by_df)
+    return {"kept": [list(p) for p in kept], "dropped": [list(p) for p in dropped]}
 
-    def __init__(self, max_size: int) -> None:
-        if max_size < 2:
-            raise ValueError(f"max_size must be >= 2, got {max_size}")
-        self.max_size = max_size
-        self.counts: Counter[str] = Counter()
-        self.floor = 0
-        self.prunes = 0
 
-    def update(self, terms: Iterable[str]) -> None:
-        """Count each term of one document once (pass distinct terms, e.g. a dict's keys)."""
-        self.counts.update(iter(terms))  # an iterator, never a mapping: Counter would add its values
-        if len(self.counts) > self.max_size:
-            self._prune()
-
-    def update_counts(self, counts) -> None:
-        """Add document frequencies counted elsewhere (term -> count: another partition's table)."""
-        self.counts.update(counts)
-        if len(self.counts) > self.max_size:
-            self._prune()
-
-    def _prune(self) -> None:
-        self.prunes += 1
-        while len(self.counts) > self.max_size // 2:
-            self.floor += 1
-            self.counts = Counter({t: c for t, c in self.counts.items() if c > self.floor})
-
-    def __len__(self) -> int:
-        return len(self.counts)
+def merge_top(a: Iterable[Sequence], b: Iterable[Sequence], n: int | None) -> list[tuple[str, int]]:
+    """The first ``n`` (all when None) ``(term, df)`` pairs of two ``by_df``-sorted lists of distinct terms."""
+    merged = heapq.merge((tuple(p) for p in a), (tuple(p) for p in b), key=by_df)
+    return list(merged) if n is None else list(itertools.islice(merged, n))
 
 
 def build_vocabulary(df: Mapping[str, int], min_df: int, max_terms: int) -> list[str]:

@@ -113,6 +113,23 @@ def test_local_pool_and_ray_give_byte_identical_outputs(reference, ray_session, 
     assert output_bytes(Path(text.output)) == output_bytes(Path(text_local.output))
 
 
+def test_the_reduce_partition_count_never_changes_the_dataset(reference, tmp_path):
+    """Hash partitions only decide which task merges which keys: 1, 3 (the reference) and auto (0: one per input
+    partition, here 5) give the same shards and manifest, bar the count the manifest records."""
+    root, sources, files, _ = reference
+    for n, resolved in ((1, 1), (0, 5)):
+        cfg = labels_config(tmp_path, sources, ["run.partition_size=2", f"run.reduce_partitions={n}"], out=f"r{n}")
+        result = run(cfg)
+        assert result.stats["distributed"]["reduce_partitions"] == resolved
+        got = output_bytes(Path(cfg.output))
+        manifest = json.loads(got.pop("manifest.json"))
+        assert manifest["pipeline_config"]["run"]["reduce_partitions"] == resolved
+        manifest["pipeline_config"]["run"]["reduce_partitions"] = 3
+        ref = dict(files)
+        assert manifest == json.loads(ref.pop("manifest.json"))
+        assert got == ref
+
+
 def _cli_config(tmp_path: Path, sources: list[dict], out: Path, extra: dict) -> Path:
     cfg = {
         "name": "test",
@@ -134,7 +151,7 @@ def _stats_files(work: Path, kind: str) -> set[str]:
     return {p.parent.name for p in (work / kind).glob("*/stats.json")}
 
 
-@pytest.mark.parametrize("kill_in", ["map", "write"])
+@pytest.mark.parametrize("kill_in", ["map", "df", "write"])
 def test_kill_9_of_the_driver_then_rerun_is_byte_identical(reference, tmp_path, kill_in):
     _, sources, files, _ = reference
     out = tmp_path / "out"
@@ -147,7 +164,7 @@ def test_kill_9_of_the_driver_then_rerun_is_byte_identical(reference, tmp_path, 
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    done = {k: _stats_files(work, k) for k in ("map", "reduce", "count", "write")}
+    done = {k: _stats_files(work, k) for k in ("map", "reduce", "df", "count", "write")}
     assert done[kill_in]  # killed mid-run: some tasks of the pass are complete
     assert not (out / "manifest.json").exists()
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)

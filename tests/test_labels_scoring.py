@@ -1,13 +1,22 @@
 """Signal scoring, per-image label choice, vocabulary cuts and the split/scale hash."""
 
 import hashlib
+import zlib
 
 import pytest
 
 from labels.hashing import content_key, hash_unit, scale_bucket, split_of
 from labels.scoring import TermScorer, cluster_labels, eligible_terms, select_labels
 from labels.text import TermExtractor
-from labels.vocab import TermCounter, build_vocabulary, frequency_bands, histogram_stats
+from labels.vocab import (
+    build_vocabulary,
+    frequency_bands,
+    histogram_stats,
+    merge_top,
+    split_by_term,
+    term_bucket,
+    top_terms,
+)
 
 WEIGHTS = {"keywords": 1.0, "title": 0.8, "category": 0.6, "description": 0.4}
 
@@ -71,19 +80,22 @@ def test_build_vocabulary_min_df_max_terms_order():
     assert build_vocabulary(df, min_df=6, max_terms=10) == ["car"]
 
 
-def test_term_counter_exact_below_bound_and_bounded_above():
-    c = TermCounter(max_size=1000)
-    for doc in (["a", "b"], ["a"], ["a", "c"]):
-        c.update(doc)
-    assert c.counts == {"a": 3, "b": 1, "c": 1} and c.floor == 0 and c.prunes == 0
-    small = TermCounter(max_size=10)
-    for i in range(100):
-        small.update(iter(["frequent", f"once{i}"]))
-        small.update({"also": 0.5}.keys())  # a dict's keys count once each, never its values
-    assert len(small) <= 10 and small.prunes > 0
-    # The frequent terms are never dropped: their counts stay exact.
-    assert small.counts["frequent"] == 100 and small.counts["also"] == 100
-    assert sum(t.startswith("once") for t in small.counts) < 10  # the one-off terms were pruned
+def test_vocabulary_from_term_partitions_equals_the_whole_table():
+    df = {"cat": 5, "dog": 5, "car": 9, "rare": 1, "tree": 2, "the": 40, "a b": 3}
+    parts = split_by_term(df, 3)
+    assert sum(len(p) for p in parts) == len(df) and {t for p in parts for t in p} == set(df)
+    assert all(term_bucket(t, 3) == j for j, p in enumerate(parts) for t in p)
+    assert term_bucket("cat", 1000) == zlib.crc32(b"cat") % 1000  # the same in every process (not hash())
+    kept, dropped = [], []
+    for p in parts:
+        share = top_terms(p, min_df=2, max_terms=3, ceiling=20)
+        kept, dropped = merge_top(kept, share["kept"], 3), merge_top(dropped, share["dropped"], None)
+    assert (
+        [t for t, _ in kept]
+        == build_vocabulary({t: c for t, c in df.items() if c <= 20}, 2, 3)
+        == ["car", "cat", "dog"]
+    )
+    assert dropped == [("the", 40)]
 
 
 def test_frequency_bands_known_split():

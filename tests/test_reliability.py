@@ -538,22 +538,127 @@ def test_scores_are_probabilities_and_label_choice_is_bounded(signals, min_score
             assert s == max(score for i, score in raw if term_cluster[i] == c)
 
 
+def _reference_terms(ex, text):
+    """The term extraction of the first miner (one token at a time, one n-gram size at a time): the reference the fast
+    path in labels/text.py must equal, order included."""
+    from labels.text import (
+        _APOSTROPHE_RE,
+        _JOINERS,
+        _KEPT_HYPHEN,
+        _LETTER_HYPHEN_RE,
+        _POSSESSIVE_RE,
+        _SPLIT_RE,
+        normalize,
+    )
+
+    text = normalize(text)
+    text = _APOSTROPHE_RE.sub("", _POSSESSIVE_RE.sub("", text))
+    if ex._boilerplate_re is not None:
+        text = ex._boilerplate_re.sub(" | ", text)
+    text = _LETTER_HYPHEN_RE.sub(r"\1" + _KEPT_HYPHEN, text).translate(_JOINERS).replace(_KEPT_HYPHEN, "-")
+    runs = []
+    for piece in _SPLIT_RE.split(text):
+        run = []
+        for token in piece.split():
+            word = ex._word_uncached(token)
+            if word is None:
+                if run:
+                    runs.append(run)
+                    run = []
+            else:
+                run.append(word)
+        if run:
+            runs.append(run)
+    seen = {}
+    for run in runs:
+        for size in range(1, min(ex.max_words, len(run)) + 1):
+            seen.update(dict.fromkeys(" ".join(run[i : i + size]) for i in range(len(run) - size + 1)))
+    return [t for t in seen if t not in ex.stop_terms]
+
+
+def _reference_scores(scorer, signals):
+    """``TermScorer.score`` of the first miner (a float per term, combined type by type in sorted order)."""
+    ex = scorer.extractor
+    banned_words = {w for name in scorer.exclude for t in signals.get(name, ()) for run in ex.chunks(t) for w in run}
+    best, miss = {}, {}  # max rule; noisy-or: prod(1 - w) over the types holding the term
+    for name in sorted(signals):
+        w = scorer.weights.get(name)
+        if w is None:
+            continue
+        for term in scorer.signal_terms(signals[name]):
+            if banned_words.isdisjoint(term.split(" ")):
+                best[term] = max(best.get(term, 0.0), w)
+                miss[term] = miss.get(term, 1.0) * (1.0 - w)
+    return best if scorer.combine == "max" else {t: 1.0 - m for t, m in miss.items()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(ANY_TEXT, st.integers(1, 5))
+@example("Red-black x-ray cars' of the Cat's cars, 42 cats the red car", 4)
+@example("a b c d e f", 5)
+def test_fast_term_extraction_equals_the_reference(text, max_words):
+    from labels.text import TermExtractor
+
+    ex = TermExtractor(max_words=max_words, stop_terms=["red car"], boilerplate=["free download"])
+    assert ex.terms(text) == _reference_terms(ex, text)
+    assert ex.terms(text + " free download") == _reference_terms(ex, text + " free download")
+
+
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.lists(st.sampled_from("abcdefghijkl"), max_size=6), max_size=40), st.integers(2, 8))
-def test_document_frequency_counts_add_up_and_lossy_counts_stay_within_their_bound(docs, max_size):
-    from labels.vocab import TermCounter, build_vocabulary, frequency_bands, histogram_stats
+@given(SIGNALS, st.floats(0, 1), st.integers(0, 5))
+@example({"title": ["red car"], "keywords": ["red", "car"], "description": ["red car"]}, 0.5, 3)
+def test_mask_scores_and_term_groups_equal_float_scores_and_select_labels(signals, min_score, max_labels):
+    """The passes carry terms grouped by signal mask and score them by mask: the same floats, the same labels, as
+    scoring each term (``score``) and choosing with ``select_labels``."""
+    from labels.passes import group_terms, term_groups
+    from labels.scoring import TermScorer, eligible_terms, select_group_labels, select_labels
+    from labels.text import TermExtractor
+
+    weights = {"title": 0.8, "keywords": 0.6, "description": 0.4}
+    for combine in ("noisy_or", "max"):
+        scorer = TermScorer(TermExtractor(), weights, exclude=["author"], combine=combine)
+        scores = scorer.score(signals)
+        ref = _reference_scores(scorer, signals)
+        assert list(scores) == list(ref)
+        assert all(scores[t] == ref[t] for t in ref)  # bit-equal floats, not approx
+        groups = term_groups(scorer, signals, min_score)
+        kept = eligible_terms(scores, min_score)
+        assert sorted(group_terms(groups)) == sorted(kept)
+        vocab = {t: i for i, t in enumerate(sorted(scores, reverse=True))}
+        assert select_group_labels(groups, vocab, scorer.mask_score, max_labels) == select_labels(
+            kept, vocab, min_score, max_labels
+        )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.lists(st.sampled_from("abcdefghijkl"), max_size=6), max_size=40),
+    st.integers(1, 5),
+    st.integers(1, 4),
+    st.integers(1, 6),
+    st.floats(0.1, 1.0),
+)
+def test_document_frequencies_by_term_partition_give_the_whole_corpus_vocabulary(
+    docs, buckets, min_df, max_terms, share
+):
+    """However the corpus is cut into sample partitions and term partitions, the merged shares are exactly the
+    vocabulary of the whole table (the old single table was lossy past a size bound)."""
+    from labels.vocab import build_vocabulary, frequency_bands, histogram_stats, merge_top, split_by_term, top_terms
 
     truth = Counter(t for d in docs for t in set(d))
-    exact, lossy = TermCounter(1000), TermCounter(max_size)
-    for d in docs:
-        exact.update(dict.fromkeys(d))
-        lossy.update(dict.fromkeys(d))
-        assert len(lossy) <= max_size
-    assert exact.counts == truth and exact.prunes == 0 and sum(exact.counts.values()) == sum(len(set(d)) for d in docs)
-    for term, count in lossy.counts.items():
-        assert truth[term] - lossy.prunes * lossy.floor <= count <= truth[term]
-    vocab = build_vocabulary(exact.counts, min_df=2, max_terms=5)
-    assert len(vocab) <= 5 and all(exact.counts[t] >= 2 for t in vocab)
+    halves = [Counter(t for d in docs[i::2] for t in set(d)) for i in range(2)]  # two reduce partitions
+    ceiling = share * len(docs)
+    kept, dropped = [], []
+    for j in range(buckets):
+        part = Counter()
+        for h in halves:
+            part.update(split_by_term(h, buckets)[j])
+        assert part == {t: c for t, c in truth.items() if split_by_term({t: c}, buckets)[j]}
+        got = top_terms(part, min_df, max_terms, ceiling)
+        kept, dropped = merge_top(kept, got["kept"], max_terms), merge_top(dropped, got["dropped"], None)
+    assert [t for t, _ in kept] == build_vocabulary({t: c for t, c in truth.items() if c <= ceiling}, min_df, max_terms)
+    assert all(truth[t] == c for t, c in kept + dropped)
+    assert {t for t, _ in dropped} == {t for t, c in truth.items() if c > ceiling}
     bands = frequency_bands(list(truth.values()))
     assert sum(bands[b]["labels"] for b in ("head", "torso", "tail")) == bands["num_labels"] == len(truth)
     assert sum(bands[b]["occurrences"] for b in ("head", "torso", "tail")) == bands["occurrences"]
