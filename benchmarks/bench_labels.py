@@ -180,8 +180,9 @@ def projection(stats1: dict, rows: int, img: dict, driver_mb: float) -> None:
         f"    output shards: {out_tb:.1f} TB ({img['mean_output_bytes'] / 1e3:.1f} kB JPEG + {json_b:.0f} B json per image)"
     )
     print(
-        f"    driver memory: {driver_mb:.0f} MB measured; it holds the DF table (bounded by"
-        " vocab.max_candidate_terms), the vocabulary and one stats record at a time, not rows"
+        f"    driver memory: {driver_mb:.0f} MB measured; it holds the vocabulary (vocab.max_terms terms), the"
+        " merged co-occurrence of those terms and one stats record at a time: no rows, no candidate-term table"
+        " (document frequencies are counted per term partition by the df pass)"
     )
 
 

@@ -80,17 +80,19 @@ class CooccurrenceCounter:
         self.rows = np.zeros(0, dtype=np.int64)  # compacted, sorted, distinct (row, col)
         self.cols = np.zeros(0, dtype=np.int64)
         self.vals = np.zeros(0, dtype=np.int64)
-        self._pending: list[np.ndarray] = []
+        self._pending: list[int] = []  # the pending images' ids, concatenated
+        self._lengths: list[int] = []  # ids per pending image
         self._pending_pairs = 0
         self.compactions = 0
 
     def add(self, label_ids: Sequence[int]) -> None:
         """Count one image's labels (distinct ids)."""
-        ids = np.asarray(label_ids, dtype=np.int64)
-        if len(ids) == 0:
+        k = len(label_ids)
+        if k == 0:
             return
-        self._pending.append(ids)
-        self._pending_pairs += len(ids) * len(ids)
+        self._pending += label_ids
+        self._lengths.append(k)
+        self._pending_pairs += k * k
         if self._pending_pairs >= max(self.compact_every, len(self.vals)):
             self._compact()
 
@@ -112,12 +114,15 @@ class CooccurrenceCounter:
     def _compact(self) -> None:
         if not self._pending:
             return
-        rs, cs = [], []
-        for ids in self._pending:
-            rs.append(np.repeat(ids, len(ids)))
-            cs.append(np.tile(ids, len(ids)))
-        self._pending, self._pending_pairs = [], 0
-        r, c = np.concatenate(rs), np.concatenate(cs)
+        # Every image's k x k (row, col) pairs at once: pair j of an image is (ids[j // k], ids[j % k]).
+        ids = np.asarray(self._pending, dtype=np.int64)
+        lengths = np.asarray(self._lengths, dtype=np.int64)
+        self._pending, self._lengths, self._pending_pairs = [], [], 0
+        pairs = lengths * lengths
+        image = np.repeat(np.arange(len(lengths)), pairs)
+        within = np.arange(int(pairs.sum()), dtype=np.int64) - np.repeat(np.cumsum(pairs) - pairs, pairs)
+        start, k = (np.cumsum(lengths) - lengths)[image], lengths[image]
+        r, c = ids[start + within // k], ids[start + within % k]
         self._sum(r, c, np.ones(len(r), dtype=np.int64))
 
     def triplets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

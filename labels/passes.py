@@ -432,14 +432,15 @@ def count_task(cfg: dict, r: int, work: str, cooccurrence: bool) -> None:
     index = {t: i for i, t in enumerate(vocab)}
     max_labels = int(cfg["vocab"]["max_labels_per_image"])
     mask_score = MaskScores(cfg["signals"]["weights"], cfg["signals"]["combine"])
-    used = np.zeros(len(vocab), dtype=np.int64)
+    kept: list[int] = []  # every sample's kept label ids, concatenated
     counter = CooccurrenceCounter(len(vocab)) if cooccurrence else None
     for s in read_lines(os.path.join(task_dir(work, "reduce", r), "samples.jsonl")):
-        raw = select_group_labels(s[10], index, mask_score, max_labels)
-        for i, _ in raw:
-            used[i] += 1
-        if counter is not None and raw:
-            counter.add(sorted(i for i, _ in raw))
+        ids = [i for i, _ in select_group_labels(s[10], index, mask_score, max_labels)]
+        kept += ids
+        if counter is not None and ids:
+            ids.sort()
+            counter.add(ids)
+    used = np.bincount(np.asarray(kept, dtype=np.int64), minlength=len(vocab)).astype(np.int64)
     rows, cols, vals = counter.triplets() if counter is not None else (np.zeros(0, np.int64),) * 3
     tmp = os.path.join(out, "counts.tmp.npz")
     np.savez(tmp, used=used, rows=rows, cols=cols, vals=vals)

@@ -49,8 +49,11 @@ def add_signal(signals: dict[str, list[str]], name: str, value) -> None:
     for v in values:
         if v is None or isinstance(v, (dict, list, tuple)):
             continue
-        # A lone surrogate (valid JSON escape "\ud800") cannot be UTF-8 encoded later: replace it here.
-        text = str(v).encode("utf-8", "surrogatepass").decode("utf-8", "replace").strip()
+        text = v if isinstance(v, str) else str(v)
+        if not text.isascii():
+            # A lone surrogate (valid JSON escape "\ud800") cannot be UTF-8 encoded later: replace it here.
+            text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        text = text.strip()
         if text:
             signals.setdefault(name, []).append(text)
 
