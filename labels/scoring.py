@@ -87,10 +87,11 @@ class TermScorer:
 
     def signal_terms(self, texts: Sequence[str]) -> list[str]:
         """Distinct terms over several texts of one signal type, in order of appearance."""
+        if len(texts) == 1:
+            return self.extractor.terms(texts[0])  # one text's terms are distinct already
         seen: dict[str, None] = {}
         for text in texts:
-            for term in self.extractor.terms(text):
-                seen[term] = None
+            seen.update(dict.fromkeys(self.extractor.terms(text)))
         return list(seen)
 
     def term_masks(self, signals: Mapping[str, Sequence[str]]) -> dict[str, int]:
