@@ -83,6 +83,7 @@ class CooccurrenceCounter:
         self._pending: list[int] = []  # the pending images' ids, concatenated
         self._lengths: list[int] = []  # ids per pending image
         self._pending_pairs = 0
+        self._merged: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # pending triplets from merge()
         self.compactions = 0
 
     def add(self, label_ids: Sequence[int]) -> None:
@@ -97,9 +98,12 @@ class CooccurrenceCounter:
             self._compact()
 
     def merge(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
-        """Add counts given as COO triplets (another counter's ``triplets()``)."""
-        self._compact()
-        self._sum(np.asarray(rows, np.int64), np.asarray(cols, np.int64), np.asarray(vals, np.int64))
+        """Add counts given as COO triplets (another counter's ``triplets()``), buffered like ``add``: summing each
+        partition's triplets into the whole matrix at once cost O(partitions x nnz) in the driver."""
+        self._merged.append((np.asarray(rows, np.int64), np.asarray(cols, np.int64), np.asarray(vals, np.int64)))
+        self._pending_pairs += len(vals)
+        if self._pending_pairs >= max(self.compact_every, len(self.vals)):
+            self._compact()
 
     def _sum(self, r: np.ndarray, c: np.ndarray, v: np.ndarray) -> None:
         m = sparse.coo_matrix(
@@ -112,18 +116,24 @@ class CooccurrenceCounter:
         self.compactions += 1
 
     def _compact(self) -> None:
-        if not self._pending:
+        if not self._pending and not self._merged:
             return
-        # Every image's k x k (row, col) pairs at once: pair j of an image is (ids[j // k], ids[j % k]).
-        ids = np.asarray(self._pending, dtype=np.int64)
-        lengths = np.asarray(self._lengths, dtype=np.int64)
-        self._pending, self._lengths, self._pending_pairs = [], [], 0
-        pairs = lengths * lengths
-        image = np.repeat(np.arange(len(lengths)), pairs)
-        within = np.arange(int(pairs.sum()), dtype=np.int64) - np.repeat(np.cumsum(pairs) - pairs, pairs)
-        start, k = (np.cumsum(lengths) - lengths)[image], lengths[image]
-        r, c = ids[start + within // k], ids[start + within % k]
-        self._sum(r, c, np.ones(len(r), dtype=np.int64))
+        triplets = self._merged
+        if self._pending:
+            # The k x k (row, col) pairs of all pending images with k labels at once, one k at a time (k <= the
+            # per-image label cap): a numpy call per image was the count pass's largest cost.
+            ids = np.asarray(self._pending, dtype=np.int64)
+            lengths = np.asarray(self._lengths, dtype=np.int64)
+            starts = np.cumsum(lengths) - lengths
+            for k in np.unique(lengths).tolist():
+                m = ids[starts[lengths == k][:, None] + np.arange(k)]  # [images, k]
+                r, c = np.repeat(m, k, axis=1).ravel(), np.tile(m, (1, k)).ravel()
+                triplets = [*triplets, (r, c, np.ones(len(r), dtype=np.int64))]
+        self._pending, self._lengths, self._merged, self._pending_pairs = [], [], [], 0
+        if len(triplets) == 1:
+            self._sum(*triplets[0])
+        else:
+            self._sum(*(np.concatenate(x) for x in zip(*triplets)))
 
     def triplets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(rows, cols, counts)`` of the non-zero entries, sorted by (row, col)."""

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from scipy import sparse
 
 from configs.labels_schema import AUTO_REDUCE_PARTITIONS
 from labels import passes
@@ -61,12 +62,13 @@ from labels.passes import build_scorer, merge_signals, text_for_json  # noqa: F4
 from labels.report import write_report
 from labels.shards import FORMAT_VERSION, MANIFEST, remove_dataset, write_json
 from labels.sources import InputError, Partition, list_partitions
-from labels.store import read_json, write_json_atomic, write_lines_atomic
+from labels.store import read_json, write_json_atomic
 from labels.vocab import merge_top
 
 log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = {"sentence": 0.2, "ppmi": 0.4}
+DENSE_COOC_CELLS = 1 << 24  # the driver sums co-occurrence densely up to this many cells (128 MB of int64)
 # Config keys that choose how the run executes, not what it computes: excluded from the work-dir
 # fingerprint and the manifest, so engines and worker counts give byte-identical outputs.
 EXECUTION_KEYS = ("engine", "workers", "progress", "keep_work", "max_retries")
@@ -123,6 +125,24 @@ def _prepare_work(work: str, cfg_dict: dict, parts: list[Partition]) -> None:
     write_json_atomic(marker, {"fingerprint": fingerprint})
 
 
+class _LabelTotals:
+    """Label counts summed over the write pass's stats records, which are kept without them (``add``)."""
+
+    def __init__(self) -> None:
+        self.raw: Counter[int] = Counter()
+        self.clustered: Counter[int] = Counter()
+        self.per_image = {"raw": Counter(), "clustered": Counter()}
+        self.labelled = 0
+
+    def add(self, w: dict) -> dict:
+        self.raw.update({int(i): n for i, n in w.pop("raw_counts")})
+        self.clustered.update({int(c): n for c, n in w.pop("clustered_counts")})
+        for space, hist in w.pop("per_image").items():
+            self.per_image[space].update({int(k): n for k, n in hist})
+        self.labelled += w["labelled"]
+        return w
+
+
 class _Driver:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -133,6 +153,7 @@ class _Driver:
         self.engine = Engine(cfg.run.engine, cfg.run.workers, cfg.run.max_retries, cfg.run.progress)
         self.passes: dict[str, dict] = {}
         self.timings: dict[str, float] = {}
+        self.label_totals = _LabelTotals()
 
     def run_pass(self, name: str, fn, tasks: list[Task]) -> None:
         try:
@@ -224,12 +245,19 @@ class _Driver:
     # ------------------------------------------------------------------------------ clustering
     def labels(self, vinfo: dict, needs_cooc: bool) -> dict:
         terms = vinfo["terms"]
-        used = np.zeros(len(terms), dtype=np.int64)
-        counter = CooccurrenceCounter(len(terms)) if needs_cooc else None
+        n = len(terms)
+        used = np.zeros(n, dtype=np.int64)
+        # Up to DENSE_COOC_CELLS (4,096 terms) the partitions' counts are summed into a dense matrix (a scatter-add
+        # each); above, by the sparse counter's buffered merge.
+        dense = np.zeros(n * n, dtype=np.int64) if needs_cooc and n * n <= DENSE_COOC_CELLS else None
+        counter = CooccurrenceCounter(n) if needs_cooc and dense is None else None
         for r in range(self.R):
             with np.load(os.path.join(passes.task_dir(self.work, "count", r), "counts.npz"), allow_pickle=False) as z:
                 used += z["used"]
-                if counter is not None:
+                if dense is not None:
+                    # (row, col) pairs of one partition are distinct (CooccurrenceCounter.triplets): += is exact
+                    dense[z["rows"] * n + z["cols"]] += z["vals"]
+                elif counter is not None:
                     counter.merge(z["rows"], z["cols"], z["vals"])
         keep = [i for i, n in enumerate(used) if n >= self.cfg.vocab.min_df]
         vocab = [terms[i] for i in keep]
@@ -239,7 +267,10 @@ class _Driver:
                 f"{self.cfg.vocab.min_score} ({vinfo['num_samples']} samples with text): nothing to train on; lower them"
             )
         vocab_df = [vinfo["df"][i] for i in keep]
-        cooc = counter.result()[keep][:, keep] if counter is not None else None
+        if dense is not None:
+            cooc = sparse.csr_matrix(dense.reshape(n, n).astype(np.float64))[keep][:, keep]
+        else:
+            cooc = counter.result()[keep][:, keep] if counter is not None else None
         clusters, info = self.cluster(vocab, vocab_df, cooc)
         lab = {
             "vocab": vocab,
@@ -288,7 +319,7 @@ class _Driver:
         """Rename each partition's shards into the dataset folder (global numbering in partition
         order), idempotently, and return the manifest's ``splits`` plus the write stats."""
         scales = [float(x) for x in self.cfg.split.scales]
-        wstats = [read_json(passes.stats_path(self.work, "write", p.index)) for p in parts]
+        wstats = [self.label_totals.add(read_json(passes.stats_path(self.work, "write", p.index))) for p in parts]
         os.makedirs(self.out, exist_ok=True)
         manifest_path = os.path.join(self.out, MANIFEST)
         if os.path.exists(manifest_path):
@@ -296,12 +327,12 @@ class _Driver:
         if self.cfg.run.text_only:
             remove_dataset(self.out)
 
-            def lines():
-                for p in parts:
+            tmp = os.path.join(self.out, "samples.jsonl.tmp")
+            with open(tmp, "wb") as out:
+                for p in parts:  # whole files, in partition order (line by line was 3 s per 1M samples)
                     with open(os.path.join(passes.task_dir(self.work, "write", p.index), "samples.jsonl"), "rb") as f:
-                        yield from f
-
-            write_lines_atomic(os.path.join(self.out, "samples.jsonl"), lines())
+                        shutil.copyfileobj(f, out, 1 << 22)
+            os.replace(tmp, os.path.join(self.out, "samples.jsonl"))
             split_counts, bucket_counts = Counter(), Counter()
             for w in wstats:
                 split_counts.update(w["split_counts"])
@@ -425,13 +456,24 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     d.timings["collect_s"] = time.perf_counter() - t
 
     # ---------------------------------------------------------------- counts, per partition and in total
-    mstats = [read_json(passes.stats_path(work, "map", p.index)) for p in parts]
-    rstats = [read_json(passes.stats_path(work, "reduce", r)) for r in range(R)]
+    # Stats records are read one at a time and reduced to what the totals need: the driver's memory stays flat in
+    # the number of partitions (a map record holds R offsets, a write record the partition's label counts).
+    reduce_skips: dict[str, Counter] = {}
+    group_cap: Counter[str] = Counter()
+    for r in range(R):
+        rs = read_json(passes.stats_path(work, "reduce", r))
+        for part, sk in rs["skipped_by_part"].items():
+            reduce_skips.setdefault(part, Counter()).update(sk)
+        group_cap.update(rs["group_cap"])
     per_part = []
-    for p, m, w in zip(parts, mstats, wstats):
+    fingerprints = hashlib.sha256()
+    boilerplate: Counter[str] = Counter()
+    for p, w in zip(parts, wstats):
+        m = read_json(passes.stats_path(work, "map", p.index))
+        fingerprints.update(m["fingerprint"].encode())
+        boilerplate.update(m["boilerplate"])
         sk = Counter(m["skipped"])
-        for rs in rstats:
-            sk.update(rs["skipped_by_part"].get(str(p.index), {}))
+        sk.update(reduce_skips.get(str(p.index), {}))
         sk.update(w["skipped"])
         entry = {"partition": p.name, "read": m["read"], "written": w["written"], "skipped": dict(sorted(sk.items()))}
         if entry["read"] != entry["written"] + sum(sk.values()):
@@ -447,20 +489,13 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     }
     if counts["read"] != counts["written"] + sum(skipped.values()):
         raise AssertionError(f"count identity broken: {counts}")
-    fingerprint = "sha256:" + hashlib.sha256("".join(m["fingerprint"] for m in mstats).encode()).hexdigest()
+    fingerprint = "sha256:" + fingerprints.hexdigest()  # = sha256 of the map fingerprints joined, in order
 
     vocab, names, members = lab["vocab"], lab["names"], lab["members"]
-    raw_counts, clustered_counts = [0] * len(vocab), [0] * len(names)
-    per_image = {"raw": Counter(), "clustered": Counter()}
-    labelled = 0
-    for w in wstats:
-        for i, n in w["raw_counts"]:
-            raw_counts[int(i)] += n
-        for c, n in w["clustered_counts"]:
-            clustered_counts[int(c)] += n
-        for space in ("raw", "clustered"):
-            per_image[space].update({int(k): n for k, n in w["per_image"][space]})
-        labelled += w["labelled"]
+    totals = d.label_totals
+    raw_counts = [totals.raw.get(i, 0) for i in range(len(vocab))]
+    clustered_counts = [totals.clustered.get(c, 0) for c in range(len(names))]
+    per_image, labelled = totals.per_image, totals.labelled
 
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -490,12 +525,6 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
 
     # ---------------------------------------------------------------- report
     t = time.perf_counter()
-    boilerplate: Counter[str] = Counter()
-    for m in mstats:
-        boilerplate.update(m["boilerplate"])
-    group_cap: Counter[str] = Counter()
-    for rs in rstats:
-        group_cap.update(rs["group_cap"])
     considered = counts["written"] + skipped.get("no_label", 0)
     for name, kind, n in (
         ("map", "map", P),

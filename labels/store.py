@@ -18,7 +18,6 @@ import orjson
 
 from tracking.textio import json_line
 
-
 # orjson writes U+0085/U+2028/U+2029 raw, as json.dumps(ensure_ascii=False) does: escaped like tracking.textio does.
 _RAW_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
 

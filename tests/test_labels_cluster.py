@@ -150,3 +150,12 @@ def test_cooccurrence_counts_match_brute_force_merge_and_compact_rarely():
         b.add(ids)
     a.merge(*b.triplets())
     assert np.array_equal(a.result().toarray(), truth)
+    # The driver merges one counter per hash partition: buffered, one sum at the end, not one per partition (the
+    # first version summed the whole matrix again at each merge: O(partitions x nnz)).
+    parts = [CooccurrenceCounter(30) for _ in range(50)]
+    for i, ids in enumerate(images):
+        parts[i % 50].add(ids)
+    total = CooccurrenceCounter(30, compact_every=10**6)
+    for p in parts:
+        total.merge(*p.triplets())
+    assert np.array_equal(total.result().toarray(), truth) and total.compactions == 1
