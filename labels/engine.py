@@ -75,7 +75,7 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     # forkserver: workers fork from a clean server that preloads the pass module (imports once, no
     # threads inherited from a driver that may hold torch/tokenizer threads).
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["labels.passes", "inflect"])
+    ctx.set_forkserver_preload(["labels.passes", "labels._inflect"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
 
 

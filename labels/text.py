@@ -102,7 +102,7 @@ def normalize(text: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _inflect_engine():
-    import inflect  # imported on first use: it takes seconds, and text-free workers never need it
+    from labels._inflect import inflect  # on first use: text-free workers never need it
 
     return inflect.engine()
 
