@@ -71,6 +71,13 @@ class PassFailed(Exception):
         super().__init__(f"{len(failures)} task(s) of pass '{pass_name}' failed (rerun retries them): {lines}")
 
 
+def _worker_ready() -> int:
+    """A near no-op Ray task (module level, so workers import it by reference); it lasts 0.1 s so that concurrent
+    calls occupy one worker each."""
+    time.sleep(0.1)
+    return os.getpid()
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     # forkserver: workers fork from a clean server that preloads the pass module (imports once, no
     # threads inherited from a driver that may hold torch/tokenizer threads).
@@ -189,6 +196,10 @@ class Engine:
                 ray.init(address=address, runtime_env=env, log_to_driver=False)
             else:
                 ray.init(num_cpus=max(1, self.workers), runtime_env=env, include_dashboard=False, log_to_driver=False)
+                # A local Ray is ready when its worker processes are: one no-op task per CPU waits for them, so that
+                # start-up (counted in startup_s) does not run on into the first pass's time.
+                ready = ray.remote(num_cpus=1)(_worker_ready)
+                ray.get([ready.remote() for _ in range(max(1, self.workers))])
             self.startup_s += time.perf_counter() - t0
         remote = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(fn)
         refs = {remote.remote(*t.args): t for t in todo}
