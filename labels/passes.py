@@ -12,7 +12,10 @@ Work layout:
   signals and eligible terms grouped by signal mask (``term_groups``); ``groups.json``: per curation group, the smallest cap ranks.
 - ``reduce/r<j>/samples.jsonl``: hash partition ``j`` after the duplicate merge and the curation cap,
   ordered by input partition (``stats.json`` indexes each input partition's byte range), plus
-  ``df.json``: document frequency of eligible terms over those samples.
+  ``df.jsonl``: document frequency of eligible terms over those samples, one line per term partition
+  (byte offsets in ``df_offsets.json``).
+- ``df/t<k>/vocab.json``: term partition ``k``'s exact document frequencies reduced to its share of the
+  vocabulary (``df_task``).
 - ``count/r<j>/counts.npz``: per candidate-vocabulary term, the samples that keep it after the
   per-image cap, and label co-occurrence (COO) for the PPMI embedder.
 - ``write/p<i>/``: the output shards of input partition ``i`` per split and scale bucket (or
@@ -371,12 +374,14 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str) -> None:
     df_offsets = write_df(
         os.path.join(out, "df.jsonl"), df, df + df_capped if capped else None, int(cfg["run"]["reduce_partitions"])
     )
+    # Its own file, not stats.json: every df task reads one per reduce partition, and stats.json holds the
+    # per-input-partition index (P entries).
+    write_json_atomic(os.path.join(out, "df_offsets.json"), df_offsets)
     write_json_atomic(
         os.path.join(out, "stats.json"),
         {
             "samples": len(samples),
             "index": {"parts": index_parts, "offsets": index_offsets},
-            "df_offsets": df_offsets,
             "skipped_by_part": {str(p): dict(sorted(c.items())) for p, c in sorted(skipped.items())},
             "group_cap": dict(sorted(capped.items())),
             "seconds": round(time.perf_counter() - t0, 3),
@@ -404,7 +409,7 @@ def df_task(cfg: dict, j: int, num_reduce: int, work: str, num_samples: int) -> 
     df: Counter[str] = Counter()
     capped: Counter[str] = Counter()  # in samples the curation cap dropped: df + capped = df before the cap
     for r in range(num_reduce):
-        offsets = read_json(stats_path(work, "reduce", r))["df_offsets"]
+        offsets = read_json(os.path.join(task_dir(work, "reduce", r), "df_offsets.json"))  # small: R + 1 ints
         part, part_all = read_df(os.path.join(task_dir(work, "reduce", r), "df.jsonl"), offsets[j], offsets[j + 1])
         df.update(part)
         if part_all is not part:
