@@ -354,6 +354,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         """Callbacks train.py adds to the Trainer for this data: the skip-counter logger."""
         return [DataCountsLogger()]
 
+    def manifests(self) -> list[str]:
+        """The data manifests this run reads (their bytes fingerprint the run's data: ``tracking.run_dir.lineage``)."""
+        return [str(self.cfg.data.weak_label.manifest)] if self.weak_label is not None else []
+
     def data_counts(self) -> dict[str, dict[str, int]]:
         """Skip counters of this process: ``{"<dataset>/train" | "<dataset>/val": {reason: count}}``."""
         out = {f"{n}/train": dict(loader.counts) for n, loader in self.train_loaders.items()}

@@ -500,48 +500,143 @@ def composes(program: str | None) -> bool:
     return program is not None and Path(program).name in ("train.py", "evaluate.py")
 
 
-def check_overrides(runs: Sequence[PlannedRun], config_dir: os.PathLike | None = None) -> int:
-    """Compose every run's overrides with ``configs.compose`` (hardware checks aside).
+def compose_runs(runs: Sequence[PlannedRun], config_dir: os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """Compose every run's overrides with ``configs.compose`` (hardware checks aside: the planning machine need not be
+    the training one) before anything starts.
 
     Returns:
-        The number of distinct override sets checked (runs of other programs are not checked).
+        ``{run name: its science keys}`` (``tracking.identity.science``: what makes a run this run), for the runs
+        of a program that composes (train.py, evaluate.py).
 
     Raises:
         SweepError: naming each run whose overrides do not compose, with the config error.
     """
-    from configs.compose import ConfigError, compose
+    from configs.compose import ConfigError, compose, to_dict
+    from tracking.identity import science
 
-    problems, checked = [], set()
+    problems, composed, cache = [], {}, {}
     for run in runs:
         if not composes(run.program):
             continue
-        # The runner's own items are valid by construction and differ per run: check the rest once.
+        # The runner's own items are valid by construction and differ per run: compose the rest once.
         key = tuple(o for o in run.overrides if _override_key(o) not in RUNNER_KEYS)
-        if key in checked:
-            continue
-        checked.add(key)
-        try:
-            compose(list(key), config_dir=Path(config_dir) if config_dir else None, hardware=False)
-        except ConfigError as err:
-            problems.append(f"run {run.name}: {err}")
+        if key not in cache:
+            try:
+                cache[key] = science(to_dict(compose(list(key), config_dir=config_dir, hardware=False)))
+            except ConfigError as err:
+                cache[key] = None
+                problems.append(f"run {run.name}: {err}")
+        if cache[key] is not None:
+            composed[run.name] = cache[key]
     if problems:
         raise SweepError("overrides that do not compose:\n  - " + "\n  - ".join(problems))
-    return len(checked)
+    return composed
+
+
+def check_overrides(runs: Sequence[PlannedRun], config_dir: os.PathLike | None = None) -> int:
+    """``compose_runs``; returns the number of distinct configurations checked."""
+    return len({json.dumps(v, sort_keys=True, default=str) for v in compose_runs(runs, config_dir).values()})
 
 
 # ---------------------------------------------------------------------------------- execution
 
 
-def run_status(run_dir: os.PathLike) -> str:
-    """``status`` from ``<run_dir>/run.json`` ("finished", "running", "failed", ...), "missing" or "unreadable"."""
+def _run_record(run_dir: os.PathLike) -> dict[str, Any] | None:
+    """``<run_dir>/run.json``, ``{}`` when unreadable, None when missing."""
     path = Path(run_dir) / "run.json"
     if not path.is_file():
-        return "missing"
+        return None
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return "unreadable"
-    return str(record.get("status") or "unknown") if isinstance(record, dict) else "unreadable"
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def run_status(run_dir: os.PathLike) -> str:
+    """A run's status now (``tracking.run_dir.effective_status``: "finished", "running", "failed", "crashed" for a
+    run whose process is gone, ...), "missing" or "unreadable"."""
+    from tracking.run_dir import effective_status
+
+    record = _run_record(run_dir)
+    if record is None:
+        return "missing"
+    return effective_status(record) if record else "unreadable"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the runner does with a planned run, and why (``--dry-run`` prints both).
+
+    action: "run" (new), "resume" (unfinished: train.py continues from its last checkpoint), "skip" (finished, or
+    running now elsewhere), "rerun" (its directory is moved aside first: ``--rerun``/``--force``), "conflict" (its
+    directory holds another configuration and it is unfinished: train.py would refuse it; not started).
+    """
+
+    action: str
+    reason: str
+
+
+def _stored_science(run_dir: Path) -> dict[str, Any] | None:
+    from tracking.identity import science
+
+    try:
+        return science(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def decide(
+    run: PlannedRun, planned: Mapping[str, Any] | None = None, rerun: bool = False, force: bool = False
+) -> Decision:
+    """The action for one run from its directory: status, and whether its stored config is the planned one.
+
+    Args:
+        planned: the run's composed science keys (``compose_runs``); None for a program that does not compose,
+            whose recorded overrides (sweep.json) are compared instead.
+        rerun: redo runs whose configuration changed. force: redo every run that is not running now.
+    """
+    from tracking.identity import differences
+
+    record = _run_record(run.run_dir)
+    if record is None:
+        return Decision("run", "new")
+    status = run_status(run.run_dir)
+    stored = _stored_science(run.run_dir) if planned is not None else None
+    if stored is not None:
+        changed = differences(stored, planned, limit=4)
+    else:
+        recorded = _recorded_overrides(run.run_dir)
+        changed = (
+            [f"overrides {_comparable(recorded)} -> {_comparable(run.overrides)}"]
+            if recorded is not None and _comparable(recorded) != _comparable(run.overrides)
+            else []
+        )
+    what = "; ".join(changed)
+    if status == "running":
+        where = f" (pid {record.get('pid')} on {record.get('host')})" if record.get("pid") else ""
+        return Decision("skip", f"running now{where}")
+    if force:
+        return Decision("rerun", f"--force: was {status}" + (f"; config changed: {what}" if changed else ""))
+    if changed and rerun:
+        return Decision("rerun", f"config changed: {what}")
+    if changed and status == "finished":
+        return Decision("skip", f"finished, but its config differs from this plan ({what}); --rerun redoes it")
+    if changed:
+        return Decision("conflict", f"its directory holds another config ({what}); --rerun moves it aside")
+    if status == "finished":
+        return Decision("skip", "finished earlier")
+    error = f": {record.get('error')}" if record.get("error") else ""
+    return Decision("resume", f"was {status}{error}")
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Move a run directory to ``<output_dir>/.replaced/<name>-<UTC time>`` (nothing is deleted); returns where."""
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
+    target = run_dir.parent / ".replaced" / f"{run_dir.name}-{stamp}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(run_dir, target)
+    return target
 
 
 @dataclass
@@ -590,8 +685,10 @@ def execute(
     launcher: Sequence[str] = (),
     fail_fast: bool = False,
     echo: Callable[[str], None] | None = None,
+    decisions: Mapping[str, Decision] | None = None,
+    metric: str | None = None,
 ) -> list[RunOutcome]:
-    """Run the planned runs, ``parallel`` at a time, skipping those already finished.
+    """Run the planned runs, ``parallel`` at a time, as ``decisions`` say (default: ``decide`` on each run).
 
     Args:
         runs: from ``plan``.
@@ -603,14 +700,19 @@ def execute(
         launcher: tokens put before each command (e.g. ``srun --ntasks-per-node=8``).
         fail_fast: start no new run after one fails.
         echo: where progress lines go.
+        decisions: ``{run name: Decision}``; "skip" and "conflict" runs are not started, "rerun" runs start after
+            their directory is moved aside.
+        metric: the sweep's ``metric.name``, recorded in sweep.json (the metric its tables show).
 
     Returns:
-        One outcome per run, in plan order.
+        One outcome per run, in plan order. Ctrl-C stops the live runs (SIGTERM) and returns: they are
+        "interrupted", the runs never started "not started".
     """
     if parallel < 1:
         raise SweepError("--parallel must be at least 1")
     # Flushed at once, so a progress line never lands after the output of the run it announces.
     echo = echo or (lambda line: print(line, flush=True))
+    decisions = dict(decisions or {})
     slots: queue.Queue = queue.Queue()
     for slot in _gpu_slots(gpus, parallel):
         slots.put(slot)
@@ -618,34 +720,43 @@ def execute(
     outcomes: dict[str, RunOutcome] = {}
     todo: list[PlannedRun] = []
     for run in runs:
-        if run_status(run.run_dir) == "finished":
-            recorded = _recorded_overrides(run.run_dir)
-            note = "finished earlier"
-            if recorded is not None and _comparable(recorded) != _comparable(run.overrides):
-                note += "; its overrides differ from this plan (delete the run directory to run it again)"
-            outcomes[run.name] = RunOutcome(run.name, "skipped", params=run.params, note=note)
-            echo(f"skip {run.name}: {note}")
+        decision = decisions.get(run.name) or decide(run)
+        decisions[run.name] = decision
+        if decision.action in ("skip", "conflict"):
+            status = "skipped" if decision.action == "skip" else "conflict"
+            outcomes[run.name] = RunOutcome(run.name, status, params=run.params, note=decision.reason)
+            echo(f"{'skip' if status == 'skipped' else 'CONFLICT'} {run.name}: {decision.reason}")
         else:
             todo.append(run)
     live: set[subprocess.Popen] = set()
     lock = threading.Lock()
     stop = threading.Event()
+    interrupted = threading.Event()
     position = {run.name: i + 1 for i, run in enumerate(todo)}
 
     def launch(run: PlannedRun) -> RunOutcome:
         if stop.is_set():
-            return RunOutcome(run.name, "not started", params=run.params, note="an earlier run failed (--fail-fast)")
+            why = "interrupted (Ctrl-C)" if interrupted.is_set() else "an earlier run failed (--fail-fast)"
+            return RunOutcome(run.name, "not started", params=run.params, note=why)
         slot = slots.get()
         try:
-            previous = run_status(run.run_dir)
+            decision = decisions[run.name]
+            if decision.action == "rerun" and run.run_dir.exists():
+                echo(f"moved {run.run_dir} aside to {move_aside(run.run_dir)} ({decision.reason})")
             run.run_dir.mkdir(parents=True, exist_ok=True)
-            record = {"sweep": sweep_name, "params": run.params, "overrides": run.overrides, "command": run.command}
+            record = {
+                "sweep": sweep_name,
+                "params": run.params,
+                "overrides": run.overrides,
+                "command": run.command,
+                "metric": metric,
+            }
             write_json_atomic(run.run_dir / "sweep.json", record)
             run_env = dict(base_env)
             if slot is not None:
                 run_env["CUDA_VISIBLE_DEVICES"] = slot
             command = [*launcher, *run.command]
-            resumed = " (resuming: was " + previous + ")" if previous not in ("missing",) else ""
+            resumed = f" ({decision.reason})" if decision.action == "resume" else ""
             device = f" [CUDA_VISIBLE_DEVICES={slot}]" if slot is not None else ""
             echo(f"[{position[run.name]}/{len(todo)}] start {run.name}{resumed}{device}\n  $ {shlex.join(command)}")
             start = time.monotonic()
@@ -665,6 +776,8 @@ def execute(
             seconds = time.monotonic() - start
         finally:
             slots.put(slot)
+        if interrupted.is_set() and returncode != 0:
+            return RunOutcome(run.name, "interrupted", returncode, seconds, params=run.params, note="Ctrl-C")
         status = "finished" if returncode == 0 else "failed"
         note = "" if returncode == 0 else f"exit code {returncode}"
         if returncode == 0 and composes(run.program) and run_status(run.run_dir) != "finished":
@@ -675,19 +788,27 @@ def execute(
         echo(f"{status} {run.name} in {seconds:.0f}s{(': ' + note) if note else ''}{log_hint}")
         return RunOutcome(run.name, status, returncode, seconds, params=run.params, note=note)
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = {pool.submit(launch, run): run for run in todo}
-        try:
-            for future in as_completed(futures):
-                outcome = future.result()
-                outcomes[outcome.name] = outcome
-        except KeyboardInterrupt:
-            stop.set()
-            with lock:
-                for proc in live:
-                    proc.terminate()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    futures = {pool.submit(launch, run): run for run in todo}
+    try:
+        for future in as_completed(futures):
+            outcome = future.result()
+            outcomes[outcome.name] = outcome
+    except KeyboardInterrupt:
+        interrupted.set()
+        stop.set()
+        echo("\ninterrupted: stopping the live runs (they resume where they stopped next time)")
+        with lock:
+            for proc in live:
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future, run in futures.items():
+            if future.done() and not future.cancelled() and future.exception() is None:
+                outcomes[run.name] = future.result()
+            else:
+                outcomes[run.name] = RunOutcome(run.name, "not started", params=run.params, note="interrupted (Ctrl-C)")
+    finally:
+        pool.shutdown(wait=True)
     return [outcomes[run.name] for run in runs]
 
 
@@ -772,6 +893,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--fail-fast", action="store_true", help="start no new run after one fails")
     parser.add_argument("--no-check", action="store_true", help="skip composing every run's overrides first")
+    parser.add_argument(
+        "--rerun", action="store_true", help="redo runs whose config changed (the old directory is moved to .replaced/)"
+    )
+    parser.add_argument("--force", action="store_true", help="redo every run not running now (old ones moved aside)")
     return parser
 
 
@@ -796,20 +921,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             python=args.python,
             shard=_parse_shard(args.shard),
         )
-        if not args.no_check:
-            check_overrides(runs)
+        planned = {} if args.no_check else compose_runs(runs)
         program = sweep.config.get("program")
         if program and not args.dry_run and not Path(program).exists():
             raise SweepError(f"program '{program}' not found from {Path.cwd()}: run from the repository root")
     except SweepError as err:
         print(f"sweep error: {err}", file=sys.stderr)
         return 2
+    decisions = {run.name: decide(run, planned.get(run.name), args.rerun, args.force) for run in runs}
     if args.dry_run:
         print(f"sweep {sweep.name} ({sweep.path}): {len(runs)} runs, method {sweep.config.get('method')}")
         for run in runs:
-            state = run_status(run.run_dir)
-            action = "skip (finished)" if state == "finished" else ("resume" if state != "missing" else "run")
-            print(f"  {action:<15} {run.name}\n    $ {shlex.join([*shlex.split(args.launcher), *run.command])}")
+            d = decisions[run.name]
+            print(f"  {d.action:<8} {run.name}: {d.reason}")
+            print(f"    $ {shlex.join([*shlex.split(args.launcher), *run.command])}")
         return 0
     env = dict(os.environ, WANDB_MODE=args.wandb_mode)
     try:
@@ -821,6 +946,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             gpus=args.gpus,
             launcher=shlex.split(args.launcher),
             fail_fast=args.fail_fast,
+            decisions=decisions,
+            metric=(sweep.config.get("metric") or {}).get("name"),
         )
     except SweepError as err:
         print(f"sweep error: {err}", file=sys.stderr)
@@ -828,4 +955,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary(outcomes, sweep.name))
     path = write_summary(outcomes, sweep, Path(args.output_dir), started)
     print(f"summary: {path}")
+    if any(o.status == "interrupted" or o.note == "interrupted (Ctrl-C)" for o in outcomes):
+        return 130
     return 0 if all(o.status in ("finished", "skipped") for o in outcomes) else 1
