@@ -87,14 +87,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         else:
             eval_metrics = evaluate_run(cfg, module=module, run_dir=run_dir.path)
         metrics.update(eval_metrics)
-        if logger is not None and eval_metrics:
-            logger.experiment.summary.update(eval_metrics)  # the summary, not a second history
     if is_rank_zero:
+        metrics["cost/wall_hours"] = run_dir.elapsed_hours()  # every start of the run, evaluation after fit included
         metrics = run_dir.write_metrics(metrics)
         if logger is not None and cfg.logger.log_artifacts:
             log_artifacts(logger, run_dir, manifests, run_lineage["data_fingerprint"])
         offline = logger is not None and logger.experiment.settings.mode != "online"
-        finish_run(logger, run_dir, exit_code=0)
+        # The run's final figures, the same in W&B's summary as in metrics.json.
+        finish_run(logger, run_dir, exit_code=0, final_step=trainer.global_step, summary=metrics)
         run_dir.finish("finished")
         print(f"run directory: {run_dir.path}")
         if offline:

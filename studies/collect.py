@@ -229,6 +229,9 @@ def make_record(
         number = _finite(value)
         if is_metric(str(key)) and number is not None:
             record[str(key)] = number
+    # The run's own figure (train.py: every segment's wall time) when it has one; else the source's clock.
+    wall_hours = record.get("cost/wall_hours", wall_hours)
+    devices = (lineage or {}).get("world_size") or devices
     if wall_hours is not None:
         record["cost/wall_hours"] = wall_hours
     if devices is not None:
@@ -263,7 +266,7 @@ def read_run_dir(path: os.PathLike) -> dict[str, Any] | None:
 
     axes = dict(run.get("axes") or {})
     axes.setdefault("experiment", run.get("experiment"))
-    params = sweep.get("params") or {}
+    params = sweep.get("params") or run.get("sweep_params") or {}  # the local runner's, else `wandb agent`'s
     arch = params.get("model") if isinstance(params.get("model"), str) else model_preset(config.get("model"))
     group = (config.get("logger") or {}).get("group") or sweep.get("sweep") or run.get("experiment")
     return make_record(

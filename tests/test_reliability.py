@@ -466,10 +466,25 @@ def test_train_py_config_mistakes_exit_with_the_key_named(tmp_path):
 
 def test_resume_with_another_label_space_fails_naming_the_key(trained_run, tmp_path):
     from lit_modules import CheckpointError
+    from tracking.run_dir import RunIdentityError
 
     out = _copy_run(trained_run, tmp_path)
-    with pytest.raises(CheckpointError, match=r"last\.ckpt does not fit this run: label space of 'weak_label' differs"):
+    before = _run_json(out / "base")
+    # resume=auto: the directory holds another config; refused before anything is touched, naming the key.
+    with pytest.raises(RunIdentityError, match=r"data\.weak_label\.label_space: 'clustered' -> 'raw'"):
         _main(trained_run["manifest"], out, "base", *trained_run["args"], "data.weak_label.label_space=raw")
+    assert _run_json(out / "base") == before
+    # An explicit checkpoint is continued deliberately, and still refused by the checkpoint's own check.
+    last = out / "base" / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=r"last\.ckpt does not fit this run: label space of 'weak_label' differs"):
+        _main(
+            trained_run["manifest"],
+            out,
+            "base",
+            *trained_run["args"],
+            "data.weak_label.label_space=raw",
+            f"resume={last}",
+        )
     run = _run_json(out / "base")
     assert run["status"] == "failed" and "data.weak_label.label_space differs" in run["error"]
 

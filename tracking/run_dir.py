@@ -155,6 +155,21 @@ def _process_start(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
+def agent_params() -> dict[str, Any]:
+    """The parameters `wandb agent` gave this run (its WANDB_SWEEP_PARAM_PATH file: ``{key: {"value": v}}``), flat;
+    the same values W&B puts into the run's config, recorded in run.json so both sources name runs alike."""
+    path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) if path else None
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(loaded, Mapping):
+        return {}
+    return {
+        str(k): (v.get("value") if isinstance(v, Mapping) else v) for k, v in loaded.items() if k != "wandb_version"
+    }
+
+
 def this_process() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid())}
 
@@ -295,6 +310,7 @@ class RunDir:
         }
         if agent_ids():
             record["wandb_sweep_id"] = agent_ids()[0]
+            record["sweep_params"] = agent_params()
         record.update(fields)
         with self._lock:
             write_json_atomic(self.run_json, record)
@@ -326,6 +342,16 @@ class RunDir:
             if segments and "ended" not in segments[-1]:
                 segments[-1].update(status=status, ended=now, **({"error": extra["error"]} if "error" in extra else {}))
             write_json_atomic(self.run_json, record)
+
+    def elapsed_hours(self) -> float:
+        """Wall time of every segment of the run so far (a crashed one up to its last heartbeat), in hours."""
+        total = 0.0
+        for seg in self.read_run().get("segments") or []:
+            end = seg.get("ended") or _now()
+            start_age, end_age = _age_s(seg.get("started")), _age_s(end)
+            if start_age is not None and end_age is not None:
+                total += max(0.0, start_age - end_age)
+        return total / 3600.0
 
     def write_metrics(self, metrics: Mapping[str, Any], name: str = "metrics.json") -> dict[str, Any]:
         clean = {k: _clean(v) for k, v in sorted(metrics.items())}

@@ -115,7 +115,7 @@ def build_wandb_logger(cfg: DictConfig, run_dir: RunDir, rank_zero: bool = True)
         job_type=cfg.stage,
         config={**to_dict(cfg), "axes": axes(cfg)},
         settings=wandb_settings(),
-        next_step=int(record.get("wandb_next_step") or 0),
+        next_step=_next_step(record, mode),
         on_step=(lambda step: run_dir.update(wandb_next_step=step)) if rank_zero else None,
     )
     logger = WandbLogger(mode=mode, **kwargs)
@@ -141,6 +141,25 @@ def build_wandb_logger(cfg: DictConfig, run_dir: RunDir, rank_zero: bool = True)
                 kwargs["id"] = _new_id(fresh=True)
                 logger = WandbLogger(mode="offline", **kwargs)
     return logger
+
+
+def _next_step(record: Mapping[str, Any], mode: str) -> int:
+    """The first history step this start may log: offline, one past what the run's earlier offline folders hold on
+    disk (``tracking.wandb_offline.next_step``, read with W&B's reader); else, or without such folders here, the step
+    run.json says an earlier start reached (a row it sent but W&B never wrote stays a gap, never a repeat)."""
+    recorded = int(record.get("wandb_next_step") or 0)
+    if mode != "offline" or not record.get("wandb_id") or recorded == 0:
+        return recorded
+    from tracking.wandb_offline import next_step
+
+    try:
+        on_disk = next_step(str(record["wandb_id"]))
+    except (OSError, RuntimeError, ValueError) as err:
+        log.warning(
+            "could not read this run's offline W&B folders (%s); starting W&B history at step %d", err, recorded
+        )
+        return recorded
+    return recorded if on_disk is None else on_disk
 
 
 def wandb_settings():
@@ -180,13 +199,25 @@ def record_lineage(logger, lineage: Mapping[str, Any], cfg: DictConfig) -> None:
     logger.experiment.config.update({"lineage": dict(lineage), "science": science(to_dict(cfg))}, allow_val_change=True)
 
 
-def finish_run(logger, run_dir: RunDir, exit_code: int) -> None:
-    """End the W&B run of this training process (exit code 0: finished; else failed). After a clean end every
-    logged row is committed, so a later start of the run begins after the last one."""
+def finish_run(
+    logger, run_dir: RunDir, exit_code: int, final_step: int | None = None, summary: Mapping[str, Any] | None = None
+) -> None:
+    """End the W&B run of this training process (exit code 0: finished; else failed).
+
+    ``final_step`` (the trainer's global step) closes the history with a row at that step, and ``summary`` (the run's
+    final figures, metrics.json) is set after it, so W&B's summary and metrics.json agree (W&B sets the summary from
+    the last row when it commits it, at finish). After a clean end every row is committed: a later start of the run
+    begins one past the last.
+    """
     if logger is None or getattr(logger, "_experiment", None) is None:
         return
     with contextlib.suppress(Exception):  # W&B never decides whether a run succeeded
-        logger.experiment.finish(exit_code=exit_code)
+        run = logger.experiment
+        if final_step is not None and final_step >= max(logger.next_step, logger._sent):
+            logger.log_metrics({}, step=final_step)
+        if summary:
+            run.summary.update({k: v for k, v in summary.items() if v is not None})
+        run.finish(exit_code=exit_code)
     sent = getattr(logger, "_sent", -1)
     if sent >= 0:
         run_dir.update(wandb_next_step=sent + 1)

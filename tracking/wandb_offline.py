@@ -120,6 +120,18 @@ def _state(segment: Segment) -> str:
     return "running"
 
 
+def next_step(run_id: str, wandb_dir: os.PathLike | str = "wandb") -> int | None:
+    """One past the largest history step the offline folders of ``run_id`` hold on disk (what `wandb sync` will
+    upload), or None when there is no such folder here. A killed process loses the rows W&B had not yet written
+    (its log is written in blocks, and the last step's row is committed only when a later step or the end comes),
+    so this, not the last step the process sent, is where a restart may begin without a gap or a repeat."""
+    folders = sorted(Path(wandb_dir).glob(f"offline-run-*-{run_id}"))
+    if not folders:
+        return None
+    steps = [s for f in folders if (seg := _segment(f)) is not None for s in seg.steps]
+    return max(steps) + 1 if steps else 0
+
+
 def read_offline_runs(wandb_dir: os.PathLike | str = "wandb") -> dict[str, OfflineRun]:
     """Every run under a ``wandb`` folder, its ``offline-run-*`` folders merged per run id.
 
