@@ -9,7 +9,7 @@ What it does:
    each run as `wandb agent` does: the sweep's ``command:`` with ``${args_no_hyphens}`` expanded by wandb's own
    ``create_sweep_command_args``, no run name, and the agent's environment (WANDB_SWEEP_ID, WANDB_RUN_ID,
    WANDB_SWEEP_PARAM_PATH, WANDB_PROJECT).
-2. Kills run 2 with kill -9 twice (after its first and its second checkpoint) and starts it again each time with
+2. Kills run 2 with kill -9 twice (just after its first and its second checkpoint) and starts it again each time with
    the same environment, as a requeued agent run is.
 3. Runs ``evaluate.py eval.checkpoint=<run dir>`` on every run (its results go to the run's W&B summary).
 4. Checks: every run has its own directory and trained its own steps (global step = max steps, its own lr in its
@@ -107,32 +107,29 @@ def launch(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
     )
 
 
-def kill_after_checkpoints(proc: subprocess.Popen, out: Path, run_id: str, count: int, timeout: float) -> int:
-    """kill -9 ``proc`` (its whole session) once its run has written ``count`` more checkpoints than at the call;
-    returns the step of the last one seen."""
+def checkpoint_stamp(out: Path, run_id: str) -> int | None:
+    """The modification time of the run's last.ckpt (None before it has one)."""
+    try:
+        return (run_dir_of(out, run_id) / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    except (AssertionError, FileNotFoundError):
+        return None
+
+
+def kill_after_next_checkpoint(proc: subprocess.Popen, out: Path, run_id: str, before: int | None, timeout: float):
+    """kill -9 ``proc`` (its whole session) a moment after its run writes a checkpoint newer than ``before``."""
     deadline = time.monotonic() + timeout
-    seen: set[float] = set()
-    first = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"run {run_id} ended (rc {proc.returncode}) before it could be killed")
-        try:
-            last = run_dir_of(out, run_id) / "checkpoints" / "last.ckpt"
-            stamp = last.stat().st_mtime_ns
-        except (AssertionError, FileNotFoundError):
-            time.sleep(0.05)
-            continue
-        first = stamp if first is None else first
-        if stamp != first:
-            seen.add(stamp)
-        if len(seen) >= count:
-            time.sleep(0.3)  # a few steps past the checkpoint: the W&B rows they log are re-trained after resume
+        stamp = checkpoint_stamp(out, run_id)
+        if stamp is not None and stamp != before:
+            time.sleep(0.3)  # a step or two past the checkpoint: rows the restart logs again after resuming
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return len(seen)
+            return
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError(f"run {run_id}: no checkpoint in {timeout} s")
+    raise AssertionError(f"run {run_id}: no new checkpoint in {timeout} s")
 
 
 def tables_of(records: list[dict], out_dir: Path) -> dict[str, str]:
@@ -144,6 +141,8 @@ def tables_of(records: list[dict], out_dir: Path) -> dict[str, str]:
 
 def drill(out: Path, manifest: str, steps: int, tiny: bool, timeout: float = 600) -> dict[str, Any]:
     """Run the drill (see the module docstring); returns its figures and checks."""
+    if steps < 9:
+        raise ValueError("--steps must be at least 9: the killed run needs checkpoints at 3 and 6 before its end")
     from studies.collect import collect_local, collect_wandb_offline
     from studies.sweep import expand
     from tracking.wandb_offline import read_offline_runs
@@ -164,7 +163,8 @@ def drill(out: Path, manifest: str, steps: int, tiny: bool, timeout: float = 600
         env = agent_env(out, run_id, params)
         if i == KILLED_RUN:
             for _ in range(2):  # killed twice, each time after a new checkpoint, then started again
-                kill_after_checkpoints(launch(command, env, log), out, run_id, 1, timeout)
+                before = checkpoint_stamp(out, run_id)
+                kill_after_next_checkpoint(launch(command, env, log), out, run_id, before, timeout)
                 kills += 1
         proc = launch(command, env, log)
         if proc.wait(timeout=timeout) != 0:
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="an empty working folder (runs/, wandb/ land here)")
     parser.add_argument("--manifest", default=str(REPO / "data" / "openclipart" / "manifest.json"))
-    parser.add_argument("--steps", type=int, default=12, help="training steps per run (checkpoints every 3)")
+    parser.add_argument("--steps", type=int, default=9, help="training steps per run (checkpoints every 3; >= 9)")
     parser.add_argument("--full-size", action="store_true", help="the demo's model and resolution, not a tiny ViT")
     args = parser.parse_args(argv)
     result = drill(args.out.resolve(), str(Path(args.manifest).resolve()), args.steps, tiny=not args.full_size)

@@ -18,8 +18,10 @@ unchanged against a server. This module runs the same files with no server::
   ``command:`` with W&B's macros expanded exactly as ``wandb agent`` expands them, followed by
   ``logger.group=<sweep name> run_name=<name> output_dir=<dir>`` and any extra overrides.
   W&B logs offline unless ``--wandb-mode`` says otherwise.
-- Resume: a run whose ``<output_dir>/<name>/run.json`` says ``finished`` is skipped; any other is
-  started again, and train.py continues from its last checkpoint by itself (``resume=auto``).
+- Resume: each run is decided from its directory (``decide``): finished -> skipped; killed, failed or crashed ->
+  started again, and train.py continues from its last checkpoint by itself (``resume=auto``); running now ->
+  left alone; a directory whose stored config differs from the plan -> named, and redone only with ``--rerun``
+  (the old directory moved aside). Ctrl-C stops the live runs and still writes the summary.
 """
 
 from __future__ import annotations
@@ -901,7 +903,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``run_sweep.py``: returns 0 when every run finished (or had finished), 1 when one failed, 2 on a bad sweep."""
+    """``run_sweep.py``: returns 0 when every run finished (or had finished), 1 when one failed or conflicts, 2 on a
+    bad sweep, 130 when interrupted (Ctrl-C)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before or after the runs: nothing to stop, nothing to report
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:

@@ -181,3 +181,28 @@ def test_agent_sets_online_mode_and_its_ids(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert wandb_mode(cfg) == "offline"
     assert os.environ["WANDB_RUN_ID"] == "r"
+
+
+def test_readme_wandb_lines_are_what_a_user_types():
+    """The README's `wandb sweep` / `wandb agent` / `make_report.py --wandb` lines, checked against W&B's CLI and
+    the repo: the sweep file validates, the project is the one train.py logs to, make_report parses its flags."""
+    import re
+    import shlex
+
+    from configs.schema import LoggerConfig
+    from studies.report import build_parser
+
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    lines = [ln.split("#")[0].strip() for b in blocks for ln in b.split("\n")]
+    sweep = next(shlex.split(ln) for ln in lines if ln.startswith("wandb sweep "))
+    agent = next(shlex.split(ln) for ln in lines if ln.startswith("wandb agent "))
+    report = next(shlex.split(ln) for ln in lines if ln.startswith("python make_report.py --wandb "))
+    help_text = subprocess.run(
+        [sys.executable, "-m", "wandb", "sweep", "--help"], capture_output=True, text=True, timeout=120
+    ).stdout
+    project = sweep[sweep.index("--project") + 1]
+    assert "--project" in help_text and project == LoggerConfig().project
+    load_sweep(ROOT / sweep[-1])  # exists and validates against W&B's schema
+    assert agent[2] == f"ENTITY/{project}/SWEEP_ID"
+    args = build_parser().parse_args(report[2:])
+    assert args.wandb == f"ENTITY/{project}" and args.sweep == "SWEEP_ID"

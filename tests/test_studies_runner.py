@@ -118,3 +118,36 @@ def test_shards_split_the_runs_between_agents(tmp_path):
     assert shards == [everything[0::2], everything[1::2]]
     assert main([str(tmp_path / "fake.yaml"), "--shard", "2/2", "--dry-run"]) == 2
     assert main([str(tmp_path / "fake.yaml"), "--parallel", "2", "--gpus", "0,1,2", "--output-dir", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_the_summary_and_exits_130_without_a_traceback(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep_file = write_fake_sweep(tmp_path, ["a", "b", "c"])
+    out = tmp_path / "runs"
+    env = {**os.environ, "FAKE_SLEEP": "30"}
+    runner = Path(__file__).resolve().parent.parent / "run_sweep.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(runner), str(sweep_file), "--output-dir", str(out)],
+        cwd=runner.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not read_calls(out) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the runner and its run
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert "sweep.py" not in stderr and "concurrent/futures" not in stderr  # no traceback of the runner
+    statuses = [r["status"] for r in json.loads((out / "fake.sweep.json").read_text())["runs"]]
+    assert statuses == ["interrupted", "not started", "not started"], statuses
+    assert "sweep fake: 3 runs" in stdout

@@ -154,3 +154,21 @@ def test_kill_9_of_rank_1_is_recorded_as_the_first_failure(tmp_path):
     assert proc.returncode != 0 and record["status"] == "failed", record
     assert record["error"].startswith(f"rank 1 (pid {ranks[1]}"), record["error"]
     assert "died without an error" in record["error"]
+
+
+@pytest.mark.slow
+def test_sweep_drill_under_wandb_agents_launch_path(tmp_path):
+    """benchmarks/sweep_drill.py in its tiny form: 4 runs launched as `wandb agent` launches them, one killed twice
+    and resumed, evaluate.py on each; every check of the drill must pass."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from sweep_drill import drill
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    data = make_dataset(tmp_path / "data", n_train=96, n_val=16, shard_size=16, scales=(1.0,), img_size=16)
+    result = drill(tmp_path / "drill", data["manifest"], steps=9, tiny=True)
+    assert result["checks"] == {name: True for name in result["checks"]}, json.dumps(result, indent=1)
+    assert len(result["checks"]) == 6 and result["kills"] == 2
+    killed = result["runs"][1]
+    assert killed["segments"] == ["crashed", "crashed", "finished"] and killed["global_step"] == 9
+    assert {r["lr"] for r in result["runs"]} == {1e-3, 3e-4}
