@@ -8,12 +8,13 @@ unchanged against a server. This module runs the same files with no server::
     python run_sweep.py sweeps/scale_arch.yaml --parallel 4 --gpus 0,1,2,3,4,5,6,7
     python run_sweep.py sweeps/demo_cpu.yaml -- trainer.max_steps=50   # extra overrides for every run
 
-- Validation: W&B's published schema (``wandb_sweep_schema.json``, vendored from the ``sweeps`` package,
-  checked with jsonschema when installed) plus the checks a local run needs (known command macros, no
-  null values); every run's overrides must compose with ``configs.compose`` before anything starts.
-- Expansion: ``grid`` with itertools.product in W&B's order; ``random`` drawn from W&B's distributions
-  with a seeded generator (``--count`` draws, ``--seed``). Both are a few lines here because W&B's
-  engine (``sweeps``) pins numpy<2. ``bayes`` needs a server's metric feedback: use ``wandb agent``.
+- Validation: what a local run needs (an ``${args...}`` macro, no null values, no runner keys, flat parameters);
+  every run's overrides must compose with ``configs.compose`` before anything starts. W&B's own schema is checked
+  by ``wandb sweep`` on the server, and for every shipped file by the tests (tests/test_studies_sweeps.py).
+- Expansion: ``grid`` with itertools.product in W&B's order; ``random`` draws, seeded (``--count``, ``--seed``),
+  from the distributions the shipped sweeps use (values, uniform, int_uniform, log_uniform_values). They are a few
+  lines here because W&B's engine (``sweeps``) pins numpy<2; ``bayes`` and the other distributions need
+  ``wandb agent``.
 - Runs: name = sweep name + the run's varying parameters (deterministic); command = the sweep's
   ``command:`` with W&B's macros expanded exactly as ``wandb agent`` expands them, followed by
   ``logger.group=<sweep name> run_name=<name> output_dir=<dir>`` and any extra overrides.
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import functools
 import hashlib
 import itertools
 import json
@@ -69,17 +69,10 @@ ARG_MACROS = (
     "args_append_hydra",
     "args_override_hydra",
 )
-KNOWN_MACROS = ("env", "interpreter", "program", *ARG_MACROS)
 # Set by this runner for every run; a sweep parameter or extra override must not set them.
 RUNNER_KEYS = ("logger.group", "run_name", "output_dir")
 LOCAL_METHODS = ("grid", "random")
 MAX_GRID_RUNS = 100_000
-# W&B's published sweep-config schema, vendored unchanged from the `sweeps` package (MIT, see the .LICENSE file):
-# that package pins numpy<2, so the repo validates with jsonschema against its schema instead of importing it.
-SCHEMA_PATH = Path(__file__).with_name("wandb_sweep_schema.json")
-# The distributions W&B deprecated in favour of *_values (sweeps' PARAM_DEPRECATION_MAP): a violation there too.
-DEPRECATED = {"log_uniform": "log_uniform_values", "inv_log_uniform": "inv_log_uniform_values"}
-DEPRECATED["q_log_uniform"] = "q_log_uniform_values"
 GRID_KINDS = ("constant", "categorical", "int_uniform", "q_uniform")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
 
@@ -123,98 +116,41 @@ def load_sweep(path: os.PathLike | str) -> Sweep:
 
 
 def validate_sweep(config: Any, source: str = "sweep") -> None:
-    """Check a sweep config against W&B's schema (``schema_problems``) and what a local run needs.
+    """Check a sweep config for what a local run needs (``_local_problems``).
 
     Raises:
-        SweepError: listing every violation, each naming the field.
+        SweepError: listing every problem found, each naming the field.
     """
     if not isinstance(config, dict):
         raise SweepError(f"{source}: a sweep file holds a mapping (program, method, metric, parameters, command)")
-    problems = schema_problems(config) + _local_problems(config)
+    problems = _local_problems(config)
     if problems:
         unique = list(dict.fromkeys(problems))
-        raise SweepError(f"{source}: invalid W&B sweep config:\n  - " + "\n  - ".join(unique))
-
-
-@functools.cache
-def _validators() -> tuple[Any, Any] | None:
-    """(whole-config validator, one-parameter validator) on W&B's schema; None without jsonschema."""
-    try:
-        import jsonschema
-    except ImportError:  # a test-only requirement: the local checks and `wandb sweep` still validate
-        log.info("jsonschema not installed: sweep files are checked without W&B's schema")
-        return None
-    schema = json.loads(SCHEMA_PATH.read_text())
-    formats = jsonschema.FormatChecker()
-    # The custom formats the sweeps package registers on its validator (sweeps/config/schema.py).
-    formats.checks("float")(lambda v: isinstance(v, float))
-    formats.checks("integer")(lambda v: isinstance(v, int))
-    parameter = {**schema["definitions"]["parameter"], "definitions": schema["definitions"]}
-    return (
-        jsonschema.Draft7Validator(schema, format_checker=formats),
-        jsonschema.Draft7Validator(parameter, format_checker=formats),
-    )
-
-
-def schema_problems(config: Mapping[str, Any]) -> list[str]:
-    """What W&B's sweep engine reports for a config: its JSON-schema violations (one message per parameter
-    that matches no parameter form), ``min`` not below ``max``, probabilities that do not sum to 1, and the
-    deprecated log distributions. Empty when valid (or when jsonschema is not installed)."""
-    validators = _validators()
-    if validators is None:
-        return []
-    whole, one = validators
-    problems = []
-    for err in whole.iter_errors(config):
-        path = [str(p) for p in err.absolute_path]
-        if path[:1] == ["parameters"] and len(path) > 1:
-            continue  # reported per parameter below, with its name
-        problems.append(f"{'.'.join(path) + ': ' if path else ''}{err.message}")
-    params = config.get("parameters")
-    if "parameters" not in config:
-        problems.append("`parameters` is required")
-    for name, spec in params.items() if isinstance(params, dict) else ():
-        if not isinstance(spec, dict) or not one.is_valid(spec):
-            problems.append(f"invalid hyperparameter configuration: {name} ({spec!r} matches no W&B parameter form)")
-            continue
-        low, high = spec.get("min"), spec.get("max")
-        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
-            problems.append(f"{name}: min {low} is not less than max {high}")
-        probs = spec.get("probabilities")
-        if probs is not None and (len(probs) != len(spec.get("values", [])) or not math.isclose(sum(probs), 1.0)):
-            problems.append(f"Parameter {name}: probabilities {probs} must match values and sum to 1")
-        if spec.get("distribution") in DEPRECATED:
-            problems.append(
-                f"{name}: distribution {spec['distribution']} is deprecated, use {DEPRECATED[spec['distribution']]}"
-            )
-    return problems
+        raise SweepError(f"{source}: invalid sweep config:\n  - " + "\n  - ".join(unique))
 
 
 def _local_problems(config: dict) -> list[str]:
     problems: list[str] = []
     command = config.get("command", list(DEFAULT_COMMAND))
-    if isinstance(command, list):
-        macros = [m for token in command for m in re.findall(r"\$\{([^}]*)\}", str(token))]
-        for macro in macros:
-            if macro not in KNOWN_MACROS and not macro.startswith("envvar:"):
-                problems.append(
-                    f"command: macro ${{{macro}}} is not one the local runner expands ({', '.join(KNOWN_MACROS)})"
-                )
-        if not any(m in ARG_MACROS for m in macros):
-            problems.append("command: no ${args...} macro, so the sweep's parameters would never reach the program")
-        if "program" in macros and not config.get("program"):
-            problems.append("program: missing, but the command uses ${program}")
+    macros = (
+        [m for token in command for m in re.findall(r"\$\{([^}]*)\}", str(token))] if isinstance(command, list) else []
+    )
+    if not any(m in ARG_MACROS for m in macros):
+        problems.append("command: no ${args...} macro, so the sweep's parameters would never reach the program")
     params = config.get("parameters")
-    if isinstance(params, dict):
-        for name, spec in params.items():
-            if name in RUNNER_KEYS:
-                problems.append(f"parameters.{name}: set by the runner (sweep name, run name, --output-dir)")
-            if isinstance(spec, dict):
-                values = spec.get("values", [spec["value"]] if "value" in spec else [])
-                if isinstance(values, list) and any(v is None for v in values):
-                    problems.append(f"parameters.{name}: null reaches the program as the string 'None'")
-                if "parameters" in spec:
-                    problems.append(f"parameters.{name}: nested parameters are not expanded locally; use dotted keys")
+    if not isinstance(params, dict) or not params:
+        problems.append("parameters: a mapping of at least one parameter is required")
+    for name, spec in params.items() if isinstance(params, dict) else ():
+        if name in RUNNER_KEYS:
+            problems.append(f"parameters.{name}: set by the runner (sweep name, run name, --output-dir)")
+        if not isinstance(spec, dict):
+            problems.append(f"parameters.{name}: a mapping (value, values, distribution, min, max) is required")
+            continue
+        values = spec.get("values", [spec["value"]] if "value" in spec else [])
+        if isinstance(values, list) and any(v is None for v in values):
+            problems.append(f"parameters.{name}: null reaches the program as the string 'None'")
+        if "parameters" in spec:
+            problems.append(f"parameters.{name}: nested parameters are not expanded locally; use dotted keys")
     return problems
 
 
@@ -296,32 +232,20 @@ def _expand_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _draw(spec: Mapping[str, Any], rng: random.Random) -> Any:
-    """One draw of a W&B parameter (the distributions of W&B's sweep config reference)."""
+    """One draw of a W&B parameter, for the distributions the shipped sweeps use."""
     kind = parameter_kind(spec)
-    lo, hi, q = spec.get("min"), spec.get("max"), spec.get("q", 1.0)
-    mu, sigma = spec.get("mu", 0.0), spec.get("sigma", 1.0)
     draw = {
         "constant": lambda: spec["value"],
         "categorical": lambda: rng.choice(spec["values"]),
-        "categorical_w_probabilities": lambda: rng.choices(spec["values"], weights=spec["probabilities"])[0],
-        "int_uniform": lambda: rng.randint(lo, hi),
-        "uniform": lambda: rng.uniform(lo, hi),
-        "log_uniform_values": lambda: math.exp(rng.uniform(math.log(lo), math.log(hi))),
-        "inv_log_uniform_values": lambda: 1.0 / math.exp(rng.uniform(math.log(1.0 / hi), math.log(1.0 / lo))),
-        "log_uniform": lambda: math.exp(rng.uniform(lo, hi)),  # v1: min/max are exponents
-        "inv_log_uniform": lambda: math.exp(-rng.uniform(lo, hi)),
-        "normal": lambda: rng.gauss(mu, sigma),
-        "log_normal": lambda: rng.lognormvariate(mu, sigma),
-        "beta": lambda: rng.betavariate(spec.get("a", 1.0), spec.get("b", 1.0)),
+        "int_uniform": lambda: rng.randint(spec["min"], spec["max"]),
+        "uniform": lambda: rng.uniform(spec["min"], spec["max"]),
+        "log_uniform_values": lambda: math.exp(rng.uniform(math.log(spec["min"]), math.log(spec["max"]))),
     }
-    base = kind[2:] if kind.startswith("q_") else kind
-    if base not in draw:
-        raise SweepError(f"distribution '{kind}' cannot be drawn locally")
-    value = draw[base]()
-    if kind.startswith("q_"):
-        value = round(value / q) * q
-        value = int(value) if isinstance(q, int) else float(value)
-    return value
+    if kind not in draw:
+        raise SweepError(
+            f"distribution '{kind}' is not drawn locally ({', '.join(draw)}): run this sweep with wandb agent"
+        )
+    return draw[kind]()
 
 
 def _expand_random(config: Mapping[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
@@ -427,20 +351,15 @@ def build_command(
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a sweep: its name, parameters, full command and run directory."""
+    """One run of a sweep: its name, parameters, full command, the overrides in it (the command's items after the
+    program: what train.py composes) and its run directory."""
 
     name: str
     params: dict
     command: list
     run_dir: Path
     program: str | None = None
-
-    @property
-    def overrides(self) -> list[str]:
-        """The command's items after the program: what train.py composes."""
-        if self.program and self.program in self.command:
-            return self.command[self.command.index(self.program) + 1 :]
-        return [c for c in self.command if "=" in c]
+    overrides: list = field(default_factory=list)
 
 
 def _override_key(item: str) -> str:
@@ -490,7 +409,8 @@ def plan(
     for name, params in zip(names, param_sets):
         items = [("logger.group", sweep.name), ("run_name", name), ("output_dir", str(out_dir))]
         command = build_command(sweep.config, params, python=python or sys.executable, runner_items=items, extra=extra)
-        runs.append(PlannedRun(name=name, params=params, command=command, run_dir=out_dir / name, program=program))
+        after = command[command.index(program) + 1 :] if program in command else [c for c in command if "=" in c]
+        runs.append(PlannedRun(name, params, command, out_dir / name, program, after))
     if shard is not None:
         index, total = shard
         runs = runs[index::total]
