@@ -19,7 +19,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_eval import brute_metrics, brute_relevant, brute_scores, brute_tie_average, tied_embeddings
+from fixtures_eval import (
+    brute_metrics,
+    brute_relevant,
+    brute_scores,
+    brute_tie_average,
+    relevance,
+    retrieval_metrics,
+    tied_embeddings,
+    unpack_signs,
+)
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMAP, RetrievalPrecision, RetrievalRecall
 
 import evaluation.retrieval as retrieval
@@ -31,11 +40,8 @@ from evaluation.retrieval import (
     label_sets,
     pack_signs,
     ranked_topk,
-    relevance,
-    retrieval_metrics,
     share_label,
     topk_search,
-    unpack_signs,
 )
 
 KS = [1, 3, 5, 10]
@@ -59,8 +65,7 @@ def _assert_same(got: dict, ref: dict, tol: float = 1e-12) -> None:
 
 
 @pytest.mark.parametrize("loo", [False, True])
-def test_faiss_and_torch_search_agree(loo, monkeypatch):
-    monkeypatch.setattr(retrieval, "FAISS_FLOAT", True)  # the float path in faiss too (IndexFlatIP)
+def test_faiss_and_torch_search_agree(loo):
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(37, 24, generator=gen)
     g = q if loo else torch.randn(211, 24, generator=gen)
