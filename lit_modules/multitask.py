@@ -21,12 +21,10 @@ from omegaconf.errors import OmegaConfBaseException
 from timm.layers import resample_abs_pos_embed
 from timm.utils import ModelEmaV3
 from torch import nn
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
-from torchmetrics.functional.classification import binary_average_precision, multilabel_average_precision
-from torchmetrics.utilities import dim_zero_cat
 
-from evaluation.retrieval import ranked_topk
+from evaluation.head_metrics import WeakLabelMAP, precision_at_k
 from lit_modules.backbones import create_backbone, feature_dim
 from lit_modules.checkpoints import CheckpointError, InitReport, compatibility_problems, describe, read_checkpoint
 from lit_modules.heads import TaskSpec, build_heads, task_datasets, task_specs
@@ -34,22 +32,11 @@ from lit_modules.losses import classification_loss, multi_hot_softmax_loss, mult
 from lit_modules.optim import backbone_group_matcher, build_optimizer, global_batch_size, param_group_spec, resolve_lr
 from lit_modules.strategy import any_rank
 
-__all__ = [
-    "MultiTaskModule",
-    "NonFiniteLossError",
-    "WeakLabelMAP",
-    "complete_config",
-    "load_module",
-    "precision_at_k",
-]
+__all__ = ["MultiTaskModule", "NonFiniteLossError", "complete_config", "load_module"]
 
 log = logging.getLogger(__name__)
 
 PRECISION_AT = (1, 5)
-MAP_THRESHOLDS = 100  # score bins of the bounded mAP state: 2 x C x T int64 (16 MB per 10k labels)
-# Exact mAP when the gathered predictions of a validation pass hold at most this many rows x labels (about
-# 5 bytes each: fp32 scores + bool targets, i.e. <= 84 MB): e.g. 40k rows at C=400, 800 rows at C=20k.
-EXACT_MAP_MAX_ELEMENTS = 1 << 24
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -70,116 +57,6 @@ def complete_config(config: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
         key = getattr(err, "full_key", "") or "?"
         raise ValueError(f"config key '{key}' does not fit configs/schema.py: {str(err).splitlines()[0]}") from None
     return OmegaConf.to_container(merged, resolve=True)
-
-
-class WeakLabelMAP(Metric):
-    """Macro mean average precision over the labels that have at least one positive in the split (labels absent
-    from the evaluated split have no defined AP; torchmetrics would count them as 0).
-
-    Two modes, set before a pass with ``set_exact`` (the module decides per evaluation epoch from the number of
-    batches, the same on every rank, see ``MultiTaskModule._choose_map_mode``):
-
-    * exact: every score and target is kept (torchmetrics ``multilabel_average_precision``, thresholds=None); for
-      small passes only (``EXACT_MAP_MAX_ELEMENTS``);
-    * binned (default): per label, counts of positives and negatives in ``thresholds`` score bins, a fixed
-      ``int64 [2, C, T]`` state whatever the number of samples, summed over ranks. The AP equals torchmetrics'
-      ``MultilabelAveragePrecision(thresholds=T)``. Written here because torchmetrics' binned update materializes a
-      ``[B, C, T]`` int64 tensor per batch (20 GB at B=256, C=100k, T=100); this one needs ``[B, C]``.
-
-    Scores must lie in [0, 1] (probabilities).
-    """
-
-    full_state_update = False
-
-    def __init__(self, num_labels: int, thresholds: int = MAP_THRESHOLDS, exact: bool = False, **kwargs: Any):
-        super().__init__(**kwargs)
-        if thresholds < 2:
-            raise ValueError(f"thresholds={thresholds}: need at least 2 score bins")
-        self.num_labels = int(num_labels)
-        self.num_thresholds = int(thresholds)
-        self.exact = bool(exact)
-        self.register_buffer("edges", torch.linspace(0, 1, self.num_thresholds), persistent=False)
-        self.add_state("hist", torch.zeros(2, self.num_labels, self.num_thresholds, dtype=torch.long), "sum")
-        self.add_state("preds", [], "cat")
-        self.add_state("target", [], "cat")
-
-    def set_exact(self, exact: bool) -> None:
-        """Choose the mode of the next pass (call on every rank alike, before the first update)."""
-        self.exact = bool(exact)
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """``preds`` float ``[B, C]`` in [0, 1], ``target`` ``[B, C]`` (> 0 = positive)."""
-        positive = target > 0
-        if self.exact:
-            self.preds.append(preds.float())
-            self.target.append(positive)
-            return
-        # bin j holds scores in [edge_j, edge_j+1): a score counts as predicted positive at thresholds 0..j
-        bins = torch.bucketize(preds.float().clamp(0, 1), self.edges, right=True) - 1
-        labels = torch.arange(self.num_labels, device=preds.device)
-        index = (positive.long() * self.num_labels + labels) * self.num_thresholds + bins
-        counts = torch.bincount(index.flatten(), minlength=self.hist.numel())
-        self.hist += counts.view_as(self.hist)
-
-    def state_bytes(self) -> int:
-        """Bytes held by the metric state now (the bounded part plus any exact rows)."""
-        rows = [t for state in (self.preds, self.target) for t in (state if isinstance(state, list) else [state])]
-        return self.hist.numel() * self.hist.element_size() + sum(t.numel() * t.element_size() for t in rows)
-
-    def compute(self) -> torch.Tensor:
-        if self.exact:
-            return self._compute_exact()
-        neg, pos = self.hist[0].double(), self.hist[1].double()
-        has_positive = pos.sum(dim=1) > 0
-        if not bool(has_positive.any()):
-            return torch.tensor(float("nan"), device=self.hist.device)
-        neg, pos = neg[has_positive], pos[has_positive]
-        # counts at or above each threshold (reverse cumulative sum over the bins)
-        tps = pos.flip(1).cumsum(1).flip(1)
-        fps = neg.flip(1).cumsum(1).flip(1)
-        precision = tps / (tps + fps).clamp_min(1)  # 0 where nothing is predicted positive, as torchmetrics
-        recall = tps / pos.sum(dim=1, keepdim=True)
-        ones = torch.ones_like(precision[:, :1])
-        precision, recall = torch.cat([precision, ones], 1), torch.cat([recall, 0 * ones], 1)
-        ap = -((recall[:, 1:] - recall[:, :-1]) * precision[:, :-1]).sum(1)
-        return ap.mean().float()
-
-    def _compute_exact(self) -> torch.Tensor:
-        if isinstance(self.target, list) and not self.target:  # after a DDP sync the state is one tensor
-            return torch.tensor(float("nan"), device=self.hist.device)
-        target = dim_zero_cat(self.target)
-        has_positive = target.sum(dim=0) > 0
-        if not bool(has_positive.any()):
-            return torch.tensor(float("nan"), device=target.device)
-        preds = dim_zero_cat(self.preds)[:, has_positive]
-        target = target[:, has_positive].long()
-        if target.shape[1] == 1:  # torchmetrics' multilabel form needs two labels or more
-            return binary_average_precision(preds[:, 0], target[:, 0], thresholds=None, validate_args=False)
-        # Only the labels with positives (this also keeps torchmetrics' no-positive warning away).
-        return multilabel_average_precision(
-            preds, target, num_labels=target.shape[1], average="macro", thresholds=None, validate_args=False
-        )
-
-
-def precision_at_k(scores: torch.Tensor, positives: torch.Tensor, k: int) -> torch.Tensor:
-    """Per-row precision@k: the fraction of the ``k`` top-scored labels that are positives.
-
-    Ties among scores go to the lowest label id (``evaluation.retrieval.ranked_topk``, the rule of
-    ``evaluation.head_metrics``), so the value is deterministic.
-
-    Args:
-        scores: ``[B, C]`` label scores.
-        positives: ``[B, C]`` 0/1 targets.
-        k: how many top labels count; at most C (p@k is not defined with fewer labels than k).
-
-    Returns:
-        ``[B']`` values for the rows with at least one positive (rows without labels are not scored).
-    """
-    if not 1 <= k <= scores.shape[1]:
-        raise ValueError(f"precision@{k} needs 1 <= k <= the number of labels ({scores.shape[1]})")
-    _, top = ranked_topk(scores, k)
-    hits = (positives.gather(1, top) > 0).sum(dim=1).float() / k
-    return hits[(positives > 0).sum(dim=1) > 0]
 
 
 class MultiTaskModule(pl.LightningModule):
@@ -512,7 +389,7 @@ class MultiTaskModule(pl.LightningModule):
         total = sum(batches) if isinstance(batches, (list, tuple)) else batches
         data = self.cfg["data"]
         rows = float(total) * int(data["eval_batch_size"] or data["batch_size"]) * max(1, int(trainer.world_size))
-        metrics["weak_label_map"].set_exact(rows * self.num_classes["weak_label"] <= EXACT_MAP_MAX_ELEMENTS)
+        metrics["weak_label_map"].plan(rows)
 
     def on_validation_epoch_start(self) -> None:
         self._choose_map_mode("val")

@@ -101,6 +101,29 @@ def brute_tie_average(scores: np.ndarray, rel: np.ndarray, ks) -> dict[str, floa
 # --------------------------------------------------------------------------------- embeddings
 
 
+def weak_label_head_metrics(logits: torch.Tensor, targets: torch.Tensor, ks) -> dict[str, float]:
+    """Dense reference of ``evaluation.head_metrics``: {"mAP", "p@k" for k <= C} from logits and multi-hot
+    targets [N, C], written independently: sklearn's average precision per label with a positive, and
+    p@k from a stable descending sort (equal logits keep label-id order)."""
+    from sklearn.metrics import average_precision_score
+
+    if logits.shape != targets.shape or logits.ndim != 2:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ: label space")
+    positive = (targets > 0).numpy()
+    scores = logits.double().numpy()
+    present = [j for j in range(positive.shape[1]) if positive[:, j].any()]
+    aps = [average_precision_score(positive[:, j], scores[:, j]) for j in present]
+    metrics = {"mAP": float(np.mean(aps)) if aps else float("nan")}
+    labelled = positive.any(axis=1)
+    order = torch.sort(logits.double(), dim=1, descending=True, stable=True).indices.numpy()
+    for k in ks:
+        if k > logits.shape[1]:
+            continue
+        hits = np.take_along_axis(positive, order[:, :k], axis=1).sum(1) / k
+        metrics[f"p@{k}"] = float(hits[labelled].mean()) if labelled.any() else float("nan")
+    return metrics
+
+
 # ------------------------------------------- test-side views of evaluation.retrieval's building blocks
 
 

@@ -8,10 +8,10 @@ import torch
 from fixtures_model import NUM_CLASSES, make_batch, tiny_config
 from torch.utils.flop_counter import FlopCounterMode
 
+from evaluation.head_metrics import WeakLabelMAP, precision_at_k
 from lit_modules import MultiTaskModule
 from lit_modules.backbones import create_backbone, feature_dim
 from lit_modules.callbacks import device_peak_flops, mfu
-from lit_modules.multitask import WeakLabelMAP, precision_at_k
 from lit_modules.optim import warmup_cosine
 
 
