@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     from lit_modules import MultiTaskModule
     from lit_modules.callbacks import ThroughputMonitor
     from lit_modules.trainer import build_trainer, resume_checkpoint, seed_run
-    from tracking.run_dir import RunDir, resolve_init_from
+    from tracking.run_dir import RunDir
     from tracking.wandb_logger import build_wandb_logger, sync_hint, wandb_run_id
 
     seed_run(cfg)
@@ -42,9 +42,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     try:
         datamodule = build_datamodule(cfg)
-        module = MultiTaskModule(to_dict(cfg), datamodule.num_classes)
-        if cfg.init_from:  # a checkpoint, a run directory, or run:<axis>=<value>,... looked up in output_dir
-            module.load_pretrained(resolve_init_from(cfg.init_from, cfg.output_dir, int(cfg.seed)))
+        module = MultiTaskModule(to_dict(cfg), datamodule.num_classes)  # init_from loads in its setup()
         on_abort = (lambda msg: run_dir.finish("failed", error=msg)) if is_rank_zero else None  # another rank failed
         callbacks = [ThroughputMonitor(), *datamodule.callbacks()]
         trainer = build_trainer(cfg, run_dir, logger, callbacks=callbacks, on_abort=on_abort)
