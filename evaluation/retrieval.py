@@ -292,11 +292,12 @@ def topk_search(
     self_index: Tensor | None = None,
     device: str | torch.device | None = "cpu",
     use_faiss: bool = True,
+    packed_dim: int | None = None,
 ) -> TopK:
     """The k best gallery items for each query.
 
     Args:
-        queries: float embeddings [Q, D].
+        queries: float embeddings [Q, D], or packed sign codes (``packed_dim``).
         gallery: float embeddings [G, D] (L2-normalized, or binarized and packed, here per ``metric``).
         k: neighbours per query; must not exceed the gallery (minus the query itself under leave-one-out).
         metric: "cosine" (L2-normalized float) or "hamming" (sign bits; score = -distance).
@@ -306,34 +307,19 @@ def topk_search(
             none; None excludes nothing.
         device: where the torch path computes ("auto" = cuda if available); faiss-cpu runs on CPU.
         use_faiss: False forces the torch path (tests compare the two).
+        packed_dim: with metric "hamming", queries and gallery are already packed codes (``pack_signs``, the
+            serving format: uint8 [N, ceil(D/8)]) of this many bits.
 
     Returns:
         TopK with scores and indices [Q, k], ranked by score desc (tied items in unspecified order).
     """
-    q, g = _codes_or_floats(queries, gallery, metric)
-    return _search(q, g, metric, k, block_size, gallery_block_size, self_index, device, use_faiss)
-
-
-def hamming_topk(
-    query_codes: Tensor,
-    gallery_codes: Tensor,
-    dim: int,
-    k: int,
-    block_size: int = 1024,
-    gallery_block_size: int | None = None,
-    self_index: Tensor | None = None,
-    device: str | torch.device | None = "cpu",
-    use_faiss: bool = True,
-) -> TopK:
-    """Hamming top-k on packed sign codes (``pack_signs``), the serving format: D/8 bytes per item.
-    Arguments as ``topk_search``, with ``dim`` the number of bits per code; scores are minus the distance."""
-    _check_codes(query_codes, gallery_codes, dim)
-    return _search(
-        query_codes, gallery_codes, "hamming", k, block_size, gallery_block_size, self_index, device, use_faiss
-    )
-
-
-def _search(q, g, metric, k, block_size, gallery_block_size, self_index, device, use_faiss) -> TopK:
+    if packed_dim is None:
+        q, g = _codes_or_floats(queries, gallery, metric)
+    elif metric != "hamming":
+        raise ValueError(f"packed_dim is for packed sign codes: metric must be 'hamming', not '{metric}'")
+    else:
+        _check_codes(queries, gallery, packed_dim)
+        q, g = queries, gallery
     if block_size < 1 or (gallery_block_size is not None and gallery_block_size < 1):
         raise ValueError("block_size and gallery_block_size must be positive")
     excluding = _check_k(k, g.shape[0], self_index)

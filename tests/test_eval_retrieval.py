@@ -36,7 +36,6 @@ from evaluation.retrieval import (
     LabelSets,
     count_relevant,
     evaluate_retrieval,
-    hamming_topk,
     label_sets,
     pack_signs,
     ranked_topk,
@@ -96,12 +95,16 @@ def test_hamming_equals_brute_force_bit_distance():
     )
 
 
-def test_hamming_topk_on_packed_codes_checks_them():
+def test_search_on_packed_codes_checks_them():
     x = torch.randn(6, 20)
     codes = pack_signs(x)
-    assert torch.equal(hamming_topk(codes, codes, 20, 3).scores, topk_search(x, x, 3, "hamming").scores)
+    assert torch.equal(
+        topk_search(codes, codes, 3, "hamming", packed_dim=20).scores, topk_search(x, x, 3, "hamming").scores
+    )
     with pytest.raises(ValueError, match=r"packed uint8 codes \[N, 3\] for dim=20"):
-        hamming_topk(codes.long(), codes, 20, 3)
+        topk_search(codes.long(), codes, 3, "hamming", packed_dim=20)
+    with pytest.raises(ValueError, match="metric must be 'hamming'"):
+        topk_search(codes, codes, 3, "cosine", packed_dim=20)
 
 
 def test_pack_signs_roundtrip_and_zero_is_bit_zero():
