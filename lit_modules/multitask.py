@@ -119,11 +119,10 @@ class MultiTaskModule(pl.LightningModule):
         return nn.ModuleDict({"backbone": self.backbone, "heads": self.heads})
 
     def no_weight_decay(self) -> set[str]:
-        """timm protocol: the backbone's no-decay names (position embeddings, class tokens), prefixed, and
-        the embedding proxies: they are compared by cosine, so decay would only shrink their norm and raise
-        their effective LR."""
+        """timm protocol: the backbone's no-decay names (position embeddings, class tokens), prefixed, and the
+        tasks' own (the embedding proxies)."""
         names = getattr(self.backbone, "no_weight_decay", lambda: set())()
-        return {f"backbone.{n}" for n in names} | {"heads.embedding.proxies.*"}
+        return {f"backbone.{n}" for n in names} | {name for task in self.tasks for name in task.no_weight_decay}
 
     def group_matcher(self, coarse: bool = False):
         """timm protocol: layer ids for layer-wise LR decay (backbone layers, heads on top)."""

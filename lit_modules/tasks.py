@@ -37,6 +37,7 @@ class Task:
     kind: ClassVar[str]
     multi_hot_only: ClassVar[bool] = False  # targets must be float [B, C] (else long [B] class ids too)
     init_order: ClassVar[int] = 0  # order in which build_heads draws the random initial weights
+    no_weight_decay: ClassVar[tuple[str, ...]] = ()  # parameter names or fnmatch patterns kept out of weight decay
 
     def __init__(self, name: str, dataset: str, weight: float, head: str, cfg: Mapping[str, Any]):
         self.name, self.dataset, self.weight, self.head, self.cfg = name, dataset, float(weight), head, cfg
@@ -169,6 +170,8 @@ class EmbeddingTask(Task):
 
     kind = "embedding"
     init_order = 2  # the embedding head was drawn after the classifiers: same seed, same initial weights
+    # Proxies are compared by cosine: decay would only shrink their norm and raise their effective LR.
+    no_weight_decay = ("heads.embedding.proxies.*",)
 
     @classmethod
     def from_config(cls, tasks_cfg: Mapping[str, Any]) -> list[Task]:
