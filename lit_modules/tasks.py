@@ -119,11 +119,9 @@ class WeakLabelTask(Task):
     @classmethod
     def from_config(cls, tasks_cfg: Mapping[str, Any]) -> list[Task]:
         wl = tasks_cfg.get("weak_label") or {}
-        return (
-            [cls("weak_label", "weak_label", wl.get("weight", 1.0), "weak_label", wl)]
-            if wl.get("enabled", True)
-            else []
-        )
+        if not wl.get("enabled", True):
+            return []
+        return [cls("weak_label", "weak_label", wl.get("weight", 1.0), "weak_label", wl)]
 
     @classmethod
     def build_heads(cls, tasks: list[Task], in_features: int, num_classes: Mapping[str, int]) -> dict[str, nn.Module]:
