@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     from lit_modules import MultiTaskModule
     from lit_modules.callbacks import ThroughputMonitor
     from lit_modules.trainer import AbortAllRanksOnError, build_trainer, resume_checkpoint, seed_run
-    from tracking.run_dir import RunDir, lineage, resolve_init_from
+    from tracking.run_dir import RunDir, lineage
     from tracking.wandb_logger import (
         build_wandb_logger,
         finish_run,
@@ -52,9 +52,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         if is_rank_zero and logger is not None:
             run_dir.update(wandb_id=wandb_run_id(logger))
         datamodule = build_datamodule(cfg)
-        module = MultiTaskModule(to_dict(cfg), datamodule.num_classes)
-        if cfg.init_from:  # a checkpoint, a run directory, or run:<axis>=<value>,... looked up in output_dir
-            module.load_pretrained(resolve_init_from(cfg.init_from, cfg.output_dir, int(cfg.seed)))
+        module = MultiTaskModule(to_dict(cfg), datamodule.num_classes)  # init_from loads in its setup()
         callbacks = [ThroughputMonitor(), abort, *datamodule.callbacks()]
         trainer = build_trainer(cfg, run_dir, logger, callbacks=callbacks)
         manifests = datamodule.manifests()
