@@ -120,7 +120,8 @@ def kill_after_next_checkpoint(proc: subprocess.Popen, out: Path, run_id: str, b
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"run {run_id} ended (rc {proc.returncode}) before it could be killed")
+            tail = (out / "drill.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"run {run_id} ended (rc {proc.returncode}) before it could be killed:\n{tail}")
         stamp = checkpoint_stamp(out, run_id)
         if stamp is not None and stamp != before:
             time.sleep(0.3)  # a step or two past the checkpoint: rows the restart logs again after resuming
@@ -168,7 +169,9 @@ def drill(out: Path, manifest: str, steps: int, tiny: bool, timeout: float = 600
                 kills += 1
         proc = launch(command, env, log)
         if proc.wait(timeout=timeout) != 0:
-            raise AssertionError(f"run {run_id} failed (rc {proc.returncode}); see {log}")
+            raise AssertionError(
+                f"run {run_id} failed (rc {proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}"
+            )
         evaluation = launch([sys.executable, "evaluate.py", f"eval.checkpoint={run_dir_of(out, run_id)}"], env, log)
         if evaluation.wait(timeout=timeout) != 0:
             raise AssertionError(f"evaluate.py on run {run_id} failed; see {log}")

@@ -32,8 +32,11 @@ def read_records(folder: os.PathLike | str) -> list[dict[str, Any]]:
     Raises:
         RuntimeError: W&B's reader failed on the folder (its message is included).
     """
+    logs = sorted(Path(folder).glob("*.wandb"))
+    if not logs:
+        return []  # a process killed before W&B created its log
     proc = subprocess.run(
-        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(folder)],
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(logs[0])],
         capture_output=True,
         text=True,
         timeout=300,
