@@ -228,12 +228,13 @@ def test_a_killed_worker_is_retried_and_the_output_is_unchanged(reference, tmp_p
 
 
 def test_an_unreadable_shard_is_named_and_retried_on_rerun(tmp_path):
+    """run.on_bad_input=fail: the other partitions complete, the run stops naming the tar, the rerun retries it."""
     src = tmp_path / "i2d"
     write_tar(src / "00000.tar", img2dataset_samples(10))
     good = write_tar(tmp_path / "good.tar", img2dataset_samples(6, offset=10)).read_bytes()
     (src / "00001.tar").write_bytes(b"\x00garbage, not a tar" * 100)
     write_tar(src / "00002.tar", img2dataset_samples(6, offset=16))
-    cfg = labels_config(tmp_path, [{**I2D, "path": str(src)}], ["run.keep_work=true"])
+    cfg = labels_config(tmp_path, [{**I2D, "path": str(src)}], ["run.keep_work=true", "run.on_bad_input=fail"])
     with pytest.raises(InputError, match=r"1 task\(s\) of pass 'map' failed.*00001\.tar"):
         run(cfg)
     work = Path(cfg.output) / "_work"
