@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     skipped = ", ".join(f"{k}={v}" for k, v in c["skipped"].items()) or "none"
     print(f"dataset: {result.manifest_path or result.output + ' (text only)'}")
     print(f"read {c['read']}  written {c['written']}  skipped {sum(c['skipped'].values())} ({skipped})")
+    if c.get("bad_inputs"):
+        names = ", ".join(b["input"] for b in c["bad_inputs"][:3]) + (" ..." if len(c["bad_inputs"]) > 3 else "")
+        print(f"skipped input files: {len(c['bad_inputs'])} ({names}): see counts.bad_inputs in the manifest")
     print(
         f"splits: train {s['splits']['train']['num_samples']} in {s['num_shards']['train']} shards, "
         f"val {s['splits']['val']['num_samples']} in {s['num_shards']['val']} shards"

@@ -124,10 +124,10 @@ def _alive(pid: int, start: int | None) -> bool:
     return True
 
 
-def _process_table() -> dict[int, tuple[int, int]]:
-    """Every live process: pid -> (parent pid, start time), from ``/proc/<pid>/stat`` (zombies left out: they are
-    dead, only not yet collected by their parent)."""
-    table: dict[int, tuple[int, int]] = {}
+def _process_table() -> dict[int, tuple[int, int, int]]:
+    """Every live process: pid -> (parent pid, start time, session id), from ``/proc/<pid>/stat`` (zombies left out:
+    they are dead, only not yet collected by their parent)."""
+    table: dict[int, tuple[int, int, int]] = {}
     names = os.listdir("/proc") if os.path.isdir("/proc") else []
     for name in names:
         if not name.isdigit():
@@ -138,14 +138,14 @@ def _process_table() -> dict[int, tuple[int, int]]:
         except OSError:
             continue
         if fields[0] not in (b"Z", b"X"):
-            table[int(name)] = (int(fields[1]), int(fields[19]))
+            table[int(name)] = (int(fields[1]), int(fields[19]), int(fields[3]))
     return table
 
 
-def _descendants(table: dict[int, tuple[int, int]], roots) -> dict[int, int]:
+def _descendants(table: dict[int, tuple[int, int, int]], roots) -> dict[int, int]:
     """Processes below ``roots`` in ``table``: pid -> start time."""
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
+    for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     found, stack = {}, list(roots)
     while stack:
@@ -171,20 +171,25 @@ def _holds_file_under(pid: int, folder: str) -> bool:
     return False
 
 
-def reap(known: dict[int, int], folders: list[str], within_s: float = REAP_S) -> int:
-    """SIGKILL the run's processes: those in ``known`` (pid -> start time, so a reused pid is spared), those holding
-    a file open under one of ``folders``, and every descendant of these; repeated until none is left (or ``within_s``
-    passed, as some may be starting). Returns how many were killed."""
-    me = os.getpid()
+def reap(known: dict[int, int], folders: list[str], session: int, spare: set[int], within_s: float = REAP_S) -> int:
+    """SIGKILL the run's processes: those in ``known`` (pid -> start time, so a reused pid is spared), those of login
+    session ``session`` (the driver's: inherited by all it starts) holding a file open under one of ``folders``, and
+    every descendant of these, never ``spare`` nor this process; repeated until none is left (or ``within_s`` passed,
+    as some may be starting). Returns how many were killed."""
+    spare = spare | {os.getpid()}
     killed: set[int] = set()
     deadline = time.monotonic() + within_s
     while True:
         table = _process_table()
-        targets = {pid for pid, start in known.items() if table.get(pid, (0, None))[1] == start}
+        targets = {pid for pid, start in known.items() if table.get(pid, (0, None, 0))[1] == start}
         if folders:
-            targets |= {pid for pid in table if pid != me and any(_holds_file_under(pid, f) for f in folders)}
+            targets |= {
+                pid
+                for pid, (_, _, sid) in table.items()
+                if sid == session and pid not in spare and any(_holds_file_under(pid, f) for f in folders)
+            }
         targets |= set(_descendants(table, targets))
-        targets.discard(me)
+        targets -= spare
         for pid in targets:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
@@ -199,8 +204,9 @@ class Guard:
     processes, agents and workers), when the driver exits without ``stop`` (see the module docstring).
 
     How it knows them: ``watch_folder`` names a folder every one of them holds files open in (a Ray session's
-    folder: logs); until a folder is named, it records the driver's descendants every ``SNAPSHOT_S`` (a scan of
-    ``/proc``; it stops once a folder is named). Start it before the processes it is to kill."""
+    folder: logs), and they are in the driver's login session (a log viewer in another terminal is spared); until a
+    folder is named, it records the driver's descendants started after the guard every ``SNAPSHOT_S`` (a scan of
+    ``/proc``, stopped once a folder is named). Start it before the processes it is to kill."""
 
     def __init__(self) -> None:
         env = dict(os.environ)
@@ -243,6 +249,7 @@ def _guard_main(driver_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     known: dict[int, int] = {}
     folders: list[str] = []
+    born = process_start(os.getpid()) or 0  # what the driver started before the guard is not the guard's to kill
     try:
         pidfd = os.pidfd_open(driver_pid)
     except ProcessLookupError:
@@ -251,6 +258,8 @@ def _guard_main(driver_pid: int) -> None:
         pidfd = None  # then the end of stdin is the only sign of the driver's death
     if os.getppid() != driver_pid:  # the driver died before the pidfd was opened (this process was reparented)
         return
+    session = os.getsid(driver_pid)
+    spare = {driver_pid}  # the driver holds files in Ray's folder too: reaped at close(), it must live on
     sys.stdout.buffer.write(b"ready\n")
     sys.stdout.buffer.flush()
     stdin = sys.stdin.buffer
@@ -258,11 +267,11 @@ def _guard_main(driver_pid: int) -> None:
     while True:
         ready, _, _ = select.select(watch, [], [], None if folders else SNAPSHOT_S)
         if not ready:
-            known.update(_descendants(_process_table(), [driver_pid]))
+            known.update((p, t) for p, t in _descendants(_process_table(), [driver_pid]).items() if t >= born)
             known.pop(os.getpid(), None)
             continue
         if pidfd in ready:
-            reap(known, folders)
+            reap(known, folders, session, spare)
             return
         line = stdin.readline()
         if line.startswith(b"folder "):
@@ -270,7 +279,7 @@ def _guard_main(driver_pid: int) -> None:
         elif line == b"stop\n":
             return
         elif line == b"reap\n" or (not line and pidfd is None):
-            reap(known, folders)
+            reap(known, folders, session, spare)
             return
         elif not line:  # the driver dropped the pipe but lives: keep watching its exit
             watch = [pidfd]
@@ -339,11 +348,12 @@ class OutputLock:
         self.task_lock = os.path.join(out, TASK_LOCK)
         self._fd: int | None = None
 
-    def acquire(self, survivor_wait_s: float = SURVIVOR_WAIT_S) -> Fence | None:
+    def acquire(self, survivor_wait_s: float | None = None) -> Fence | None:
         """Take the run lock (``OutputBusy`` at once when another driver holds it, naming its pid), record this
         run's token, and wait for tasks of earlier runs to end (``OutputBusy`` after ``survivor_wait_s``).
 
         Returns the tasks' fence, or None on a file system without ``flock`` (then runs are not fenced: warned)."""
+        survivor_wait_s = SURVIVOR_WAIT_S if survivor_wait_s is None else survivor_wait_s
         os.makedirs(self.out, exist_ok=True)
         fd = os.open(self.run_lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -14,9 +14,10 @@ field is just an absent signal.
 A tar that cannot be read to its end (``run.on_bad_input``): the reader is strict (``tar_reader``: a truncated or
 corrupt tar is never mistaken for a shorter intact one), so its damage is always seen. With ``bad_inputs`` given
 (``skip``), the samples before the damage are kept and the tar is recorded there (``BadInput``); otherwise
-(``fail``) ``InputError`` names the tar. Keeping them is safe because a sample is yielded only once the header of
-the next sample's first member was read intact: every member of a kept sample was read whole (its bytes or, when
-skipped, its full length present), and the sample the damage cut is never yielded, even when it looked complete.
+(``fail``) ``InputError`` names the tar. Keeping them is safe because a sample is yielded only once the next
+sample's first member was read whole: every member of a kept sample was read whole (its bytes or, when skipped,
+its full length present), and the sample the damage cut (or the one before it, when the damage is in the next
+sample's first member) is never yielded, even when it looked complete.
 An interrupted img2dataset download is a tar whose beginning is intact: its samples are kept, not lost.
 """
 
