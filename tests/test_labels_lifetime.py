@@ -54,13 +54,14 @@ def test_shipped_label_configs_start_one_worker_per_available_cpu(path):
     assert load_labels_config(path).run.workers is None
 
 
-def test_run_workers_rejects_negative_counts(tmp_path):
+def test_run_workers_and_on_bad_input_are_validated(tmp_path):
     from configs.compose import ConfigError
 
-    with pytest.raises(ConfigError, match="run.workers"):
+    with pytest.raises(ConfigError, match=r"run\.workers': must be >= 0 \(or null: the CPUs available\)"):
         labels_config(tmp_path, [{**I2D, "path": str(tmp_path)}], ["run.workers=-1"])
-    with pytest.raises(ConfigError, match="run.on_bad_input"):
+    with pytest.raises(ConfigError, match=r"run\.on_bad_input': is not skip\|fail"):
         labels_config(tmp_path, [{**I2D, "path": str(tmp_path)}], ["run.on_bad_input=ignore"])
+    assert labels_config(tmp_path, [{**I2D, "path": str(tmp_path)}], ["run.workers=null"]).run.workers is None
 
 
 # ---------------------------------------------------------------------------------------- damaged tars
