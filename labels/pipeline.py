@@ -429,6 +429,8 @@ def run(cfg: DictConfig) -> MiningResult:
         fence = lock.acquire()
     except OutputBusy as err:
         raise InputError(str(err)) from None
+    except OSError as err:  # an output folder that cannot be created or written
+        raise InputError(f"cannot write to output {cfg.output}: {err}") from None
     try:
         d = _Driver(cfg, fence)
         try:
