@@ -113,8 +113,10 @@ def die_with(driver_pid: int, driver_start: int | None) -> None:
 
 
 def _alive(pid: int, start: int | None) -> bool:
+    """Process ``pid`` (started at ``start``, when known) runs: not gone, not a zombie, not a reused pid."""
     if start is not None:
-        return process_start(pid) == start
+        entry = _process_table_entry(pid)
+        return entry is not None and entry[1] == start
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -124,21 +126,27 @@ def _alive(pid: int, start: int | None) -> bool:
     return True
 
 
+def _process_table_entry(pid: int) -> tuple[int, int, int] | None:
+    """``(parent pid, start time, session id)`` of a live process ``pid`` (None: gone or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[1]), int(fields[19]), int(fields[3])
+
+
 def _process_table() -> dict[int, tuple[int, int, int]]:
     """Every live process: pid -> (parent pid, start time, session id), from ``/proc/<pid>/stat`` (zombies left out:
     they are dead, only not yet collected by their parent)."""
     table: dict[int, tuple[int, int, int]] = {}
     names = os.listdir("/proc") if os.path.isdir("/proc") else []
     for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] not in (b"Z", b"X"):
-            table[int(name)] = (int(fields[1]), int(fields[19]), int(fields[3]))
+        entry = _process_table_entry(int(name)) if name.isdigit() else None
+        if entry is not None:
+            table[int(name)] = entry
     return table
 
 
