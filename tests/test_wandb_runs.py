@@ -27,7 +27,11 @@ run = wandb.init(project="p", id="r1", resume="allow", dir=".", mode="offline", 
 for s in steps:
     run.log({"loss": 1.0 / (s + 1)}, step=s)
 run.summary.update(extra.get("summary", {}))
-if end == "kill":
+if end == "kill":  # once W&B has written part of it (its writer works in blocks, behind the training loop)
+    import glob, time
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(map(os.path.getsize, glob.glob(f"{run.dir}/../*.wandb"))) < 100_000:
+        time.sleep(0.1)
     os._exit(9)
 run.finish()
 """
