@@ -85,18 +85,32 @@ class TermScorer:
         self.mask_score = MaskScores(self.weights, combine)
         self.bits = self.mask_score.bits
 
-    def signal_terms(self, texts: Sequence[str]) -> list[str]:
-        """Distinct terms over several texts of one signal type, in order of appearance."""
-        if len(texts) == 1:
-            return self.extractor.terms(texts[0])  # one text's terms are distinct already
-        seen: dict[str, None] = {}
+    def signal_terms(
+        self, texts: Sequence[str], contexts: set[str] | None = None, seen: set[str] | None = None
+    ) -> list[str]:
+        """Distinct terms over several texts of one signal type, in order of appearance. With ``contexts``, the
+        context records of each text not yet in ``seen`` are added to it (``TermExtractor.terms_and_contexts``) and
+        the text to ``seen``: a text repeated verbatim counts once."""
+        terms_and_contexts = self.extractor.terms_and_contexts
+        seen_terms: dict[str, None] = {}
         for text in texts:
-            seen.update(dict.fromkeys(self.extractor.terms(text)))
-        return list(seen)
+            terms, ctx = terms_and_contexts(text)
+            if len(texts) == 1:
+                seen_terms = dict.fromkeys(terms)  # one text's terms are distinct already
+            else:
+                seen_terms.update(dict.fromkeys(terms))
+            if contexts is not None and ctx and (seen is None or text not in seen):
+                contexts.update(ctx)
+                if seen is not None:
+                    seen.add(text)
+        return list(seen_terms)
 
-    def term_masks(self, signals: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    def term_masks(
+        self, signals: Mapping[str, Sequence[str]], contexts: set[str] | None = None, seen: set[str] | None = None
+    ) -> dict[str, int]:
         """Candidate term -> bit mask of the weighted signal types holding it, for one image (terms sharing a word with
-        an excluded signal dropped), in order of first appearance (signal types in sorted order)."""
+        an excluded signal dropped), in order of first appearance (signal types in sorted order). With ``contexts``,
+        the context records of the weighted signals' texts are added to it (texts in ``seen`` skipped)."""
         banned_words: set[str] = set()
         for name in self.exclude:
             for text in signals.get(name, ()):
@@ -107,7 +121,7 @@ class TermScorer:
             bit = self.bits.get(name)
             if bit is None:
                 continue
-            terms = self.signal_terms(signals[name])
+            terms = self.signal_terms(signals[name], contexts, seen)
             if not masks:
                 masks = dict.fromkeys(terms, bit)
                 continue

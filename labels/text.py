@@ -1,16 +1,24 @@
 """Text normalization and candidate-term extraction.
 
-A text becomes annotation terms in four steps:
+A text becomes annotation terms in five steps:
 
 1. ``normalize``: Unicode NFKC, then case-folding.
-2. Chunking: punctuation (anything that is not a letter, digit, space, hyphen, underscore or
-   apostrophe) ends a chunk, so a term never spans a comma, a full stop or a folder separator.
-   Hyphens and underscores join words (``low-contrast`` -> ``low contrast``); possessive ``'s`` is
-   dropped and other apostrophes are removed (``don't`` -> ``dont``).
-3. Tokens: stopwords, pure numbers and one-letter tokens also end a chunk (so ``cat on a mat``
-   yields ``cat`` and ``mat``, never ``cat on``); each remaining word is folded to a simple singular.
-4. Terms: every run of 1 to ``max_words`` consecutive words inside a chunk, minus configured stop
-   terms (e.g. ``unsorted``, ``clip art``).
+2. Cuts: dates and times in the common written forms (``Monday, March 3, 2021``, ``2021-03-04T10:23Z``,
+   ``04/03/2021 14:05``, ``Wed Aug 25 23:31:12 2004``) and configured boilerplate phrases that hold punctuation
+   (``tags:``) are cut out and end a chunk; so do spaced dashes and other caption separators (``theme - Site``,
+   ``a | b``, ``a :: b``, ``a — b``).
+3. Chunking: punctuation (anything that is not a letter, digit, space, hyphen, underscore or apostrophe) ends
+   a chunk, so a term never spans a comma, a full stop or a folder separator. Hyphens and underscores inside a
+   word join words (``low-contrast`` -> ``low contrast``); possessive ``'s`` is dropped and other apostrophes
+   are removed (``don't`` -> ``dont``).
+4. Tokens: stopwords, pure numbers and one-letter tokens also end a chunk (so ``cat on a mat`` yields ``cat``
+   and ``mat``, never ``cat on``); each remaining word is folded to a simple singular. Word-only boilerplate
+   phrases are matched on the folded words (``cliparts`` is ``clipart``) and end a chunk too.
+5. Terms: every run of 1 to ``max_words`` consecutive words inside a chunk, minus configured stop terms
+   (e.g. ``unsorted``, ``clip art``, normalized and folded like the text).
+
+``terms_and_contexts`` also returns each word's neighbours (the adjacent word or stopword on either side,
+inside its chunk of punctuation): the statistic the template rule of labels/templates.py is computed from.
 """
 
 from __future__ import annotations
@@ -91,6 +99,38 @@ _JOINERS = str.maketrans("-_", "  ")  # hyphen and underscore join words: they b
 # A one-letter prefix keeps its hyphen ("t-shirt", "x-ray", "e-mail"): split, the letter would be dropped.
 _LETTER_HYPHEN_RE = re.compile(r"(?<![\w-])(\w)-(?=\w)")
 _KEPT_HYPHEN = "\x00"
+# A dash or underscore run standing alone between spaces ("theme - Site"), or a run of two or more dashes, is a
+# caption separator, not a joiner: it ends a chunk like "|" or "::" do.
+_SEPARATOR_RE = re.compile(r"(?<!\S)[-_]+(?!\S)|-{2,}")
+SEPARATOR = " | "  # what a cut leaves: punctuation, so that no term spans it
+
+# Dates and times in the common written forms (English month and weekday names). Hand-written rather than
+# dateparser.search / datefinder: those parse candidates with dateutil (milliseconds per text, and datefinder
+# takes plain words such as "march" or "sat" for dates); one compiled regex costs microseconds, and only texts
+# holding a digit are searched. Weekday and month names are cut only inside such a date, so "march" or "may"
+# as words stay.
+_MONTH = (
+    r"(?:january|february|march|april|may|june|july|august|september|october|november|december"
+    r"|jan|feb|mar|apr|jun|jul|aug|sept|sep|oct|nov|dec)\.?"
+)
+_WEEKDAY = (
+    r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues|tue|wed|thurs|thur|thu|fri|sat|sun)\.?"
+)
+_DAY = r"\d{1,2}(?:st|nd|rd|th)?"
+_YEAR = r"(?:\d{4}|'\d{2})"
+_TIME = (
+    r"(?:\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:\s*[ap]\.?m\b\.?)?|\d{1,2}\s*[ap]\.?m\b\.?)"
+    r"(?:\s*(?:utc|gmt|z\b|[+-]\d{2}:?\d{2}))?"
+)
+_ISO = r"\d{4}-\d{1,2}-\d{1,2}(?:[t ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z\b|[+-]\d{2}:?\d{2})?)?"
+_NUMERIC_DATE = r"(?:\d{1,2}[/.]\d{1,2}[/.](?:\d{4}|\d{2})|\d{4}[/.]\d{1,2}[/.]\d{1,2})(?![\d/.]*\d)"
+_NAMED_DATE = (
+    rf"(?:{_WEEKDAY},?\s+)?(?:{_DAY}\s+(?:of\s+)?{_MONTH}|{_MONTH}\s+{_DAY}\b)(?:,?\s+{_YEAR}\b)?"
+    rf"|{_MONTH},?\s+{_YEAR}\b|{_WEEKDAY},?\s+(?={_TIME}|{_ISO}|{_NUMERIC_DATE})"
+)
+DATE_RE = re.compile(rf"(?<![\w/.:-])(?:{_ISO}|{_NUMERIC_DATE}|{_NAMED_DATE}|{_TIME})(?![\w:])")
+_DIGIT_RE = re.compile(r"\d")
+DATE_HIT = "<date or time>"  # how cut dates count in boilerplate_hits
 SHORT_TEXT = 80  # texts up to this many characters are memoized (see TermExtractor.terms)
 WORD_CACHE = 1 << 18  # folded words kept per extractor (the cache is emptied when full)
 
@@ -131,9 +171,11 @@ class TermExtractor:
         fold_plurals: apply ``singularize`` to every word.
         extra_stopwords: added to ``STOPWORDS`` (given in any case; normalized here).
         stop_terms: whole terms never emitted (normalized and folded like the text).
-        boilerplate: caption scaffolding phrases ("tags:", "stock photo", "image of", "free download"):
-            each occurrence is cut out of the text and ends a chunk; ``boilerplate_hits`` counts them
-            (phrase -> occurrences, cached texts included) for the report.
+        boilerplate: caption scaffolding phrases ("tags:", "stock photo", "image of", "free download"): each
+            occurrence is cut out of the text and ends a chunk. Phrases of words only are matched on the folded
+            words ("stock photos" is "stock photo"); phrases holding other punctuation ("tags:") on the text.
+            ``boilerplate_hits`` counts them (phrase -> occurrences, cached texts included) for the report.
+        cut_dates: cut dates and times (``DATE_RE``); they count as ``DATE_HIT`` in ``boilerplate_hits``.
     """
 
     def __init__(
@@ -145,6 +187,7 @@ class TermExtractor:
         extra_stopwords: Iterable[str] = (),
         stop_terms: Iterable[str] = (),
         boilerplate: Iterable[str] = (),
+        cut_dates: bool = True,
     ) -> None:
         if max_words < 1:
             raise ValueError(f"max_words must be >= 1, got {max_words}")
@@ -152,20 +195,32 @@ class TermExtractor:
         self.min_word_len = min_word_len
         self.drop_numeric = drop_numeric
         self.fold_plurals = fold_plurals
+        self.cut_dates = cut_dates
         self.stopwords = STOPWORDS | {normalize(w) for w in extra_stopwords}
         # Per instance, so that two extractors with different settings never share results: token -> folded word
         # (None: the token ends a chunk). A plain dict, cleared when it outgrows WORD_CACHE: an lru_cache wrapper
         # costs a call per token, the hot loop of the text passes.
         self._words: dict[str, str | None] = {}
         # Keywords, folder paths and titles repeat across a corpus: memoize short texts' terms.
-        self._short_terms = functools.lru_cache(maxsize=1 << 16)(self._terms_and_hits)
+        self._short = functools.lru_cache(maxsize=1 << 16)(self._analyse)
         self.stop_terms: frozenset[str] = frozenset()
-        phrases = sorted({normalize(p).strip() for p in boilerplate if p.strip()}, key=lambda p: (-len(p), p))
-        self._boilerplate_re = (
-            re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in phrases) + r")(?!\w)") if phrases else None
-        )
+        self._phrases: dict[str, list[tuple[str, ...]]] = {}  # first folded word -> word phrases, longest first
+        self._boilerplate_re = None
         self.boilerplate_hits: Counter[str] = Counter()
         self._hits: list[str] = []
+        raw = []
+        for p in {normalize(p).strip() for p in boilerplate if p.strip()}:
+            if _SPLIT_RE.search(p.replace("'", "")) is None:
+                forms = tuple(self._forms(p))
+                if forms:
+                    self._phrases.setdefault(forms[0], []).append(forms)
+                    continue
+            raw.append(p)
+        for first in self._phrases:
+            self._phrases[first].sort(key=lambda f: (-len(f), f))
+        if raw:
+            raw.sort(key=lambda p: (-len(p), p))
+            self._boilerplate_re = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in raw) + r")(?!\w)")
         self.stop_terms = frozenset(t for s in stop_terms for t in self._whole_terms(s))
 
     def _word_uncached(self, token: str) -> str | None:
@@ -187,22 +242,48 @@ class TermExtractor:
         word = words[token] = self._word_uncached(token)
         return word
 
-    def chunks(self, text: str) -> list[list[str]]:
-        """Normalized, folded word runs of ``text`` that terms may not cross."""
+    def _forms(self, phrase: str) -> list[str]:
+        """A boilerplate phrase as the matcher compares it: each token's folded word, or the token itself (a
+        stopword or number)."""
+        text = _APOSTROPHE_RE.sub("", _POSSESSIVE_RE.sub("", phrase)).translate(_JOINERS)
+        return [self._word(t) or t for t in text.split()]
+
+    def _cut(self, text: str) -> str:
+        """Normalized text with dates, punctuated boilerplate and caption separators cut (each leaves
+        ``SEPARATOR``), apostrophes handled, joiners turned into spaces."""
         # NFKC is the identity on ASCII and casefold() equals lower() there: skip the Unicode work.
         text = text.lower() if text.isascii() else normalize(text)
+        if self.cut_dates and _DIGIT_RE.search(text) is not None:
+            text = DATE_RE.sub(self._count_date, text)
         if "'" in text or "’" in text or "`" in text:
             text = _APOSTROPHE_RE.sub("", _POSSESSIVE_RE.sub("", text))
         if self._boilerplate_re is not None:
             text = self._boilerplate_re.sub(self._count_boilerplate, text)
-        if "-" in text:
-            text = _LETTER_HYPHEN_RE.sub(r"\1" + _KEPT_HYPHEN, text)
-        text = text.translate(_JOINERS).replace(_KEPT_HYPHEN, "-")
+        if "-" in text or "_" in text:
+            text = _SEPARATOR_RE.sub(SEPARATOR, text)
+            if "-" in text:
+                text = _LETTER_HYPHEN_RE.sub(r"\1" + _KEPT_HYPHEN, text)
+            text = text.translate(_JOINERS).replace(_KEPT_HYPHEN, "-")
+        return text
+
+    def chunks(self, text: str, contexts: set[str] | None = None) -> list[list[str]]:
+        """Normalized, folded word runs of ``text`` that terms may not cross.
+
+        With ``contexts``, each word's neighbours are added to it: ``"word\\t<left"`` and ``"word\\t>right"``, where
+        a neighbour is the adjacent token inside the same piece of punctuation (its folded word, or the stopword
+        itself; numbers, cut boilerplate and text edges are no neighbours).
+        """
         out: list[list[str]] = []
         words = self._words
         word = self._word
-        for piece in _SPLIT_RE.split(text):
-            folded = [words[t] if t in words else word(t) for t in piece.split()]
+        phrases = self._phrases
+        for piece in _SPLIT_RE.split(self._cut(text)):
+            tokens = piece.split()
+            folded = [words[t] if t in words else word(t) for t in tokens]
+            if phrases:
+                self._cut_phrases(tokens, folded)
+            if contexts is not None and len(tokens) > 1:
+                self._contexts(tokens, folded, contexts)
             if None not in folded:
                 if folded:
                     out.append(folded)
@@ -219,9 +300,54 @@ class TermExtractor:
                 out.append(run)
         return out
 
+    def _cut_phrases(self, tokens: list[str], folded: list[str | None]) -> None:
+        """Cut word-only boilerplate phrases, matched on folded words (stopwords and numbers as written): the
+        matched tokens become ``None`` (a chunk end) and ``""`` (no neighbour either)."""
+        phrases = self._phrases
+        forms = [w or t for w, t in zip(folded, tokens)]
+        i, n = 0, len(forms)
+        while i < n:
+            cands = phrases.get(forms[i])
+            if cands is not None:
+                for ph in cands:
+                    k = len(ph)
+                    if tuple(forms[i : i + k]) == ph:
+                        self._hits.append(" ".join(ph))
+                        for j in range(i, i + k):
+                            folded[j] = None
+                            tokens[j] = ""
+                        i += k - 1
+                        break
+            i += 1
+
+    def _contexts(self, tokens: list[str], folded: list[str | None], contexts: set[str]) -> None:
+        def neighbour(j: int) -> str | None:
+            t = tokens[j]
+            if not t or t.isdigit():
+                return None
+            w = folded[j]
+            return w if w is not None else (t if t in self.stopwords else None)
+
+        last = len(tokens) - 1
+        for i, w in enumerate(folded):
+            if w is None:
+                continue
+            if i > 0:
+                left = neighbour(i - 1)
+                if left is not None:
+                    contexts.add(w + "\t<" + left)
+            if i < last:
+                right = neighbour(i + 1)
+                if right is not None:
+                    contexts.add(w + "\t>" + right)
+
     def _count_boilerplate(self, match: re.Match) -> str:
         self._hits.append(match.group(0))
-        return " | "
+        return SEPARATOR
+
+    def _count_date(self, match: re.Match) -> str:
+        self._hits.append(DATE_HIT)
+        return SEPARATOR
 
     def _whole_terms(self, text: str) -> list[str]:
         runs = self.chunks(text)
@@ -231,21 +357,27 @@ class TermExtractor:
     def terms(self, text: str) -> list[str]:
         """Distinct candidate terms of ``text`` (1 to ``max_words`` words): chunk by chunk, the words,
         then the 2-word terms, then the 3-word terms, each in order of appearance."""
-        terms, hits = self._short_terms(text) if len(text) <= SHORT_TEXT else self._terms_and_hits(text)
+        return list(self.terms_and_contexts(text)[0])
+
+    def terms_and_contexts(self, text: str) -> tuple[tuple[str, ...], frozenset[str]]:
+        """``terms(text)`` as a tuple, and its context records: its words' neighbour records (see ``chunks``) and
+        its words themselves."""
+        terms, hits, contexts = self._short(text) if len(text) <= SHORT_TEXT else self._analyse(text)
         if hits:
             self.boilerplate_hits.update(hits)
-        return list(terms)
+        return terms, contexts
 
     def _terms_tuple(self, text: str) -> tuple[str, ...]:
         """The terms of ``text``, uncached (boilerplate hits not counted)."""
-        return self._terms_and_hits(text)[0]
+        return self._analyse(text)[0]
 
-    def _terms_and_hits(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The terms of ``text`` and the boilerplate phrases cut out of it."""
+    def _analyse(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]:
+        """The terms of ``text``, the boilerplate phrases cut out of it and its words' neighbour records."""
         self._hits.clear()
+        contexts: set[str] = set()
         seen: dict[str, None] = {}
         k = self.max_words
-        for run in self.chunks(text):
+        for run in self.chunks(text, contexts):
             n = len(run)
             seen.update(dict.fromkeys(run))
             if n < 2 or k < 2:
@@ -257,6 +389,8 @@ class TermExtractor:
             for size in range(4, min(k, n) + 1):
                 seen.update(dict.fromkeys([" ".join(run[i : i + size]) for i in range(n - size + 1)]))
         hits = tuple(self._hits)
+        contexts.update(t for t in seen if " " not in t)  # the words themselves: "the text holds the word"
+        ctx = frozenset(contexts)
         if self.stop_terms:
-            return tuple(t for t in seen if t not in self.stop_terms), hits
-        return tuple(seen), hits
+            return tuple(t for t in seen if t not in self.stop_terms), hits, ctx
+        return tuple(seen), hits, ctx
