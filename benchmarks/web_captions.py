@@ -8,7 +8,7 @@ Content comes from the Debian ``openclipart-svg`` drawings (title + keywords, re
 ``{key}.jpg`` + ``{key}.txt`` (the caption) + ``{key}.json`` (``url``, ``uploader``, sometimes a page ``title``
 and clean ``tags``). Captions wrap the content in web-caption templates (site suffixes, licence lines, keyword
 scaffolds, download/HD/wallpaper wrappers, upload timestamps in several date formats, single-word affixes) that
-are assigned per site; sites have different sizes, one is topical (flat icons), one has plain captions; one
+are assigned per site; sites have different sizes, one is topical (flags), one has plain captions; one
 uploader posts a generated series of ~200 near-identical re-saves of one drawing.
 
 The templates are split in two fixed halves (``TEMPLATES["tune"]``, ``TEMPLATES["heldout"]``, documented in
@@ -205,7 +205,7 @@ SITES = [
     ("vectorhut.example", 0.13, [3, 4]),
     ("wallz.example", 0.10, [5]),
     ("stampbox.example", 0.12, [6]),  # Tux Paint stamps
-    ("iconshelf.example", 0.09, [0, 4]),  # topical: flat icons
+    ("flagshelf.example", 0.09, [0, 4]),  # topical: flags
     ("plain.example", 0.14, [None]),
 ]
 SERIES_SITE, SERIES_UPLOADER, SERIES_SIZE = "cliphub.example", "artbot3000", 213
@@ -216,7 +216,7 @@ def _half_of(uid: str) -> str:
 
 
 def load_content(half: str, n_clipart: int, n_stamps: int, short_side: int = 96, cache: Path | None = None) -> dict:
-    """Drawings for ``half`` (disjoint between halves): ``{"clipart": [...], "icons": [...], "stamps": [...]}``.
+    """Drawings for ``half`` (disjoint between halves): ``{"clipart": [...], "topical": [...], "stamps": [...]}``.
 
     OpenClipArt SVGs (under 150 kB, with a title) are rendered to JPEG with the pipeline's renderer; rendered bytes
     are cached under ``cache`` (keyed by path and size) so that reruns take seconds.
@@ -253,13 +253,14 @@ def load_content(half: str, n_clipart: int, n_stamps: int, short_side: int = 96,
     # Openclipart's own series (1,375 gramastars, the lemon icon theme) are left out: the corpus's one series is
     # the generated one, so that the benchmark can tell it apart.
     units = [u for u in units if u.signals["title"][0].lower() != "gramastar" and "lemon-theme" not in u.uid]
-    icons = [u for u in units if u.uid.startswith("computer/icons/")]
-    other = [u for u in units if not u.uid.startswith("computer/")]
-    rng.shuffle(icons)
+    # The topical site: flags (the site is about them; "flag" must stay a label there).
+    topical = [u for u in units if u.uid.startswith("signs_and_symbols/flags/")]
+    other = [u for u in units if not u.uid.startswith(("computer/", "signs_and_symbols/flags/"))]
+    rng.shuffle(topical)
     rng.shuffle(other)
-    out: dict[str, list[Content]] = {"clipart": [], "icons": [], "stamps": []}
-    n_icons = n_clipart // 8
-    for name, pool, n in (("icons", icons, n_icons), ("clipart", other, n_clipart - n_icons)):
+    out: dict[str, list[Content]] = {"clipart": [], "topical": [], "stamps": []}
+    n_topical = n_clipart // 8
+    for name, pool, n in (("topical", topical, n_topical), ("clipart", other, n_clipart - n_topical)):
         for u in pool:
             if len(out[name]) >= n:
                 break
@@ -297,9 +298,10 @@ def build_samples(
     half: str, pools: dict[str, list[Content]], series_size: int = SERIES_SIZE, seed: int = 0
 ) -> list[tuple[dict, dict]]:
     """``(sample, truth)`` pairs: ``sample`` as ``tests.fixtures_labels.write_tar`` takes it (``__key__``, ``jpg``,
-    ``txt``, ``json``), ``truth`` the ground truth (``content``: the clean text, ``template``, ``site``, ``series``).
+    ``txt``, ``json``), ``truth`` the ground truth (``content``: the clean texts, ``shown``: the caption and json
+    texts the content was put in, ``template``, ``site``, ``series``).
 
-    Sites take content in proportion to their share: the icon site takes ``pools["icons"]``, the stamp site
+    Sites take content in proportion to their share: the topical (flag) site takes ``pools["topical"]``, the stamp site
     ``pools["stamps"]``, the others the clip-art pool; the series is ``series_size`` re-saves of one clip-art drawing
     by one uploader on ``SERIES_SITE``.
     """
@@ -307,7 +309,7 @@ def build_samples(
     templates, series_t = TEMPLATES[half]
     clipart = list(pools["clipart"])
     series_src = clipart.pop(0) if series_size else None
-    general = [s for s in SITES if s[0] not in ("iconshelf.example", "stampbox.example")]
+    general = [s for s in SITES if s[0] not in ("flagshelf.example", "stampbox.example")]
     total = sum(s[1] for s in general)
     assigned: list[tuple[str, list, Content]] = []
     start = 0
@@ -316,7 +318,7 @@ def build_samples(
         assigned += [(site, tids, c) for c in clipart[start : start + n]]
         start += n
     by_site = {s[0]: s for s in SITES}
-    assigned += [("iconshelf.example", by_site["iconshelf.example"][2], c) for c in pools["icons"]]
+    assigned += [("flagshelf.example", by_site["flagshelf.example"][2], c) for c in pools["topical"]]
     assigned += [("stampbox.example", by_site["stampbox.example"][2], c) for c in pools["stamps"]]
     uploaders = [f"user{i:03d}" for i in range(40)]
     out = []
@@ -335,6 +337,7 @@ def build_samples(
     samples = []
     for i, (site, tname, up, c, jpg, caption, extras, series) in enumerate(out):
         key = f"{i:09d}"
+        sample_text = "\n".join([caption, extras.get("title", ""), *extras.get("tags", [])])
         meta = {"url": f"https://{site}/img/{hashlib.sha1(jpg).hexdigest()[:12]}.jpg", "uploader": up, **extras}
         samples.append(
             (
@@ -343,6 +346,7 @@ def build_samples(
                     "key": key,
                     "uid": c.uid,
                     "content": [c.title, *c.keywords],
+                    "shown": [sample_text],
                     "template": tname,
                     "site": site,
                     "series": series,

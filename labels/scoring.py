@@ -89,8 +89,8 @@ class TermScorer:
         self, texts: Sequence[str], contexts: set[str] | None = None, seen: set[str] | None = None
     ) -> list[str]:
         """Distinct terms over several texts of one signal type, in order of appearance. With ``contexts``, the
-        context records of each text not yet in ``seen`` are added to it (``TermExtractor.terms_and_contexts``) and
-        the text to ``seen``: a text repeated verbatim counts once."""
+        context records of each text are added to it (``TermExtractor.terms_and_contexts``) unless ``seen`` holds
+        them already (then added to ``seen``): a text repeated verbatim, up to numbers and dates, counts once."""
         terms_and_contexts = self.extractor.terms_and_contexts
         seen_terms: dict[str, None] = {}
         for text in texts:
@@ -99,10 +99,10 @@ class TermScorer:
                 seen_terms = dict.fromkeys(terms)  # one text's terms are distinct already
             else:
                 seen_terms.update(dict.fromkeys(terms))
-            if contexts is not None and ctx and (seen is None or text not in seen):
+            if contexts is not None and ctx and (seen is None or ctx not in seen):
                 contexts.update(ctx)
                 if seen is not None:
-                    seen.add(text)
+                    seen.add(ctx)
         return list(seen_terms)
 
     def term_masks(

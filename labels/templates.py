@@ -68,10 +68,13 @@ def template_words(counts: Mapping[str, int], min_docs: float, rigidity: float) 
 
 def is_template_term(term: str, templates: Mapping[str, list]) -> bool:
     """Whether ``term`` is template text: all its words are template words, or it cuts a template word from its bond
-    (a template word bound to its right neighbour ends the term, or one bound to its left neighbour starts it)."""
+    (a template word bound to its right neighbour ends the term, one bound to its left neighbour starts it, or one
+    bound to a pair of neighbours is in it)."""
     words = term.split(" ")
     bonds = [templates.get(w) for w in words]
     if all(b is not None for b in bonds):
         return True
     first, last = bonds[0], bonds[-1]
-    return (last is not None and last[2][0] == ">") or (first is not None and first[2][0] == "<")
+    if (last is not None and last[2][0] == ">") or (first is not None and first[2][0] == "<"):
+        return True
+    return any(b is not None and b[2][0] == "=" for b in bonds)

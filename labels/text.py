@@ -93,6 +93,8 @@ IRREGULAR = {
 # Endings that look plural but are singular ("glass", "bus", "axis", "famous"): inflect strips them.
 _KEEP_ENDINGS = ("ss", "us", "is", "ous")
 _SPLIT_RE = re.compile(r"[^\w\s'’`-]+")  # punctuation: a chunk boundary
+_SPLIT_KEEP_RE = re.compile(r"([^\w\s'’`-]+)")  # the same, keeping the punctuation (neighbour records)
+_DIMENSION_RE = re.compile(r"\d+(?:x\d+)+")  # "1920x1080": a number, not a word
 _POSSESSIVE_RE = re.compile(r"['’`]s\b")
 _APOSTROPHE_RE = re.compile(r"['’`]")
 _JOINERS = str.maketrans("-_", "  ")  # hyphen and underscore join words: they become spaces
@@ -227,7 +229,7 @@ class TermExtractor:
         """The folded word for a token, or None when the token ends a chunk."""
         if len(token) < self.min_word_len or token in self.stopwords:
             return None
-        if self.drop_numeric and token.isdigit():
+        if self.drop_numeric and (token.isdigit() or _DIMENSION_RE.fullmatch(token)):
             return None
         word = singularize(token) if self.fold_plurals else token
         return None if word in self.stopwords else word
@@ -269,21 +271,35 @@ class TermExtractor:
     def chunks(self, text: str, contexts: set[str] | None = None) -> list[list[str]]:
         """Normalized, folded word runs of ``text`` that terms may not cross.
 
-        With ``contexts``, each word's neighbours are added to it: ``"word\\t<left"`` and ``"word\\t>right"``, where
-        a neighbour is the adjacent token inside the same piece of punctuation (its folded word, or the stopword
-        itself; numbers, cut boilerplate and text edges are no neighbours).
+        With ``contexts``, each word's neighbour records are added to it (labels/templates.py): ``"word\\t<left"``
+        and ``"word\\t>right"`` when the adjacent token is a word (its folded form; an article before every noun is
+        no bond), and
+        ``"word\\t=left right"`` for the pair of neighbours of any kind: a word or stopword, ``#`` (a number),
+        the punctuation between pieces (a cut date or boilerplate phrase reads ``|``), ``^`` / ``$`` (text edges).
         """
         out: list[list[str]] = []
         words = self._words
         word = self._word
         phrases = self._phrases
-        for piece in _SPLIT_RE.split(self._cut(text)):
+        cut = self._cut(text)
+        if contexts is None:
+            pieces, seps = _SPLIT_RE.split(cut), None
+        else:
+            parts = _SPLIT_KEEP_RE.split(cut)
+            pieces, seps = parts[0::2], parts[1::2]
+            left_edge = "^"
+        for k, piece in enumerate(pieces):
             tokens = piece.split()
             folded = [words[t] if t in words else word(t) for t in tokens]
             if phrases:
                 self._cut_phrases(tokens, folded)
-            if contexts is not None and len(tokens) > 1:
-                self._contexts(tokens, folded, contexts)
+            if seps is not None:
+                if tokens:
+                    right_edge = seps[k] if k < len(seps) else "$"
+                    self._contexts(tokens, folded, left_edge, right_edge, contexts)
+                    left_edge = seps[k] if k < len(seps) else "$"
+                elif k < len(seps):
+                    left_edge = seps[k]
             if None not in folded:
                 if folded:
                     out.append(folded)
@@ -320,26 +336,36 @@ class TermExtractor:
                         break
             i += 1
 
-    def _contexts(self, tokens: list[str], folded: list[str | None], contexts: set[str]) -> None:
-        def neighbour(j: int) -> str | None:
-            t = tokens[j]
-            if not t or t.isdigit():
-                return None
-            w = folded[j]
-            return w if w is not None else (t if t in self.stopwords else None)
-
-        last = len(tokens) - 1
+    def _contexts(
+        self, tokens: list[str], folded: list[str | None], left_edge: str, right_edge: str, contexts: set[str]
+    ) -> None:
+        """The neighbour records of one piece's words (see ``chunks``)."""
+        forms = []
+        is_word = []
+        for t, w in zip(tokens, folded):
+            if w is not None:
+                forms.append(w)
+                is_word.append(True)
+            elif not t:  # cut boilerplate
+                forms.append("|")
+                is_word.append(False)
+            elif t.isdigit() or _DIMENSION_RE.fullmatch(t):
+                forms.append("#")
+                is_word.append(False)
+            else:  # a stopword or a stray letter: a neighbour in pairs only ("a chicken", "the letter h")
+                forms.append(t)
+                is_word.append(False)
+        last = len(forms) - 1
         for i, w in enumerate(folded):
             if w is None:
                 continue
-            if i > 0:
-                left = neighbour(i - 1)
-                if left is not None:
-                    contexts.add(w + "\t<" + left)
-            if i < last:
-                right = neighbour(i + 1)
-                if right is not None:
-                    contexts.add(w + "\t>" + right)
+            left = forms[i - 1] if i > 0 else left_edge
+            right = forms[i + 1] if i < last else right_edge
+            if i > 0 and is_word[i - 1]:
+                contexts.add(w + "\t<" + left)
+            if i < last and is_word[i + 1]:
+                contexts.add(w + "\t>" + right)
+            contexts.add(w + "\t=" + left + " " + right)
 
     def _count_boilerplate(self, match: re.Match) -> str:
         self._hits.append(match.group(0))
