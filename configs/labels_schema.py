@@ -119,12 +119,16 @@ class TemplateConfig:
     word from its neighbour, is never a label; the report lists them."""
 
     enabled: bool = True
-    # A word is checked when it is in at least this share of the documents and in min_docs distinct texts of them
-    # (texts repeated verbatim count once: they have no varying slot)...
-    min_share: float = 0.005
-    min_docs: int = 10
+    # A word is checked when it is in at least min_docs distinct texts (texts repeated verbatim, up to numbers and
+    # dates, count once: they have no varying slot) and in at least this share of the documents: min_docs is the
+    # evidence a rigid bond needs; min_share keeps rigid content compounds below it ("hong kong") at web scale...
+    min_share: float = 0.0001
+    min_docs: int = 30
     # ...and is template text when one neighbour (left or right) accounts for at least this share of them.
     rigidity: float = 0.6
+    # The statistic reads the first this-many documents with text of each input partition (all of a small corpus; a
+    # sample of big tars, whose order is the input's): it is a ratio, and templates are frequent.
+    docs_per_partition: int = 1000
 
 
 @dataclass
@@ -140,7 +144,7 @@ class CurationConfig:
     max_per_group: int = 0  # 0: off
     # Near-identical re-saves of one raster image (the same perceptual hash, labels.images.series_key) form a
     # series; each keeps at most this many samples (skip reason series_cap). 0: off. Needs images (not text_only).
-    max_per_series: int = 5
+    max_per_series: int = 3
 
 
 @dataclass
@@ -339,6 +343,7 @@ def check_labels_values(cfg: DictConfig) -> None:
     _require(0.0 < cfg.templates.min_share <= 1.0, "templates.min_share", "must be in (0, 1]")
     _require(0.0 < cfg.templates.rigidity <= 1.0, "templates.rigidity", "must be in (0, 1]")
     _require(cfg.templates.min_docs >= 1, "templates.min_docs", "must be >= 1")
+    _require(cfg.templates.docs_per_partition >= 1, "templates.docs_per_partition", "must be >= 1")
     thr = cfg.cluster.distance_threshold
     _require(thr is None or 0.0 < thr <= 2.0, "cluster.distance_threshold", "must be in (0, 2]")
     _require(0.0 <= cfg.cluster.head_fraction <= 1.0, "cluster.head_fraction", "must be in [0, 1]")

@@ -272,9 +272,9 @@ def stats_path(work: str, kind: str, i: int) -> str:
 def map_task(cfg: dict, part: dict, work: str) -> None:
     """Read one input partition: hash each image, score its text, route units to hash partitions.
 
-    Writes ``units.jsonl`` (``MapUnit`` lines ordered by hash partition), ``contexts.jsonl`` (the words' context
-    records cut by term partition, labels/templates.py; near-identical re-saves of one series counted once),
-    ``groups.json`` and ``stats.json`` (read count, skips by reason, hash-partition and context byte offsets,
+    Writes ``units.jsonl`` (``MapUnit`` lines ordered by hash partition), ``contexts.jsonl`` (the context records of
+    the partition's first ``templates.docs_per_partition`` documents with text, cut by term partition,
+    labels/templates.py; near-identical re-saves of one series counted once), ``groups.json`` and ``stats.json`` (read count, skips by reason, hash-partition and context byte offsets,
     fingerprint, boilerplate hits).
 
     A unit's hash partition follows its series key when it has one (so a series meets in one reduce task, which caps
@@ -291,6 +291,7 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
     cap = int(cfg["curation"]["max_per_group"])
     series_on = int(cfg["curation"]["max_per_series"]) > 0 and not text_only
     templates_on = bool(cfg["templates"]["enabled"])
+    docs_per_partition = int(cfg["templates"]["docs_per_partition"])
     scorer = _ctx(cfg, "scorer")
     scorer.extractor.boilerplate_hits = Counter()
     buckets: list[list[bytes]] = [[] for _ in range(parts_r)]
@@ -326,9 +327,8 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
             skipped[reason] += 1
             continue
         series = series_key(data) if series_on and unit.ext != "svg" and data is not None else None
-        doc_contexts: set[str] | None = (
-            set() if templates_on and (series is None or series not in series_seen) else None
-        )
+        sampled = templates_on and context_docs < docs_per_partition and (series is None or series not in series_seen)
+        doc_contexts: set[str] | None = set() if sampled else None
         scores = term_groups(scorer, signals, min_score, doc_contexts, texts_seen) if signals else {}
         if doc_contexts is not None and scores:
             if series is not None:

@@ -86,24 +86,25 @@ class TermScorer:
         self.bits = self.mask_score.bits
 
     def signal_terms(
-        self, texts: Sequence[str], contexts: set[str] | None = None, seen: set[str] | None = None
+        self, texts: Sequence[str], contexts: set[str] | None = None, seen: set | None = None
     ) -> list[str]:
         """Distinct terms over several texts of one signal type, in order of appearance. With ``contexts``, the
-        context records of each text are added to it (``TermExtractor.terms_and_contexts``) unless ``seen`` holds
-        them already (then added to ``seen``): a text repeated verbatim, up to numbers and dates, counts once."""
-        terms_and_contexts = self.extractor.terms_and_contexts
-        seen_terms: dict[str, None] = {}
+        context records of each text are added to it (``TermExtractor.contexts``) unless ``seen`` holds them already
+        (then they are added to ``seen``): a text repeated verbatim, up to numbers and dates, counts once."""
+        ex = self.extractor
+        if contexts is not None:
+            for text in texts:
+                ctx = ex.contexts(text)
+                if ctx and (seen is None or ctx not in seen):
+                    contexts.update(ctx)
+                    if seen is not None:
+                        seen.add(ctx)
+        if len(texts) == 1:
+            return list(ex.terms_tuple(texts[0]))  # one text's terms are distinct already
+        found: dict[str, None] = {}
         for text in texts:
-            terms, ctx = terms_and_contexts(text)
-            if len(texts) == 1:
-                seen_terms = dict.fromkeys(terms)  # one text's terms are distinct already
-            else:
-                seen_terms.update(dict.fromkeys(terms))
-            if contexts is not None and ctx and (seen is None or ctx not in seen):
-                contexts.update(ctx)
-                if seen is not None:
-                    seen.add(ctx)
-        return list(seen_terms)
+            found.update(dict.fromkeys(ex.terms_tuple(text)))
+        return list(found)
 
     def term_masks(
         self, signals: Mapping[str, Sequence[str]], contexts: set[str] | None = None, seen: set[str] | None = None

@@ -32,10 +32,14 @@ def records_by_partition(counts: Mapping[str, int], buckets: int) -> list[dict[s
     of their word (``labels.vocab.term_bucket``), so that a word's records meet in one task."""
     out: list[dict[str, int]] = [{} for _ in range(buckets)]
     crc = zlib.crc32
+    bucket: dict[str, int] = {}  # word -> partition: a word has several records
     for rec, n in counts.items():
         tab = rec.find("\t")
         word = rec if tab < 0 else rec[:tab]
-        out[crc(word.encode("utf-8")) % buckets][rec] = n
+        b = bucket.get(word)
+        if b is None:
+            b = bucket[word] = crc(word.encode("utf-8")) % buckets
+        out[b][rec] = n
     return out
 
 

@@ -17,8 +17,8 @@ A text becomes annotation terms in five steps:
 5. Terms: every run of 1 to ``max_words`` consecutive words inside a chunk, minus configured stop terms
    (e.g. ``unsorted``, ``clip art``, normalized and folded like the text).
 
-``terms_and_contexts`` also returns each word's neighbours (the adjacent word or stopword on either side,
-inside its chunk of punctuation): the statistic the template rule of labels/templates.py is computed from.
+``contexts`` gives each word's neighbours (the adjacent word, stopword, number, punctuation or text edge on either
+side): the statistic the template rule of labels/templates.py is computed from.
 """
 
 from __future__ import annotations
@@ -205,8 +205,10 @@ class TermExtractor:
         self._words: dict[str, str | None] = {}
         # Keywords, folder paths and titles repeat across a corpus: memoize short texts' terms.
         self._short = functools.lru_cache(maxsize=1 << 16)(self._analyse)
+        self._short_contexts = functools.lru_cache(maxsize=1 << 14)(self._contexts_of)
         self.stop_terms: frozenset[str] = frozenset()
         self._phrases: dict[str, list[tuple[str, ...]]] = {}  # first folded word -> word phrases, longest first
+        self._phrase_firsts: frozenset[str] = frozenset()
         self._boilerplate_re = None
         self.boilerplate_hits: Counter[str] = Counter()
         self._hits: list[str] = []
@@ -220,6 +222,7 @@ class TermExtractor:
             raw.append(p)
         for first in self._phrases:
             self._phrases[first].sort(key=lambda f: (-len(f), f))
+        self._phrase_firsts = frozenset(self._phrases)
         if raw:
             raw.sort(key=lambda p: (-len(p), p))
             self._boilerplate_re = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in raw) + r")(?!\w)")
@@ -281,6 +284,7 @@ class TermExtractor:
         words = self._words
         word = self._word
         phrases = self._phrases
+        firsts = self._phrase_firsts
         cut = self._cut(text)
         if contexts is None:
             pieces, seps = _SPLIT_RE.split(cut), None
@@ -291,7 +295,7 @@ class TermExtractor:
         for k, piece in enumerate(pieces):
             tokens = piece.split()
             folded = [words[t] if t in words else word(t) for t in tokens]
-            if phrases:
+            if phrases and not (firsts.isdisjoint(folded) and firsts.isdisjoint(tokens)):
                 self._cut_phrases(tokens, folded)
             if seps is not None:
                 if tokens:
@@ -383,27 +387,41 @@ class TermExtractor:
     def terms(self, text: str) -> list[str]:
         """Distinct candidate terms of ``text`` (1 to ``max_words`` words): chunk by chunk, the words,
         then the 2-word terms, then the 3-word terms, each in order of appearance."""
-        return list(self.terms_and_contexts(text)[0])
-
-    def terms_and_contexts(self, text: str) -> tuple[tuple[str, ...], frozenset[str]]:
-        """``terms(text)`` as a tuple, and its context records: its words' neighbour records (see ``chunks``) and
-        its words themselves."""
-        terms, hits, contexts = self._short(text) if len(text) <= SHORT_TEXT else self._analyse(text)
+        terms, hits = self._short(text) if len(text) <= SHORT_TEXT else self._analyse(text)
         if hits:
             self.boilerplate_hits.update(hits)
-        return terms, contexts
+        return list(terms)
+
+    def terms_tuple(self, text: str) -> tuple[str, ...]:
+        """``terms(text)`` as the cached tuple (boilerplate hits counted)."""
+        terms, hits = self._short(text) if len(text) <= SHORT_TEXT else self._analyse(text)
+        if hits:
+            self.boilerplate_hits.update(hits)
+        return terms
+
+    def contexts(self, text: str) -> frozenset[str]:
+        """The context records of ``text`` (labels/templates.py): its words' neighbour records (see ``chunks``) and
+        its words themselves. A second reading of the text, asked for only by the documents the template statistic
+        samples (``templates.docs_per_partition``)."""
+        return self._short_contexts(text) if len(text) <= SHORT_TEXT else self._contexts_of(text)
+
+    def _contexts_of(self, text: str) -> frozenset[str]:
+        contexts: set[str] = set()
+        for run in self.chunks(text, contexts):
+            contexts.update(run)  # the words themselves: "the text holds the word"
+        self._hits.clear()
+        return frozenset(contexts)
 
     def _terms_tuple(self, text: str) -> tuple[str, ...]:
         """The terms of ``text``, uncached (boilerplate hits not counted)."""
         return self._analyse(text)[0]
 
-    def _analyse(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]:
-        """The terms of ``text``, the boilerplate phrases cut out of it and its words' neighbour records."""
+    def _analyse(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The terms of ``text`` and the boilerplate phrases cut out of it."""
         self._hits.clear()
-        contexts: set[str] = set()
         seen: dict[str, None] = {}
         k = self.max_words
-        for run in self.chunks(text, contexts):
+        for run in self.chunks(text):
             n = len(run)
             seen.update(dict.fromkeys(run))
             if n < 2 or k < 2:
@@ -415,8 +433,6 @@ class TermExtractor:
             for size in range(4, min(k, n) + 1):
                 seen.update(dict.fromkeys([" ".join(run[i : i + size]) for i in range(n - size + 1)]))
         hits = tuple(self._hits)
-        contexts.update(t for t in seen if " " not in t)  # the words themselves: "the text holds the word"
-        ctx = frozenset(contexts)
         if self.stop_terms:
-            return tuple(t for t in seen if t not in self.stop_terms), hits, ctx
-        return tuple(seen), hits, ctx
+            return tuple(t for t in seen if t not in self.stop_terms), hits
+        return tuple(seen), hits
