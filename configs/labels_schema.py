@@ -124,6 +124,7 @@ class TemplateConfig:
     # evidence a rigid bond needs; min_share keeps rigid content compounds below it ("hong kong") at web scale...
     min_share: float = 0.0001
     min_docs: int = 30
+    min_docs_share: float = 0.05  # a corpus too small for min_docs: this share of its documents is evidence enough
     # ...and is template text when one neighbour (left or right) accounts for at least this share of them.
     rigidity: float = 0.6
     # The statistic reads the first this-many documents with text of each input partition (all of a small corpus; a
@@ -343,6 +344,7 @@ def check_labels_values(cfg: DictConfig) -> None:
     _require(0.0 < cfg.templates.min_share <= 1.0, "templates.min_share", "must be in (0, 1]")
     _require(0.0 < cfg.templates.rigidity <= 1.0, "templates.rigidity", "must be in (0, 1]")
     _require(cfg.templates.min_docs >= 1, "templates.min_docs", "must be >= 1")
+    _require(0.0 < cfg.templates.min_docs_share <= 1.0, "templates.min_docs_share", "must be in (0, 1]")
     _require(cfg.templates.docs_per_partition >= 1, "templates.docs_per_partition", "must be >= 1")
     thr = cfg.cluster.distance_threshold
     _require(thr is None or 0.0 < thr <= 2.0, "cluster.distance_threshold", "must be in (0, 2]")

@@ -506,7 +506,8 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int 
     # per-input-partition index (P entries).
     write_json_atomic(os.path.join(out, "df_offsets.json"), df_offsets)
     tc = cfg["templates"]
-    min_docs = max(float(tc["min_docs"]), float(tc["min_share"]) * context_docs)
+    evidence = min(float(tc["min_docs"]), float(tc["min_docs_share"]) * context_docs)
+    min_docs = max(evidence, float(tc["min_share"]) * context_docs, 2.0)
     found = template_words(contexts, min_docs, float(tc["rigidity"])) if tc["enabled"] else {}
     write_json_atomic(os.path.join(out, "templates.json"), found)
     write_json_atomic(
