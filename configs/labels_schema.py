@@ -129,7 +129,7 @@ class TemplateConfig:
     rigidity: float = 0.6
     # The statistic reads the first this-many documents with text of each input partition (all of a small corpus; a
     # sample of big tars, whose order is the input's): it is a ratio, and templates are frequent.
-    docs_per_partition: int = 1000
+    docs_per_partition: int = 500
 
 
 @dataclass

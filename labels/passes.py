@@ -100,6 +100,8 @@ def cap_rank(key: str) -> float:
 
 def merge_signals(groups: list[dict[str, list[str]]]) -> dict[str, list[str]]:
     """Union of several units' signals: per type (sorted), distinct texts in order of first appearance."""
+    if len(groups) == 1:  # the map pass's case: one unit
+        return {name: list(dict.fromkeys(texts)) for name, texts in sorted(groups[0].items()) if texts}
     merged: dict[str, dict[str, None]] = {}
     for signals in groups:
         for name, texts in signals.items():
@@ -335,7 +337,7 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
                 series_seen.add(series)
             context_docs += 1
             contexts.update(doc_contexts)
-        gs = sample_groups(unit.source, signals, group_by, unit.site)
+        gs = sample_groups(unit.source, signals, group_by, unit.site) if group_by else []
         if gs:
             rank = cap_rank(key)
             for g in gs:
@@ -343,22 +345,10 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
                 d[key] = rank
                 if len(d) > 2 * (cap + 1):
                     groups[g] = dict(sorted(d.items(), key=lambda kv: (kv[1], kv[0]))[: cap + 1])
-        line = MapUnit(
-            seq,
-            key,
-            unit.source,
-            unit.uid,
-            unit.path,
-            unit.offset,
-            unit.size,
-            unit.ext,
-            signals,
-            scores,
-            gs,
-            series,
-            unit.site,
-        )
-        encoded = dumps_line(list(line))
+        # A MapUnit, encoded as the list of its fields (the reduce pass reads it back with MapUnit._make).
+        line = [seq, key, unit.source, unit.uid, unit.path, unit.offset, unit.size, unit.ext, signals, scores, gs]
+        line += [series, unit.site]
+        encoded = dumps_line(line)
         fp.update(encoded)  # the fingerprint covers every unit's locator, key, signals and scores
         route = hashlib.sha1(b"series:" + series.encode()).hexdigest() if series is not None else key
         buckets[bucket_of(route, parts_r)].append(encoded)

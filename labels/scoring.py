@@ -92,18 +92,21 @@ class TermScorer:
         context records of each text are added to it (``TermExtractor.contexts``) unless ``seen`` holds them already
         (then they are added to ``seen``): a text repeated verbatim, up to numbers and dates, counts once."""
         ex = self.extractor
-        if contexts is not None:
+        if contexts is None:
+            if len(texts) == 1:
+                return list(ex.terms_tuple(texts[0]))  # one text's terms are distinct already
+            found: dict[str, None] = {}
             for text in texts:
-                ctx = ex.contexts(text)
-                if ctx and (seen is None or ctx not in seen):
-                    contexts.update(ctx)
-                    if seen is not None:
-                        seen.add(ctx)
-        if len(texts) == 1:
-            return list(ex.terms_tuple(texts[0]))  # one text's terms are distinct already
-        found: dict[str, None] = {}
+                found.update(dict.fromkeys(ex.terms_tuple(text)))
+            return list(found)
+        found = {}
         for text in texts:
-            found.update(dict.fromkeys(ex.terms_tuple(text)))
+            terms, ctx = ex.terms_and_contexts(text)
+            found.update(dict.fromkeys(terms))
+            if ctx and (seen is None or ctx not in seen):
+                contexts.update(ctx)
+                if seen is not None:
+                    seen.add(ctx)
         return list(found)
 
     def term_masks(

@@ -405,6 +405,16 @@ class TermExtractor:
         samples (``templates.docs_per_partition``)."""
         return self._short_contexts(text) if len(text) <= SHORT_TEXT else self._contexts_of(text)
 
+    def terms_and_contexts(self, text: str) -> tuple[tuple[str, ...], frozenset[str]]:
+        """``terms_tuple(text)`` and ``contexts(text)``, reading a long (uncached) text once."""
+        if len(text) <= SHORT_TEXT:
+            return self.terms_tuple(text), self._short_contexts(text)
+        contexts: set[str] = set()
+        terms, hits = self._analyse(text, contexts)
+        if hits:
+            self.boilerplate_hits.update(hits)
+        return terms, frozenset(contexts)
+
     def _contexts_of(self, text: str) -> frozenset[str]:
         contexts: set[str] = set()
         for run in self.chunks(text, contexts):
@@ -416,12 +426,15 @@ class TermExtractor:
         """The terms of ``text``, uncached (boilerplate hits not counted)."""
         return self._analyse(text)[0]
 
-    def _analyse(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The terms of ``text`` and the boilerplate phrases cut out of it."""
+    def _analyse(self, text: str, contexts: set[str] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The terms of ``text`` and the boilerplate phrases cut out of it (with ``contexts``, its context records
+        are added to it)."""
         self._hits.clear()
         seen: dict[str, None] = {}
         k = self.max_words
-        for run in self.chunks(text):
+        for run in self.chunks(text, contexts):
+            if contexts is not None:
+                contexts.update(run)
             n = len(run)
             seen.update(dict.fromkeys(run))
             if n < 2 or k < 2:
