@@ -124,7 +124,8 @@ class TemplateConfig:
     # evidence a rigid bond needs; min_share keeps rigid content compounds below it ("hong kong") at web scale...
     min_share: float = 0.0001
     min_docs: int = 30
-    min_docs_share: float = 0.05  # a corpus too small for min_docs: this share of its documents is evidence enough
+    # A corpus too small for min_docs: this share of its documents is evidence enough (never under 10 texts).
+    min_docs_share: float = 0.05
     # ...and is template text when one neighbour (left or right) accounts for at least this share of them.
     rigidity: float = 0.6
     # The statistic reads the first this-many documents with text of each input partition (all of a small corpus; a

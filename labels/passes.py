@@ -44,7 +44,7 @@ from labels.scoring import MaskScores, TermScorer, cluster_labels, select_group_
 from labels.sources import InputError, Partition, iter_partition
 from labels.sources.base import sniff_raster
 from labels.store import dumps_line, fresh_dir, read_json, read_lines, write_json_atomic, write_lines_atomic
-from labels.templates import is_template_term, records_by_partition, template_words
+from labels.templates import MIN_EVIDENCE, is_template_term, records_by_partition, template_words
 from labels.text import TermExtractor
 from labels.vocab import by_df, split_by_term, top_terms
 
@@ -496,8 +496,8 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int 
     # per-input-partition index (P entries).
     write_json_atomic(os.path.join(out, "df_offsets.json"), df_offsets)
     tc = cfg["templates"]
-    evidence = min(float(tc["min_docs"]), float(tc["min_docs_share"]) * context_docs)
-    min_docs = max(evidence, float(tc["min_share"]) * context_docs, 2.0)
+    evidence = max(MIN_EVIDENCE, min(float(tc["min_docs"]), float(tc["min_docs_share"]) * context_docs))
+    min_docs = max(evidence, float(tc["min_share"]) * context_docs)
     found = template_words(contexts, min_docs, float(tc["rigidity"])) if tc["enabled"] else {}
     write_json_atomic(os.path.join(out, "templates.json"), found)
     write_json_atomic(

@@ -26,6 +26,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 
+MIN_EVIDENCE = 10  # distinct texts: below this, a rigid bond is no evidence of a template, whatever the corpus size
+
 
 def records_by_partition(counts: Mapping[str, int], buckets: int) -> list[dict[str, int]]:
     """Context records (``word``, ``word\\t<left``, ``word\\t>right``) cut into ``buckets`` tables by the term partition
