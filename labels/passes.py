@@ -301,7 +301,8 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
     skipped: Counter[str] = Counter()
     contexts: Counter[str] = Counter()
     series_seen: set[str] = set()
-    texts_seen: set[str] = set()  # a text repeated verbatim counts once per partition: no slot, no template
+    texts_seen: set = set()  # a text repeated verbatim counts once per partition: no slot, no template
+    site_docs: Counter[str] = Counter()  # sampled documents per site (else source): a site affix's lift
     context_docs = 0
     fp = hashlib.sha256()
     read = 0
@@ -336,7 +337,11 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
             if series is not None:
                 series_seen.add(series)
             context_docs += 1
+            origin = unit.site or unit.source
+            site_docs[origin] += 1
             contexts.update(doc_contexts)
+            at = "\t@" + origin
+            contexts.update([r + at for r in doc_contexts if "\t" not in r])
         gs = sample_groups(unit.source, signals, group_by, unit.site) if group_by else []
         if gs:
             rank = cap_rank(key)
@@ -375,6 +380,7 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
             "offsets": offsets,
             "context_offsets": ctx_offsets,
             "context_docs": context_docs,
+            "context_sites": dict(sorted(site_docs.items())),
             "fingerprint": fp.hexdigest(),
             "boilerplate": dict(sorted(scorer.extractor.boilerplate_hits.items())),
             "seconds": round(time.perf_counter() - t0, 3),
@@ -498,8 +504,8 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int 
     tc = cfg["templates"]
     evidence = max(MIN_EVIDENCE, min(float(tc["min_docs"]), float(tc["min_docs_share"]) * context_docs))
     min_docs = max(evidence, float(tc["min_share"]) * context_docs)
-    found = template_words(contexts, min_docs, float(tc["rigidity"])) if tc["enabled"] else {}
-    write_json_atomic(os.path.join(out, "templates.json"), found)
+    found, candidates = template_words(contexts, min_docs, float(tc["rigidity"])) if tc["enabled"] else ({}, {})
+    write_json_atomic(os.path.join(out, "templates.json"), {"found": found, "site_candidates": candidates})
     write_json_atomic(
         os.path.join(out, "stats.json"),
         {

@@ -63,6 +63,7 @@ from labels.report import write_quality_report, write_report
 from labels.shards import FORMAT_VERSION, MANIFEST, remove_dataset, write_json
 from labels.sources import InputError, Partition, list_partitions
 from labels.store import read_json, write_json_atomic
+from labels.templates import SITE_LIFT, site_affixes
 from labels.vocab import merge_top
 
 log = logging.getLogger(__name__)
@@ -227,11 +228,23 @@ class _Driver:
         """Documents the map tasks counted contexts of (the denominator of ``templates.min_share``)."""
         return sum(read_json(passes.stats_path(self.work, "map", p.index))["context_docs"] for p in parts)
 
-    def templates(self) -> dict:
-        """Join the reduce pass's template words (one list per term partition, disjoint) into ``templates.json``."""
+    def templates(self, parts: list[Partition], context_docs: int) -> dict:
+        """Join the reduce pass's template words (one list per term partition, disjoint) and the site affixes among
+        its candidates into ``templates.json``. Site sizes are summed from the map stats for the candidates' sites
+        only, so the driver never holds a table of every site."""
         found: dict[str, list] = {}
+        candidates: dict[str, list] = {}
         for r in range(self.R):
-            found.update(read_json(os.path.join(passes.task_dir(self.work, "reduce", r), "templates.json")))
+            rec = read_json(os.path.join(passes.task_dir(self.work, "reduce", r), "templates.json"))
+            found.update(rec["found"])
+            candidates.update(rec["site_candidates"])
+        if candidates:
+            sites = {c[3] for c in candidates.values()}
+            site_docs: Counter[str] = Counter()
+            for p in parts:
+                st = read_json(passes.stats_path(self.work, "map", p.index))["context_sites"]
+                site_docs.update({s: n for s, n in st.items() if s in sites})
+            found.update(site_affixes(candidates, site_docs, context_docs, SITE_LIFT))
         found = dict(sorted(found.items()))
         write_json_atomic(os.path.join(self.work, "templates.json"), found)
         return found
@@ -486,7 +499,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
             for r in range(R)
         ],
     )
-    templates = d.templates()
+    templates = d.templates(parts, context_docs)
     vinfo = d.vocabulary()
     needs_cooc = bool(cfg.cluster.enabled) and cfg.cluster.embedder in ("auto", "ppmi")
     d.run_pass(

@@ -8,8 +8,10 @@ smoothing is built on (a word's number of distinct contexts, not its count, says
 
     rigidity(w) = max over the two sides and every neighbour v of  docs(w next to v on that side) / docs(w)
 
-A word is **template text** when it is frequent (in at least ``templates.min_share`` of the documents and
-``vocab.min_df`` of them) and rigid (``rigidity >= templates.rigidity``). A term is dropped when all its words are
+A word is **template text** when it is frequent (``templates.min_docs`` distinct texts and ``templates.min_share`` of the
+documents) and rigid (``rigidity >= templates.rigidity``). A word bound to the start (or end) of its text is
+template text when, besides, one site holds it in ``templates.rigidity`` of its documents, ``SITE_LIFT`` times more
+than that site's share of the documents says (a site's one-word affix: "Download {title} ..."). A term is dropped when all its words are
 template words ("hd wallpaper"), or when it cuts a template word from the neighbour it is bound to ("flower hd",
 whose "hd" belongs with "wallpaper"); a rigid content compound keeps its whole form ("teddy bear" stays when
 "teddy" is bound to "bear"). Neighbours are the adjacent word or stopword inside one piece of punctuation
@@ -26,6 +28,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 
+SITE_LIFT = 2.0  # a site affix is this many times more concentrated on its site than the site's share of documents
 MIN_EVIDENCE = 10  # distinct texts: below this, a rigid bond is no evidence of a template, whatever the corpus size
 
 
@@ -45,30 +48,59 @@ def records_by_partition(counts: Mapping[str, int], buckets: int) -> list[dict[s
     return out
 
 
-def template_words(counts: Mapping[str, int], min_docs: float, rigidity: float) -> dict[str, list]:
-    """Template words of one term partition's merged records: ``word -> [docs, rigidity, bond]`` where ``bond`` is
-    the dominant neighbour record (``"<left"`` or ``">right"``), for every word in at least ``min_docs`` documents
-    whose rigidity reaches ``rigidity``. Ties between neighbours break by the record's text (deterministic)."""
+EDGES = ("<^", ">$")  # a word bound to the start or the end of its text
+
+
+def template_words(counts: Mapping[str, int], min_docs: float, rigidity: float) -> tuple[dict, dict]:
+    """Template words of one term partition's merged records, and its site-affix candidates.
+
+    Returns ``(found, candidates)``: ``found`` maps ``word -> [docs, rigidity, bond]`` (``bond`` the dominant
+    neighbour record: ``"<left"``, ``">right"`` or ``"=left right"``) for every word in at least ``min_docs``
+    documents whose rigidity reaches ``rigidity``; text edges and sites do not count there. ``candidates`` maps
+    ``word -> [docs, edge share, edge bond, site, site share]`` for the other such words that stand at one edge of
+    their text (``"<^"``: first, ``">$"``: last) and on one site in at least ``rigidity`` of their documents: a
+    one-word affix of a site ("Download {title}"), kept or not by the driver once it knows the site's size
+    (``site_affixes``). Ties break by the record's text (deterministic).
+    """
     docs: dict[str, int] = {}
     best: dict[str, tuple[int, str]] = {}
+    edge: dict[str, tuple[int, str]] = {}
+    site: dict[str, tuple[int, str]] = {}
     for rec, n in counts.items():
         tab = rec.find("\t")
         if tab < 0:
             docs[rec] = n
             continue
         word, side = rec[:tab], rec[tab + 1 :]
-        cur = best.get(word)
+        table = site if side[0] == "@" else edge if side in EDGES else best
+        cur = table.get(word)
         if cur is None or n > cur[0] or (n == cur[0] and side < cur[1]):
-            best[word] = (n, side)
-    out = {}
+            table[word] = (n, side)
+    found, candidates = {}, {}
     for word in sorted(docs):
         n = docs[word]
-        if n < min_docs or word not in best:
+        if n < min_docs:
             continue
-        top, side = best[word]
-        share = top / n
-        if share >= rigidity:
-            out[word] = [n, round(share, 4), side]
+        top, side = best.get(word, (0, ""))
+        if top / n >= rigidity:
+            found[word] = [n, round(top / n, 4), side]
+            continue
+        e, s = edge.get(word), site.get(word)
+        if e is not None and s is not None and e[0] / n >= rigidity and s[0] / n >= rigidity:
+            candidates[word] = [n, round(e[0] / n, 4), e[1], s[1][1:], round(s[0] / n, 4)]
+    return found, candidates
+
+
+def site_affixes(candidates: Mapping[str, list], site_docs: Mapping[str, int], docs: int, lift: float) -> dict:
+    """The candidates (``template_words``) whose site holds them ``lift`` times more often than its share of the
+    documents says: ``word -> [docs, edge share, edge bond]``. A word that starts (or ends) most texts of one site
+    and is ``lift`` times concentrated there is that site's affix; a title word of a one-site corpus (lift 1), or one
+    spread over sites, is not."""
+    out = {}
+    for word, (n, e_share, bond, s, s_share) in sorted(candidates.items()):
+        size = site_docs.get(s, 0)
+        if size and s_share / (size / docs) >= lift:
+            out[word] = [n, e_share, bond]
     return out
 
 

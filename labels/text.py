@@ -367,8 +367,12 @@ class TermExtractor:
             right = forms[i + 1] if i < last else right_edge
             if i > 0 and is_word[i - 1]:
                 contexts.add(w + "\t<" + left)
+            elif left == "^":  # the text's first word: an edge bond counts only with its site (labels/templates.py)
+                contexts.add(w + "\t<^")
             if i < last and is_word[i + 1]:
                 contexts.add(w + "\t>" + right)
+            elif right == "$":
+                contexts.add(w + "\t>$")
             contexts.add(w + "\t=" + left + " " + right)
 
     def _count_boilerplate(self, match: re.Match) -> str:

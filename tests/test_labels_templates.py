@@ -77,7 +77,7 @@ def test_template_rule_on_known_counts():
     counts |= {"flower": 60, "flower\t<red": 10, "flower\t>pattern": 9, "flower\t=^ $": 12, "flower\t=red |": 6}
     counts |= {"teddy": 35, "teddy\t>bear": 33, "bear": 60, "bear\t<teddy": 33, "bear\t<polar": 12}
     counts |= {"sitex": 80, "sitex\t=| $": 80, "rare": 5, "rare\t>bird": 5}
-    found = template_words(counts, min_docs=30, rigidity=0.6)
+    found, candidates = template_words(counts, min_docs=30, rigidity=0.6)
     assert found == {
         "download": [40, 1.0, "<free"],
         "free": [41, 0.9756, "=| download"],
@@ -179,3 +179,19 @@ def test_the_img2dataset_preset_labels_a_small_corpus_and_says_why_images_are_sk
     assert {"licensed", "posted"} <= {w for w, *_ in q["dropped"]["template_words"]}
     md = (tmp_path / "out" / "report" / "label_quality.md").read_text()
     assert "## Head labels" in md and "series_cap" in md and "curation.max_per_series" in md
+
+
+def test_a_one_word_site_affix_needs_its_site():
+    """ "download" starts 40 of its 42 texts, all on one site holding 10% of the documents: a site affix. "red" starts
+    its texts as often, but spread like the documents (lift 1): a title word."""
+    from labels.templates import site_affixes
+
+    counts = {"download": 42, "download\t<^": 40, "download\t@vectorhut": 42, "download\t>flower": 3}
+    counts |= {"red": 50, "red\t<^": 45, "red\t@cliphub": 40, "red\t>car": 10, "red\t>flower": 9}
+    found, candidates = template_words(counts, min_docs=30, rigidity=0.6)
+    assert found == {}
+    assert candidates == {"download": [42, 0.9524, "<^", "vectorhut", 1.0], "red": [50, 0.9, "<^", "cliphub", 0.8]}
+    sites = {"vectorhut": 100, "cliphub": 800}
+    assert site_affixes(candidates, sites, docs=1000, lift=2.0) == {"download": [42, 0.9524, "<^"]}
+    assert is_template_term("download flower", {"download": [42, 0.9524, "<^"]})
+    assert not is_template_term("flower download", {"download": [42, 0.9524, "<^"]})
