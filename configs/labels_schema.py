@@ -114,9 +114,10 @@ class VocabConfig:
 
 @dataclass
 class TemplateConfig:
-    """Template text: words that stand next to the same neighbour in most of the documents holding them, and are
-    frequent (labels/templates.py, docs/labels.md). A term made of template words, or one that cuts a template
-    word from its neighbour, is never a label; the report lists them."""
+    """Template text: words that stand next to the same neighbour (or pair of neighbours) in most of the documents
+    holding them, or that start or end most of their texts on one site that holds them far more than its share
+    (labels/templates.py, docs/labels.md). A term made of template words, or one that cuts a template word from its
+    bond, is never a label; the quality report lists them."""
 
     enabled: bool = True
     # A word is checked when it is in at least min_docs distinct texts (texts repeated verbatim, up to numbers and

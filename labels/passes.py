@@ -667,7 +667,8 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
     text_lines = []
     rounded = functools.lru_cache(maxsize=None)(lambda x: round(x, 4))  # a handful of distinct scores
     why_unlabelled: Counter[str] = Counter()
-    origins: dict[int, Counter] = {}  # label -> where its images come from (site, else source)
+    ids_by_origin: dict[str, list[int]] = {}  # site (else source) -> raw label ids of its written samples
+    clustered_ids: list[int] = []
     templates = read_json(os.path.join(work, "templates.json"))
     over_ceiling = {d["term"] for d in read_json(os.path.join(work, "vocab_df.json"))["df_ceiling"]["dropped"]}
     for s in _partition_samples(work, p.index, num_reduce):
@@ -703,15 +704,11 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
             shards.write({"__key__": key, "jpg": jpeg, "json": dumps(meta)}, split, bucket)
         written += 1
         labelled += bool(raw)
-        origin = s.site or s.source
-        for i, _ in raw:
-            raw_counts[i] += 1
-            o = origins.get(i)
-            if o is None:
-                o = origins[i] = Counter()
-            o[origin] += 1
-        for c, _ in clustered:
-            clustered_counts[c] += 1
+        ids = ids_by_origin.get(s.site or s.source)
+        if ids is None:
+            ids = ids_by_origin[s.site or s.source] = []
+        ids += [i for i, _ in raw]  # counted once at the end (C-level counting, not a Counter update per label)
+        clustered_ids += [c for c, _ in clustered]
         per_image["raw"][len(raw)] += 1
         per_image["clustered"][len(clustered)] += 1
         split_counts[split] += 1
@@ -722,6 +719,12 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
         splits = None
     else:
         splits = shards.close()
+    origins: dict[int, Counter] = {}  # label -> where its images come from
+    for origin, ids in ids_by_origin.items():
+        for i, n in Counter(ids).items():
+            raw_counts[i] += n
+            origins.setdefault(i, Counter())[origin] = n
+    clustered_counts.update(clustered_ids)
     write_json_atomic(
         os.path.join(out, "stats.json"),
         {
