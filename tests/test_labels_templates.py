@@ -195,3 +195,29 @@ def test_a_one_word_site_affix_needs_its_site():
     assert site_affixes(candidates, sites, docs=1000, lift=2.0) == {"download": [42, 0.9524, "<^"]}
     assert is_template_term("download flower", {"download": [42, 0.9524, "<^"]})
     assert not is_template_term("flower download", {"download": [42, 0.9524, "<^"]})
+
+
+@pytest.mark.slow
+def test_the_ceiling_counts_the_samples_that_can_carry_a_label(tmp_path):
+    """40 captions, 20 of them numbers and stopwords only: "blue" is in 12 captions, 30% of all but 60% of those that
+    can carry a label, so a 50% ceiling drops it (it kept it when the denominator counted every sample)."""
+    from tests.fixtures_labels import jpeg_bytes, write_tar
+
+    things = ["car", "dog", "tree", "lamp", "boat"]
+    samples = []
+    for i in range(40):
+        caption = f"{1000 + i} of the {i}" if i % 2 else ("blue " if i // 2 < 12 else "") + things[i % 5]
+        samples.append({"__key__": f"{i:09d}", "jpg": jpeg_bytes((i * 5, 100, 50)), "txt": caption})
+    blue = sum("blue" in s["txt"] for s in samples)
+    labelable = sum(not s["txt"][0].isdigit() for s in samples)
+    assert (blue, labelable) == (12, 20)
+    write_tar(tmp_path / "t" / "00000.tar", samples)
+    cfg = labels_config(
+        tmp_path,
+        [{"type": "img2dataset", "path": str(tmp_path / "t")}],
+        ["run.text_only=true", "vocab.max_df_share=0.5"],
+    )
+    result = run(cfg)
+    ceiling = result.stats["dropped"]["df_ceiling"]
+    assert ceiling["denominator"] == 20
+    assert ceiling["dropped"] == [{"term": "blue", "df": 12, "share": 0.6}]
