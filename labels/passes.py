@@ -40,7 +40,7 @@ import numpy as np
 
 from labels.hashing import content_key, hash_unit, scale_bucket, split_of
 from labels.images import ImageJob, ImageSettings, Preparer, read_bytes, series_key
-from labels.scoring import MaskScores, TermScorer, cluster_labels, select_group_labels
+from labels.scoring import LIST_SIGNALS, MaskScores, TermScorer, cluster_labels, select_group_labels
 from labels.sources import InputError, Partition, iter_partition
 from labels.sources.base import sniff_raster
 from labels.store import dumps_line, fresh_dir, read_json, read_lines, write_json_atomic, write_lines_atomic
@@ -48,7 +48,6 @@ from labels.templates import MIN_EVIDENCE, is_template_term, records_by_partitio
 from labels.text import TermExtractor
 from labels.vocab import by_df, split_by_term, top_terms
 
-LIST_SIGNALS = ("keywords", "category")
 _CONTEXTS: dict[str, dict] = {}
 
 

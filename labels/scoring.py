@@ -21,6 +21,9 @@ from collections.abc import Mapping, Sequence
 from labels.text import TermExtractor
 
 COMBINE_RULES = ("noisy_or", "max")
+# Signal types that are lists of tags or folder paths, not free text: stored as lists, and left out of the template
+# statistic (a folder path "animals/birds" or a tag list has structure, not a caption's template).
+LIST_SIGNALS = ("keywords", "category")
 
 
 class MaskScores:
@@ -114,7 +117,8 @@ class TermScorer:
     ) -> dict[str, int]:
         """Candidate term -> bit mask of the weighted signal types holding it, for one image (terms sharing a word with
         an excluded signal dropped), in order of first appearance (signal types in sorted order). With ``contexts``,
-        the context records of the weighted signals' texts are added to it (texts in ``seen`` skipped)."""
+        the context records of the weighted free-text signals' texts are added to it (not ``LIST_SIGNALS``; texts in
+        ``seen`` skipped)."""
         banned_words: set[str] = set()
         for name in self.exclude:
             for text in signals.get(name, ()):
@@ -125,7 +129,7 @@ class TermScorer:
             bit = self.bits.get(name)
             if bit is None:
                 continue
-            terms = self.signal_terms(signals[name], contexts, seen)
+            terms = self.signal_terms(signals[name], None if name in LIST_SIGNALS else contexts, seen)
             if not masks:
                 masks = dict.fromkeys(terms, bit)
                 continue

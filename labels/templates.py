@@ -1,26 +1,28 @@
 """Template text in web captions: the rule that keeps it out of the labels (docs/labels.md).
 
 Web captions wrap their content in text repeated verbatim around a varying slot: "{title} - Free Download PNG",
-"Licensed under Creative Commons Attribution 4.0", "{title} HD Wallpaper". Every word of such a template stands
-next to the same neighbour wherever it occurs ("free" before "download", "licensed" before "under"), while a content
-word meets many neighbours ("red flower", "flower pattern", "a flower in a vase"). This is the statistic Kneser-Ney
-smoothing is built on (a word's number of distinct contexts, not its count, says how freely it is used); here:
+"Licensed under Creative Commons Attribution 4.0", "Sticker: {title}". Every word of such a template stands next to
+the same neighbours wherever it occurs ("free" before "download", "cliphub" between a "|" and the end), while a
+content word meets many ("red flower", "flower pattern", "a flower in a vase"): Kneser-Ney's observation that a
+word's distinct contexts, not its count, say how freely it is used. Context records (labels/text.py
+``TermExtractor.chunks``): ``w\t<v`` / ``w\t>v`` (adjacent word), ``w\t<^`` / ``w\t>$`` (text edge),
+``w\t=L R`` (the pair of neighbours of any kind), ``w\t@site`` (the document's site), and ``w`` (the document holds
+it). Per word:
 
-    rigidity(w) = max over the two sides and every neighbour v of  docs(w next to v on that side) / docs(w)
+    rigidity(w) = max over its word and pair records r of  docs(w with r) / docs(w)
 
-A word is **template text** when it is frequent (``templates.min_docs`` distinct texts and ``templates.min_share`` of the
-documents) and rigid (``rigidity >= templates.rigidity``). A word bound to the start (or end) of its text is
-template text when, besides, one site holds it in ``templates.rigidity`` of its documents, ``SITE_LIFT`` times more
-than that site's share of the documents says (a site's one-word affix: "Download {title} ..."). A term is dropped when all its words are
-template words ("hd wallpaper"), or when it cuts a template word from the neighbour it is bound to ("flower hd",
-whose "hd" belongs with "wallpaper"); a rigid content compound keeps its whole form ("teddy bear" stays when
-"teddy" is bound to "bear"). Neighbours are the adjacent word or stopword inside one piece of punctuation
-(labels/text.py ``TermExtractor.chunks``): numbers, dates, cut boilerplate and text edges are no neighbours.
+A word in at least ``min_docs`` documents is **template text** when ``rigidity >= templates.rigidity``, or when it
+stands at one edge of its texts and on one site in that share of its documents, ``SITE_LIFT`` times more than the
+site's share of documents (a site's one-word affix: "Download {title} ..."; decided by the driver, which sums the
+candidate sites' sizes). A term is dropped when all its words are template words ("hd wallpaper"), or when it
+cuts a template word from its bond ("flower hd", whose "hd" belongs with "wallpaper"); a rigid content compound
+keeps its whole form ("teddy bear" stays when "teddy" is bound to "bear").
 
-Counting: each map task counts, per document (near-identical re-saves of one series counted once per partition),
-``docs(w)`` and ``docs(w next to v)``, cut by term partition of ``w`` (``labels.vocab.term_bucket``); reduce task
-``j`` sums term partition ``j`` over every map task and decides its words exactly; the driver joins the (small)
-lists; the df pass drops the terms. No process holds more than one term partition's counts.
+Counting: each map task counts the records of its first ``templates.docs_per_partition`` documents (texts repeated
+verbatim, up to numbers and dates, once; one copy per series), cut by term partition of the word
+(``labels.vocab.term_bucket``); reduce task ``j`` sums term partition ``j`` over every map task and decides its
+words exactly; the driver joins the (small) lists; the df pass drops the terms. No process holds more than one term
+partition's counts, and nothing depends on the engine or the reduce-partition count.
 """
 
 from __future__ import annotations

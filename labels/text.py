@@ -95,6 +95,9 @@ _KEEP_ENDINGS = ("ss", "us", "is", "ous")
 _SPLIT_RE = re.compile(r"[^\w\s'’`-]+")  # punctuation: a chunk boundary
 _SPLIT_KEEP_RE = re.compile(r"([^\w\s'’`-]+)")  # the same, keeping the punctuation (neighbour records)
 _DIMENSION_RE = re.compile(r"\d+(?:x\d+)+")  # "1920x1080": a number, not a word
+# Neighbours that fix nothing: numbers vary, edges are everywhere. A pair of them is no bond ("pattern" in
+# "arches 3 pattern", a word alone in its text); a pair with one real token is ("cliphub" after "|" at the end).
+_LOOSE = frozenset({"#", "^", "$"})
 _POSSESSIVE_RE = re.compile(r"['’`]s\b")
 _APOSTROPHE_RE = re.compile(r"['’`]")
 _JOINERS = str.maketrans("-_", "  ")  # hyphen and underscore join words: they become spaces
@@ -276,9 +279,10 @@ class TermExtractor:
 
         With ``contexts``, each word's neighbour records are added to it (labels/templates.py): ``"word\\t<left"``
         and ``"word\\t>right"`` when the adjacent token is a word (its folded form; an article before every noun is
-        no bond), and
+        no bond), ``"word\\t<^"`` / ``"word\\t>$"`` at the text's edges, and
         ``"word\\t=left right"`` for the pair of neighbours of any kind: a word or stopword, ``#`` (a number),
-        the punctuation between pieces (a cut date or boilerplate phrase reads ``|``), ``^`` / ``$`` (text edges).
+        the punctuation between pieces (a cut date or boilerplate phrase reads ``|``), ``^`` / ``$`` (text edges);
+        a pair of numbers and edges only (``_LOOSE``) is left out.
         """
         out: list[list[str]] = []
         words = self._words
@@ -373,7 +377,8 @@ class TermExtractor:
                 contexts.add(w + "\t>" + right)
             elif right == "$":
                 contexts.add(w + "\t>$")
-            contexts.add(w + "\t=" + left + " " + right)
+            if left not in _LOOSE or right not in _LOOSE:
+                contexts.add(w + "\t=" + left + " " + right)
 
     def _count_boilerplate(self, match: re.Match) -> str:
         self._hits.append(match.group(0))
