@@ -425,7 +425,7 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int 
     capped: Counter[str] = Counter()
     df_capped: Counter[str] = Counter()  # terms of the samples the caps drop: df + df_capped = df before the caps
     df: Counter[str] = Counter()
-    merged: list[tuple[Sample, list[str]]] = []
+    merged: list[tuple[Sample, list[str], str | None]] = []  # (sample, curation groups, series key)
     for key, group in by_key.items():
         group.sort(key=lambda x: (x[0], x[1].seq))
         p0, first = group[0]

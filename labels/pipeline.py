@@ -7,13 +7,15 @@ writes the manifest:
 
 1. map (per input partition: one img2dataset tar, ``run.partition_size`` files or manifest rows):
    read, hash image content, normalize text, score candidate terms, route units to
-   ``run.reduce_partitions`` hash partitions of their content key; per-group cap ranks.
+   ``run.reduce_partitions`` hash partitions of their series key (near-identical re-saves), else content key;
+   per-group cap ranks; the context records of the template statistic (labels/templates.py).
 2. curation caps (driver): per group (``curation.group_by``) the rank of its ``max_per_group``-th sample.
-3. reduce (per hash partition): duplicates merge across input partitions (texts joined), the cap
-   drops samples past it (``group_cap``), document frequencies are counted. No process ever holds
-   every key.
-4. vocabulary (driver): DF summed; terms in more than ``vocab.max_df_share`` of the samples dropped
-   (the document-frequency ceiling); min_df / max_terms.
+3. reduce (per hash partition): duplicates merge across input partitions (texts joined), the series cap
+   (``series_cap``) and the group cap (``group_cap``) drop samples past them, document frequencies are counted;
+   the template words of the task's term partition are decided. No process ever holds every key.
+4. vocabulary (driver, df pass per term partition): template words joined; DF summed; template terms left out;
+   terms in more than ``vocab.max_df_share`` of the samples that can carry a label dropped (the
+   document-frequency ceiling); min_df / max_terms.
 5. count (per hash partition): samples keeping each term after the per-image cap (terms fewer than
    min_df images keep are dropped) and label co-occurrence for the PPMI embedder.
 6. clustering of the kept terms (driver).

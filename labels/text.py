@@ -271,8 +271,7 @@ class TermExtractor:
             text = _SEPARATOR_RE.sub(SEPARATOR, text)
             if "-" in text:
                 text = _LETTER_HYPHEN_RE.sub(r"\1" + _KEPT_HYPHEN, text)
-            text = text.translate(_JOINERS).replace(_KEPT_HYPHEN, "-")
-        return text
+        return text.translate(_JOINERS).replace(_KEPT_HYPHEN, "-")
 
     def chunks(self, text: str, contexts: set[str] | None = None) -> list[list[str]]:
         """Normalized, folded word runs of ``text`` that terms may not cross.
