@@ -335,6 +335,10 @@ def test_help_lists_groups_choices_presets_and_override_forms(script):
     assert "--key=value" not in out and "data/size: cpu" in out and "eval:" in out
     if script == "train.py":
         assert _run(script, "-h").stdout == out
+    else:  # the order the code uses (it said best.ckpt first)
+        from evaluation.checkpoint import CHECKPOINT_NAMES
+
+        assert CHECKPOINT_NAMES == ("last.ckpt", "best.ckpt") and "the run's last.ckpt, else best.ckpt" in out
 
 
 def test_print_config_composes_overrides_and_exits_without_running(tmp_path):
