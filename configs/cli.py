@@ -86,7 +86,7 @@ def cli_help(prog: str, summary: str, config_dir: Path | None = None) -> str:
         names = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
         shown = [f"{n}*" if n == defaults.get(group) else n for n in names]
         lines.append(f"  {group + ':':<{width}} {', '.join(shown)}")
-    lines += ["", "Experiment presets (experiment=NAME; hardware: trainer=NAME, one GPU unless you choose more):"]
+    lines += ["", "Experiment presets (experiment=NAME; full-scale ones run on one GPU unless trainer=NAME says more):"]
     presets = sorted((config_dir / "experiment").glob("*.yaml"))
     pwidth = max((len(p.stem) for p in presets), default=0)
     lines += [f"  {p.stem:<{pwidth}}  {_first_comment(p)}" for p in presets]
