@@ -138,8 +138,6 @@ class MultiTaskDataModule(L.LightningDataModule):
                     f"unknown dataset '{name}': use weak_label, fashion_mnist or a data.user_tasks entry"
                 )
         self.mode = str(cfg.data.mixing.mode)
-        if self.mode not in ("combined", "interleave"):
-            raise DataConfigError(f"data.mixing.mode='{self.mode}' is not combined|interleave")
         ratios = dict(cfg.data.mixing.ratios)
         if self.mode == "interleave" and ratios:
             extra, missing = set(ratios) - set(self.dataset_names), set(self.dataset_names) - set(ratios)

@@ -439,7 +439,7 @@ def test_train_py_config_mistakes_exit_with_the_key_named(tmp_path):
         "trainer.precision=16-mixed": r"'trainer\.precision': fp16 needs a GPU",
         "trainer.accelerator=gpu": r"'trainer\.accelerator': 'gpu' requested but no CUDA device",
     }
-    # As a user runs it (a schema mistake and a hardware one): exit 1, one line, no traceback. The other cases
+    # As a user runs it (a schema mistake and a hardware one): exit 2, one line, no traceback. The other cases
     # take the same exit path, so they are checked in-process (a subprocess each cost ~1 s of imports).
     by_hand = ("data.batch_sise=3", "trainer.strategy=fsdp")
     procs = {}
@@ -458,8 +458,8 @@ def test_train_py_config_mistakes_exit_with_the_key_named(tmp_path):
         finally:
             kill_group(proc)
         output = log.read_text()
-        assert proc.returncode == 1, output
-        assert output.startswith("config error: ") and re.search(cases[override], output), output
+        assert proc.returncode == 2, output
+        assert output.startswith("train.py: config error: ") and re.search(cases[override], output), output
         assert "Traceback" not in output
     assert not (tmp_path / "runs").exists()  # nothing was built or written
 
