@@ -43,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.web_captions import build_samples, load_content, write_corpus  # noqa: E402
+from benchmarks.web_captions import TEMPLATES, build_samples, load_content, write_corpus  # noqa: E402
 
 PRESET = REPO / "configs" / "labels" / "img2dataset.yaml"
 ORACLE_MIN_DF = 3  # a content word: shown by at least 3 images (the same oracle for every code under test)
@@ -213,7 +213,7 @@ def speed(old: Path, rows: int, tmp: Path, reps: int = 3) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--half", choices=["tune", "heldout"], default="heldout")
+    ap.add_argument("--half", choices=sorted(TEMPLATES), default="heldout")
     ap.add_argument("--clipart", type=int, default=1200)
     ap.add_argument("--stamps", type=int, default=160)
     ap.add_argument("--old", type=Path, help="a checkout of the code before (git worktree add /tmp/old main)")
