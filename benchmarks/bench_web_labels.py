@@ -2,6 +2,7 @@
 
     python benchmarks/bench_web_labels.py --half heldout                       # the reported figures
     python benchmarks/bench_web_labels.py --half tune                          # what the rules were developed on
+    python benchmarks/bench_web_labels.py --half fresh                         # templates written blind to the rules
     python benchmarks/bench_web_labels.py --half heldout --old /tmp/old        # + the code before, side by side
     python benchmarks/bench_web_labels.py --half heldout --parity              # + local vs Ray, kill -9 + rerun
     python benchmarks/bench_web_labels.py --speed-rows 100000 --old /tmp/old   # text-pass speed/memory, old vs new
@@ -10,7 +11,7 @@ Each run mines ``configs/labels/img2dataset.yaml`` (PPMI embedder, short side 32
 generated corpus and reads the output shards back:
 
 - template share: written images carrying a label that is not a term of their content (the clean caption:
-  title + keywords of the drawing) -> aim <= 2%;
+  title + keywords of the drawing) -> aim <= 2%; ``by_template`` breaks it down per caption template;
 - content lost: images that reached labelling (not a merged duplicate, not capped) whose caption or json shows a
   term of their content that is in the oracle vocabulary (content terms shown by at least 3 images) and
   that end with no label -> aim <= 5%;
@@ -43,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.web_captions import build_samples, load_content, write_corpus  # noqa: E402
+from benchmarks.web_captions import TEMPLATES, build_samples, load_content, write_corpus  # noqa: E402
 
 PRESET = REPO / "configs" / "labels" / "img2dataset.yaml"
 ORACLE_MIN_DF = 3  # a content word: shown by at least 3 images (the same oracle for every code under test)
@@ -89,6 +90,7 @@ def quality(out: Path, truth: list[dict], stats: dict, max_series: int) -> dict:
     oracle = {t for t, n in oracle_df.items() if n >= min_df}
     samples = written_samples(out)
     template_hits: Counter[str] = Counter()
+    by_template: dict[str, list] = {}  # template -> [written, with a label, with a non-content label, Counter]
     with_template = unlabelled_content = has_content = 0
     series_written = series_labelled = 0
     for meta in samples:
@@ -96,9 +98,14 @@ def quality(out: Path, truth: list[dict], stats: dict, max_series: int) -> dict:
         t = by_key[key]
         labels = meta["terms"]
         foreign = [x for x in labels if x not in content_terms[key]]
+        row = by_template.setdefault(t["template"], [0, 0, 0, Counter()])
+        row[0] += 1
+        row[1] += bool(labels)
         if foreign:
             with_template += 1
             template_hits.update(foreign)
+            row[2] += 1
+            row[3].update(foreign)
         if shown[key] & oracle:
             has_content += 1
             unlabelled_content += not labels
@@ -114,6 +121,8 @@ def quality(out: Path, truth: list[dict], stats: dict, max_series: int) -> dict:
         "identity_ok": c["read"] == c["written"] + sum(c["skipped"].values()),
         "template_share": round(with_template / max(labelled, 1), 4),
         "template_labels_top": template_hits.most_common(12),
+        # per caption template: written, with a label, with a non-content label, its top non-content labels
+        "by_template": {k: [*v[:3], v[3].most_common(4)] for k, v in sorted(by_template.items())},
         "content_lost_share": round(unlabelled_content / max(has_content, 1), 4),
         "content_lost": [unlabelled_content, has_content],
         "series": {
@@ -213,7 +222,7 @@ def speed(old: Path, rows: int, tmp: Path, reps: int = 3) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--half", choices=["tune", "heldout"], default="heldout")
+    ap.add_argument("--half", choices=sorted(TEMPLATES), default="heldout")
     ap.add_argument("--clipart", type=int, default=1200)
     ap.add_argument("--stamps", type=int, default=160)
     ap.add_argument("--old", type=Path, help="a checkout of the code before (git worktree add /tmp/old main)")

@@ -2,6 +2,7 @@
 
     python benchmarks/web_captions.py --half tune --out data/web_tune        # the corpus rules are developed on
     python benchmarks/web_captions.py --half heldout --out data/web_heldout  # the corpus they are measured on
+    python benchmarks/web_captions.py --half fresh --out data/web_fresh      # written after the rules were final
 
 Content comes from the Debian ``openclipart-svg`` drawings (title + keywords, rendered to JPEG) and the
 ``tuxpaint-stamps-default`` stamps (English description); each image is written as img2dataset writes it:
@@ -15,6 +16,12 @@ The templates are split in two fixed halves (``TEMPLATES["tune"]``, ``TEMPLATES[
 docs/labels.md): label rules are developed on the tune half only; the held-out half, with different words and
 formats, is what ``benchmarks/bench_web_labels.py`` reports. The two halves also draw disjoint content (by a
 hash of the drawing's path), so no caption of the held-out corpus was seen while tuning.
+
+A third set, ``TEMPLATES["fresh"]`` (12 templates and a series, with its own sites ``FRESH_SITES`` and uploaders),
+was written by someone who had not read the label rules, after the rules had been adjusted on both halves above:
+it is the one set nobody tuning the rules has seen. There is no third content pool, so it draws from the held-out
+hash half, taking the held-out corpus's shuffled lists from the other end (with the default sizes, 227 of its 1,360
+drawings are also in the held-out corpus).
 
 Next to the tars, ``truth.jsonl`` records per sample its content text (what a clean caption would say), template,
 site and whether it belongs to the series: the benchmark's ground truth, never read by the pipeline.
@@ -195,7 +202,111 @@ HELDOUT = [
 HELDOUT_SERIES = Template(
     "h_series", "generated series", _t(lambda c, r, u: f"{c.title} remix {r.randint(1, 999)} (copy) - {u}")
 )
-TEMPLATES = {"tune": (TUNE, TUNE_SERIES), "heldout": (HELDOUT, HELDOUT_SERIES)}
+
+
+def _ago(r: random.Random) -> str:
+    n, unit = r.randint(1, 11), r.choice(["minute", "hour", "day", "week", "month", "year"])
+    return f"{n} {unit}{'s' if n > 1 else ''} ago"
+
+
+def _views(r: random.Random) -> str:
+    n = r.randint(3, 250_000)
+    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
+
+
+def _hashtags(c: Content, r: random.Random) -> str:
+    own = ["#" + "".join(k.split()).lower() for k in (c.keywords or c.title.split())[: r.randint(1, 3)]]
+    generic = r.sample(
+        ["#vectorart", "#freebie", "#illustrationoftheday", "#instaart", "#digitalart", "#artoftheday"], 2
+    )
+    return " ".join(own + generic)
+
+
+# Fresh half: written after the rules were final, by someone who had not seen them; used only to report figures.
+FRESH = [
+    Template(
+        "f1_stock_id",
+        "stock-site ID + UPPERCASE site suffix",
+        _t(
+            lambda c, r, u: (
+                f"{c.title} - {r.choice(['stock illustration', 'stock vector'])} ID "
+                f"{r.randint(100_000, 999_999_999)} | STOCKWAVE"
+            )
+        ),
+    ),
+    Template(
+        "f2_site_colon",
+        "site-name prefix with colon (mixed case, domain)",
+        _t(lambda c, r, u: f"ArtVault.net: {c.title}"),
+    ),
+    Template(
+        "f3_free_vector",
+        "download wrapper (Free vector ...) + mixed-case site suffix",
+        _t(lambda c, r, u: f"Free vector {c.title} | ClipArtBEST"),
+    ),
+    Template(
+        "f4_png_transparent",
+        "format/background scaffold + pixel size",
+        _t(
+            lambda c, r, u: (
+                f"{c.title} Clipart PNG Image - Transparent Background, "
+                f"{r.choice([512, 800, 1024, 2400])}x{r.choice([512, 600, 768, 1600])}px"
+            )
+        ),
+    ),
+    Template(
+        "f5_by_on", "uploader + site (by <uploader> on <site>)", _t(lambda c, r, u: f"{c.title} by {u} on Doodleverse")
+    ),
+    Template(
+        "f6_image_result",
+        "search-result scrape (keywords) + json page title with site suffix",
+        _t(lambda c, r, u: f"Image result for {_kws(c, r, ' ')}", lambda c: {"title": f"{c.title} | ClipArtBEST"}),
+    ),
+    Template(
+        "f7_4k_wallpaper",
+        "4k wallpaper wrapper + resolution",
+        _t(lambda c, r, u: f"{c.title} - 4k HD wallpaper - {r.choice(['3840x2160', '2560x1600', '5120x2880'])}"),
+    ),
+    Template(
+        "f8_royalty_free",
+        "licence line (royalty free, CC0)",
+        _t(lambda c, r, u: f"Royalty free {c.title} - CC0 Public Domain, no attribution required"),
+    ),
+    Template(
+        "f9_relative_time",
+        "timestamp (relative: 3 days ago) + view count",
+        _t(lambda c, r, u: f"{c.title} • {_ago(r)} • {_views(r)} views"),
+    ),
+    Template(
+        "f10_dotted_date",
+        "timestamp (dd.mm.yyyy, HH:MM) + camera file name",
+        _t(
+            lambda c, r, u: (
+                lambda d: (
+                    f"{c.title} · {d['d']:02d}.{d['m']:02d}.{d['y']}, {d['hh']:02d}:{d['mm']:02d} · "
+                    f"DSC_{r.randint(1, 9999):04d}.JPG"
+                )
+            )(_date(r)),
+            _tags,
+        ),
+    ),
+    Template(
+        "f11_hashtags",
+        "emoji + hashtags (own and generic)",
+        _t(lambda c, r, u: f"{c.title} {r.choice(['✨', '🎨', '🔥', '😍'])} {_hashtags(c, r)}"),
+    ),
+    Template(
+        "f12_glued",
+        "site name glued to the content (scraped spans without a separator)",
+        _t(lambda c, r, u: f"{c.title}Clipart Look"),
+    ),
+]
+FRESH_SERIES = Template(
+    "f_series",
+    "generated series (re-saved file names)",
+    _t(lambda c, r, u: f"[{u}] {c.title} edit_{r.randint(1, 9999):04d} final.jpg"),
+)
+TEMPLATES = {"tune": (TUNE, TUNE_SERIES), "heldout": (HELDOUT, HELDOUT_SERIES), "fresh": (FRESH, FRESH_SERIES)}
 PLAIN = Template("plain", "no template (the clean title)", _t(lambda c, r, u: c.title))
 
 # Sites: (domain, share of the content, template indices into the half's list; None: plain captions).
@@ -210,13 +321,65 @@ SITES = [
 ]
 SERIES_SITE, SERIES_UPLOADER, SERIES_SIZE = "cliphub.example", "artbot3000", 213
 
+# The fresh half's own sites (other domains, sizes and template mixes; several templates span sites).
+FRESH_SITES = [
+    ("stockwave.example", 0.24, [0, 7]),
+    ("artvault.example", 0.16, [1, 9]),  # the series' site
+    ("clipartbest.example", 0.12, [2, 5]),
+    ("doodleverse.example", 0.09, [4, 8]),
+    ("wallpaperaccess.example", 0.07, [6]),
+    ("clipartlook.example", 0.05, [11, 3]),
+    ("flagsoftheworld.example", 0.09, [10, 7]),  # topical: flags
+    ("kidstamps.example", 0.12, [3, 8]),  # Tux Paint stamps
+    ("photos.example", 0.13, [None]),
+]
+FRESH_UPLOADERS = [
+    f"{a}{b}"
+    for a in ("PixelPete", "inky_studio", "RetroGuy", "doodle.queen", "vectoria", "MrSketch", "neonlab", "kat_art")
+    for b in ("", "88", "_official", "2019", "x")
+]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a half's captions come from: sites ``(domain, share, template indices)``, which of them is the topical
+    (flags) and the stamp site, the series' site and uploader, and the other uploaders."""
+
+    sites: list
+    topical: str
+    stamps: str
+    series_site: str
+    series_uploader: str
+    uploaders: list
+
+
+_OLD_LAYOUT = Layout(
+    SITES, "flagshelf.example", "stampbox.example", SERIES_SITE, SERIES_UPLOADER, [f"user{i:03d}" for i in range(40)]
+)
+LAYOUTS = {
+    "tune": _OLD_LAYOUT,
+    "heldout": _OLD_LAYOUT,
+    "fresh": Layout(
+        FRESH_SITES,
+        "flagsoftheworld.example",
+        "kidstamps.example",
+        "artvault.example",
+        "AutoVector_Studio",
+        FRESH_UPLOADERS,
+    ),
+}
+# The fresh half draws its content from the held-out hash half (no third pool exists), taking the held-out
+# corpus's shuffled lists from the other end, so that the two corpora share as few drawings as the pools allow.
+CONTENT_HALF = {"tune": "tune", "heldout": "heldout", "fresh": "heldout"}
+
 
 def _half_of(uid: str) -> str:
     return "tune" if hashlib.sha1(uid.encode()).digest()[0] % 2 == 0 else "heldout"
 
 
 def load_content(half: str, n_clipart: int, n_stamps: int, short_side: int = 96, cache: Path | None = None) -> dict:
-    """Drawings for ``half`` (disjoint between halves): ``{"clipart": [...], "topical": [...], "stamps": [...]}``.
+    """Drawings for ``half``: ``{"clipart": [...], "topical": [...], "stamps": [...]}``; tune and held-out content is
+    disjoint, "fresh" takes the held-out pool from the other end (``CONTENT_HALF``).
 
     OpenClipArt SVGs (under 150 kB, with a title) are rendered to JPEG with the pipeline's renderer; rendered bytes
     are cached under ``cache`` (keyed by path and size) so that reruns take seconds.
@@ -247,9 +410,10 @@ def load_content(half: str, n_clipart: int, n_stamps: int, short_side: int = 96,
             cached.write_bytes(out)
         return out
 
-    rng = random.Random(f"content:{half}")
+    pool_half = CONTENT_HALF[half]
+    rng = random.Random(f"content:{pool_half}")
     units = [u for u in iter_openclipart(OPENCLIPART) if u.skip is None and u.signals.get("title")]
-    units = [u for u in units if _half_of(u.uid) == half and len(u.data) < 150_000]
+    units = [u for u in units if _half_of(u.uid) == pool_half and len(u.data) < 150_000]
     # Openclipart's own series (1,375 gramastars, the lemon icon theme) are left out: the corpus's one series is
     # the generated one, so that the benchmark can tell it apart.
     units = [u for u in units if u.signals["title"][0].lower() != "gramastar" and "lemon-theme" not in u.uid]
@@ -258,6 +422,9 @@ def load_content(half: str, n_clipart: int, n_stamps: int, short_side: int = 96,
     other = [u for u in units if not u.uid.startswith(("computer/", "signs_and_symbols/flags/"))]
     rng.shuffle(topical)
     rng.shuffle(other)
+    if pool_half != half:  # the other end of the same shuffled lists
+        topical.reverse()
+        other.reverse()
     out: dict[str, list[Content]] = {"clipart": [], "topical": [], "stamps": []}
     n_topical = n_clipart // 8
     for name, pool, n in (("topical", topical, n_topical), ("clipart", other, n_clipart - n_topical)):
@@ -270,8 +437,10 @@ def load_content(half: str, n_clipart: int, n_stamps: int, short_side: int = 96,
             kws = [k.replace("_", " ") for k in u.signals.get("keywords", []) if k.strip()]
             out[name].append(Content(u.uid, jpg, u.signals["title"][0], kws))
     stamps = [u for u in iter_tuxpaint(TUXPAINT) if u.skip is None and u.signals.get("description")]
-    stamps = [u for u in stamps if _half_of(u.uid) == half and u.ext == "png"]
+    stamps = [u for u in stamps if _half_of(u.uid) == pool_half and u.ext == "png"]
     rng.shuffle(stamps)
+    if pool_half != half:
+        stamps.reverse()
     for u in stamps[:n_stamps]:
         jpg = jpeg_of(u.path, None, False)
         if jpg is not None:
@@ -307,9 +476,10 @@ def build_samples(
     """
     rng = random.Random(f"{seed}:{half}")
     templates, series_t = TEMPLATES[half]
+    layout = LAYOUTS[half]
     clipart = list(pools["clipart"])
     series_src = clipart.pop(0) if series_size else None
-    general = [s for s in SITES if s[0] not in ("flagshelf.example", "stampbox.example")]
+    general = [s for s in layout.sites if s[0] not in (layout.topical, layout.stamps)]
     total = sum(s[1] for s in general)
     assigned: list[tuple[str, list, Content]] = []
     start = 0
@@ -317,10 +487,10 @@ def build_samples(
         n = len(clipart) - start if i == len(general) - 1 else round(len(clipart) * share / total)
         assigned += [(site, tids, c) for c in clipart[start : start + n]]
         start += n
-    by_site = {s[0]: s for s in SITES}
-    assigned += [("flagshelf.example", by_site["flagshelf.example"][2], c) for c in pools["topical"]]
-    assigned += [("stampbox.example", by_site["stampbox.example"][2], c) for c in pools["stamps"]]
-    uploaders = [f"user{i:03d}" for i in range(40)]
+    by_site = {s[0]: s for s in layout.sites}
+    assigned += [(layout.topical, by_site[layout.topical][2], c) for c in pools["topical"]]
+    assigned += [(layout.stamps, by_site[layout.stamps][2], c) for c in pools["stamps"]]
+    uploaders = layout.uploaders
     out = []
     for site, tids, c in assigned:
         tid = rng.choice(tids)
@@ -330,9 +500,11 @@ def build_samples(
         out.append((site, t.name, up, c, c.jpg, caption, extras, False))
     if series_src is not None:
         for _ in range(series_size):
-            caption, extras = series_t.make(series_src, rng, SERIES_UPLOADER)
+            caption, extras = series_t.make(series_src, rng, layout.series_uploader)
             jpg = resave(series_src.jpg, rng)
-            out.append((SERIES_SITE, series_t.name, SERIES_UPLOADER, series_src, jpg, caption, extras, True))
+            out.append(
+                (layout.series_site, series_t.name, layout.series_uploader, series_src, jpg, caption, extras, True)
+            )
     rng.shuffle(out)
     samples = []
     for i, (site, tname, up, c, jpg, caption, extras, series) in enumerate(out):
@@ -375,7 +547,7 @@ def write_corpus(out: Path, samples: Sequence[tuple[dict, dict]], per_tar: int =
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--half", choices=["tune", "heldout"], required=True)
+    ap.add_argument("--half", choices=sorted(TEMPLATES), required=True)
     ap.add_argument("--out", type=Path, required=True, help="folder of tars; truth in <out>.truth.jsonl")
     ap.add_argument("--clipart", type=int, default=1200, help="Open Clip Art drawings")
     ap.add_argument("--stamps", type=int, default=160, help="Tux Paint stamps")
