@@ -173,7 +173,7 @@ def test_ddp_corrupt_samples_are_skipped_and_counted(ddp_runs):
 def test_skip_counters_are_logged_every_n_steps_not_only_at_epoch_end(small):
     from types import SimpleNamespace
 
-    from datamodules.multitask import DataCountsLogger, WeakLabelShardDataModule
+    from datamodules.datamodule import DataCountsLogger, WeakLabelShardDataModule
     from tests.fixtures_data import compose_cfg
 
     dm = WeakLabelShardDataModule(compose_cfg(small["wl"]["manifest"]))
