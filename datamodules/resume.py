@@ -48,8 +48,6 @@ from datamodules.loaders import META, BatchSource, mix_seed
 
 log = logging.getLogger(__name__)
 
-MODES = ("combined", "interleave")
-
 
 @dataclass
 class PassRecord:
@@ -166,7 +164,7 @@ class TrainLoader:
 
     Args:
         loaders: ``{dataset: PassLoader}``, in the order batches are fetched within a step.
-        mode: ``combined`` or ``interleave``.
+        mode: ``combined`` or ``interleave`` (checked by the DataModule).
         ratios: interleave draw weights per dataset (empty: proportional to the loaders' lengths).
         seed: the run seed.
         clock: the epoch source.
@@ -185,8 +183,6 @@ class TrainLoader:
         world: int = 1,
         gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"data.mixing.mode='{mode}' is not one of {MODES}")
         self.loaders = loaders
         self.names = list(loaders)
         self.mode = mode
@@ -199,6 +195,7 @@ class TrainLoader:
         self._epoch: int | None = None  # the epoch being iterated, and the steps handed out in it
         self._steps = 0
         self._resume: dict | None = None
+        self._loaded: dict | None = None  # the position restored, until the loader moves on from it
         self._exhausted: int | None = None  # an epoch a restored run must not iterate again
 
     def __len__(self) -> int:
@@ -254,6 +251,8 @@ class TrainLoader:
 
     def state_dict(self) -> dict:
         """The data position after the steps handed out so far (collective under DDP: every rank calls it)."""
+        if self._epoch is None and self._loaded is not None:
+            return self._loaded  # restored and not iterated since (the same on every rank): still that position
         epoch = self._epoch if self._epoch is not None else self.clock.epoch()
         steps = self._steps if self._epoch is not None else 0
         loaders = {}
@@ -310,6 +309,7 @@ class TrainLoader:
                 stacklevel=2,
             )
             return
+        self._loaded = state
         if state["batches"] >= state["num_batches"]:
             # Saved after the epoch's last batch (e.g. on_train_epoch_end): Lightning may re-enter that epoch once
             # more, so it must yield nothing until the next epoch starts.
