@@ -5,10 +5,12 @@
 Examples: ``vocab.min_df=5``, ``--image.short_side=128``, ``sources.0.limit=500``, ``run.text_only=true``.
 
 The run is a series of per-shard passes (map, reduce by key hash, count, write). Engines:
-``run.engine=local`` (default: ``run.workers`` processes on this machine) or ``run.engine=ray``
-(``ray.init()`` here, or the cluster at ``$RAY_ADDRESS``); both write the same bytes. Interrupted
-(Ctrl-C, kill -9, a lost node)? Rerun the same command: finished tasks are skipped (their records
-live in <output>/_work until the run completes). Curation: ``curation.group_by=[author]
+``run.engine=local`` (default: ``run.workers`` processes on this machine, one per CPU it may use) or
+``run.engine=ray`` (``ray.init()`` here, or the cluster at ``$RAY_ADDRESS``); both write the same bytes.
+Interrupted (Ctrl-C, kill -9, a lost node)? Rerun the same command: finished tasks are skipped (their
+records live in <output>/_work until the run completes); the run's processes end with the driver and
+one run at a time may write an output. A truncated input tar is skipped and listed in the manifest
+(``run.on_bad_input=fail`` stops instead). Curation: ``curation.group_by=[author]
 curation.max_per_group=400``; ``vocab.max_df_share=0.1``; ``text.boilerplate=[...]``.
 See docs/labels_distributed.md.
 """
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     skipped = ", ".join(f"{k}={v}" for k, v in c["skipped"].items()) or "none"
     print(f"dataset: {result.manifest_path or result.output + ' (text only)'}")
     print(f"read {c['read']}  written {c['written']}  skipped {sum(c['skipped'].values())} ({skipped})")
+    if c.get("bad_inputs"):
+        names = ", ".join(b["input"] for b in c["bad_inputs"][:3]) + (" ..." if len(c["bad_inputs"]) > 3 else "")
+        print(f"skipped input files: {len(c['bad_inputs'])} ({names}): see counts.bad_inputs in the manifest")
     print(
         f"splits: train {s['splits']['train']['num_samples']} in {s['num_shards']['train']} shards, "
         f"val {s['splits']['val']['num_samples']} in {s['num_shards']['val']} shards"

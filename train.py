@@ -1,7 +1,7 @@
 """Train one run: compose the config, build DataModule, LightningModule and Trainer, fit, write results.
 
     python train.py experiment=demo_cpu model=resnet_demo data.weak_label.scale=0.25
-    python train.py --model=vit_b16 --trainer=ddp --data.batch_size=256      # W&B agent form
+    python train.py model=vit_b16 trainer=ddp data.batch_size=256              # what `wandb agent` passes
     python train.py experiment=scale_arch_cpu --print-config                  # the resolved config, no run
 
 See configs/compose.py for the composition order and README.md for more.
@@ -29,30 +29,43 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     from datamodules import build_datamodule
     from lit_modules import MultiTaskModule
     from lit_modules.callbacks import ThroughputMonitor
-    from lit_modules.trainer import build_trainer, resume_checkpoint, seed_run
-    from tracking.run_dir import RunDir, resolve_init_from
-    from tracking.wandb_logger import build_wandb_logger, sync_hint, wandb_run_id
+    from lit_modules.trainer import AbortAllRanksOnError, build_trainer, resume_checkpoint, seed_run
+    from tracking.run_dir import RunDir, lineage
+    from tracking.wandb_logger import (
+        build_wandb_logger,
+        finish_run,
+        log_artifacts,
+        record_lineage,
+        sync_hint,
+        wandb_run_id,
+    )
 
     seed_run(cfg)
     run_dir = RunDir.for_config(cfg)
     is_rank_zero = rank_zero_only.rank == 0
-    logger = build_wandb_logger(cfg, run_dir, rank_zero=is_rank_zero)
     if is_rank_zero:
-        run_dir.start(cfg, wandb_id=wandb_run_id(logger))
+        run_dir.start(cfg)  # refuses a directory of another config or of a live process; heartbeat until finish
+    logger = build_wandb_logger(cfg, run_dir, rank_zero=is_rank_zero)
+    abort = AbortAllRanksOnError(on_abort=(lambda msg: run_dir.finish("failed", error=msg)) if is_rank_zero else None)
 
     try:
+        if is_rank_zero and logger is not None:
+            run_dir.update(wandb_id=wandb_run_id(logger))
         datamodule = build_datamodule(cfg)
-        module = MultiTaskModule(to_dict(cfg), datamodule.num_classes)
-        if cfg.init_from:  # a checkpoint, a run directory, or run:<axis>=<value>,... looked up in output_dir
-            module.load_pretrained(resolve_init_from(cfg.init_from, cfg.output_dir, int(cfg.seed)))
-        on_abort = (lambda msg: run_dir.finish("failed", error=msg)) if is_rank_zero else None  # another rank failed
-        callbacks = [ThroughputMonitor(), *datamodule.callbacks()]
-        trainer = build_trainer(cfg, run_dir, logger, callbacks=callbacks, on_abort=on_abort)
+        module = MultiTaskModule(to_dict(cfg), datamodule.num_classes)  # init_from loads in its setup()
+        callbacks = [ThroughputMonitor(), abort, *datamodule.callbacks()]
+        trainer = build_trainer(cfg, run_dir, logger, callbacks=callbacks)
+        manifests = datamodule.manifests()
+        run_lineage = lineage(cfg, manifests, world_size=trainer.world_size)
+        if is_rank_zero:
+            run_dir.update(lineage=run_lineage)
+            record_lineage(logger, run_lineage, cfg)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, run_dir), weights_only=True)
     except BaseException as err:
-        # A killed or failed run says so in run.json; the sweep runner re-runs it (resume=auto).
+        # A killed or failed run says so in run.json, naming the first rank that failed; the sweep runner re-runs it.
         if is_rank_zero:
-            run_dir.finish("failed", error=f"{type(err).__name__}: {err}")
+            run_dir.finish("failed", error=abort.first_failure(err))
+            finish_run(logger, run_dir, exit_code=1)
         raise
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
@@ -72,19 +85,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         else:
             eval_metrics = evaluate_run(cfg, module=module, run_dir=run_dir.path)
         metrics.update(eval_metrics)
-        if logger is not None and eval_metrics:
-            logger.experiment.summary.update(eval_metrics)
     if is_rank_zero:
+        metrics["cost/wall_hours"] = run_dir.elapsed_hours()  # every start of the run, evaluation after fit included
         metrics = run_dir.write_metrics(metrics)
+        if logger is not None and cfg.logger.log_artifacts:
+            log_artifacts(logger, run_dir, manifests, run_lineage["data_fingerprint"])
+        offline = logger is not None and logger.experiment.settings.mode != "online"
+        # The run's final figures, the same in W&B's summary as in metrics.json.
+        finish_run(logger, run_dir, exit_code=0, final_step=trainer.global_step, summary=metrics)
         run_dir.finish("finished")
         print(f"run directory: {run_dir.path}")
-        if logger is not None and not logger.experiment.settings.mode == "online":
+        if offline:
             print(sync_hint())
     return metrics
 
 
 if __name__ == "__main__":
+    from tracking.run_dir import RunIdentityError, RunInUseError
+
     try:
         main()
     except ConfigError as err:
         sys.exit(f"config error: {err}")
+    except (RunIdentityError, RunInUseError) as err:
+        sys.exit(f"train.py: {err}")

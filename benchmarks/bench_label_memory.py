@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from datamodules.stages import Collate, DecodeSample, SkipCounter  # noqa: E402
 from datamodules.targets import BatchTransform  # noqa: E402
 from datamodules.transforms import decode_image, draft_size  # noqa: E402
-from lit_modules.multitask import EXACT_MAP_MAX_ELEMENTS, MAP_THRESHOLDS, WeakLabelMAP  # noqa: E402
+from evaluation.head_metrics import EXACT_MAP_MAX_ELEMENTS, MAP_THRESHOLDS, WeakLabelMAP  # noqa: E402
 
 MB = 2**20
 

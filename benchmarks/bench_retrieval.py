@@ -10,8 +10,8 @@ Prints:
      (faiss IndexFlatIP / IndexBinaryFlat, tie-aware metrics), side by side on one random set:
      1,000 queries x --gallery 256-d items (default 200,000), k = 50, float and binary. Per form:
      top-k search alone, and the whole evaluate_retrieval (search + relevance + metrics, 10 classes);
-     the before/after ratio (float search also with faiss IndexFlatIP, which the code does not use
-     by default: evaluation.retrieval.FAISS_FLOAT); the share of queries whose top-50 cut falls inside a tied group; and
+     the before/after ratio (float search also with faiss IndexFlatIP, the alternative the code does not
+     use because it measured slower); the share of queries whose top-50 cut falls inside a tied group; and
      precision@50 before and after shuffling the gallery (before: the tie-break makes it move).
   1. embeddings/s of evaluation.embeddings.extract_outputs (embedding + backbone feature in one
      pass) for a small ViT on CPU: the CPU demo's ViT (configs/model/vit_demo.yaml) at 64 px and
@@ -43,7 +43,6 @@ import evaluation.retrieval as retrieval  # noqa: E402
 from evaluation.embeddings import extract_outputs  # noqa: E402
 from evaluation.retrieval import (  # noqa: E402
     evaluate_retrieval,
-    hamming_topk,
     label_sets,
     pack_signs,
     tie_aware_search,
@@ -108,7 +107,7 @@ def bench_search(label: str, num_q: int, num_g: int, gen: torch.Generator) -> tu
     g = torch.randn(num_g, DIM, generator=gen)
     t_float = timed(lambda: topk_search(q, g, K, "cosine"))
     q_codes, g_codes = pack_signs(q), pack_signs(g)
-    t_bin = timed(lambda: hamming_topk(q_codes, g_codes, DIM, K))
+    t_bin = timed(lambda: topk_search(q_codes, g_codes, K, "hamming", packed_dim=DIM))
     print(
         f"  {label:<34} float {t_float:7.2f} s ({1e3 * t_float / num_q:6.2f} ms/query)   "
         f"binary {t_bin:7.2f} s ({1e3 * t_bin / num_q:6.2f} ms/query)"
@@ -128,7 +127,7 @@ def bench_largest(kind: str, per_item_s: float, seconds: float, cap: int, gen: t
         gallery = torch.randint(0, 256, (num_g, DIM // 8), dtype=torch.uint8, generator=gen)  # packed codes
         stored = gallery.numel()
         start = time.perf_counter()
-        hamming_topk(pack_signs(q), gallery, DIM, K)
+        topk_search(pack_signs(q), gallery, K, "hamming", packed_dim=DIM)
     t = time.perf_counter() - start
     print(
         f"  {kind:<6} gallery {num_g:>11,} items ({stored / 2**30:5.2f} GiB stored): {t:6.1f} s for {QUERIES} queries, "
@@ -171,7 +170,7 @@ def bench_before_after(num_g: int, gen: torch.Generator) -> None:
         (
             "binary top-k search",
             lambda: before.hamming_topk(q_codes, g_codes, DIM, K),
-            lambda: hamming_topk(q_codes, g_codes, DIM, K),
+            lambda: topk_search(q_codes, g_codes, K, "hamming", packed_dim=DIM),
         ),
     ]
     for metric, form in (("cosine", "float"), ("hamming", "binary")):
@@ -185,11 +184,9 @@ def bench_before_after(num_g: int, gen: torch.Generator) -> None:
     results = {}
 
     def faiss_float() -> object:
-        retrieval.FAISS_FLOAT = True
-        try:
-            return topk_search(q, g, K, "cosine")
-        finally:
-            retrieval.FAISS_FLOAT = False
+        index = retrieval.faiss.IndexFlatIP(DIM)
+        index.add(retrieval.l2_normalize(g).numpy())
+        return index.search(retrieval.l2_normalize(q).numpy(), K)
 
     rows.insert(1, ("float search, faiss IndexFlatIP", lambda: before.topk_search(q, g, K, "cosine"), faiss_float))
     for label, old, new in rows:

@@ -248,10 +248,12 @@ def checkpoint_case(strategy: str, args, manifest: str, out: Path) -> dict:
     model = ["model=vit_demo", "model.kwargs.depth=1"] if args.smoke else ["model=vit_s16"]
     hardware = ["trainer=ddp_cpu", "trainer.devices=1"] if args.smoke else [f"trainer={strategy}", "trainer.devices=1"]
     result = {"strategy": strategy}
+    resume: list[str] = []
     for max_steps in (4, 6):
         cfg = compose(
             [*base_overrides(args, manifest, out), *model, *hardware, "data.batch_size=8", "data.num_workers=0",
-             f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=2", f"run_name=ckpt-{strategy}"]
+             f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=2", f"run_name=ckpt-{strategy}",
+             *resume]
         )  # fmt: skip
         seed_everything(0)
         run_dir = RunDir.for_config(cfg)
@@ -267,6 +269,9 @@ def checkpoint_case(strategy: str, args, manifest: str, out: Path) -> dict:
             "first_step": timer.first_step,
             "end": trainer.global_step,
         }
+        run_dir.finish()
+        # Training on to more steps changes the run's schedule, so its identity: continued explicitly.
+        resume = [f"resume={run_dir.last_checkpoint}"]
     last = run_dir.last_checkpoint
     if args.smoke and strategy == "fsdp":  # Lightning runs FSDP on GPUs only: write the same folder with its writer
         from lightning.pytorch.strategies import FSDPStrategy

@@ -171,8 +171,14 @@ class RunSettings:
     # Execution (never changes the output): local = a process pool on this machine; ray = Ray tasks
     # (ray.init() locally, or the cluster at RAY_ADDRESS). docs/labels_distributed.md.
     engine: str = "local"
-    workers: int = 2  # local: worker processes (0: in the driver process); ray local: CPUs to start
+    # local: worker processes; ray local: CPUs to start Ray with. null (default): the CPUs this process may run on
+    # (its affinity mask, len(os.sched_getaffinity(0)), not os.cpu_count()); 0: every task in the driver process.
+    workers: int | None = None
     max_retries: int = 2  # resubmissions of a task whose worker died
+    # An input tar that cannot be read to its end (truncated download, corrupt header, unreadable file): skip
+    # (default) keeps the samples before the damage, records the tar and the error in the manifest
+    # (counts.bad_inputs, counts.skipped_inputs by reason) and goes on; fail stops the run naming the tar.
+    on_bad_input: str = "skip"
     # Partitioning (part of the output: shard boundaries follow it). One img2dataset tar is one input
     # partition; folders and manifests are cut into partitions of this many files / rows.
     partition_size: int = 1000
@@ -333,7 +339,10 @@ def check_labels_values(cfg: DictConfig) -> None:
     _require(cfg.shards.maxcount >= 1, "shards.maxcount", "must be >= 1")
     _require(cfg.shards.maxsize >= 1, "shards.maxsize", "must be >= 1")
     _require(cfg.run.engine in ("local", "ray"), "run.engine", "is not local|ray")
-    _require(cfg.run.workers >= 0, "run.workers", "must be >= 0")
+    _require(
+        cfg.run.workers is None or cfg.run.workers >= 0, "run.workers", "must be >= 0 (or null: the CPUs available)"
+    )
+    _require(cfg.run.on_bad_input in ("skip", "fail"), "run.on_bad_input", "is not skip|fail")
     _require(cfg.run.max_retries >= 0, "run.max_retries", "must be >= 0")
     _require(cfg.run.partition_size >= 1, "run.partition_size", "must be >= 1")
     _require(0 <= cfg.run.reduce_partitions <= 65536, "run.reduce_partitions", "must be in 0..65536 (0: auto)")

@@ -227,6 +227,9 @@ class LoggerConfig:
     mode: str | None = None
     group: str | None = None  # defaults to the experiment name
     tags: list[str] = field(default_factory=list)
+    # Log the final checkpoint ("model") and the data manifests ("dataset", named by their fingerprint) as W&B
+    # artifacts, so a table row leads back to the exact weights and data (large: off by default).
+    log_artifacts: bool = False
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -291,3 +294,35 @@ class RunConfig:
 
 # Config groups: a YAML file configs/<group>/<name>.yaml fills in the field of the same name.
 GROUPS = ("model", "data", "tasks", "optim", "trainer", "logger")
+
+# Keys that say where and how a run executes, not what it computes (a dotted key, or a prefix ending in "."). They
+# may differ between a run and its resume (another cluster, more loader workers), and they are left out of the run's
+# identity (tracking/identity.py). Everything else is science: a run resumes only under the same values, and a table
+# averages only runs that agree on all of it but the seed. The global batch and the world size these keys imply are
+# recorded per run (run.json "lineage") and compared by the tables separately.
+OPERATIONAL_KEYS = (
+    "output_dir",
+    "run_name",
+    "resume",
+    "evaluate_after_fit",
+    "data.num_workers",
+    "data.eval_batch_size",
+    "data.record_keys",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.precision",
+    "trainer.accumulate_grad_batches",
+    "trainer.log_every_n_steps",
+    "trainer.checkpoint_every_n_steps",
+    "trainer.num_sanity_val_steps",
+    "trainer.deterministic",
+    "trainer.cpu_threads",
+    "trainer.fsdp.",
+    "logger.",
+    "eval.checkpoint",
+    "eval.output",
+    "eval.device",
+    "eval.block_size",
+)

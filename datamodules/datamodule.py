@@ -166,6 +166,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         """Callbacks train.py adds to the Trainer for this data: the skip-counter logger."""
         return [DataCountsLogger()]
 
+    def manifests(self) -> list[str]:
+        """The data manifests this run reads (their bytes fingerprint the run's data: ``tracking.run_dir.lineage``)."""
+        return [path for source in self.sources.values() for path in source.manifests()]
+
     def data_counts(self) -> dict[str, dict[str, int]]:
         """Skip counters of this process: ``{"<dataset>/train" | "<dataset>/val": {reason: count}}``."""
         out = {f"{n}/train": dict(loader.counts) for n, loader in self.train_loaders.items()}

@@ -52,6 +52,10 @@ class DatasetSource:
         """Before an evaluation builds the source: raise ``FileNotFoundError`` naming the config key whose files are
         missing (the constructor's own checks cover training)."""
 
+    def manifests(self) -> list[str]:
+        """Files whose bytes identify this dataset's content (``tracking.run_dir.lineage`` fingerprints them)."""
+        return []
+
     def train_source(self, rank: int, world: int) -> BatchSource:
         """Training batches for ``rank`` of ``world``: a fixed number per pass, equal on every rank."""
         raise NotImplementedError

@@ -90,6 +90,9 @@ class WeakLabelSource(DatasetSource):
         if missing_local([manifest]):
             raise FileNotFoundError(f"data.weak_label.manifest={manifest}: no such file (run mine_labels.py first)")
 
+    def manifests(self) -> list[str]:
+        return [str(self.cfg.data.weak_label.manifest)]
+
     def _check_local(self, shards: list[ShardInfo], split: str) -> None:
         """Fail early when local shards are missing, checking at most CHECK_SHARDS of them (first, last, evenly spaced
         between): start-up costs the same at 100k shards and on every one of 128 ranks. A shard missing later is a

@@ -8,7 +8,7 @@ Modules: ``retrieval`` (search + precision/recall/mAP@k), ``knn``, ``linear_prob
 
 from evaluation.knn import knn_accuracy, knn_predict
 from evaluation.linear_probe import linear_probe_accuracy, train_linear_probe
-from evaluation.retrieval import evaluate_retrieval, pack_signs, relevance, retrieval_metrics, topk_search
+from evaluation.retrieval import evaluate_retrieval, pack_signs, topk_search
 
 __all__ = [
     "evaluate_retrieval",
@@ -16,8 +16,6 @@ __all__ = [
     "knn_predict",
     "linear_probe_accuracy",
     "pack_signs",
-    "relevance",
-    "retrieval_metrics",
     "topk_search",
     "train_linear_probe",
 ]

@@ -8,6 +8,8 @@ more; with T -> infinity it is a plain majority vote. Equal vote totals go to th
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -49,16 +51,10 @@ def knn_predict(
 
 
 def knn_accuracy(
-    train_features: Tensor,
-    train_targets: Tensor,
-    test_features: Tensor,
-    test_targets: Tensor,
-    k: int,
-    temperature: float = DEFAULT_TEMPERATURE,
-    block_size: int = 1024,
-    device: str | torch.device | None = "cpu",
+    train_features: Tensor, train_targets: Tensor, test_features: Tensor, test_targets: Tensor, k: int, **kwargs: Any
 ) -> float:
-    """Top-1 accuracy in [0, 1] of ``knn_predict`` on the test items."""
+    """Top-1 accuracy in [0, 1] of ``knn_predict`` on the test items; keyword arguments as ``knn_predict``'s
+    (temperature, block_size, device)."""
     num_classes = int(max(train_targets.max().item(), test_targets.max().item())) + 1
-    pred = knn_predict(train_features, train_targets, test_features, k, num_classes, temperature, block_size, device)
+    pred = knn_predict(train_features, train_targets, test_features, k, num_classes, **kwargs)
     return (pred == test_targets.long()).double().mean().item()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -101,16 +102,11 @@ def linear_probe_accuracy(
     train_targets: Tensor,
     test_features: Tensor,
     test_targets: Tensor,
-    epochs: int = 100,
-    lr: float = 0.1,
-    weight_decay: float = 0.0,
-    batch_size: int = 1024,
-    seed: int = 0,
-    device: str | torch.device | None = "cpu",
+    *args: Any,
+    **kwargs: Any,
 ) -> float:
-    """Top-1 accuracy in [0, 1] on the test features of a probe trained on the train features."""
+    """Top-1 accuracy in [0, 1] on the test features of a probe trained on the train features; further
+    arguments as ``train_linear_probe``'s after ``num_classes`` (epochs, lr, weight_decay, batch_size, seed, device)."""
     num_classes = int(max(train_targets.max().item(), test_targets.max().item())) + 1
-    probe = train_linear_probe(
-        train_features, train_targets, num_classes, epochs, lr, weight_decay, batch_size, seed, device
-    )
+    probe = train_linear_probe(train_features, train_targets, num_classes, *args, **kwargs)
     return (probe.predict(test_features) == test_targets.long()).double().mean().item()

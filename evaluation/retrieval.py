@@ -2,7 +2,7 @@
 
 Search (``topk_search``): faiss ``IndexBinaryFlat`` on packed sign bits (``numpy.packbits``, D/8
 bytes per item, the serving format); float cosine of L2-normalized float32 embeddings by blockwise
-torch matmul + topk, which measured faster than faiss ``IndexFlatIP`` here (FAISS_FLOAT switches).
+torch matmul + topk, which measured faster than faiss ``IndexFlatIP`` here (benchmarks/bench_retrieval.py).
 Without faiss (an import-guarded fallback) Hamming runs blockwise in torch, xor + popcount by byte
 table. Neither builds the full query x gallery matrix. The order of tied items inside a returned
 list is unspecified: metrics never depend on it (below).
@@ -68,10 +68,9 @@ except ImportError:  # pragma: no cover - exercised by forcing HAVE_FAISS=False 
     faiss = None
 
 HAVE_FAISS = faiss is not None
-# Float search in faiss (IndexFlatIP) or in torch (matmul + topk per block). On this repo's 2-core CPU box,
-# 1,000 x 200k x 256-d, k = 51, one thread: IndexFlatIP 10.7 s, torch 3.4-4.5 s (faiss pushes every score
-# through a k-heap), so torch is the default; IndexBinaryFlat is the fast one for Hamming (0.57 s).
-FAISS_FLOAT = False
+# Float search runs in torch (matmul + topk per block): on this repo's 2-core CPU box, 1,000 x 200k x 256-d,
+# k = 51, one thread, faiss IndexFlatIP took 10.7 s and torch 3.4-4.5 s (faiss pushes every score through a
+# k-heap); IndexBinaryFlat is the fast one for Hamming (0.57 s).
 CUT_MARGIN = 50  # candidates searched past the k-th, so that most cut groups are seen whole (no count pass)
 METRICS = ("precision", "recall", "ir_recall", "mAP")
 MAX_BLOCK_SCORES = 1 << 24  # scores per block in the exact passes (128 MiB of float64)
@@ -101,12 +100,6 @@ def pack_signs(x: Tensor) -> Tensor:
     """Sign-binarize float embeddings [N, D] (bit = x > 0) and pack 8 bits per byte -> uint8 [N, ceil(D/8)]."""
     bits = (x > 0).cpu().numpy()
     return torch.from_numpy(np.packbits(bits, axis=1))
-
-
-def unpack_signs(codes: Tensor, dim: int) -> Tensor:
-    """Packed codes [N, ceil(D/8)] -> float32 +-1 vectors [N, D] (bit 1 -> +1, bit 0 -> -1)."""
-    bits = np.unpackbits(codes.cpu().numpy(), axis=1, count=dim)
-    return torch.from_numpy(bits).float().mul_(2).sub_(1)
 
 
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
@@ -210,44 +203,53 @@ class _Engine:
         return max(1, min(self.num_g, MAX_BLOCK_SCORES // max(num_rows * per_pair, 1)))
 
     def search(self, k: int, block_size: int, gallery_block_size: int | None) -> TopK:
-        """The k best gallery items per query (float32 scores; ties in any order)."""
-        if self.use_faiss and self.device.type == "cpu" and (self.metric == "hamming" or FAISS_FLOAT):
-            if self.metric == "cosine":
-                index = faiss.IndexFlatIP(self.width)
-                index.add(np.ascontiguousarray(self.g.numpy()))
-                scores, ids = index.search(np.ascontiguousarray(self.q.numpy()), k)
-                return TopK(torch.from_numpy(scores), torch.from_numpy(ids).long())
+        """The k best gallery items per query (float32 scores; ties in any order): faiss ``IndexBinaryFlat``
+        for Hamming on CPU, else a blockwise torch top-k (float cosine, Hamming without faiss, a GPU device)."""
+        if self.use_faiss and self.device.type == "cpu" and self.metric == "hamming":
             index = faiss.IndexBinaryFlat(self.width)
             index.add(np.ascontiguousarray(self.g.numpy()))
             dist, ids = index.search(np.ascontiguousarray(self.q.numpy()), k)
             return TopK(-torch.from_numpy(dist).float(), torch.from_numpy(ids).long())
-        return self._torch_search(k, block_size, gallery_block_size)
-
-    def _torch_search(self, k: int, block_size: int, gallery_block_size: int | None) -> TopK:
-        """Blockwise running top-k in torch: the path when faiss is missing (or for a GPU device)."""
-        num_q = self.q.shape[0]
-        out_s, out_i = torch.empty(num_q, k), torch.empty(num_q, k, dtype=torch.long)
         chunk = gallery_block_size or max(1, min(self.num_g, SEARCH_BLOCK_SCORES // block_size))
         if self.metric == "hamming":
             chunk = min(chunk, self.gallery_chunk(block_size))  # the byte-table fallback's [rows, chunk, bytes]
-        for start in range(0, num_q, block_size):
-            rows = torch.arange(start, min(start + block_size, num_q))
-            best_s = best_i = None
-            for a in range(0, self.num_g, chunk):
-                b = min(a + chunk, self.num_g)
-                if self.metric == "cosine":
-                    s = (self.q[rows].to(self.device) @ self.g[a:b].to(self.device).T).cpu()
-                else:
-                    s = -hamming_distances(self.q[rows], self.g[a:b]).float()
-                s, i = torch.topk(s, min(k, b - a), dim=1)
-                i += a
-                if best_s is not None:
-                    s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
-                    s, pick = torch.topk(s, min(k, s.shape[1]), dim=1)
-                    i = i.gather(1, pick)
-                best_s, best_i = s, i
-            out_s[rows], out_i[rows] = best_s, best_i
-        return TopK(out_s, out_i)
+        return _blockwise_topk(self.fast_block, torch.arange(self.q.shape[0]), self.num_g, k, block_size, chunk)
+
+    def fast_block(self, rows: Tensor, a: int, b: int) -> Tensor:
+        """float32 search scores of queries ``rows`` against gallery a..b (float32 cosine, minus Hamming)."""
+        if self.metric == "cosine":
+            return (self.q[rows].to(self.device) @ self.g[a:b].to(self.device).T).cpu()
+        return -hamming_distances(self.q[rows], self.g[a:b]).float()
+
+
+def _blockwise_topk(
+    score: Callable[[Tensor, int, int], Tensor],
+    rows: Tensor,
+    num_g: int,
+    k: int,
+    block_size: int,
+    chunk: int | Callable[[int], int],
+) -> TopK:
+    """Running top-k of queries ``rows`` (in blocks of ``block_size``) over the gallery in chunks, never the full
+    query x gallery matrix: ``score(r, a, b)`` gives the scores [len(r), b - a] of queries ``r`` against gallery
+    items a..b; ``chunk`` is the gallery chunk, or a function of the block's row count. Scores keep their dtype."""
+    out_s, out_i = [], []
+    for s in range(0, len(rows), block_size):
+        r = rows[s : s + block_size]
+        step = chunk(len(r)) if callable(chunk) else chunk
+        best_s = best_i = None
+        for a in range(0, num_g, step):
+            b = min(a + step, num_g)
+            v, i = torch.topk(score(r, a, b), min(k, b - a), dim=1)
+            i += a
+            if best_s is not None:
+                v, i = torch.cat([best_s, v], 1), torch.cat([best_i, i], 1)
+                v, pick = torch.topk(v, min(k, v.shape[1]), dim=1)
+                i = i.gather(1, pick)
+            best_s, best_i = v, i
+        out_s.append(best_s)
+        out_i.append(best_i)
+    return TopK(torch.cat(out_s), torch.cat(out_i))
 
 
 def _drop_self(found: TopK, self_index: Tensor | None, k: int) -> TopK:
@@ -289,13 +291,13 @@ def topk_search(
     gallery_block_size: int | None = None,
     self_index: Tensor | None = None,
     device: str | torch.device | None = "cpu",
-    progress: bool = False,
     use_faiss: bool = True,
+    packed_dim: int | None = None,
 ) -> TopK:
     """The k best gallery items for each query.
 
     Args:
-        queries: float embeddings [Q, D].
+        queries: float embeddings [Q, D], or packed sign codes (``packed_dim``).
         gallery: float embeddings [G, D] (L2-normalized, or binarized and packed, here per ``metric``).
         k: neighbours per query; must not exceed the gallery (minus the query itself under leave-one-out).
         metric: "cosine" (L2-normalized float) or "hamming" (sign bits; score = -distance).
@@ -304,37 +306,20 @@ def topk_search(
         self_index: long [Q], the gallery index of each query to exclude (leave-one-out), or -1 for
             none; None excludes nothing.
         device: where the torch path computes ("auto" = cuda if available); faiss-cpu runs on CPU.
-        progress: kept for callers; the search is one faiss call.
         use_faiss: False forces the torch path (tests compare the two).
+        packed_dim: with metric "hamming", queries and gallery are already packed codes (``pack_signs``, the
+            serving format: uint8 [N, ceil(D/8)]) of this many bits.
 
     Returns:
         TopK with scores and indices [Q, k], ranked by score desc (tied items in unspecified order).
     """
-    q, g = _codes_or_floats(queries, gallery, metric)
-    return _search(q, g, metric, k, block_size, gallery_block_size, self_index, device, use_faiss)
-
-
-def hamming_topk(
-    query_codes: Tensor,
-    gallery_codes: Tensor,
-    dim: int,
-    k: int,
-    block_size: int = 1024,
-    gallery_block_size: int | None = None,
-    self_index: Tensor | None = None,
-    device: str | torch.device | None = "cpu",
-    progress: bool = False,
-    use_faiss: bool = True,
-) -> TopK:
-    """Hamming top-k on packed sign codes (``pack_signs``), the serving format: D/8 bytes per item.
-    Arguments as ``topk_search``, with ``dim`` the number of bits per code; scores are minus the distance."""
-    _check_codes(query_codes, gallery_codes, dim)
-    return _search(
-        query_codes, gallery_codes, "hamming", k, block_size, gallery_block_size, self_index, device, use_faiss
-    )
-
-
-def _search(q, g, metric, k, block_size, gallery_block_size, self_index, device, use_faiss) -> TopK:
+    if packed_dim is None:
+        q, g = _codes_or_floats(queries, gallery, metric)
+    elif metric != "hamming":
+        raise ValueError(f"packed_dim is for packed sign codes: metric must be 'hamming', not '{metric}'")
+    else:
+        _check_codes(queries, gallery, packed_dim)
+        q, g = queries, gallery
     if block_size < 1 or (gallery_block_size is not None and gallery_block_size < 1):
         raise ValueError("block_size and gallery_block_size must be positive")
     excluding = _check_k(k, g.shape[0], self_index)
@@ -449,31 +434,6 @@ def count_relevant(q_sets: LabelSets, g_sets: LabelSets, self_index: Tensor | No
     return counts
 
 
-def relevance(
-    q_targets: Tensor | LabelSets,
-    g_targets: Tensor | LabelSets,
-    indices: Tensor,
-    self_index: Tensor | None = None,
-    block_size: int = 1024,
-) -> tuple[Tensor, Tensor]:
-    """Which retrieved items are relevant, and how many relevant items each query has in the gallery.
-
-    Args:
-        q_targets, g_targets: anything ``label_sets`` takes (class ids, multi-hot, padded ids);
-            relevant = the items share a label.
-        indices: long [Q, k] retrieved gallery indices.
-        self_index: as in ``topk_search``; the query itself is not counted among its relevant items.
-        block_size: unused, kept for callers.
-
-    Returns:
-        (rel bool [Q, k], num_relevant long [Q]).
-    """
-    q_sets, g_sets = _check_targets(q_targets, g_targets)
-    k = indices.shape[1]
-    rel = share_label(q_sets[torch.arange(len(q_sets)).repeat_interleave(k)], g_sets[indices.reshape(-1)])
-    return rel.view(-1, k), count_relevant(q_sets, g_sets, self_index)
-
-
 def _check_targets(q_targets, g_targets) -> tuple[LabelSets, LabelSets]:
     q_t, g_t = (t if isinstance(t, LabelSets) else torch.as_tensor(t) for t in (q_targets, g_targets))
     dense = [t for t in (q_t, g_t) if isinstance(t, Tensor) and t.ndim == 2 and t.is_floating_point()]
@@ -528,28 +488,16 @@ def cut_group_counts(
 def _exact_topk(engine: _Engine, rows: Tensor, k: int, self_index: Tensor | None, block_size: int) -> TopK:
     """Exact (float64) top-k of queries ``rows`` by a full blockwise pass: for float rows whose cut is
     too close for float32 search scores to decide."""
-    out_s = torch.empty(len(rows), k, dtype=torch.float64)
-    out_i = torch.empty(len(rows), k, dtype=torch.long)
-    for s in range(0, len(rows), block_size):
-        r = rows[s : s + block_size]
-        chunk = engine.gallery_chunk(len(r))
-        best_s = best_i = None
-        for a in range(0, engine.num_g, chunk):
-            b = min(a + chunk, engine.num_g)
-            sc = engine.block(r, a, b)
-            if self_index is not None:
-                own = self_index[r]
-                hit = (own >= a) & (own < b)
-                sc[torch.nonzero(hit).squeeze(1), own[hit] - a] = -math.inf
-            v, i = torch.topk(sc, min(k, b - a), dim=1)
-            i += a
-            if best_s is not None:
-                v, i = torch.cat([best_s, v], 1), torch.cat([best_i, i], 1)
-                v, pick = torch.topk(v, min(k, v.shape[1]), dim=1)
-                i = i.gather(1, pick)
-            best_s, best_i = v, i
-        out_s[s : s + block_size], out_i[s : s + block_size] = best_s, best_i
-    return TopK(out_s, out_i)
+
+    def score(r: Tensor, a: int, b: int) -> Tensor:
+        sc = engine.block(r, a, b)
+        if self_index is not None:
+            own = self_index[r]
+            hit = (own >= a) & (own < b)
+            sc[torch.nonzero(hit).squeeze(1), own[hit] - a] = -math.inf
+        return sc
+
+    return _blockwise_topk(score, rows, engine.num_g, k, block_size, engine.gallery_chunk)
 
 
 @dataclass
@@ -695,19 +643,6 @@ def tie_aware_metrics(
     return metrics, counts
 
 
-def retrieval_metrics(rel: Tensor, num_relevant: Tensor, ks: Sequence[int]) -> tuple[dict[str, float], dict[str, int]]:
-    """The metrics of a strict ranking (no ties): ``rel`` bool [Q, K] in rank order, ``num_relevant``
-    long [Q]. Same names and counts as ``tie_aware_metrics``."""
-    num_q, width = rel.shape
-    ranked = RankedLists(
-        -torch.arange(width, dtype=torch.float64).expand(num_q, width),
-        rel.bool(),
-        torch.ones(num_q, dtype=torch.long),
-        rel[:, -1].long(),
-    )
-    return tie_aware_metrics(ranked, num_relevant, ks)
-
-
 def evaluate_retrieval(
     queries: Tensor,
     q_targets: Tensor | LabelSets,
@@ -718,7 +653,6 @@ def evaluate_retrieval(
     block_size: int = 1024,
     gallery_block_size: int | None = None,
     device: str | torch.device | None = "cpu",
-    progress: bool = False,
     self_index: Tensor | None = None,
     use_faiss: bool = True,
 ) -> tuple[dict[str, float], dict[str, int]]:

@@ -30,7 +30,8 @@ def log_eval_metrics(
 
     Args:
         cfg: the evaluation config (logger.* says project, entity, mode; logger.wandb=false: no-op).
-        metrics: flat {name: value}, set as the run summary (and logged once, so panels can plot them).
+        metrics: flat {name: value}, set as the run's summary only: a history row would start a second step
+            sequence in the training run (docs/sweeps.md, "One W&B run per training run").
         run_name: the run directory's name (the eval run's name when a new run is made).
         wandb_id: the checkpoint's W&B run (run.json "wandb_id"); resumed with resume="allow".
             None: a new run with job_type "eval".
@@ -59,7 +60,6 @@ def log_eval_metrics(
                 **common,
             )
         clean = {k: v for k, v in metrics.items() if v == v}  # W&B summaries reject NaN in some backends
-        run.log(clean)
         run.summary.update({**clean, "eval/checkpoint": str(checkpoint) if checkpoint else "random-init"})
         run_id = run.id
         run.finish()

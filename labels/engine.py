@@ -8,8 +8,15 @@ reported and retried on the next run, never dropped. A worker that dies (killed,
 retried: the local pool is rebuilt and its unfinished tasks resubmitted; Ray retries by itself
 (``max_retries``).
 
-Written by hand because the two things it adds to ``concurrent.futures`` / ``ray`` are small: skip
-what is done, and survive a dead worker in the local pool (``BrokenProcessPool`` ends the pool).
+Written by hand because the things it adds to ``concurrent.futures`` / ``ray`` are small: skip what is
+done, survive a dead worker in the local pool (``BrokenProcessPool`` ends the pool), and tie the run's processes
+to the driver (:mod:`labels.lifetime`): pool workers and a local Ray die with the driver, and every task runs
+fenced by the driver's hold on the output folder (``fenced_call``), so a task of a dead run never writes into a
+new run's files.
+
+``workers=None`` (the default) uses the CPUs this process may run on (``len(os.sched_getaffinity(0))``, not
+``os.cpu_count()``, which counts CPUs a container or ``taskset`` does not give it); 0 runs the tasks in the
+driver process.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -24,6 +32,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
+
+from labels import lifetime
 
 log = logging.getLogger(__name__)
 ENGINES = ("local", "ray")
@@ -78,12 +88,32 @@ def _worker_ready() -> int:
     return os.getpid()
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (``taskset``, cgroup cpusets), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call on this platform (macOS)
+        return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int | None) -> int:
+    """``run.workers``: None -> ``available_cpus()``; 0 -> tasks in the driver; N -> N worker processes."""
+    return available_cpus() if workers is None else int(workers)
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     # forkserver: workers fork from a clean server that preloads the pass module (imports once, no
-    # threads inherited from a driver that may hold torch/tokenizer threads).
+    # threads inherited from a driver that may hold torch/tokenizer threads). Each worker dies with
+    # this process (lifetime.die_with: the forkserver does not, while its workers live).
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["labels.passes", "labels._inflect"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    ctx.set_forkserver_preload(["labels.passes", "labels._inflect", "labels.lifetime"])
+    me = os.getpid()
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=lifetime.die_with,
+        initargs=(me, lifetime.process_start(me)),
+    )
 
 
 class Engine:
@@ -91,19 +121,31 @@ class Engine:
 
     Args:
         kind: ``local`` or ``ray``.
-        workers: local: worker processes (0: in the driver process); ray local mode: CPUs to start with.
+        workers: local: worker processes (0: in the driver process); ray local mode: CPUs to start with;
+            None: ``available_cpus()``.
         max_retries: how often a task whose worker died is resubmitted.
         progress: show a tqdm bar per pass.
+        fence: the driver's hold on the output folder (``lifetime.OutputLock.acquire``); every task checks it.
     """
 
-    def __init__(self, kind: str = "local", workers: int = 2, max_retries: int = 2, progress: bool = False) -> None:
+    def __init__(
+        self,
+        kind: str = "local",
+        workers: int | None = None,
+        max_retries: int = 2,
+        progress: bool = False,
+        fence: lifetime.Fence | None = None,
+    ) -> None:
         if kind not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got '{kind}'")
         self.kind = kind
-        self.workers = workers
+        self.workers = resolve_workers(workers)
         self.max_retries = max_retries
         self.progress = progress
+        self.fence = fence
         self._executor: ProcessPoolExecutor | None = None
+        self._owns_ray = False  # this engine started a local Ray (it shuts it down in close())
+        self._ray_guard: lifetime.Guard | None = None  # kills that Ray if the driver dies (Linux)
         self.startup_s = 0.0  # time spent starting Ray (inside the first pass's wall time)
 
     # ------------------------------------------------------------------ public
@@ -123,7 +165,7 @@ class Engine:
             elif self.workers <= 0:
                 for t in todo:
                     try:
-                        fn(*t.args)
+                        lifetime.fenced_call(self.fence, fn, *t.args)
                     except Exception as err:  # collected and re-raised together, naming the partition
                         failures[t.name] = f"{type(err).__name__}: {err}"
                     bar.update()
@@ -137,9 +179,24 @@ class Engine:
         return stats
 
     def close(self) -> None:
+        """Stop the pool; a local Ray this engine started is shut down (a run's processes end with it: a later run
+        starts its own), and its guard reaps what is left of it."""
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+        if self._owns_ray or self._ray_guard is not None:
+            import ray
+
+            shut = False
+            try:
+                if self._owns_ray:
+                    ray.shutdown()  # stops every Ray process (measured: none left 0 s after it returns)
+                shut = True
+            finally:
+                self._owns_ray = False
+                if self._ray_guard is not None:
+                    self._ray_guard.stop(reap_first=not shut)
+                    self._ray_guard = None
 
     # ------------------------------------------------------------------ local
     def _run_local(self, fn, todo, stats, failures, bar) -> None:
@@ -148,7 +205,7 @@ class Engine:
         while pending:
             if self._executor is None:
                 self._executor = _pool(self.workers)
-            futures = {self._executor.submit(fn, *t.args): t for t in pending}
+            futures = {self._executor.submit(lifetime.fenced_call, self.fence, fn, *t.args): t for t in pending}
             pending = []
             broken = False
             not_done = set(futures)
@@ -195,14 +252,23 @@ class Engine:
             if address:
                 ray.init(address=address, runtime_env=env, log_to_driver=False)
             else:
-                ray.init(num_cpus=max(1, self.workers), runtime_env=env, include_dashboard=False, log_to_driver=False)
+                # Started before Ray: if this driver dies, the guard kills the local Ray's processes (lifetime.Guard).
+                if sys.platform.startswith("linux"):
+                    self._ray_guard = lifetime.Guard()
+                ctx = ray.init(
+                    num_cpus=max(1, self.workers), runtime_env=env, include_dashboard=False, log_to_driver=False
+                )
+                self._owns_ray = True
+                if self._ray_guard is not None:
+                    self._ray_guard.watch_folder(ctx.address_info["session_dir"])
                 # A local Ray is ready when its worker processes are: one no-op task per CPU waits for them, so that
                 # start-up (counted in startup_s) does not run on into the first pass's time.
                 ready = ray.remote(num_cpus=1)(_worker_ready)
                 ray.get([ready.remote() for _ in range(max(1, self.workers))])
             self.startup_s += time.perf_counter() - t0
-        remote = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(fn)
-        refs = {remote.remote(*t.args): t for t in todo}
+        remote = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(lifetime.fenced_call)
+        remote = remote.options(name=fn.__name__)
+        refs = {remote.remote(self.fence, fn, *t.args): t for t in todo}
         not_ready = list(refs)
         while not_ready:
             ready, not_ready = ray.wait(not_ready, num_returns=1)

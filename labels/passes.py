@@ -227,7 +227,8 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
 
     Writes ``units.jsonl`` (lines ``[seq, key, source, uid, path, offset, size, ext, signals, terms,
     groups]`` (``terms``: see ``term_groups``) ordered by hash partition), ``groups.json`` and ``stats.json`` (read count, skips by
-    reason, hash-partition byte offsets, fingerprint, boilerplate hits).
+    reason, hash-partition byte offsets, fingerprint, boilerplate hits, and the input tars that could not be read to
+    their end under ``run.on_bad_input=skip``: ``bad_inputs``).
     """
     t0 = time.perf_counter()
     p = Partition(**part)
@@ -246,8 +247,9 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
     fp = hashlib.sha256()
     read = 0
     seq = 0
+    bad_inputs = [] if cfg["run"]["on_bad_input"] == "skip" else None  # None: a damaged tar fails the task
 
-    for unit in iter_partition(SimpleNamespace(**src), p, read_images=not text_only):
+    for unit in iter_partition(SimpleNamespace(**src), p, read_images=not text_only, bad_inputs=bad_inputs):
         read += 1
         key = None
         reason = unit.skip
@@ -282,6 +284,9 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
         fp.update(encoded)  # the fingerprint covers every unit's locator, key, signals and scores
         buckets[bucket_of(key, parts_r)].append(encoded)
         seq += 1
+    bad = [b._asdict() for b in bad_inputs or ()]
+    for b in bad:
+        fp.update(dumps_line(["bad_input", b["input"], b["reason"], b["error"], b["samples_kept"]]))
     offsets = [0]
     for b in buckets:
         offsets.append(offsets[-1] + sum(len(x) for x in b))
@@ -299,6 +304,7 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
             "offsets": offsets,
             "fingerprint": fp.hexdigest(),
             "boilerplate": dict(sorted(scorer.extractor.boilerplate_hits.items())),
+            "bad_inputs": bad,
             "seconds": round(time.perf_counter() - t0, 3),
             "peak_rss_mb": _rss_mb(),
         },

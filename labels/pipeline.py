@@ -58,6 +58,7 @@ from labels.cluster import (
     resolve_embedder,
 )
 from labels.engine import Engine, PassFailed, Task
+from labels.lifetime import OutputBusy, OutputLock
 from labels.passes import build_scorer, merge_signals, text_for_json  # noqa: F401 - re-exported
 from labels.report import write_report
 from labels.shards import FORMAT_VERSION, MANIFEST, remove_dataset, write_json
@@ -162,13 +163,13 @@ class _LabelTotals:
 
 
 class _Driver:
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: DictConfig, fence=None) -> None:
         self.cfg = cfg
         self.cfg_dict = computed_config(cfg)
         self.out = cfg.output
         self.work = os.path.join(self.out, "_work")
         self.R = int(cfg.run.reduce_partitions)  # 0 (auto) is resolved by resolve_reduce_partitions once listed
-        self.engine = Engine(cfg.run.engine, cfg.run.workers, cfg.run.max_retries, cfg.run.progress)
+        self.engine = Engine(cfg.run.engine, cfg.run.workers, cfg.run.max_retries, cfg.run.progress, fence)
         self.passes: dict[str, dict] = {}
         self.timings: dict[str, float] = {}
         self.label_totals = _LabelTotals()
@@ -417,16 +418,27 @@ def run(cfg: DictConfig) -> MiningResult:
 
     Raises:
         labels.sources.InputError: a missing input path, a malformed manifest (file and line), a
-            partition that could not be read (named; the rerun retries it), or input files that
-            changed between passes.
+            partition that could not be read (named; the rerun retries it), input files that
+            changed between passes, or an output folder another run is writing (naming its pid).
     """
     t_start = time.perf_counter()
     check_inputs(cfg)
-    d = _Driver(cfg)
+    # The driver holds the output folder for its lifetime; its tasks are fenced by it (labels/lifetime.py).
+    lock = OutputLock(cfg.output)
     try:
-        return _run(d, cfg, t_start)
+        fence = lock.acquire()
+    except OutputBusy as err:
+        raise InputError(str(err)) from None
+    except OSError as err:  # an output folder that cannot be created or written
+        raise InputError(f"cannot write to output {cfg.output}: {err}") from None
+    try:
+        d = _Driver(cfg, fence)
+        try:
+            return _run(d, cfg, t_start)
+        finally:
+            d.engine.close()
     finally:
-        d.engine.close()
+        lock.release()
 
 
 def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
@@ -486,6 +498,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     per_part = []
     fingerprints = hashlib.sha256()
     boilerplate: Counter[str] = Counter()
+    bad_inputs: list[dict] = []  # input tars not readable to their end (run.on_bad_input=skip), in input order
     for p, w in zip(parts, wstats):
         m = read_json(passes.stats_path(work, "map", p.index))
         fingerprints.update(m["fingerprint"].encode())
@@ -494,6 +507,9 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
         sk.update(reduce_skips.get(str(p.index), {}))
         sk.update(w["skipped"])
         entry = {"partition": p.name, "read": m["read"], "written": w["written"], "skipped": dict(sorted(sk.items()))}
+        if m.get("bad_inputs"):
+            entry["bad_inputs"] = m["bad_inputs"]
+            bad_inputs.extend(m["bad_inputs"])
         if entry["read"] != entry["written"] + sum(sk.values()):
             raise AssertionError(f"count identity broken for partition {p.name}: {entry}")
         per_part.append(entry)
@@ -507,6 +523,15 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     }
     if counts["read"] != counts["written"] + sum(skipped.values()):
         raise AssertionError(f"count identity broken: {counts}")
+    if bad_inputs:
+        # Whole input files, not samples (their samples before the damage are in read/written/skipped above).
+        counts["skipped_inputs"] = dict(sorted(Counter(b["reason"] for b in bad_inputs).items()))
+        counts["bad_inputs"] = bad_inputs
+        log.warning(
+            "%d input tar(s) could not be read to their end and were skipped: %s",
+            len(bad_inputs),
+            "; ".join(f"{b['input']}: {b['error']}" for b in bad_inputs[:5]),
+        )
     fingerprint = "sha256:" + fingerprints.hexdigest()  # = sha256 of the map fingerprints joined, in order
 
     vocab, names, members = lab["vocab"], lab["names"], lab["members"]
@@ -583,7 +608,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
         "head_before_curation": vinfo["head_before_curation"],
         "distributed": {
             "engine": cfg.run.engine,
-            "workers": int(cfg.run.workers),
+            "workers": d.engine.workers,
             "input_partitions": P,
             "reduce_partitions": R,
             "passes": d.passes,

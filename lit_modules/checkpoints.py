@@ -254,10 +254,10 @@ def compatibility_problems(
     c_space = c_cfg.get("data", {}).get("weak_label", {}).get("label_space")
     if s_space != c_space and "weak_label" in c_nc:
         problems.append(f"data.weak_label.label_space differs: checkpoint '{s_space}', this run '{c_space}'")
-    from lit_modules.heads import task_specs
+    from lit_modules.tasks import build_tasks
 
-    s_tasks = [t.name for t in task_specs(s_cfg.get("tasks", {}))]
-    c_tasks = [t.name for t in task_specs(c_cfg.get("tasks", {}))]
+    s_tasks = [t.name for t in build_tasks(s_cfg.get("tasks", {}))]
+    c_tasks = [t.name for t in build_tasks(c_cfg.get("tasks", {}))]
     if s_tasks != c_tasks:
         problems.append(f"tasks differ: checkpoint {s_tasks}, this run {c_tasks}")
     if bool(s_cfg.get("optim", {}).get("ema_decay")) != bool(c_cfg.get("optim", {}).get("ema_decay")):

@@ -2,7 +2,8 @@
 
 Batches are dicts keyed by dataset name (docs/ARCHITECTURE.md); a task's loss is computed only when
 its dataset is in the batch, and the images of all present datasets go through the backbone in one
-forward. Logged names follow docs/ARCHITECTURE.md ("Metric names").
+forward. What each task does (heads, loss, metrics) is its task object's (``lit_modules.tasks``), chosen
+once from the config. Logged names follow docs/ARCHITECTURE.md ("Metric names").
 """
 
 from __future__ import annotations
@@ -21,35 +22,17 @@ from omegaconf.errors import OmegaConfBaseException
 from timm.layers import resample_abs_pos_embed
 from timm.utils import ModelEmaV3
 from torch import nn
-from torchmetrics import MeanMetric, Metric
-from torchmetrics.classification import MulticlassAccuracy
-from torchmetrics.functional.classification import binary_average_precision, multilabel_average_precision
-from torchmetrics.utilities import dim_zero_cat
+from torchmetrics import MeanMetric
 
-from evaluation.retrieval import ranked_topk
 from lit_modules.backbones import create_backbone, feature_dim
 from lit_modules.checkpoints import CheckpointError, InitReport, compatibility_problems, describe, read_checkpoint
-from lit_modules.heads import TaskSpec, build_heads, task_datasets, task_specs
-from lit_modules.losses import classification_loss, multi_hot_softmax_loss, multi_label_bce_loss, proxy_logits
 from lit_modules.optim import backbone_group_matcher, build_optimizer, global_batch_size, param_group_spec, resolve_lr
 from lit_modules.strategy import any_rank
+from lit_modules.tasks import Task, build_heads, build_tasks
 
-__all__ = [
-    "MultiTaskModule",
-    "NonFiniteLossError",
-    "WeakLabelMAP",
-    "complete_config",
-    "load_module",
-    "precision_at_k",
-]
+__all__ = ["MultiTaskModule", "NonFiniteLossError", "complete_config", "load_module"]
 
 log = logging.getLogger(__name__)
-
-PRECISION_AT = (1, 5)
-MAP_THRESHOLDS = 100  # score bins of the bounded mAP state: 2 x C x T int64 (16 MB per 10k labels)
-# Exact mAP when the gathered predictions of a validation pass hold at most this many rows x labels (about
-# 5 bytes each: fp32 scores + bool targets, i.e. <= 84 MB): e.g. 40k rows at C=400, 800 rows at C=20k.
-EXACT_MAP_MAX_ELEMENTS = 1 << 24
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -72,116 +55,6 @@ def complete_config(config: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(merged, resolve=True)
 
 
-class WeakLabelMAP(Metric):
-    """Macro mean average precision over the labels that have at least one positive in the split (labels absent
-    from the evaluated split have no defined AP; torchmetrics would count them as 0).
-
-    Two modes, set before a pass with ``set_exact`` (the module decides per evaluation epoch from the number of
-    batches, the same on every rank, see ``MultiTaskModule._choose_map_mode``):
-
-    * exact: every score and target is kept (torchmetrics ``multilabel_average_precision``, thresholds=None); for
-      small passes only (``EXACT_MAP_MAX_ELEMENTS``);
-    * binned (default): per label, counts of positives and negatives in ``thresholds`` score bins, a fixed
-      ``int64 [2, C, T]`` state whatever the number of samples, summed over ranks. The AP equals torchmetrics'
-      ``MultilabelAveragePrecision(thresholds=T)``. Written here because torchmetrics' binned update materializes a
-      ``[B, C, T]`` int64 tensor per batch (20 GB at B=256, C=100k, T=100); this one needs ``[B, C]``.
-
-    Scores must lie in [0, 1] (probabilities).
-    """
-
-    full_state_update = False
-
-    def __init__(self, num_labels: int, thresholds: int = MAP_THRESHOLDS, exact: bool = False, **kwargs: Any):
-        super().__init__(**kwargs)
-        if thresholds < 2:
-            raise ValueError(f"thresholds={thresholds}: need at least 2 score bins")
-        self.num_labels = int(num_labels)
-        self.num_thresholds = int(thresholds)
-        self.exact = bool(exact)
-        self.register_buffer("edges", torch.linspace(0, 1, self.num_thresholds), persistent=False)
-        self.add_state("hist", torch.zeros(2, self.num_labels, self.num_thresholds, dtype=torch.long), "sum")
-        self.add_state("preds", [], "cat")
-        self.add_state("target", [], "cat")
-
-    def set_exact(self, exact: bool) -> None:
-        """Choose the mode of the next pass (call on every rank alike, before the first update)."""
-        self.exact = bool(exact)
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """``preds`` float ``[B, C]`` in [0, 1], ``target`` ``[B, C]`` (> 0 = positive)."""
-        positive = target > 0
-        if self.exact:
-            self.preds.append(preds.float())
-            self.target.append(positive)
-            return
-        # bin j holds scores in [edge_j, edge_j+1): a score counts as predicted positive at thresholds 0..j
-        bins = torch.bucketize(preds.float().clamp(0, 1), self.edges, right=True) - 1
-        labels = torch.arange(self.num_labels, device=preds.device)
-        index = (positive.long() * self.num_labels + labels) * self.num_thresholds + bins
-        counts = torch.bincount(index.flatten(), minlength=self.hist.numel())
-        self.hist += counts.view_as(self.hist)
-
-    def state_bytes(self) -> int:
-        """Bytes held by the metric state now (the bounded part plus any exact rows)."""
-        rows = [t for state in (self.preds, self.target) for t in (state if isinstance(state, list) else [state])]
-        return self.hist.numel() * self.hist.element_size() + sum(t.numel() * t.element_size() for t in rows)
-
-    def compute(self) -> torch.Tensor:
-        if self.exact:
-            return self._compute_exact()
-        neg, pos = self.hist[0].double(), self.hist[1].double()
-        has_positive = pos.sum(dim=1) > 0
-        if not bool(has_positive.any()):
-            return torch.tensor(float("nan"), device=self.hist.device)
-        neg, pos = neg[has_positive], pos[has_positive]
-        # counts at or above each threshold (reverse cumulative sum over the bins)
-        tps = pos.flip(1).cumsum(1).flip(1)
-        fps = neg.flip(1).cumsum(1).flip(1)
-        precision = tps / (tps + fps).clamp_min(1)  # 0 where nothing is predicted positive, as torchmetrics
-        recall = tps / pos.sum(dim=1, keepdim=True)
-        ones = torch.ones_like(precision[:, :1])
-        precision, recall = torch.cat([precision, ones], 1), torch.cat([recall, 0 * ones], 1)
-        ap = -((recall[:, 1:] - recall[:, :-1]) * precision[:, :-1]).sum(1)
-        return ap.mean().float()
-
-    def _compute_exact(self) -> torch.Tensor:
-        if isinstance(self.target, list) and not self.target:  # after a DDP sync the state is one tensor
-            return torch.tensor(float("nan"), device=self.hist.device)
-        target = dim_zero_cat(self.target)
-        has_positive = target.sum(dim=0) > 0
-        if not bool(has_positive.any()):
-            return torch.tensor(float("nan"), device=target.device)
-        preds = dim_zero_cat(self.preds)[:, has_positive]
-        target = target[:, has_positive].long()
-        if target.shape[1] == 1:  # torchmetrics' multilabel form needs two labels or more
-            return binary_average_precision(preds[:, 0], target[:, 0], thresholds=None, validate_args=False)
-        # Only the labels with positives (this also keeps torchmetrics' no-positive warning away).
-        return multilabel_average_precision(
-            preds, target, num_labels=target.shape[1], average="macro", thresholds=None, validate_args=False
-        )
-
-
-def precision_at_k(scores: torch.Tensor, positives: torch.Tensor, k: int) -> torch.Tensor:
-    """Per-row precision@k: the fraction of the ``k`` top-scored labels that are positives.
-
-    Ties among scores go to the lowest label id (``evaluation.retrieval.ranked_topk``, the rule of
-    ``evaluation.head_metrics``), so the value is deterministic.
-
-    Args:
-        scores: ``[B, C]`` label scores.
-        positives: ``[B, C]`` 0/1 targets.
-        k: how many top labels count; at most C (p@k is not defined with fewer labels than k).
-
-    Returns:
-        ``[B']`` values for the rows with at least one positive (rows without labels are not scored).
-    """
-    if not 1 <= k <= scores.shape[1]:
-        raise ValueError(f"precision@{k} needs 1 <= k <= the number of labels ({scores.shape[1]})")
-    _, top = ranked_topk(scores, k)
-    hits = (positives.gather(1, top) > 0).sum(dim=1).float() / k
-    return hits[(positives > 0).sum(dim=1) > 0]
-
-
 class MultiTaskModule(pl.LightningModule):
     """One backbone, heads for every enabled task, losses weighted per task.
 
@@ -202,8 +75,8 @@ class MultiTaskModule(pl.LightningModule):
         self.save_hyperparameters({"config": cfg, "num_classes": num_classes})
         self.cfg = cfg
         self.num_classes = num_classes
-        self.tasks: list[TaskSpec] = task_specs(cfg["tasks"])
-        self.datasets: list[str] = task_datasets(cfg["tasks"])
+        self.tasks: list[Task] = build_tasks(cfg["tasks"])
+        self.datasets: list[str] = list(dict.fromkeys(task.dataset for task in self.tasks))
         self.img_size = int(cfg["data"]["img_size"])
         self.channels_last = bool(cfg["model"]["channels_last"])
         self.nonfinite_mode = str(cfg["trainer"]["nonfinite_loss"])
@@ -220,7 +93,7 @@ class MultiTaskModule(pl.LightningModule):
         model_cfg = {**cfg["model"], "compile": False}
         self.backbone = create_backbone(model_cfg, self.img_size, apply_grad_checkpointing=not fsdp_checkpointing)
         self.feature_dim = feature_dim(self.backbone)
-        self.heads = build_heads(cfg["tasks"], self.feature_dim, num_classes)
+        self.heads = build_heads(self.tasks, self.feature_dim, num_classes)
 
         ema_decay = cfg["optim"]["ema_decay"]
         self.ema: ModelEmaV3 | None = None
@@ -246,37 +119,22 @@ class MultiTaskModule(pl.LightningModule):
         return nn.ModuleDict({"backbone": self.backbone, "heads": self.heads})
 
     def no_weight_decay(self) -> set[str]:
-        """timm protocol: the backbone's no-decay names (position embeddings, class tokens), prefixed, and
-        the embedding proxies: they are compared by cosine, so decay would only shrink their norm and raise
-        their effective LR."""
+        """timm protocol: the backbone's no-decay names (position embeddings, class tokens), prefixed, and the
+        tasks' own (the embedding proxies)."""
         names = getattr(self.backbone, "no_weight_decay", lambda: set())()
-        return {f"backbone.{n}" for n in names} | {"heads.embedding.proxies.*"}
+        return {f"backbone.{n}" for n in names} | {name for task in self.tasks for name in task.no_weight_decay}
 
     def group_matcher(self, coarse: bool = False):
         """timm protocol: layer ids for layer-wise LR decay (backbone layers, heads on top)."""
         return backbone_group_matcher(self.backbone)
 
     def _build_metrics(self) -> nn.ModuleDict:
-        metrics = nn.ModuleDict()
         # Sample-weighted mean of the total loss over every validation dataset (logged at epoch end: one name for
-        # batches of several dataloaders).
-        metrics["loss"] = MeanMetric()
-        for spec in self.tasks:
-            if spec.kind == "weak_label":
-                metrics["weak_label_map"] = WeakLabelMAP(self.num_classes["weak_label"])
-                for k in self._precision_ks():
-                    metrics[f"weak_label_p{k}"] = MeanMetric()
-            elif spec.kind == "classifier":
-                if spec.dataset == "weak_label":  # multi-hot target: top-1 is right when it is any label
-                    metrics[f"clf_{spec.head}_acc"] = MeanMetric()
-                else:
-                    n = self.num_classes[spec.dataset]
-                    metrics[f"clf_{spec.head}_acc"] = MulticlassAccuracy(num_classes=n, average="micro")
+        # batches of several dataloaders), then each task's own metrics.
+        metrics = nn.ModuleDict({"loss": MeanMetric()})
+        for task in self.tasks:
+            metrics.update(task.make_metrics(self.num_classes))
         return metrics
-
-    def _precision_ks(self) -> list[int]:
-        """The p@k of PRECISION_AT defined for this label space (k <= C; p@5 of 3 labels is not reported)."""
-        return [k for k in PRECISION_AT if k <= self.num_classes.get("weak_label", 0)]
 
     # --------------------------------------------------------------------------------- forward
 
@@ -297,46 +155,6 @@ class MultiTaskModule(pl.LightningModule):
         if "embedding" not in self.heads:
             raise ValueError("this model has no embedding head (tasks.embedding.enabled=false): use feature='backbone'")
         return self.heads["embedding"](feats).float()
-
-    def _task_logits(self, spec: TaskSpec, feats: torch.Tensor, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-        if spec.kind == "weak_label":
-            return self.heads["weak_label"](feats)
-        if spec.kind == "embedding":
-            if spec.dataset not in embeddings:
-                embeddings[spec.dataset] = self.heads["embedding"](feats)
-            temperature = float(self.cfg["tasks"]["embedding"]["temperature"])
-            return proxy_logits(embeddings[spec.dataset], self.heads["embedding"].proxies[spec.dataset], temperature)
-        return self.heads["classifiers"][spec.head](feats)
-
-    def _loss(self, spec: TaskSpec, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if spec.kind == "weak_label":
-            wl = self.cfg["tasks"]["weak_label"]
-            fn = multi_label_bce_loss if wl["loss"] == "bce" else multi_hot_softmax_loss
-            return fn(logits, target, float(wl["label_smoothing"]))
-        if spec.kind == "embedding":
-            return classification_loss(logits, target)  # logits are already cosine / temperature
-        smoothing = float(self.cfg["tasks"]["classifiers"][spec.head]["label_smoothing"])
-        return classification_loss(logits, target, smoothing)
-
-    def _check_target(self, spec: TaskSpec, target: torch.Tensor | None, batch_size: int) -> None:
-        n = self.num_classes[spec.dataset]
-        if target is None:
-            raise ValueError(
-                f"batch['{spec.dataset}'] has no 'target' (label ids arrive as label_ids/label_weights): apply "
-                "datamodules.targets.BatchTransform on the device first (the DataModule's on_after_batch_transfer)"
-            )
-        multi_hot = target.ndim == 2 and target.is_floating_point()
-        ok = (multi_hot and tuple(target.shape) == (batch_size, n)) or (
-            target.ndim == 1 and not target.is_floating_point() and target.shape[0] == batch_size
-        )
-        if spec.kind == "weak_label" and not multi_hot:
-            ok = False
-        if not ok:
-            expected = f"float [{batch_size}, {n}] multi-hot" + ("" if spec.kind == "weak_label" else " or long [B]")
-            raise ValueError(
-                f"batch['{spec.dataset}']['target'] has dtype {target.dtype} shape {tuple(target.shape)}; task "
-                f"'{spec.name}' expects {expected} (num_classes['{spec.dataset}']={n})"
-            )
 
     def features_by_dataset(self, batch: Mapping[str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Backbone features of every dataset in the batch that some task reads (one forward)."""
@@ -370,27 +188,24 @@ class MultiTaskModule(pl.LightningModule):
         feats = self.features_by_dataset(batch)
         losses: dict[str, torch.Tensor] = {}
         logits: dict[str, torch.Tensor] = {}
-        embeddings: dict[str, torch.Tensor] = {}
+        caches: dict[str, dict[str, torch.Tensor]] = {ds: {} for ds in feats}  # head outputs shared per dataset
         total = None
-        for spec in self.tasks:
-            if spec.dataset not in feats:
+        for task in self.tasks:
+            if task.dataset not in feats:
                 continue
-            target = batch[spec.dataset].get("target")
-            self._check_target(spec, target, feats[spec.dataset].shape[0])
-            out = self._task_logits(spec, feats[spec.dataset], embeddings)
-            loss = self._loss(spec, out, target)
-            losses[spec.name], logits[spec.name] = loss, out
-            total = loss * spec.weight if total is None else total + loss * spec.weight
+            target = batch[task.dataset].get("target")
+            task.check_target(target, feats[task.dataset].shape[0], self.num_classes)
+            out = task.logits(self.heads, feats[task.dataset], caches[task.dataset])
+            loss = task.loss(out, target)
+            losses[task.name], logits[task.name] = loss, out
+            total = loss * task.weight if total is None else total + loss * task.weight
         return total, losses, logits
 
     def forward_all_heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every task head for one image batch (FLOP counting, inspection)."""
         feats = self(images)
-        embeddings: dict[str, torch.Tensor] = {}
-        if "embedding" in self.heads:  # one image batch: one projection shared by every proxy bank
-            embedding = self.heads["embedding"](feats)
-            embeddings = {spec.dataset: embedding for spec in self.tasks if spec.kind == "embedding"}
-        return {spec.name: self._task_logits(spec, feats, embeddings) for spec in self.tasks}
+        cache: dict[str, torch.Tensor] = {}  # one image batch: head outputs shared by every task
+        return {task.name: task.logits(self.heads, feats, cache) for task in self.tasks}
 
     def count_flops(self, batch_size: int = 1) -> int:
         """FLOPs of one forward pass (backbone + every head) at ``data.img_size``, counted with
@@ -493,15 +308,10 @@ class MultiTaskModule(pl.LightningModule):
             )
         return {list(loaders)[dataloader_idx]: batch}
 
-    def _choose_map_mode(self, stage: str) -> None:
-        """Exact weak-label mAP when the whole pass is small, else the bounded binned state (``WeakLabelMAP``).
-
-        The row count is bounded from the batch counts Lightning planned (the same on every rank) times the eval
-        batch size and the world size, so every rank picks the same mode.
-        """
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
-        if "weak_label_map" not in metrics:
-            return
+    def _plan_eval(self, stage: str) -> None:
+        """Tell each task how many rows the coming evaluation pass holds (weak-label mAP picks its exact or bounded
+        mode from it): the batch counts Lightning planned (the same on every rank) x the eval batch size x the
+        world size, so every rank decides alike."""
         trainer = self._trainer
         if trainer is None:
             return
@@ -512,13 +322,15 @@ class MultiTaskModule(pl.LightningModule):
         total = sum(batches) if isinstance(batches, (list, tuple)) else batches
         data = self.cfg["data"]
         rows = float(total) * int(data["eval_batch_size"] or data["batch_size"]) * max(1, int(trainer.world_size))
-        metrics["weak_label_map"].set_exact(rows * self.num_classes["weak_label"] <= EXACT_MAP_MAX_ELEMENTS)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        for task in self.tasks:
+            task.plan(metrics, rows)
 
     def on_validation_epoch_start(self) -> None:
-        self._choose_map_mode("val")
+        self._plan_eval("val")
 
     def on_test_epoch_start(self) -> None:
-        self._choose_map_mode("test")
+        self._plan_eval("test")
 
     def _log_eval_loss(self, stage: str) -> None:
         metric = (self.val_metrics if stage == "val" else self.test_metrics)["loss"]
@@ -542,28 +354,11 @@ class MultiTaskModule(pl.LightningModule):
         for name, value in losses.items():
             self.log(f"{stage}/{name}/loss", value.detach(), batch_size=n, **kw)
         kw.pop("sync_dist")  # torchmetrics objects sync themselves
-        for spec in self.tasks:
-            if spec.name not in logits:
-                continue
-            target = batch[spec.dataset]["target"]
-            out = logits[spec.name].detach().float()
-            if spec.kind == "weak_label":
-                positives = target > 0.5
-                probs = out.sigmoid() if self.cfg["tasks"]["weak_label"]["loss"] == "bce" else out.softmax(dim=1)
-                metrics["weak_label_map"].update(probs, positives)
-                self.log(f"{stage}/weak_label/mAP", metrics["weak_label_map"], **kw)
-                for k in self._precision_ks():
-                    per_row = precision_at_k(probs, positives, k)
-                    if per_row.numel():
-                        metrics[f"weak_label_p{k}"].update(per_row)
-                    self.log(f"{stage}/weak_label/p@{k}", metrics[f"weak_label_p{k}"], **kw)
-            elif spec.kind == "classifier":
-                metric = metrics[f"clf_{spec.head}_acc"]
-                if isinstance(metric, MulticlassAccuracy):
-                    metric.update(out, target)
-                else:
-                    metric.update(target.gather(1, out.argmax(dim=1, keepdim=True)).squeeze(1).gt(0.5).float())
-                self.log(f"{stage}/clf/{spec.head}/acc", metric, **kw)
+        for task in self.tasks:
+            if task.name in logits:
+                out = logits[task.name].detach().float()
+                for name, metric in task.update(metrics, out, batch[task.dataset]["target"]).items():
+                    self.log(f"{stage}/{name}", metric, **kw)
         return total
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0):
@@ -620,7 +415,9 @@ class MultiTaskModule(pl.LightningModule):
             self._backbone_compiled = True
 
     def setup(self, stage: str) -> None:
-        # Skipped when the caller already ran it (train.py), or the weights came from load_module.
+        """``init_from`` loads here, the one place pretrained weights load: on every rank, before the strategy wraps
+        the model and before a resumed checkpoint (``ckpt_path``) restores over it. Skipped when they already
+        loaded (a direct ``load_pretrained`` call) or the weights came from ``load_module``."""
         if stage == "fit" and self.cfg.get("init_from") and self.init_report is None and not self._weights_restored:
             from tracking.run_dir import resolve_init_from  # a run directory or run:<axis>=<value>,... spec too
 

@@ -13,7 +13,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from omegaconf import DictConfig, OmegaConf
 
 from lit_modules.backbones import block_classes, create_backbone
-from lit_modules.heads import task_datasets
+from lit_modules.tasks import task_datasets
 
 __all__ = [
     "all_gather_cpu",

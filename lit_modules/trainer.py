@@ -133,7 +133,7 @@ def _final_batch(trainer: Trainer) -> bool:
 
 
 class AbortAllRanksOnError(Callback):
-    """One rank's exception ends every rank within seconds, each with an error that names the cause.
+    """One rank's exception ends every rank within seconds, and every record names the first rank that failed.
 
     Without it, the other ranks of a run wait in their next collective (a gradient all-reduce, a checkpoint's
     data-position gather) until the process group's timeout (30 min by default) when the launcher does not kill
@@ -144,9 +144,17 @@ class AbortAllRanksOnError(Callback):
     marks run.json failed) and ends the process with exit code 1 (``os._exit``: its main thread is stuck inside a
     collective that cannot be interrupted). No torch or Lightning facility does this: NCCL's watchdog acts only at
     the timeout.
+
+    A rank that dies without a word (kill -9, the OOM killer, a lost node) writes nothing; the launcher then stops the
+    others (torchrun: SIGTERM), whose own errors are consequences ("DataLoader worker ... Terminated"). So every rank
+    also registers its host and pid and refreshes a heartbeat key while it lives, and ``first_failure`` names, in
+    this order: a rank that reported an error, a rank whose process is gone (same host) or whose heartbeat stopped,
+    and only then this rank's own exception.
     """
 
     KEY = "repo/abort"
+    PROC = "repo/proc/{}"
+    ALIVE = "repo/alive/{}"
 
     def __init__(self, poll_s: float = 1.0, on_abort: Any = None) -> None:
         self.poll_s = float(poll_s)
@@ -154,25 +162,34 @@ class AbortAllRanksOnError(Callback):
         self._store = None
         self._failed_here = False
         self._stop = None
+        self._rank = 0
+        self._world = 1
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        import json
         import threading
 
         import torch.distributed as dist
+
+        from tracking.run_dir import this_process
 
         if self._store is not None or trainer.world_size < 2 or not (dist.is_available() and dist.is_initialized()):
             return
         # The default group's store: private in torch, but the one store every rank of the run shares already.
         self._store = dist.distributed_c10d._get_default_store()
         self._stop = threading.Event()
-        rank = trainer.global_rank
-        threading.Thread(target=self._watch, args=(rank,), name="abort-all-ranks", daemon=True).start()
+        self._rank, self._world = trainer.global_rank, trainer.world_size
+        with contextlib.suppress(Exception):
+            self._store.set(self.PROC.format(self._rank), json.dumps(this_process()))
+        threading.Thread(target=self._watch, args=(self._rank,), name="abort-all-ranks", daemon=True).start()
 
     def _watch(self, rank: int) -> None:
         import sys
+        import time
 
         while not self._stop.wait(self.poll_s):
             try:
+                self._store.set(self.ALIVE.format(rank), repr(time.time()))
                 if not self._store.check([self.KEY]):
                     continue
                 cause = self._store.get(self.KEY).decode(errors="replace")
@@ -187,10 +204,57 @@ class AbortAllRanksOnError(Callback):
                     self.on_abort(message)
             os._exit(1)
 
+    def _peer_gone(self, rank: int) -> str | None:
+        """Why peer ``rank`` counts as dead (its process is gone, or its heartbeat stopped), else None."""
+        import json
+        import time
+
+        from tracking.run_dir import process_alive
+
+        proc = (
+            json.loads(self._store.get(self.PROC.format(rank))) if self._store.check([self.PROC.format(rank)]) else {}
+        )
+        if proc and process_alive(proc) is False:
+            return (
+                f"rank {rank} (pid {proc.get('pid')} on {proc.get('host')}) died without an error "
+                "(killed: kill -9, the OOM killer or a lost node)"
+            )
+        key = self.ALIVE.format(rank)
+        if self._store.check([key]):
+            silent = time.time() - float(self._store.get(key).decode())
+            if silent > 3 * self.poll_s:
+                return f"rank {rank} stopped responding ({silent:.0f} s without a heartbeat: its process or node died)"
+        return None
+
+    def first_failure(self, exception: BaseException) -> str:
+        """The cause to record for a failed run, seen from this rank (see the class docstring)."""
+        own = f"{type(exception).__name__}: {exception}"
+        if self._store is None:
+            return own
+        try:
+            if self._store.check([self.KEY]):
+                cause = self._store.get(self.KEY).decode(errors="replace")
+                if not cause.startswith(f"rank {self._rank} "):
+                    return f"{cause} (rank {self._rank} then: {own})"
+            for rank in range(self._world):
+                gone = None if rank == self._rank else self._peer_gone(rank)
+                if gone:
+                    return f"{gone} (rank {self._rank} then: {own})"
+        except Exception:  # the store is gone too: this rank's own error is all there is
+            pass
+        return f"rank {self._rank} failed: {own}"
+
     def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
         if self._store is None or self._failed_here:
             return
         self._failed_here = True
+        # A consequence of a dead peer (torchrun's SIGTERM, a closed connection) must not pass for the first failure.
+        try:
+            peer_died = any(self._peer_gone(r) for r in range(self._world) if r != trainer.global_rank)
+        except Exception:
+            peer_died = False
+        if peer_died:
+            return
         cause = f"rank {trainer.global_rank} failed: {type(exception).__name__}: {exception}"[:4000]
         with contextlib.suppress(Exception):
             self._store.set(self.KEY, cause)
@@ -261,10 +325,9 @@ def build_trainer(
     from lit_modules.strategy import build_strategy
 
     t = cfg.trainer
-    all_callbacks: list[Callback] = [
-        TQDMProgressBar(refresh_rate=max(1, min(20, t.log_every_n_steps))),
-        AbortAllRanksOnError(on_abort=on_abort),
-    ]
+    all_callbacks: list[Callback] = [TQDMProgressBar(refresh_rate=max(1, min(20, t.log_every_n_steps)))]
+    if not any(isinstance(c, AbortAllRanksOnError) for c in callbacks):
+        all_callbacks.append(AbortAllRanksOnError(on_abort=on_abort))
     if logger is not None:
         all_callbacks.append(LearningRateMonitor(logging_interval="step"))
     if enable_checkpointing:

@@ -49,6 +49,8 @@ AXES = (
     "init",
     "seed",
     "img_size",
+    "wandb_id",
+    "replicate",
 )
 # A run of evaluate.py without a checkpoint: its axes say init "random" (or model "random-init").
 RANDOM_INIT = "random"
@@ -69,6 +71,22 @@ FINAL_STATUSES = ("finished",)
 def is_metric(key: str) -> bool:
     """Metric names carry a '/' (train/loss, eval/fashion_mnist/...); axis names do not."""
     return "/" in key
+
+
+def is_private(key: str) -> bool:
+    """Record entries that are neither axes nor metrics (``_science``: what the tables compare runs by)."""
+    return key.startswith("_")
+
+
+def comparison_keys(config: Mapping[str, Any], lineage: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """(flat science keys plus ``lineage.<entry>`` for the lineage that changes results, replicate fingerprint):
+    the same values from a run directory (config.yaml + run.json) and from its W&B run (config ``science`` +
+    ``lineage``), so both give the same tables."""
+    from tracking.identity import REPLICATE_LINEAGE, replicate_fingerprint
+
+    keys = dict(config)
+    keys.update({f"lineage.{k}": lineage.get(k) for k in REPLICATE_LINEAGE})
+    return keys, replicate_fingerprint(config, lineage)[:8]
 
 
 def is_random_init(record: Mapping[str, Any]) -> bool:
@@ -169,10 +187,16 @@ def make_record(
     wall_hours: float | None = None,
     devices: int | None = None,
     params: Mapping[str, Any] | None = None,
+    wandb_id: str | None = None,
+    science: Mapping[str, Any] | None = None,
+    lineage: Mapping[str, Any] | None = None,
+    sweep_metric: str | None = None,
 ) -> dict[str, Any]:
     """The one record shape of both sources. Non-numeric and non-finite metrics are dropped (a missing
     metric is absent, never zero); ``cost/*`` metrics are derived from wall time and devices; swept
-    parameters not covered by an axis (e.g. ``tasks.embedding.dim``) become axes under their own name."""
+    parameters not covered by an axis (e.g. ``tasks.embedding.dim``) become axes under their own name.
+    ``science`` and ``lineage`` give the run's comparison keys (``_science``) and replicate fingerprint
+    (``replicate``): runs with different fingerprints are never averaged."""
     record: dict[str, Any] = {
         "run_name": run_name,
         "source": source,
@@ -189,17 +213,25 @@ def make_record(
         "init": RANDOM_INIT if is_random_init(axes) else (axes.get("init") or "trained"),
         "seed": axes.get("seed"),
         "img_size": axes.get("img_size"),
+        "wandb_id": wandb_id,
     }
+    keys, record["replicate"] = comparison_keys(science or {}, lineage or {})
+    record["_science"] = keys
+    if sweep_metric:
+        record["_sweep_metric"] = sweep_metric
     for key, value in axes.items():  # axes a later writer adds still come through
-        if key not in record and not is_metric(key):
+        if key not in record and not is_metric(key) and not is_private(key):
             record[key] = value
     for key, value in (params or {}).items():
-        if key not in COVERED_PARAMS and key not in record and not is_metric(key):
+        if key not in COVERED_PARAMS and key not in record and not is_metric(key) and not is_private(key):
             record[key] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
     for key, value in metrics.items():
         number = _finite(value)
         if is_metric(str(key)) and number is not None:
             record[str(key)] = number
+    # The run's own figure (train.py: every segment's wall time) when it has one; else the source's clock.
+    wall_hours = record.get("cost/wall_hours", wall_hours)
+    devices = (lineage or {}).get("world_size") or devices
     if wall_hours is not None:
         record["cost/wall_hours"] = wall_hours
     if devices is not None:
@@ -229,9 +261,12 @@ def read_run_dir(path: os.PathLike) -> dict[str, Any] | None:
         result = _read_json(eval_file)
         if result and isinstance(result.get("metrics"), dict):
             metrics.update(result["metrics"])  # evaluate.py's latest word wins over the copy in metrics.json
+    from tracking.identity import science
+    from tracking.run_dir import effective_status
+
     axes = dict(run.get("axes") or {})
     axes.setdefault("experiment", run.get("experiment"))
-    params = sweep.get("params") or {}
+    params = sweep.get("params") or run.get("sweep_params") or {}  # the local runner's, else `wandb agent`'s
     arch = params.get("model") if isinstance(params.get("model"), str) else model_preset(config.get("model"))
     group = (config.get("logger") or {}).get("group") or sweep.get("sweep") or run.get("experiment")
     return make_record(
@@ -239,12 +274,16 @@ def read_run_dir(path: os.PathLike) -> dict[str, Any] | None:
         metrics,
         run_name=str(run.get("run_name") or path.name),
         source="local",
-        status=run.get("status"),
+        status=effective_status(run),
         group=group,
         arch=arch,
         wall_hours=_hours(run.get("started"), run.get("ended")),
         devices=device_count(config.get("trainer")),
         params=params,
+        wandb_id=run.get("wandb_id"),
+        science=science(config),
+        lineage=run.get("lineage") or {},
+        sweep_metric=sweep.get("metric"),
     )
 
 
@@ -288,10 +327,14 @@ def record_from_wandb_run(run: Any) -> dict[str, Any]:
     Axes come from the run config's "axes" (train.py logs them); a sweep parameter ``model`` that W&B
     kept as a string is the preset's name; wall time is the summary's ``_runtime``.
     """
+    from tracking.identity import science
+
     config = dict(getattr(run, "config", {}) or {})
     summary = getattr(run, "summary", {}) or {}
     summary = dict(getattr(summary, "_json_dict", None) or summary)
     axes = dict(config.get("axes") or {})
+    # train.py logs its flat science keys under "science": a sweep's group choices replace config sections.
+    keys = config.get("science") if isinstance(config.get("science"), Mapping) else science(config)
     model_cfg = config.get("model")
     arch = model_cfg if isinstance(model_cfg, str) else model_preset(model_cfg)
     runtime = _finite(summary.get("_runtime"))
@@ -309,6 +352,9 @@ def record_from_wandb_run(run: Any) -> dict[str, Any]:
         wall_hours=runtime / 3600.0 if runtime is not None else None,
         devices=device_count(config.get("trainer")),
         params=params,
+        wandb_id=getattr(run, "id", None),
+        science=keys,
+        lineage=config.get("lineage") if isinstance(config.get("lineage"), Mapping) else {},
     )
 
 
@@ -347,6 +393,47 @@ def collect_wandb(
     records = [record_from_wandb_run(run) for run in api.runs(path, filters=wandb_filters(sweep, group, tags))]
     if not include_unfinished:
         records = [r for r in records if r["status"] in FINAL_STATUSES]
+    return sorted(records, key=lambda r: r["run_name"])
+
+
+def dedupe(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One record per W&B run: a run found in run directories and in W&B (synced, or its offline folders) is kept
+    once, from the first source listed (collect local records first: they hold the run directory's files)."""
+    seen: set[str] = set()
+    kept = []
+    for record in records:
+        wandb_id = record.get("wandb_id")
+        if wandb_id and wandb_id in seen:
+            continue
+        if wandb_id:
+            seen.add(wandb_id)
+        kept.append(record)
+    return kept
+
+
+def collect_wandb_offline(
+    wandb_dir: os.PathLike | str = "wandb",
+    group: str | None = None,
+    include_unfinished: bool = False,
+) -> list[dict[str, Any]]:
+    """Records of the offline W&B runs under ``wandb_dir`` (not yet synced), read with W&B's own reader and merged
+    per run id as the server merges resumed runs (``tracking.wandb_offline``): the same records ``collect_wandb``
+    gives after `wandb sync`.
+
+    Args:
+        group: keep runs whose W&B group, sweep name or experiment equals this.
+        include_unfinished: keep runs whose state is not "finished".
+    """
+    from tracking.wandb_offline import read_offline_runs
+
+    records = []
+    for run in read_offline_runs(wandb_dir).values():
+        record = record_from_wandb_run(run)
+        record["source"] = "wandb-offline"
+        if group and group not in (record.get("group"), record.get("experiment")):
+            continue
+        if include_unfinished or record["status"] in FINAL_STATUSES:
+            records.append(record)
     return sorted(records, key=lambda r: r["run_name"])
 
 

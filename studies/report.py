@@ -2,6 +2,7 @@
 
     python make_report.py --runs runs --group demo_cpu --out results/demo_cpu
     python make_report.py --wandb ENTITY/PROJECT --sweep SWEEP_ID --out results/scale_arch
+    python make_report.py --wandb-dir wandb --group demo_cpu --out results/demo_cpu   # offline W&B runs, unsynced
 
 Writes to ``--out``: ``<table>.md`` / ``.csv`` (``.tex`` with ``--latex``) for every table the runs fill,
 ``scaling.png`` (+ ``scaling_fit.json``, the power-law exponents), ``label_space.png`` when both label
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studies.collect import AXES, collect_local, collect_wandb, metric_names
+from studies.collect import AXES, collect_local, collect_wandb, collect_wandb_offline, dedupe, metric_names
 from studies.plots import PowerLaw, label_space_plot, scaling_plot
 from studies.tables import Table, build_tables, choose_metric, param_axes
 from tracking.textio import escape_cell
@@ -133,6 +134,9 @@ writes to --out: <table>.md and .csv (.tex with --latex) per table the runs fill
     parser.add_argument("--group", default=None, help="only runs of this W&B group / sweep name / experiment")
     parser.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT", help="collect from the W&B API (online)")
     parser.add_argument("--sweep", default=None, help="with --wandb: only runs of this sweep id")
+    parser.add_argument(
+        "--wandb-dir", default=None, help="offline W&B runs (a ./wandb folder), read with W&B's reader, merged per id"
+    )
     parser.add_argument("--tag", action="append", default=[], help="with --wandb: runs with any of these tags")
     parser.add_argument("--metric", default=None, help="table cell / plot metric (default: chosen from the runs)")
     parser.add_argument("--include-unfinished", action="store_true", help="also tabulate running/failed runs")
@@ -144,7 +148,7 @@ writes to --out: <table>.md and .csv (.tex with --latex) per table the runs fill
 def main(argv: Sequence[str] | None = None) -> int:
     """``make_report.py``: 0 when a table was written, 1 when the runs filled none, 2 on bad arguments."""
     args = build_parser().parse_args(argv)
-    if not args.runs and not args.wandb:
+    if not args.runs and not args.wandb and not args.wandb_dir:
         args.runs = "runs"
     records: list[dict] = []
     try:
@@ -158,10 +162,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tags=args.tag,
                 include_unfinished=args.include_unfinished,
             )
+        if args.wandb_dir:
+            records += collect_wandb_offline(
+                args.wandb_dir, group=args.group, include_unfinished=args.include_unfinished
+            )
     except FileNotFoundError as err:
         print(f"make_report: {err}", file=sys.stderr)
         return 2
-    source = " + ".join(x for x in (args.runs and f"{args.runs}/", args.wandb and f"W&B {args.wandb}") if x)
+    found = len(records)
+    records = dedupe(records)  # a run in runs/ and in W&B is one run
+    if len(records) < found:
+        print(f"{found - len(records)} W&B run(s) already collected from run directories: counted once")
+    sources = (
+        args.runs and f"{args.runs}/",
+        args.wandb and f"W&B {args.wandb}",
+        args.wandb_dir and f"{args.wandb_dir}/",
+    )
+    source = " + ".join(x for x in sources if x)
     where = f" in group {args.group}" if args.group else ""
     print(f"{len(records)} runs from {source}{where}")
     formats = ("md", "csv", "tex") if args.latex else ("md", "csv")

@@ -8,18 +8,21 @@ unchanged against a server. This module runs the same files with no server::
     python run_sweep.py sweeps/scale_arch.yaml --parallel 4 --gpus 0,1,2,3,4,5,6,7
     python run_sweep.py sweeps/demo_cpu.yaml -- trainer.max_steps=50   # extra overrides for every run
 
-- Validation: W&B's published schema (``wandb_sweep_schema.json``, vendored from the ``sweeps`` package,
-  checked with jsonschema when installed) plus the checks a local run needs (known command macros, no
-  null values); every run's overrides must compose with ``configs.compose`` before anything starts.
-- Expansion: ``grid`` with itertools.product in W&B's order; ``random`` drawn from W&B's distributions
-  with a seeded generator (``--count`` draws, ``--seed``). Both are a few lines here because W&B's
-  engine (``sweeps``) pins numpy<2. ``bayes`` needs a server's metric feedback: use ``wandb agent``.
+- Validation: what a local run needs (an ``${args...}`` macro, no null values, no runner keys, flat parameters);
+  every run's overrides must compose with ``configs.compose`` before anything starts. W&B's own schema is checked
+  by ``wandb sweep`` on the server, and for every shipped file by the tests (tests/test_studies_sweeps.py).
+- Expansion: ``grid`` with itertools.product in W&B's order; ``random`` draws, seeded (``--count``, ``--seed``),
+  from the distributions the shipped sweeps use (values, uniform, int_uniform, log_uniform_values). They are a few
+  lines here because W&B's engine (``sweeps``) pins numpy<2; ``bayes`` and the other distributions need
+  ``wandb agent``.
 - Runs: name = sweep name + the run's varying parameters (deterministic); command = the sweep's
   ``command:`` with W&B's macros expanded exactly as ``wandb agent`` expands them, followed by
   ``logger.group=<sweep name> run_name=<name> output_dir=<dir>`` and any extra overrides.
   W&B logs offline unless ``--wandb-mode`` says otherwise.
-- Resume: a run whose ``<output_dir>/<name>/run.json`` says ``finished`` is skipped; any other is
-  started again, and train.py continues from its last checkpoint by itself (``resume=auto``).
+- Resume: each run is decided from its directory (``decide``): finished -> skipped; killed, failed or crashed ->
+  started again, and train.py continues from its last checkpoint by itself (``resume=auto``); running now ->
+  left alone; a directory whose stored config differs from the plan -> named, and redone only with ``--rerun``
+  (the old directory moved aside). Ctrl-C stops the live runs and still writes the summary.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import functools
 import hashlib
 import itertools
 import json
@@ -67,17 +69,10 @@ ARG_MACROS = (
     "args_append_hydra",
     "args_override_hydra",
 )
-KNOWN_MACROS = ("env", "interpreter", "program", *ARG_MACROS)
 # Set by this runner for every run; a sweep parameter or extra override must not set them.
 RUNNER_KEYS = ("logger.group", "run_name", "output_dir")
 LOCAL_METHODS = ("grid", "random")
 MAX_GRID_RUNS = 100_000
-# W&B's published sweep-config schema, vendored unchanged from the `sweeps` package (MIT, see the .LICENSE file):
-# that package pins numpy<2, so the repo validates with jsonschema against its schema instead of importing it.
-SCHEMA_PATH = Path(__file__).with_name("wandb_sweep_schema.json")
-# The distributions W&B deprecated in favour of *_values (sweeps' PARAM_DEPRECATION_MAP): a violation there too.
-DEPRECATED = {"log_uniform": "log_uniform_values", "inv_log_uniform": "inv_log_uniform_values"}
-DEPRECATED["q_log_uniform"] = "q_log_uniform_values"
 GRID_KINDS = ("constant", "categorical", "int_uniform", "q_uniform")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
 
@@ -121,98 +116,41 @@ def load_sweep(path: os.PathLike | str) -> Sweep:
 
 
 def validate_sweep(config: Any, source: str = "sweep") -> None:
-    """Check a sweep config against W&B's schema (``schema_problems``) and what a local run needs.
+    """Check a sweep config for what a local run needs (``_local_problems``).
 
     Raises:
-        SweepError: listing every violation, each naming the field.
+        SweepError: listing every problem found, each naming the field.
     """
     if not isinstance(config, dict):
         raise SweepError(f"{source}: a sweep file holds a mapping (program, method, metric, parameters, command)")
-    problems = schema_problems(config) + _local_problems(config)
+    problems = _local_problems(config)
     if problems:
         unique = list(dict.fromkeys(problems))
-        raise SweepError(f"{source}: invalid W&B sweep config:\n  - " + "\n  - ".join(unique))
-
-
-@functools.cache
-def _validators() -> tuple[Any, Any] | None:
-    """(whole-config validator, one-parameter validator) on W&B's schema; None without jsonschema."""
-    try:
-        import jsonschema
-    except ImportError:  # a test-only requirement: the local checks and `wandb sweep` still validate
-        log.info("jsonschema not installed: sweep files are checked without W&B's schema")
-        return None
-    schema = json.loads(SCHEMA_PATH.read_text())
-    formats = jsonschema.FormatChecker()
-    # The custom formats the sweeps package registers on its validator (sweeps/config/schema.py).
-    formats.checks("float")(lambda v: isinstance(v, float))
-    formats.checks("integer")(lambda v: isinstance(v, int))
-    parameter = {**schema["definitions"]["parameter"], "definitions": schema["definitions"]}
-    return (
-        jsonschema.Draft7Validator(schema, format_checker=formats),
-        jsonschema.Draft7Validator(parameter, format_checker=formats),
-    )
-
-
-def schema_problems(config: Mapping[str, Any]) -> list[str]:
-    """What W&B's sweep engine reports for a config: its JSON-schema violations (one message per parameter
-    that matches no parameter form), ``min`` not below ``max``, probabilities that do not sum to 1, and the
-    deprecated log distributions. Empty when valid (or when jsonschema is not installed)."""
-    validators = _validators()
-    if validators is None:
-        return []
-    whole, one = validators
-    problems = []
-    for err in whole.iter_errors(config):
-        path = [str(p) for p in err.absolute_path]
-        if path[:1] == ["parameters"] and len(path) > 1:
-            continue  # reported per parameter below, with its name
-        problems.append(f"{'.'.join(path) + ': ' if path else ''}{err.message}")
-    params = config.get("parameters")
-    if "parameters" not in config:
-        problems.append("`parameters` is required")
-    for name, spec in params.items() if isinstance(params, dict) else ():
-        if not isinstance(spec, dict) or not one.is_valid(spec):
-            problems.append(f"invalid hyperparameter configuration: {name} ({spec!r} matches no W&B parameter form)")
-            continue
-        low, high = spec.get("min"), spec.get("max")
-        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low >= high:
-            problems.append(f"{name}: min {low} is not less than max {high}")
-        probs = spec.get("probabilities")
-        if probs is not None and (len(probs) != len(spec.get("values", [])) or not math.isclose(sum(probs), 1.0)):
-            problems.append(f"Parameter {name}: probabilities {probs} must match values and sum to 1")
-        if spec.get("distribution") in DEPRECATED:
-            problems.append(
-                f"{name}: distribution {spec['distribution']} is deprecated, use {DEPRECATED[spec['distribution']]}"
-            )
-    return problems
+        raise SweepError(f"{source}: invalid sweep config:\n  - " + "\n  - ".join(unique))
 
 
 def _local_problems(config: dict) -> list[str]:
     problems: list[str] = []
     command = config.get("command", list(DEFAULT_COMMAND))
-    if isinstance(command, list):
-        macros = [m for token in command for m in re.findall(r"\$\{([^}]*)\}", str(token))]
-        for macro in macros:
-            if macro not in KNOWN_MACROS and not macro.startswith("envvar:"):
-                problems.append(
-                    f"command: macro ${{{macro}}} is not one the local runner expands ({', '.join(KNOWN_MACROS)})"
-                )
-        if not any(m in ARG_MACROS for m in macros):
-            problems.append("command: no ${args...} macro, so the sweep's parameters would never reach the program")
-        if "program" in macros and not config.get("program"):
-            problems.append("program: missing, but the command uses ${program}")
+    macros = (
+        [m for token in command for m in re.findall(r"\$\{([^}]*)\}", str(token))] if isinstance(command, list) else []
+    )
+    if not any(m in ARG_MACROS for m in macros):
+        problems.append("command: no ${args...} macro, so the sweep's parameters would never reach the program")
     params = config.get("parameters")
-    if isinstance(params, dict):
-        for name, spec in params.items():
-            if name in RUNNER_KEYS:
-                problems.append(f"parameters.{name}: set by the runner (sweep name, run name, --output-dir)")
-            if isinstance(spec, dict):
-                values = spec.get("values", [spec["value"]] if "value" in spec else [])
-                if isinstance(values, list) and any(v is None for v in values):
-                    problems.append(f"parameters.{name}: null reaches the program as the string 'None'")
-                if "parameters" in spec:
-                    problems.append(f"parameters.{name}: nested parameters are not expanded locally; use dotted keys")
+    if not isinstance(params, dict) or not params:
+        problems.append("parameters: a mapping of at least one parameter is required")
+    for name, spec in params.items() if isinstance(params, dict) else ():
+        if name in RUNNER_KEYS:
+            problems.append(f"parameters.{name}: set by the runner (sweep name, run name, --output-dir)")
+        if not isinstance(spec, dict):
+            problems.append(f"parameters.{name}: a mapping (value, values, distribution, min, max) is required")
+            continue
+        values = spec.get("values", [spec["value"]] if "value" in spec else [])
+        if isinstance(values, list) and any(v is None for v in values):
+            problems.append(f"parameters.{name}: null reaches the program as the string 'None'")
+        if "parameters" in spec:
+            problems.append(f"parameters.{name}: nested parameters are not expanded locally; use dotted keys")
     return problems
 
 
@@ -294,32 +232,20 @@ def _expand_grid(config: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _draw(spec: Mapping[str, Any], rng: random.Random) -> Any:
-    """One draw of a W&B parameter (the distributions of W&B's sweep config reference)."""
+    """One draw of a W&B parameter, for the distributions the shipped sweeps use."""
     kind = parameter_kind(spec)
-    lo, hi, q = spec.get("min"), spec.get("max"), spec.get("q", 1.0)
-    mu, sigma = spec.get("mu", 0.0), spec.get("sigma", 1.0)
     draw = {
         "constant": lambda: spec["value"],
         "categorical": lambda: rng.choice(spec["values"]),
-        "categorical_w_probabilities": lambda: rng.choices(spec["values"], weights=spec["probabilities"])[0],
-        "int_uniform": lambda: rng.randint(lo, hi),
-        "uniform": lambda: rng.uniform(lo, hi),
-        "log_uniform_values": lambda: math.exp(rng.uniform(math.log(lo), math.log(hi))),
-        "inv_log_uniform_values": lambda: 1.0 / math.exp(rng.uniform(math.log(1.0 / hi), math.log(1.0 / lo))),
-        "log_uniform": lambda: math.exp(rng.uniform(lo, hi)),  # v1: min/max are exponents
-        "inv_log_uniform": lambda: math.exp(-rng.uniform(lo, hi)),
-        "normal": lambda: rng.gauss(mu, sigma),
-        "log_normal": lambda: rng.lognormvariate(mu, sigma),
-        "beta": lambda: rng.betavariate(spec.get("a", 1.0), spec.get("b", 1.0)),
+        "int_uniform": lambda: rng.randint(spec["min"], spec["max"]),
+        "uniform": lambda: rng.uniform(spec["min"], spec["max"]),
+        "log_uniform_values": lambda: math.exp(rng.uniform(math.log(spec["min"]), math.log(spec["max"]))),
     }
-    base = kind[2:] if kind.startswith("q_") else kind
-    if base not in draw:
-        raise SweepError(f"distribution '{kind}' cannot be drawn locally")
-    value = draw[base]()
-    if kind.startswith("q_"):
-        value = round(value / q) * q
-        value = int(value) if isinstance(q, int) else float(value)
-    return value
+    if kind not in draw:
+        raise SweepError(
+            f"distribution '{kind}' is not drawn locally ({', '.join(draw)}): run this sweep with wandb agent"
+        )
+    return draw[kind]()
 
 
 def _expand_random(config: Mapping[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
@@ -425,20 +351,15 @@ def build_command(
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a sweep: its name, parameters, full command and run directory."""
+    """One run of a sweep: its name, parameters, full command, the overrides in it (the command's items after the
+    program: what train.py composes) and its run directory."""
 
     name: str
     params: dict
     command: list
     run_dir: Path
     program: str | None = None
-
-    @property
-    def overrides(self) -> list[str]:
-        """The command's items after the program: what train.py composes."""
-        if self.program and self.program in self.command:
-            return self.command[self.command.index(self.program) + 1 :]
-        return [c for c in self.command if "=" in c]
+    overrides: list = field(default_factory=list)
 
 
 def _override_key(item: str) -> str:
@@ -488,7 +409,8 @@ def plan(
     for name, params in zip(names, param_sets):
         items = [("logger.group", sweep.name), ("run_name", name), ("output_dir", str(out_dir))]
         command = build_command(sweep.config, params, python=python or sys.executable, runner_items=items, extra=extra)
-        runs.append(PlannedRun(name=name, params=params, command=command, run_dir=out_dir / name, program=program))
+        after = command[command.index(program) + 1 :] if program in command else [c for c in command if "=" in c]
+        runs.append(PlannedRun(name, params, command, out_dir / name, program, after))
     if shard is not None:
         index, total = shard
         runs = runs[index::total]
@@ -500,48 +422,143 @@ def composes(program: str | None) -> bool:
     return program is not None and Path(program).name in ("train.py", "evaluate.py")
 
 
-def check_overrides(runs: Sequence[PlannedRun], config_dir: os.PathLike | None = None) -> int:
-    """Compose every run's overrides with ``configs.compose`` (hardware checks aside).
+def compose_runs(runs: Sequence[PlannedRun], config_dir: os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """Compose every run's overrides with ``configs.compose`` (hardware checks aside: the planning machine need not be
+    the training one) before anything starts.
 
     Returns:
-        The number of distinct override sets checked (runs of other programs are not checked).
+        ``{run name: its science keys}`` (``tracking.identity.science``: what makes a run this run), for the runs
+        of a program that composes (train.py, evaluate.py).
 
     Raises:
         SweepError: naming each run whose overrides do not compose, with the config error.
     """
-    from configs.compose import ConfigError, compose
+    from configs.compose import ConfigError, compose, to_dict
+    from tracking.identity import science
 
-    problems, checked = [], set()
+    problems, composed, cache = [], {}, {}
     for run in runs:
         if not composes(run.program):
             continue
-        # The runner's own items are valid by construction and differ per run: check the rest once.
+        # The runner's own items are valid by construction and differ per run: compose the rest once.
         key = tuple(o for o in run.overrides if _override_key(o) not in RUNNER_KEYS)
-        if key in checked:
-            continue
-        checked.add(key)
-        try:
-            compose(list(key), config_dir=Path(config_dir) if config_dir else None, hardware=False)
-        except ConfigError as err:
-            problems.append(f"run {run.name}: {err}")
+        if key not in cache:
+            try:
+                cache[key] = science(to_dict(compose(list(key), config_dir=config_dir, hardware=False)))
+            except ConfigError as err:
+                cache[key] = None
+                problems.append(f"run {run.name}: {err}")
+        if cache[key] is not None:
+            composed[run.name] = cache[key]
     if problems:
         raise SweepError("overrides that do not compose:\n  - " + "\n  - ".join(problems))
-    return len(checked)
+    return composed
+
+
+def check_overrides(runs: Sequence[PlannedRun], config_dir: os.PathLike | None = None) -> int:
+    """``compose_runs``; returns the number of distinct configurations checked."""
+    return len({json.dumps(v, sort_keys=True, default=str) for v in compose_runs(runs, config_dir).values()})
 
 
 # ---------------------------------------------------------------------------------- execution
 
 
-def run_status(run_dir: os.PathLike) -> str:
-    """``status`` from ``<run_dir>/run.json`` ("finished", "running", "failed", ...), "missing" or "unreadable"."""
+def _run_record(run_dir: os.PathLike) -> dict[str, Any] | None:
+    """``<run_dir>/run.json``, ``{}`` when unreadable, None when missing."""
     path = Path(run_dir) / "run.json"
     if not path.is_file():
-        return "missing"
+        return None
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return "unreadable"
-    return str(record.get("status") or "unknown") if isinstance(record, dict) else "unreadable"
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def run_status(run_dir: os.PathLike) -> str:
+    """A run's status now (``tracking.run_dir.effective_status``: "finished", "running", "failed", "crashed" for a
+    run whose process is gone, ...), "missing" or "unreadable"."""
+    from tracking.run_dir import effective_status
+
+    record = _run_record(run_dir)
+    if record is None:
+        return "missing"
+    return effective_status(record) if record else "unreadable"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the runner does with a planned run, and why (``--dry-run`` prints both).
+
+    action: "run" (new), "resume" (unfinished: train.py continues from its last checkpoint), "skip" (finished, or
+    running now elsewhere), "rerun" (its directory is moved aside first: ``--rerun``/``--force``), "conflict" (its
+    directory holds another configuration and it is unfinished: train.py would refuse it; not started).
+    """
+
+    action: str
+    reason: str
+
+
+def _stored_science(run_dir: Path) -> dict[str, Any] | None:
+    from tracking.identity import science
+
+    try:
+        return science(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def decide(
+    run: PlannedRun, planned: Mapping[str, Any] | None = None, rerun: bool = False, force: bool = False
+) -> Decision:
+    """The action for one run from its directory: status, and whether its stored config is the planned one.
+
+    Args:
+        planned: the run's composed science keys (``compose_runs``); None for a program that does not compose,
+            whose recorded overrides (sweep.json) are compared instead.
+        rerun: redo runs whose configuration changed. force: redo every run that is not running now.
+    """
+    from tracking.identity import differences
+
+    record = _run_record(run.run_dir)
+    if record is None:
+        return Decision("run", "new")
+    status = run_status(run.run_dir)
+    stored = _stored_science(run.run_dir) if planned is not None else None
+    if stored is not None:
+        changed = differences(stored, planned, limit=4)
+    else:
+        recorded = _recorded_overrides(run.run_dir)
+        changed = (
+            [f"overrides {_comparable(recorded)} -> {_comparable(run.overrides)}"]
+            if recorded is not None and _comparable(recorded) != _comparable(run.overrides)
+            else []
+        )
+    what = "; ".join(changed)
+    if status == "running":
+        where = f" (pid {record.get('pid')} on {record.get('host')})" if record.get("pid") else ""
+        return Decision("skip", f"running now{where}")
+    if force:
+        return Decision("rerun", f"--force: was {status}" + (f"; config changed: {what}" if changed else ""))
+    if changed and rerun:
+        return Decision("rerun", f"config changed: {what}")
+    if changed and status == "finished":
+        return Decision("skip", f"finished, but its config differs from this plan ({what}); --rerun redoes it")
+    if changed:
+        return Decision("conflict", f"its directory holds another config ({what}); --rerun moves it aside")
+    if status == "finished":
+        return Decision("skip", "finished earlier")
+    error = f": {record.get('error')}" if record.get("error") else ""
+    return Decision("resume", f"was {status}{error}")
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Move a run directory to ``<output_dir>/.replaced/<name>-<UTC time>`` (nothing is deleted); returns where."""
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
+    target = run_dir.parent / ".replaced" / f"{run_dir.name}-{stamp}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(run_dir, target)
+    return target
 
 
 @dataclass
@@ -590,8 +607,10 @@ def execute(
     launcher: Sequence[str] = (),
     fail_fast: bool = False,
     echo: Callable[[str], None] | None = None,
+    decisions: Mapping[str, Decision] | None = None,
+    metric: str | None = None,
 ) -> list[RunOutcome]:
-    """Run the planned runs, ``parallel`` at a time, skipping those already finished.
+    """Run the planned runs, ``parallel`` at a time, as ``decisions`` say (default: ``decide`` on each run).
 
     Args:
         runs: from ``plan``.
@@ -603,14 +622,19 @@ def execute(
         launcher: tokens put before each command (e.g. ``srun --ntasks-per-node=8``).
         fail_fast: start no new run after one fails.
         echo: where progress lines go.
+        decisions: ``{run name: Decision}``; "skip" and "conflict" runs are not started, "rerun" runs start after
+            their directory is moved aside.
+        metric: the sweep's ``metric.name``, recorded in sweep.json (the metric its tables show).
 
     Returns:
-        One outcome per run, in plan order.
+        One outcome per run, in plan order. Ctrl-C stops the live runs (SIGTERM) and returns: they are
+        "interrupted", the runs never started "not started".
     """
     if parallel < 1:
         raise SweepError("--parallel must be at least 1")
     # Flushed at once, so a progress line never lands after the output of the run it announces.
     echo = echo or (lambda line: print(line, flush=True))
+    decisions = dict(decisions or {})
     slots: queue.Queue = queue.Queue()
     for slot in _gpu_slots(gpus, parallel):
         slots.put(slot)
@@ -618,34 +642,43 @@ def execute(
     outcomes: dict[str, RunOutcome] = {}
     todo: list[PlannedRun] = []
     for run in runs:
-        if run_status(run.run_dir) == "finished":
-            recorded = _recorded_overrides(run.run_dir)
-            note = "finished earlier"
-            if recorded is not None and _comparable(recorded) != _comparable(run.overrides):
-                note += "; its overrides differ from this plan (delete the run directory to run it again)"
-            outcomes[run.name] = RunOutcome(run.name, "skipped", params=run.params, note=note)
-            echo(f"skip {run.name}: {note}")
+        decision = decisions.get(run.name) or decide(run)
+        decisions[run.name] = decision
+        if decision.action in ("skip", "conflict"):
+            status = "skipped" if decision.action == "skip" else "conflict"
+            outcomes[run.name] = RunOutcome(run.name, status, params=run.params, note=decision.reason)
+            echo(f"{'skip' if status == 'skipped' else 'CONFLICT'} {run.name}: {decision.reason}")
         else:
             todo.append(run)
     live: set[subprocess.Popen] = set()
     lock = threading.Lock()
     stop = threading.Event()
+    interrupted = threading.Event()
     position = {run.name: i + 1 for i, run in enumerate(todo)}
 
     def launch(run: PlannedRun) -> RunOutcome:
         if stop.is_set():
-            return RunOutcome(run.name, "not started", params=run.params, note="an earlier run failed (--fail-fast)")
+            why = "interrupted (Ctrl-C)" if interrupted.is_set() else "an earlier run failed (--fail-fast)"
+            return RunOutcome(run.name, "not started", params=run.params, note=why)
         slot = slots.get()
         try:
-            previous = run_status(run.run_dir)
+            decision = decisions[run.name]
+            if decision.action == "rerun" and run.run_dir.exists():
+                echo(f"moved {run.run_dir} aside to {move_aside(run.run_dir)} ({decision.reason})")
             run.run_dir.mkdir(parents=True, exist_ok=True)
-            record = {"sweep": sweep_name, "params": run.params, "overrides": run.overrides, "command": run.command}
+            record = {
+                "sweep": sweep_name,
+                "params": run.params,
+                "overrides": run.overrides,
+                "command": run.command,
+                "metric": metric,
+            }
             write_json_atomic(run.run_dir / "sweep.json", record)
             run_env = dict(base_env)
             if slot is not None:
                 run_env["CUDA_VISIBLE_DEVICES"] = slot
             command = [*launcher, *run.command]
-            resumed = " (resuming: was " + previous + ")" if previous not in ("missing",) else ""
+            resumed = f" ({decision.reason})" if decision.action == "resume" else ""
             device = f" [CUDA_VISIBLE_DEVICES={slot}]" if slot is not None else ""
             echo(f"[{position[run.name]}/{len(todo)}] start {run.name}{resumed}{device}\n  $ {shlex.join(command)}")
             start = time.monotonic()
@@ -665,6 +698,8 @@ def execute(
             seconds = time.monotonic() - start
         finally:
             slots.put(slot)
+        if interrupted.is_set() and returncode != 0:
+            return RunOutcome(run.name, "interrupted", returncode, seconds, params=run.params, note="Ctrl-C")
         status = "finished" if returncode == 0 else "failed"
         note = "" if returncode == 0 else f"exit code {returncode}"
         if returncode == 0 and composes(run.program) and run_status(run.run_dir) != "finished":
@@ -675,19 +710,27 @@ def execute(
         echo(f"{status} {run.name} in {seconds:.0f}s{(': ' + note) if note else ''}{log_hint}")
         return RunOutcome(run.name, status, returncode, seconds, params=run.params, note=note)
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = {pool.submit(launch, run): run for run in todo}
-        try:
-            for future in as_completed(futures):
-                outcome = future.result()
-                outcomes[outcome.name] = outcome
-        except KeyboardInterrupt:
-            stop.set()
-            with lock:
-                for proc in live:
-                    proc.terminate()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    futures = {pool.submit(launch, run): run for run in todo}
+    try:
+        for future in as_completed(futures):
+            outcome = future.result()
+            outcomes[outcome.name] = outcome
+    except KeyboardInterrupt:
+        interrupted.set()
+        stop.set()
+        echo("\ninterrupted: stopping the live runs (they resume where they stopped next time)")
+        with lock:
+            for proc in live:
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future, run in futures.items():
+            if future.done() and not future.cancelled() and future.exception() is None:
+                outcomes[run.name] = future.result()
+            else:
+                outcomes[run.name] = RunOutcome(run.name, "not started", params=run.params, note="interrupted (Ctrl-C)")
+    finally:
+        pool.shutdown(wait=True)
     return [outcomes[run.name] for run in runs]
 
 
@@ -772,11 +815,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--fail-fast", action="store_true", help="start no new run after one fails")
     parser.add_argument("--no-check", action="store_true", help="skip composing every run's overrides first")
+    parser.add_argument(
+        "--rerun", action="store_true", help="redo runs whose config changed (the old directory is moved to .replaced/)"
+    )
+    parser.add_argument("--force", action="store_true", help="redo every run not running now (old ones moved aside)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``run_sweep.py``: returns 0 when every run finished (or had finished), 1 when one failed, 2 on a bad sweep."""
+    """``run_sweep.py``: returns 0 when every run finished (or had finished), 1 when one failed or conflicts, 2 on a
+    bad sweep, 130 when interrupted (Ctrl-C)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before or after the runs: nothing to stop, nothing to report
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:
@@ -796,20 +852,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             python=args.python,
             shard=_parse_shard(args.shard),
         )
-        if not args.no_check:
-            check_overrides(runs)
+        planned = {} if args.no_check else compose_runs(runs)
         program = sweep.config.get("program")
         if program and not args.dry_run and not Path(program).exists():
             raise SweepError(f"program '{program}' not found from {Path.cwd()}: run from the repository root")
     except SweepError as err:
         print(f"sweep error: {err}", file=sys.stderr)
         return 2
+    decisions = {run.name: decide(run, planned.get(run.name), args.rerun, args.force) for run in runs}
     if args.dry_run:
         print(f"sweep {sweep.name} ({sweep.path}): {len(runs)} runs, method {sweep.config.get('method')}")
         for run in runs:
-            state = run_status(run.run_dir)
-            action = "skip (finished)" if state == "finished" else ("resume" if state != "missing" else "run")
-            print(f"  {action:<15} {run.name}\n    $ {shlex.join([*shlex.split(args.launcher), *run.command])}")
+            d = decisions[run.name]
+            print(f"  {d.action:<8} {run.name}: {d.reason}")
+            print(f"    $ {shlex.join([*shlex.split(args.launcher), *run.command])}")
         return 0
     env = dict(os.environ, WANDB_MODE=args.wandb_mode)
     try:
@@ -821,6 +877,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             gpus=args.gpus,
             launcher=shlex.split(args.launcher),
             fail_fast=args.fail_fast,
+            decisions=decisions,
+            metric=(sweep.config.get("metric") or {}).get("name"),
         )
     except SweepError as err:
         print(f"sweep error: {err}", file=sys.stderr)
@@ -828,4 +886,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary(outcomes, sweep.name))
     path = write_summary(outcomes, sweep, Path(args.output_dir), started)
     print(f"summary: {path}")
+    if any(o.status == "interrupted" or o.note == "interrupted (Ctrl-C)" for o in outcomes):
+        return 130
     return 0 if all(o.status in ("finished", "skipped") for o in outcomes) else 1

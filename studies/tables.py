@@ -6,17 +6,19 @@
 - ``embedding_form_table``: float vs binarized retrieval per embedding/feature.
 - ``cost_table``: throughput, MFU, wall and accelerator hours per run, next to the quality metric.
 
-A cell is the mean over the runs that share its row and column (seeds), shown "mean ± std (n=N)" when
-there are several. Runs that differ in anything else they were compared on (label space, task set,
-stage, resolution, experiment, a swept parameter) get rows of their own, labelled with what differs:
-they are never averaged together. A missing run is a missing cell: "—" in Markdown and LaTeX, an empty
-field in CSV, never a zero.
+A cell is the mean over the runs that share its row and column, shown "mean ± std (n=N)" when there are
+several, and only runs that are replicates share a cell: runs whose configs differ in anything but the seed
+(``tracking.identity``: every science key, the data manifest's fingerprint, the world size, the global batch,
+the precision) get rows of their own, labelled with what differs; they are never averaged together. Every
+table lists the runs behind each cell (``<table>.runs.csv``). A missing run or metric is a missing cell: "—" in
+Markdown and LaTeX, an empty field in CSV, never a zero and never another metric.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 import statistics
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studies.collect import AXES, is_metric, is_random_init
+from studies.collect import AXES, is_metric, is_private, is_random_init
 from tracking.textio import escape_cell
 
 MISSING = "—"
@@ -65,6 +67,8 @@ COST_METRICS = (
     "cost/accelerator_hours",
 )
 LABEL_SPACES = ("raw", "clustered")
+# Swept parameters whose last name is clear on its own in a row label (dim=64); other keys keep their full name.
+SWEPT_SHORT = ("tasks.embedding.dim",)
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ class Table:
     columns: list[str]
     rows: list[tuple[str, list[Cell | None]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The runs behind each cell: (row label, column, metric, record), written as <name>.runs.csv.
+    members: list[tuple[str, str, str, Mapping[str, Any]]] = field(default_factory=list)
 
     def cell(self, row: str, column: str) -> Cell | None:
         """The cell at a row label and column name (KeyError when either is not in the table)."""
@@ -173,8 +179,23 @@ class Table:
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
 
+    def runs_csv(self) -> str:
+        """One line per (cell, run): row, column, the run's name, W&B id, seed, replicate fingerprint, the metric and
+        its value (empty when the run lacks it: that run is the cell's gap)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["row", "column", "run_name", "wandb_id", "seed", "replicate", "metric", "value"])
+        for row, column, metric, r in self.members:
+            value = r.get(metric)
+            cells = [row, column, r.get("run_name"), r.get("wandb_id"), r.get("seed"), r.get("replicate"), metric]
+            writer.writerow(
+                [escape_cell("" if c is None else str(c)) for c in cells] + ["" if value is None else value]
+            )
+        return buffer.getvalue()
+
     def write(self, out_dir: Path, formats: Sequence[str] = ("md", "csv")) -> list[Path]:
-        """Write ``<out_dir>/<name>.<fmt>`` for each of "md", "csv", "tex"; returns the paths."""
+        """Write ``<out_dir>/<name>.<fmt>`` for each of "md", "csv", "tex", and ``<name>.runs.csv``; returns the
+        paths."""
         renderers: dict[str, Callable[[], str]] = {"md": self.to_markdown, "csv": self.to_csv, "tex": self.to_latex}
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -182,6 +203,9 @@ class Table:
             path = out_dir / f"{self.name}.{fmt}"
             path.write_text(renderers[fmt]())
             paths.append(path)
+        path = out_dir / f"{self.name}.runs.csv"
+        path.write_text(self.runs_csv())
+        paths.append(path)
         return paths
 
 
@@ -189,38 +213,74 @@ class Table:
 
 
 def choose_metric(records: Sequence[Mapping[str, Any]], candidates: Sequence[str] = DEFAULT_METRICS) -> str | None:
-    """The candidate metric present in the most trained runs (ties: the earlier candidate); when none is,
-    the eval/ metric present in the most runs. None when the runs hold no such metric."""
+    """The table metric: the sweep's own ``metric.name`` (recorded by the runner) when the runs name one; else the
+    candidate most trained runs hold (ties: the earlier one), among candidates some run holds. A run with no eval/
+    metric at all (its evaluation failed or never ran) counts as holding every eval/ candidate: it is a gap in its
+    cell (the notes name it), never a reason to show another metric. Else the eval/ metric most runs hold; None
+    when the runs hold no such metric."""
     trained = [r for r in records if not is_random_init(r)] or list(records)
+    declared = {r["_sweep_metric"] for r in trained if r.get("_sweep_metric")}
+    if len(declared) == 1:
+        return declared.pop()
+
+    def holds(record: Mapping[str, Any], name: str) -> bool:
+        return name in record or (name.startswith("eval/") and not any(k.startswith("eval/") for k in record))
+
     best, best_count = None, 0
     for name in candidates:
-        count = sum(name in r for r in trained)
+        count = sum(holds(r, name) for r in trained) if any(name in r for r in trained) else 0
         if count > best_count:
             best, best_count = name, count
-    if best is None:
-        counts: dict[str, int] = {}
-        for r in trained:
-            for key in r:
-                if key.startswith("eval/"):
-                    counts[key] = counts.get(key, 0) + 1
-        if counts:
-            best = sorted(counts, key=lambda k: (-counts[k], k))[0]
-    return best
+    if best is not None:
+        return best
+    counts: dict[str, int] = {}
+    for r in trained:
+        for key in r:
+            if key.startswith("eval/"):
+                counts[key] = counts.get(key, 0) + 1
+    return sorted(counts, key=lambda k: (-counts[k], k))[0] if counts else None
 
 
 def param_axes(records: Iterable[Mapping[str, Any]]) -> list[str]:
     """Swept parameters recorded as axes (dotted names such as tasks.embedding.dim), sorted."""
-    return sorted({k for r in records for k in r if k not in AXES and not is_metric(k)})
+    return sorted({k for r in records for k in r if k not in AXES and not is_metric(k) and not is_private(k)})
+
+
+def value_of(record: Mapping[str, Any], key: str) -> Any:
+    """An axis of a record, else one of its comparison keys (``_science``: config keys and ``lineage.*``)."""
+    return record[key] if key in record else (record.get("_science") or {}).get(key)
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def varying(records: Sequence[Mapping[str, Any]], axes: Iterable[str]) -> list[str]:
     """The axes that take more than one value among the records."""
     out = []
     for axis in axes:
-        values = {repr(r.get(axis)) for r in records}
+        values = {_canon(value_of(r, axis)) for r in records}
         if len(values) > 1:
             out.append(axis)
     return out
+
+
+def replicate_splits(records: Sequence[Mapping[str, Any]], cell_of: Callable[[Mapping[str, Any]], Any]) -> list[str]:
+    """The comparison keys (``_science``) that differ between runs that would share a cell: what the rows must be
+    split by so that a cell averages replicates only (runs with one ``replicate`` fingerprint). A record without
+    comparison keys splits by its fingerprint itself."""
+    cells: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        cells.setdefault(_canon(cell_of(r)), []).append(r)
+    keys: set[str] = set()
+    for group in cells.values():
+        if len({r.get("replicate") for r in group}) < 2:
+            continue
+        known = [r.get("_science") or {} for r in group]
+        names = {k for s in known for k in s if k != "seed"}
+        differ = {k for k in names if len({_canon(s.get(k)) for s in known}) > 1}
+        keys |= differ or {"replicate"}
+    return sorted(keys)
 
 
 def _axis_text(axis: str, value: Any) -> str:
@@ -230,7 +290,15 @@ def _axis_text(axis: str, value: Any) -> str:
         return f"scale {value:g}"
     if axis in ("experiment", "label_space", "tasks", "stage"):
         return str(value)
-    return f"{axis.split('.')[-1]}={value}"
+    if axis == "lineage.data_fingerprint":
+        return f"data {str(value)[:8]}"
+    if axis.startswith("lineage."):
+        return f"{axis.removeprefix('lineage.')}={value}"
+    if axis == "replicate":
+        return f"config {value}"
+    if axis in SWEPT_SHORT:
+        return f"{axis.split('.')[-1]}={value}"
+    return f"{axis}={value}"
 
 
 def arch_rank(arch: Any) -> tuple[int, str]:
@@ -251,9 +319,9 @@ def row_label(record: Mapping[str, Any], extras: Sequence[str], base: Sequence[s
         label += " (random init)"
         extras = [a for a in extras if a != "scale"]
     for axis in base:
-        label += f" · {_axis_text(axis, record.get(axis))}"
+        label += f" · {_axis_text(axis, value_of(record, axis))}"
     if extras:
-        label += " [" + ", ".join(_axis_text(a, record.get(a)) for a in extras) + "]"
+        label += " [" + ", ".join(_axis_text(a, value_of(record, a)) for a in extras) + "]"
     return label
 
 
@@ -269,13 +337,34 @@ def group_rows(
         keys[label] = (
             arch_rank(r.get("arch")),
             is_random_init(r),
-            tuple(_sortable(r.get(a)) for a in (*base, *extras)),
+            tuple(_sortable(value_of(r, a)) for a in (*base, *extras)),
         )
     return [(label, groups[label]) for label in sorted(groups, key=lambda lab: keys[lab])]
 
 
 def _metric_cell(records: Iterable[Mapping[str, Any]], metric: str) -> Cell | None:
     return make_cell(r.get(metric) for r in records)
+
+
+def _filled(table: Table, row: str, column: str, records: Sequence[Mapping[str, Any]], metric: str) -> Cell | None:
+    """The cell of ``records`` for ``metric``, its runs recorded in ``table.members``."""
+    table.members.extend((row, column, metric, r) for r in records)
+    return _metric_cell(records, metric)
+
+
+def _split_rows(records: Sequence[Mapping[str, Any]], extras: list[str], base: Sequence[str], column: Any) -> list[str]:
+    """``extras`` plus the comparison keys non-replicates that would share a cell differ in (``replicate_splits``);
+    ``column(record)`` names a record's column (None: a row is one cell per metric)."""
+    more = replicate_splits(records, lambda r: (row_label(r, extras, base), column(r) if column else None))
+    return [*extras, *[k for k in more if k not in extras]]
+
+
+def _gap_notes(records: Sequence[Mapping[str, Any]], metric: str) -> list[str]:
+    missing = sorted(str(r.get("run_name")) for r in records if metric not in r)
+    if not missing:
+        return []
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return [f"{len(missing)} run(s) lack `{metric}` and are gaps in their cells: {shown}."]
 
 
 def _trained(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -288,10 +377,17 @@ def context_axes(records: Sequence[Mapping[str, Any]], drop: Sequence[str] = ())
 
 
 def _cell_note(metric: str) -> str:
-    return f"Cells: `{metric}`, mean ± std (n=runs) where several runs share a cell; {MISSING} = no finished run."
+    return (
+        f"Cells: `{metric}`, mean ± std (n=runs) over replicates (runs that differ only in the seed); "
+        f"{MISSING} = no finished run holds it. The runs of each cell: the table's .runs.csv."
+    )
 
 
 # ---------------------------------------------------------------------------------- tables
+
+
+def _split_note(extras: Sequence[str]) -> list[str]:
+    return [f"Rows split by what differs between runs: {', '.join(extras)}."] if extras else []
 
 
 def arch_scale_table(records: Sequence[Mapping[str, Any]], metric: str | None = None) -> Table | None:
@@ -304,21 +400,23 @@ def arch_scale_table(records: Sequence[Mapping[str, Any]], metric: str | None = 
     randoms = [r for r in records if is_random_init(r)]
     scales = sorted({float(r["scale"]) for r in trained})
     columns = [f"{s:g}" for s in scales] or ["any scale"]
-    extras = context_axes(trained, drop=("scale",))
+    extras = _split_rows(trained, context_axes(trained, drop=("scale",)), (), lambda r: float(r["scale"]))
     random_extras = [a for a in context_axes(randoms, drop=("scale",)) if a != "experiment"]
+    random_extras = _split_rows(randoms, random_extras, (), None)
+    table = Table("arch_scale", f"Architecture x dataset scale: {metric}", "model \\ data scale", columns)
     keyed = []  # (sort key, label, cells): each random-init row right after its architecture's trained rows
     for i, (label, group) in enumerate(group_rows(trained, extras)):
-        cells = [_metric_cell([r for r in group if float(r["scale"]) == s], metric) for s in scales]
+        cells = [_filled(table, label, f"{s:g}", [r for r in group if float(r["scale"]) == s], metric) for s in scales]
         keyed.append(((arch_rank(group[0].get("arch")), 0, i), label, cells))
     for i, (label, group) in enumerate(group_rows(randoms, random_extras)):
-        keyed.append(((arch_rank(group[0].get("arch")), 1, i), label, [_metric_cell(group, metric)] * len(columns)))
-    rows = [(label, cells) for _, label, cells in sorted(keyed, key=lambda item: item[0])]
-    notes = [_cell_note(metric), "Columns: fraction of the weak-label training set (nested subsets)."]
+        cell = _filled(table, label, "any scale", group, metric)
+        keyed.append(((arch_rank(group[0].get("arch")), 1, i), label, [cell] * len(columns)))
+    table.rows = [(label, cells) for _, label, cells in sorted(keyed, key=lambda item: item[0])]
+    table.notes = [_cell_note(metric), "Columns: fraction of the weak-label training set (nested subsets)."]
     if randoms:
-        notes.append("Random-init rows: the backbone without pretraining, one value repeated under every scale.")
-    if extras:
-        notes.append(f"Rows split by what differs between runs: {', '.join(extras)}.")
-    return Table("arch_scale", f"Architecture x dataset scale: {metric}", "model \\ data scale", columns, rows, notes)
+        table.notes.append("Random-init rows: the backbone without pretraining, one value repeated under every scale.")
+    table.notes += _split_note(extras) + _gap_notes([*trained, *randoms], metric)
+    return table
 
 
 def label_space_table(records: Sequence[Mapping[str, Any]], metric: str | None = None) -> Table | None:
@@ -328,15 +426,17 @@ def label_space_table(records: Sequence[Mapping[str, Any]], metric: str | None =
         return None
     trained = [r for r in _trained(records) if r.get("label_space") in LABEL_SPACES]
     extras = context_axes(trained, drop=("label_space", "experiment"))
-    rows = []
-    for label, group in group_rows(trained, extras, base=("scale",)):
-        raw = _metric_cell([r for r in group if r["label_space"] == "raw"], metric)
-        clustered = _metric_cell([r for r in group if r["label_space"] == "clustered"], metric)
-        delta = Cell((clustered.mean - raw.mean,)) if raw and clustered else None
-        rows.append((label, [raw, clustered, delta]))
-    notes = [_cell_note(metric), "Δ: clustered − raw (positive: clustering the long tail helped)."]
+    extras = _split_rows(trained, extras, ("scale",), lambda r: r["label_space"])
     columns = ["raw", "clustered", "Δ (clustered − raw)"]
-    return Table("label_space", f"Label space: raw vs clustered, {metric}", "model · scale", columns, rows, notes)
+    table = Table("label_space", f"Label space: raw vs clustered, {metric}", "model · scale", columns)
+    for label, group in group_rows(trained, extras, base=("scale",)):
+        raw = _filled(table, label, "raw", [r for r in group if r["label_space"] == "raw"], metric)
+        clustered = _filled(table, label, "clustered", [r for r in group if r["label_space"] == "clustered"], metric)
+        delta = Cell((clustered.mean - raw.mean,)) if raw and clustered else None
+        table.rows.append((label, [raw, clustered, delta]))
+    table.notes = [_cell_note(metric), "Δ: clustered − raw (positive: clustering the long tail helped)."]
+    table.notes += _split_note(extras) + _gap_notes(trained, metric)
+    return table
 
 
 def _present(records: Sequence[Mapping[str, Any]], names: Iterable[str]) -> list[str]:
@@ -367,14 +467,16 @@ def multitask_table(
         return None
     extras = context_axes(trained, drop=("tasks", "experiment"))
     extras += varying(trained, ["scale"])
-    rows = [
-        (label, [_metric_cell(group, m) for m in columns]) for label, group in group_rows(trained, extras, ("tasks",))
-    ]
-    notes = [
-        f"Cells: mean ± std (n=runs) where several runs share a row; {MISSING} = the run has no such task or metric.",
+    extras = _split_rows(trained, extras, ("tasks",), None)
+    table = Table("multitask", "Multi-task vs single-task", "model · tasks", columns)
+    for label, group in group_rows(trained, extras, ("tasks",)):
+        table.rows.append((label, [_filled(table, label, m, group, m) for m in columns]))
+    table.notes = [
+        f"Cells: mean ± std (n=runs) over replicates; {MISSING} = the run has no such task or metric.",
         "Tasks: weak_label = weak labels only; +embedding = retrieval proxies; clf:<name> = a use-case classifier.",
+        *_split_note(extras),
     ]
-    return Table("multitask", "Multi-task vs single-task", "model · tasks", columns, rows, notes)
+    return table
 
 
 def embedding_form_table(
@@ -395,16 +497,19 @@ def embedding_form_table(
     if not pairs:
         return None
     extras = context_axes(records, drop=("experiment",)) + varying(_trained(records), ["scale"])
-    rows = []
+    extras = _split_rows(records, extras, (), None)
+    table = Table("embedding_form", f"Float vs binarized retrieval (mAP@{k})", "model", columns)
     for label, group in group_rows(records, extras):
         cells: list[Cell | None] = []
         for flt, binary in pairs:
-            f_cell, b_cell = _metric_cell(group, flt), _metric_cell(group, binary)
+            f_cell = _filled(table, label, flt, group, flt)
+            b_cell = _filled(table, label, binary, group, binary)
             ratio = Cell((b_cell.mean / f_cell.mean,)) if f_cell and b_cell and f_cell.mean else None
             cells += [f_cell, b_cell, ratio]
-        rows.append((label, cells))
-    notes = [f"Cells: eval/{dataset}/<feature>/<float|binary>/mAP@{k}; binary/float = share of quality kept."]
-    return Table("embedding_form", f"Float vs binarized retrieval (mAP@{k})", "model", columns, rows, notes)
+        table.rows.append((label, cells))
+    table.notes = [f"Cells: eval/{dataset}/<feature>/<float|binary>/mAP@{k}; binary/float = share of quality kept."]
+    table.notes += _split_note(extras)
+    return table
 
 
 def cost_table(records: Sequence[Mapping[str, Any]], metric: str | None = None) -> Table | None:
@@ -418,12 +523,17 @@ def cost_table(records: Sequence[Mapping[str, Any]], metric: str | None = None) 
     if not any(c.startswith(("perf/", "time/", "cost/")) for c in columns):
         return None
     extras = context_axes(trained, drop=("experiment",)) + varying(trained, ["scale"])
-    rows = [(label, [_metric_cell(group, m) for m in columns]) for label, group in group_rows(trained, extras)]
-    notes = [
-        "Per run, mean over runs sharing a row. cost/wall_hours: run.json started → ended (includes restarts and "
-        "evaluation after fit); cost/accelerator_hours = wall hours x devices x nodes from the run's trainer config.",
+    extras = _split_rows(trained, extras, (), None)
+    table = Table("cost", "Cost: throughput and accelerator time", "model", columns)
+    for label, group in group_rows(trained, extras):
+        table.rows.append((label, [_filled(table, label, m, group, m) for m in columns]))
+    table.notes = [
+        "Per run, mean over replicates sharing a row. cost/wall_hours: run.json started → ended (includes restarts "
+        "and evaluation after fit); cost/accelerator_hours = wall hours x devices x nodes from the run's trainer "
+        "config.",
+        *_split_note(extras),
     ]
-    return Table("cost", "Cost: throughput and accelerator time", "model", columns, rows, notes)
+    return table
 
 
 def build_tables(records: Sequence[Mapping[str, Any]], metric: str | None = None) -> tuple[list[Table], dict[str, str]]:

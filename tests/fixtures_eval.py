@@ -101,6 +101,63 @@ def brute_tie_average(scores: np.ndarray, rel: np.ndarray, ks) -> dict[str, floa
 # --------------------------------------------------------------------------------- embeddings
 
 
+def weak_label_head_metrics(logits: torch.Tensor, targets: torch.Tensor, ks) -> dict[str, float]:
+    """Dense reference of ``evaluation.head_metrics``: {"mAP", "p@k" for k <= C} from logits and multi-hot
+    targets [N, C], written independently: sklearn's average precision per label with a positive, and
+    p@k from a stable descending sort (equal logits keep label-id order)."""
+    from sklearn.metrics import average_precision_score
+
+    if logits.shape != targets.shape or logits.ndim != 2:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ: label space")
+    positive = (targets > 0).numpy()
+    scores = logits.double().numpy()
+    present = [j for j in range(positive.shape[1]) if positive[:, j].any()]
+    aps = [average_precision_score(positive[:, j], scores[:, j]) for j in present]
+    metrics = {"mAP": float(np.mean(aps)) if aps else float("nan")}
+    labelled = positive.any(axis=1)
+    order = torch.sort(logits.double(), dim=1, descending=True, stable=True).indices.numpy()
+    for k in ks:
+        if k > logits.shape[1]:
+            continue
+        hits = np.take_along_axis(positive, order[:, :k], axis=1).sum(1) / k
+        metrics[f"p@{k}"] = float(hits[labelled].mean()) if labelled.any() else float("nan")
+    return metrics
+
+
+# ------------------------------------------- test-side views of evaluation.retrieval's building blocks
+
+
+def unpack_signs(codes: torch.Tensor, dim: int) -> torch.Tensor:
+    """Packed codes [N, ceil(D/8)] (``pack_signs``) -> float32 +-1 vectors [N, D] (bit 1 -> +1, bit 0 -> -1)."""
+    bits = np.unpackbits(codes.cpu().numpy(), axis=1, count=dim)
+    return torch.from_numpy(bits).float().mul_(2).sub_(1)
+
+
+def relevance(q_targets, g_targets, indices: torch.Tensor, self_index: torch.Tensor | None = None):
+    """(rel bool [Q, k], num_relevant long [Q]) of retrieved gallery ``indices`` [Q, k], from the library's
+    ``label_sets``, ``share_label`` and ``count_relevant``; the query itself is not counted as relevant."""
+    from evaluation.retrieval import count_relevant, label_sets, share_label
+
+    q_sets, g_sets = label_sets(q_targets), label_sets(g_targets)
+    k = indices.shape[1]
+    rel = share_label(q_sets[torch.arange(len(q_sets)).repeat_interleave(k)], g_sets[indices.reshape(-1)])
+    return rel.view(-1, k), count_relevant(q_sets, g_sets, self_index)
+
+
+def retrieval_metrics(rel: torch.Tensor, num_relevant: torch.Tensor, ks):
+    """``tie_aware_metrics`` of a strict ranking (no ties): ``rel`` bool [Q, K] in rank order."""
+    from evaluation.retrieval import RankedLists, tie_aware_metrics
+
+    num_q, width = rel.shape
+    ranked = RankedLists(
+        -torch.arange(width, dtype=torch.float64).expand(num_q, width),
+        rel.bool(),
+        torch.ones(num_q, dtype=torch.long),
+        rel[:, -1].long(),
+    )
+    return tie_aware_metrics(ranked, num_relevant, ks)
+
+
 def tied_embeddings(n: int, dim: int = 16, seed: int = 0) -> torch.Tensor:
     """+-1 vectors with dim = 16: normalized entries are +-0.25 and every cosine a multiple of 1/16,
     all exact in float32, so ties are real ties whatever the blocking."""

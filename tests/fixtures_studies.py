@@ -39,6 +39,9 @@ def make_run_dir(
     started: str = "2024-01-01T00:00:00+00:00",
     ended: str | None = "2024-01-01T00:30:00+00:00",
     sweep_params: dict[str, Any] | None = None,
+    config_extra: dict[str, Any] | None = None,
+    lineage: dict[str, Any] | None = None,
+    wandb_id: str | None = None,
 ) -> Path:
     """Write a run directory in the format of docs/ARCHITECTURE.md; returns its path."""
     model = {**_MODEL_DEFAULTS, **MODEL_CONFIGS[preset]}
@@ -58,6 +61,10 @@ def make_run_dir(
         "init": init,
     }
     run = {"run_name": name, "experiment": experiment, "status": status, "axes": axes, "started": started}
+    if lineage is not None:
+        run["lineage"] = lineage
+    if wandb_id is not None:
+        run["wandb_id"] = wandb_id
     if ended:
         run["ended"] = ended
     (path / "run.json").write_text(json.dumps(run))
@@ -67,7 +74,14 @@ def make_run_dir(
         "model": model,
         "trainer": {"devices": devices, "num_nodes": num_nodes, "accelerator": "cpu"},
         "logger": {"group": group, "wandb": True},
+        "seed": seed,
     }
+    for dotted, value in (config_extra or {}).items():  # e.g. {"trainer.max_steps": 40}
+        node = config
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     if metrics is not None:
         (path / "metrics.json").write_text(json.dumps(metrics))

@@ -22,7 +22,7 @@ from datamodules.targets import (
     unpad_labels,
 )
 from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
-from lit_modules.multitask import EXACT_MAP_MAX_ELEMENTS, MAP_THRESHOLDS, WeakLabelMAP, precision_at_k
+from evaluation.head_metrics import EXACT_MAP_MAX_ELEMENTS, MAP_THRESHOLDS, WeakLabelMAP, precision_at_k
 from tests.fixtures_data import compose_cfg, make_dataset, make_fashion_mnist
 
 
@@ -234,7 +234,7 @@ def test_map_state_is_flat_in_validation_batches_and_bounded_at_100k_labels():
 
 
 def test_precision_at_k_breaks_ties_by_label_id_and_refuses_k_above_c():
-    from evaluation.head_metrics import weak_label_head_metrics
+    from fixtures_eval import weak_label_head_metrics
 
     scores = torch.tensor([[0.5, 0.5, 0.5, 0.1], [0.2, 0.9, 0.9, 0.9]])
     positives = torch.tensor([[0, 0, 1, 0], [1, 0, 0, 1]])

@@ -6,11 +6,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_eval import FakeMultiTaskModule, brute_ranking, brute_scores, class_clusters, make_loader
+from fixtures_eval import (
+    FakeMultiTaskModule,
+    brute_ranking,
+    brute_scores,
+    class_clusters,
+    make_loader,
+    weak_label_head_metrics,
+)
 from sklearn.metrics import average_precision_score
 
 from evaluation.embeddings import autocast_context, extract, extract_outputs
-from evaluation.head_metrics import streaming_head_metrics, weak_label_head_metrics
+from evaluation.head_metrics import streaming_head_metrics
 from evaluation.knn import knn_accuracy, knn_predict
 from evaluation.linear_probe import linear_probe_accuracy, train_linear_probe
 
@@ -77,17 +84,21 @@ def test_linear_probe_rejects_multi_hot_targets():
 
 
 def test_head_metrics_perfect_logits_and_sklearn_map():
+    def identity(x):
+        return x  # features are the logits: the known answers below hold for the metric rules alone
+
     targets = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [1, 0, 1, 0], [0, 0, 0, 0]]).float()  # label 3: no positives
-    perfect = weak_label_head_metrics(targets * 5 - 1, targets, [1, 2, 5])
+    perfect = streaming_head_metrics(identity, targets * 5 - 1, targets, 4, [1, 2, 5])
     assert perfect["mAP"] == 1.0 and perfect["p@1"] == 1.0
     assert perfect["p@2"] == pytest.approx((1 / 2 + 1 + 1) / 3)  # the first item has one label only
     assert "p@5" not in perfect  # more than the 4 labels
     logits = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
-    got = weak_label_head_metrics(logits, targets, [1])
+    got = streaming_head_metrics(identity, logits, targets, 4, [1])
     ref = np.mean([average_precision_score(targets[:, j], logits[:, j]) for j in range(3)])
     assert got["mAP"] == pytest.approx(ref, abs=1e-6)
-    with pytest.raises(ValueError, match="label space"):
-        weak_label_head_metrics(torch.randn(4, 5), targets, [1])
+    assert weak_label_head_metrics(logits, targets, [1]) == pytest.approx(got, abs=1e-6)  # the tests' reference
+    with pytest.raises(ValueError, match="predicts 5 labels, expected 4"):
+        streaming_head_metrics(identity, torch.randn(4, 5), targets, 4, [1])
 
 
 # ------------------------------------------------------------------------------- extraction

@@ -19,7 +19,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_eval import brute_metrics, brute_relevant, brute_scores, brute_tie_average, tied_embeddings
+from fixtures_eval import (
+    brute_metrics,
+    brute_relevant,
+    brute_scores,
+    brute_tie_average,
+    relevance,
+    retrieval_metrics,
+    tied_embeddings,
+    unpack_signs,
+)
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMAP, RetrievalPrecision, RetrievalRecall
 
 import evaluation.retrieval as retrieval
@@ -27,15 +36,11 @@ from evaluation.retrieval import (
     LabelSets,
     count_relevant,
     evaluate_retrieval,
-    hamming_topk,
     label_sets,
     pack_signs,
     ranked_topk,
-    relevance,
-    retrieval_metrics,
     share_label,
     topk_search,
-    unpack_signs,
 )
 
 KS = [1, 3, 5, 10]
@@ -59,8 +64,7 @@ def _assert_same(got: dict, ref: dict, tol: float = 1e-12) -> None:
 
 
 @pytest.mark.parametrize("loo", [False, True])
-def test_faiss_and_torch_search_agree(loo, monkeypatch):
-    monkeypatch.setattr(retrieval, "FAISS_FLOAT", True)  # the float path in faiss too (IndexFlatIP)
+def test_faiss_and_torch_search_agree(loo):
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(37, 24, generator=gen)
     g = q if loo else torch.randn(211, 24, generator=gen)
@@ -91,12 +95,16 @@ def test_hamming_equals_brute_force_bit_distance():
     )
 
 
-def test_hamming_topk_on_packed_codes_checks_them():
+def test_search_on_packed_codes_checks_them():
     x = torch.randn(6, 20)
     codes = pack_signs(x)
-    assert torch.equal(hamming_topk(codes, codes, 20, 3).scores, topk_search(x, x, 3, "hamming").scores)
+    assert torch.equal(
+        topk_search(codes, codes, 3, "hamming", packed_dim=20).scores, topk_search(x, x, 3, "hamming").scores
+    )
     with pytest.raises(ValueError, match=r"packed uint8 codes \[N, 3\] for dim=20"):
-        hamming_topk(codes.long(), codes, 20, 3)
+        topk_search(codes.long(), codes, 3, "hamming", packed_dim=20)
+    with pytest.raises(ValueError, match="metric must be 'hamming'"):
+        topk_search(codes, codes, 3, "cosine", packed_dim=20)
 
 
 def test_pack_signs_roundtrip_and_zero_is_bit_zero():

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_eval import FakeLoaders, FakeMultiTaskModule, brute_metrics, fashion_and_weak_label_splits, make_loader
+from fixtures_eval import (
+    FakeLoaders,
+    FakeMultiTaskModule,
+    brute_metrics,
+    fashion_and_weak_label_splits,
+    make_loader,
+    weak_label_head_metrics,
+)
 from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -22,7 +29,6 @@ from evaluation.checkpoint import (
     load_checkpoint_module,
     resolve_checkpoint,
 )
-from evaluation.head_metrics import weak_label_head_metrics
 from evaluation.retrieval import evaluate_retrieval
 from evaluation.runner import config_hash, default_loader, evaluate_dataset, evaluate_run, loo_query_rows, output_path
 

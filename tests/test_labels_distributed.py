@@ -228,12 +228,13 @@ def test_a_killed_worker_is_retried_and_the_output_is_unchanged(reference, tmp_p
 
 
 def test_an_unreadable_shard_is_named_and_retried_on_rerun(tmp_path):
+    """run.on_bad_input=fail: the other partitions complete, the run stops naming the tar, the rerun retries it."""
     src = tmp_path / "i2d"
     write_tar(src / "00000.tar", img2dataset_samples(10))
     good = write_tar(tmp_path / "good.tar", img2dataset_samples(6, offset=10)).read_bytes()
     (src / "00001.tar").write_bytes(b"\x00garbage, not a tar" * 100)
     write_tar(src / "00002.tar", img2dataset_samples(6, offset=16))
-    cfg = labels_config(tmp_path, [{**I2D, "path": str(src)}], ["run.keep_work=true"])
+    cfg = labels_config(tmp_path, [{**I2D, "path": str(src)}], ["run.keep_work=true", "run.on_bad_input=fail"])
     with pytest.raises(InputError, match=r"1 task\(s\) of pass 'map' failed.*00001\.tar"):
         run(cfg)
     work = Path(cfg.output) / "_work"
@@ -270,3 +271,92 @@ def test_config_change_discards_the_work_folder(tmp_path):
     )
     assert workers.stats["distributed"]["passes"]["write"]["already_done"] == 1
     assert jpeg_bytes((1, 2, 3))  # fixture import used
+
+
+# ---------------------------------------------------------------------------------------- processes of a killed run
+def _process_tree(root: int) -> dict[int, int]:
+    """Live processes below ``root``: pid -> start time (a pid and its start time name one process)."""
+    table = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                table[int(d)] = (int(fields[1]), int(fields[19]))
+    found, stack = {}, [root]
+    while stack:
+        parent = stack.pop()
+        for pid, (ppid, start) in table.items():
+            if ppid == parent and pid not in found:
+                found[pid] = start
+                stack.append(pid)
+    return found
+
+
+def _still_alive(procs: dict[int, int]) -> list[str]:
+    alive = []
+    for pid, start in procs.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:80].decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[19]) == start and fields[0] != "Z":
+            alive.append(f"{pid} {cmd}")
+    return alive
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_kill_9_of_the_driver_leaves_no_process_of_the_run(reference, tmp_path, engine):
+    """Every process the driver started (pool workers, forkserver, resource tracker; Ray's GCS, raylet, agents and
+    workers) is gone 5 s after kill -9 of the driver; the rerun completes the same dataset."""
+    if engine == "ray":
+        pytest.importorskip("ray")
+    _, sources, files, _ = reference
+    out = tmp_path / "out"
+    cfg = _cli_config(tmp_path, sources, out, {"engine": engine, "workers": 2})
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # Ray: a local instance, started by the driver
+    cmd = [sys.executable, str(REPO / "mine_labels.py"), "--config", str(cfg)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started: dict[int, int] = {}
+    try:
+        deadline = time.time() + 240
+        while not _stats_files(out / "_work", "map") and proc.poll() is None and time.time() < deadline:
+            started.update(_process_tree(proc.pid))
+            time.sleep(0.01)
+        started.update(_process_tree(proc.pid))
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+        assert len(started) >= 3, started  # the pool (forkserver + 2 workers) or Ray's processes were running
+        time.sleep(5)
+        assert _still_alive(started) == []
+    finally:
+        for line in _still_alive(started):  # never leave a survivor behind, even when the test fails
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert output_bytes(out) == files
+
+
+def test_a_second_driver_on_an_output_in_use_is_refused_and_writes_nothing(reference, tmp_path):
+    _, sources, files, _ = reference
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "mine_labels.py"), "--config", str(_cli_config(tmp_path, sources, out, {}))]
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not _stats_files(out / "_work", "map") and first.poll() is None and time.time() < deadline:
+            time.sleep(0.002)
+        first.send_signal(signal.SIGSTOP)  # frozen mid-run, holding the output
+        assert first.poll() is None, "the first run finished before the second started"
+        before = {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+        second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert f"is being written by another mining run (pid {first.pid} on " in second.stderr
+        assert {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == before
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0
+    assert output_bytes(out) == files

@@ -254,3 +254,26 @@ def test_a_crafted_dcp_index_is_refused_not_executed(sharded_run, tmp_path):
     with pytest.raises(CheckpointError, match="evil.ckpt: cannot read the sharded checkpoint's weights"):
         load_module(evil)
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_train_py_init_from_loads_the_weights_once_at_fit_start(tmp_path, monkeypatch):
+    """train.py leaves init_from to MultiTaskModule.setup (the one load path): the second run reads the first
+    run's last.ckpt once, inside Trainer.fit (before, train.py loaded it outside the Trainer)."""
+    import train
+    from tests.fixtures_data import make_dataset
+    from tests.fixtures_reliability import train_args
+
+    shards = make_dataset(tmp_path / "wl", n_train=32, n_val=8, shard_size=8, scales=(1.0,), img_size=16)
+    train.main(train_args(shards["manifest"], tmp_path / "runs", "pre", "trainer.max_steps=2"))
+    calls = []
+    load = MultiTaskModule.load_pretrained
+
+    def spy(self, path):
+        calls.append((path, self.trainer.state.fn))  # self.trainer raises outside a Trainer
+        return load(self, path)
+
+    monkeypatch.setattr(MultiTaskModule, "load_pretrained", spy)
+    pre = tmp_path / "runs" / "pre"
+    train.main(train_args(shards["manifest"], tmp_path / "runs", "post", "trainer.max_steps=1", f"init_from={pre}"))
+    assert calls == [(str(pre / "checkpoints" / "last.ckpt"), "fit")]

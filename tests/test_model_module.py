@@ -8,10 +8,10 @@ import torch
 from fixtures_model import NUM_CLASSES, make_batch, tiny_config
 from torch.utils.flop_counter import FlopCounterMode
 
+from evaluation.head_metrics import WeakLabelMAP, precision_at_k
 from lit_modules import MultiTaskModule
 from lit_modules.backbones import create_backbone, feature_dim
 from lit_modules.callbacks import device_peak_flops, mfu
-from lit_modules.multitask import WeakLabelMAP, precision_at_k
 from lit_modules.optim import warmup_cosine
 
 
@@ -329,3 +329,75 @@ def test_resnet10_lowres_keeps_the_resolution_of_small_images():
     assert model(x).shape == (2, 256)
     with pytest.raises(ValueError, match="no pretrained weights"):
         timm.create_model("resnet10_lowres", pretrained=True)
+
+
+# ------------------------------------------------------------------------------ task objects
+
+
+def test_heads_draw_their_weights_in_a_fixed_order_and_are_stored_by_kind():
+    """Same seed, same initial heads as before the task objects (weak-label, classifiers, embedding), and the
+    state-dict order of existing checkpoints (weak_label, embedding, classifiers)."""
+    from lit_modules.heads import EmbeddingHead
+    from lit_modules.tasks import build_heads, build_tasks
+
+    tasks_cfg = tiny_config()["tasks"]
+    torch.manual_seed(3)
+    heads = build_heads(build_tasks(tasks_cfg), 8, NUM_CLASSES)
+    torch.manual_seed(3)
+    weak, fashion = torch.nn.Linear(8, 12), torch.nn.Linear(8, 10)
+    embedding = EmbeddingHead(8, 256, {"weak_label": 12, "fashion_mnist": 10})
+    assert list(heads) == ["weak_label", "embedding", "classifiers"]
+    assert torch.equal(heads["weak_label"].weight, weak.weight)
+    assert torch.equal(heads["classifiers"]["fashion"].weight, fashion.weight)
+    assert torch.equal(heads["embedding"].proj.weight, embedding.proj.weight)
+    assert torch.equal(heads["embedding"].proxies["fashion_mnist"], embedding.proxies["fashion_mnist"])
+
+
+def test_a_new_task_kind_is_one_class_and_a_registry_entry(monkeypatch):
+    """A kind the module has never heard of trains, validates and logs through the Task interface alone."""
+    import torch.nn.functional as F
+    from fixtures_model import combined_loader, cpu_trainer
+    from torchmetrics import MeanMetric
+
+    from lit_modules.tasks import TASK_KINDS, Task
+
+    class ParityTask(Task):  # is a Fashion-MNIST class id even or odd?
+        kind = "parity"
+
+        @classmethod
+        def from_config(cls, tasks_cfg):
+            return [cls("parity/fashion_mnist", "fashion_mnist", 0.5, "parity", {})]
+
+        @classmethod
+        def build_heads(cls, tasks, in_features, num_classes):
+            return {"parity": torch.nn.Linear(in_features, 2)}
+
+        def logits(self, heads, feats, cache):
+            return heads["parity"](feats)
+
+        def loss(self, logits, target):
+            return F.cross_entropy(logits.float(), target % 2)
+
+        def make_metrics(self, num_classes):
+            return {"parity_acc": MeanMetric()}
+
+        def update(self, metrics, logits, target):
+            metrics["parity_acc"].update((logits.argmax(1) == target % 2).float())
+            return {"parity/acc": metrics["parity_acc"]}
+
+    monkeypatch.setitem(TASK_KINDS, "parity", ParityTask)
+    m = _module(tiny_config())
+    assert "heads.parity.weight" in m.state_dict() and "parity_acc" in m.val_metrics
+    batch = make_batch()
+    total, losses, logits = m.compute_losses(batch)
+    target = batch["fashion_mnist"]["target"]
+    assert torch.equal(losses["parity/fashion_mnist"], F.cross_entropy(logits["parity/fashion_mnist"], target % 2))
+    others = sum(loss for name, loss in losses.items() if name != "parity/fashion_mnist")
+    torch.testing.assert_close(total, others + 0.5 * losses["parity/fashion_mnist"])
+
+    val = combined_loader(("fashion_mnist",), n=8, seed=5).iterables["fashion_mnist"]
+    got = cpu_trainer(1, limit_val_batches=None).validate(m, dataloaders={"fashion_mnist": val}, verbose=False)
+    with torch.no_grad():
+        m.eval()
+        hits = [(m.heads["parity"](m(b["image"])).argmax(1) == b["target"] % 2).float() for b in val]
+    assert got[0]["val/parity/acc"] == pytest.approx(torch.cat(hits).mean().item())

@@ -163,7 +163,7 @@ def test_resumed_run_uses_every_sample_as_often_and_ends_where_an_uninterrupted_
     assert resumed == full  # stronger: the same batches in the same order at the same steps
 
     metrics = {n: json.loads((out / n / "metrics.json").read_text()) for n in ("full", "killed")}
-    compared = [k for k in metrics["full"] if not k.startswith("perf/")]
+    compared = [k for k in metrics["full"] if not k.startswith(("perf/", "cost/"))]  # timings differ
     assert {"val/loss", "val/weak_label/mAP", "train/loss", "trainer/global_step"} <= set(compared)
     for key in compared:  # deterministic CPU kernels: equal up to float rounding (in practice bit-identical)
         assert metrics["killed"][key] == pytest.approx(metrics["full"][key], rel=1e-6, abs=1e-7), key
@@ -467,10 +467,25 @@ def test_train_py_config_mistakes_exit_with_the_key_named(tmp_path):
 
 def test_resume_with_another_label_space_fails_naming_the_key(trained_run, tmp_path):
     from lit_modules import CheckpointError
+    from tracking.run_dir import RunIdentityError
 
     out = _copy_run(trained_run, tmp_path)
-    with pytest.raises(CheckpointError, match=r"last\.ckpt does not fit this run: label space of 'weak_label' differs"):
+    before = _run_json(out / "base")
+    # resume=auto: the directory holds another config; refused before anything is touched, naming the key.
+    with pytest.raises(RunIdentityError, match=r"data\.weak_label\.label_space: 'clustered' -> 'raw'"):
         _main(trained_run["manifest"], out, "base", *trained_run["args"], "data.weak_label.label_space=raw")
+    assert _run_json(out / "base") == before
+    # An explicit checkpoint is continued deliberately, and still refused by the checkpoint's own check.
+    last = out / "base" / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=r"last\.ckpt does not fit this run: label space of 'weak_label' differs"):
+        _main(
+            trained_run["manifest"],
+            out,
+            "base",
+            *trained_run["args"],
+            "data.weak_label.label_space=raw",
+            f"resume={last}",
+        )
     run = _run_json(out / "base")
     assert run["status"] == "failed" and "data.weak_label.label_space differs" in run["error"]
 
@@ -883,7 +898,7 @@ def test_demo_preset_gives_identical_metrics_whatever_the_machine_thread_default
     for default_threads in (1, 2):
         torch.set_num_threads(default_threads)  # what the machine would give without trainer.cpu_threads
         out = _main(shards["manifest"], tmp_path / f"threads{default_threads}", "run", *args)
-        metrics[default_threads] = {k: v for k, v in out.items() if not k.startswith("perf/")}
+        metrics[default_threads] = {k: v for k, v in out.items() if not k.startswith(("perf/", "cost/"))}
         assert torch.get_num_threads() == 2  # the preset's count, whatever the default was
     assert {"train/loss", "val/loss", "val/weak_label/mAP"} <= set(metrics[1])
     assert metrics[1] == metrics[2]  # exact: same kernels, same thread count, same seeds

@@ -50,7 +50,14 @@ def test_runner_resumes_a_half_done_sweep_without_rerunning_finished_runs(tmp_pa
     assert "overrides differ" not in capsys.readouterr().out
     assert main([str(sweep_file), "--output-dir", str(out), "--", "seed=3"]) == 0  # a changed plan: warned
     assert len(read_calls(out)) == 2
-    assert "skip fake-c: finished earlier; its overrides differ from this plan" in capsys.readouterr().out
+    assert "skip fake-c: finished, but its config differs from this plan" in capsys.readouterr().out
+    # --rerun redoes the changed runs (fake-a holds no record of its overrides: kept); their old directories are
+    # moved aside, never deleted.
+    assert main([str(sweep_file), "--output-dir", str(out), "--rerun", "--", "seed=3"]) == 0
+    assert [c["args"]["run_name"] for c in read_calls(out)[2:]] == ["fake-b", "fake-c"]
+    assert all(c["args"]["seed"] == "3" and c["previous"] is None for c in read_calls(out)[2:])
+    replaced = sorted(p.name.rsplit("-", 1)[0] for p in (out / ".replaced").iterdir())
+    assert replaced == ["fake-b", "fake-c"]
 
 
 def test_failed_run_is_reported_and_rerun_next_time(tmp_path, monkeypatch, capsys):
@@ -60,7 +67,8 @@ def test_failed_run_is_reported_and_rerun_next_time(tmp_path, monkeypatch, capsy
     assert main([str(sweep_file), "--output-dir", str(out), "--wandb-mode", "disabled"]) == 1
     text = capsys.readouterr().out
     assert "failed fake-a" in text and "exit code 3" in text
-    assert run_status(out / "fake-a") == "running" and run_status(out / "fake-b") == "finished"
+    # run.json still says "running" but its process is gone: the run counts as crashed, and is run again.
+    assert run_status(out / "fake-a") == "crashed" and run_status(out / "fake-b") == "finished"
     assert read_calls(out)[0]["wandb_mode"] == "disabled"
 
     monkeypatch.delenv("FAKE_FAIL")
@@ -85,7 +93,7 @@ def test_dry_run_prints_the_runs_and_runs_nothing(tmp_path, capsys):
     assert main([str(sweep_file), "--output-dir", str(out), "--dry-run", "--", "seed=3"]) == 0
     text = capsys.readouterr().out
     assert "2 runs, method grid" in text
-    assert "skip (finished) fake-a" in text and "run             fake-b" in text
+    assert "skip     fake-a: finished earlier" in text and "run      fake-b: new" in text
     assert "model=b optim.lr=0.001 logger.group=fake run_name=fake-b" in text and "seed=3" in text
     assert read_calls(out) == []
 
@@ -110,3 +118,36 @@ def test_shards_split_the_runs_between_agents(tmp_path):
     assert shards == [everything[0::2], everything[1::2]]
     assert main([str(tmp_path / "fake.yaml"), "--shard", "2/2", "--dry-run"]) == 2
     assert main([str(tmp_path / "fake.yaml"), "--parallel", "2", "--gpus", "0,1,2", "--output-dir", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_the_summary_and_exits_130_without_a_traceback(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep_file = write_fake_sweep(tmp_path, ["a", "b", "c"])
+    out = tmp_path / "runs"
+    env = {**os.environ, "FAKE_SLEEP": "30"}
+    runner = Path(__file__).resolve().parent.parent / "run_sweep.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(runner), str(sweep_file), "--output-dir", str(out)],
+        cwd=runner.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not read_calls(out) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the runner and its run
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert "sweep.py" not in stderr and "concurrent/futures" not in stderr  # no traceback of the runner
+    statuses = [r["status"] for r in json.loads((out / "fake.sweep.json").read_text())["runs"]]
+    assert statuses == ["interrupted", "not started", "not started"], statuses
+    assert "sweep fake: 3 runs" in stdout

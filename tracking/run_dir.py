@@ -2,23 +2,40 @@
 
 Layout (docs/ARCHITECTURE.md):
     <output_dir>/<run_name>/config.yaml, run.json, metrics.json, checkpoints/, eval/<dataset>.json
+
+A directory is one run's: its name carries the run's identity (``default_run_name``), ``RunDir.check`` refuses a
+directory holding another configuration or a live process, and run.json records every start and end (segments),
+a heartbeat while the run is alive, and the run's lineage (git commit, data fingerprint, world size, global batch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import re
+import socket
 import subprocess
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig
 
-from configs.compose import save_config
+from configs.compose import save_config, to_dict
+from tracking.identity import (
+    agent_ids,
+    config_fingerprint,
+    data_fingerprint,
+    differences,
+    fingerprint,
+    replicate_fingerprint,
+    science,
+)
 
 
 def git_commit(repo: Path | None = None) -> str | None:
@@ -81,10 +98,15 @@ def axes(cfg: DictConfig, init: str = "trained") -> dict[str, Any]:
 
 
 def default_run_name(cfg: DictConfig) -> str:
-    """experiment-arch-s<scale>-<label_space>-<stage>-seed<seed>, filesystem-safe."""
+    """The run directory's name when ``run_name`` is not given: the compared axes
+    (``experiment-arch-s<scale>-<label_space>-<stage>-seed<seed>``) and what makes the run one of a kind: under
+    `wandb agent` the sweep and run ids it was given, else a short fingerprint of the config without its operational
+    keys (``tracking.identity``), so two configurations never share a directory."""
     a = axes(cfg)
     name = f"{a['experiment']}-{a['arch']}-s{a['scale']:g}-{a['label_space']}-{a['stage']}-seed{a['seed']}"
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+    agent = agent_ids()
+    suffix = f"{agent[0]}-{agent[1]}" if agent else config_fingerprint(to_dict(cfg))[:8]
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{name}-{suffix}")
 
 
 def _clean(value: Any) -> Any:
@@ -100,19 +122,96 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def _age_s(stamp: Any) -> float | None:
+    try:
+        return (_dt.datetime.now(_dt.UTC) - _dt.datetime.fromisoformat(str(stamp))).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     """Write JSON via a temporary file and rename, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
 
 
+# ------------------------------------------------------------------------------------- liveness
+
+# A live run rewrites run.json's "heartbeat" this often; a "running" run silent for STALE_AFTER_S is a dead one
+# (killed with kill -9, its node lost) and is reported as "crashed".
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 300.0
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a live local process (field 22 of /proc/<pid>/stat), to tell it from a later one with its
+    pid; None when there is no such process or it has ended (a zombie its parent has not reaped yet)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def agent_params() -> dict[str, Any]:
+    """The parameters `wandb agent` gave this run (its WANDB_SWEEP_PARAM_PATH file: ``{key: {"value": v}}``), flat;
+    the same values W&B puts into the run's config, recorded in run.json so both sources name runs alike."""
+    path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) if path else None
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(loaded, Mapping):
+        return {}
+    return {
+        str(k): (v.get("value") if isinstance(v, Mapping) else v) for k, v in loaded.items() if k != "wandb_version"
+    }
+
+
+def this_process() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid())}
+
+
+def process_alive(record: Mapping[str, Any]) -> bool | None:
+    """Whether the process a run record names is alive: True/False on its own host, None on another host."""
+    if record.get("host") != socket.gethostname() or not record.get("pid"):
+        return None
+    started = _process_start(int(record["pid"]))
+    return started is not None and (record.get("pid_start") is None or started == record.get("pid_start"))
+
+
+def effective_status(record: Mapping[str, Any]) -> str:
+    """A run's status as it is now: "crashed" for a "running" record whose process is gone (on this host), whose
+    heartbeat is older than ``STALE_AFTER_S``, or that has no heartbeat at all (written by something that keeps
+    none); the recorded status otherwise."""
+    status = str(record.get("status") or "unknown")
+    if status != "running":
+        return status
+    alive = process_alive(record)
+    age = _age_s(record.get("heartbeat"))
+    if alive is False or (alive is None and (age is None or age > STALE_AFTER_S)):
+        return "crashed"
+    return status
+
+
+class RunIdentityError(ValueError):
+    """A run directory that holds another configuration than the run asked to use it."""
+
+
+class RunInUseError(RuntimeError):
+    """A run directory a live process is training in."""
+
+
 class RunDir:
-    """Paths and bookkeeping files of one run."""
+    """Paths and bookkeeping files of one run; ``start`` checks that the directory is this run's (identity and
+    liveness) and keeps a heartbeat in run.json until ``finish``."""
 
     def __init__(self, path: os.PathLike):
         self.path = Path(path)
+        self._lock = threading.Lock()
+        self._beat: threading.Event | None = None
 
     @classmethod
     def for_config(cls, cfg: DictConfig) -> RunDir:
@@ -139,32 +238,146 @@ class RunDir:
             return {}
         return json.loads(self.run_json.read_text())
 
-    def start(self, cfg: DictConfig, wandb_id: str | None = None, init: str = "trained") -> None:
-        """Write config.yaml and run.json (status 'running'); keeps an existing wandb_id on resume."""
+    def update(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into run.json (read, update, atomic write; one writer thread at a time)."""
+        with self._lock:
+            record = self.read_run()
+            record.update(fields)
+            write_json_atomic(self.run_json, record)
+            return record
+
+    def check(self, cfg: DictConfig) -> dict[str, Any]:
+        """Refuse a directory that is not this run's to continue; returns the run.json found (``{}`` for none).
+
+        Raises:
+            RunIdentityError: the directory holds a run of another configuration (the differing keys are named).
+                ``resume=<checkpoint>`` is the explicit way to continue a run under changed settings.
+            RunInUseError: a live process is training in it (same host: its pid; another host: a fresh heartbeat).
+        """
+        previous = self.read_run()
+        saved = self.path / "config.yaml"
+        if not previous and not saved.is_file():
+            return previous
+        new = science(to_dict(cfg))
+        stored_fp = previous.get("config_fingerprint")
+        old = science(yaml.safe_load(saved.read_text()) or {}) if saved.is_file() else None
+        if stored_fp is None and old is not None:
+            stored_fp = fingerprint(old)
+        explicit = cfg.resume not in ("auto", "never")
+        if stored_fp is not None and stored_fp != fingerprint(new) and not explicit:
+            changed = differences(old, new) if old is not None else [f"config fingerprint {stored_fp}"]
+            raise RunIdentityError(
+                f"run directory {self.path} holds a run of another configuration; differing keys:\n  "
+                + "\n  ".join(changed)
+                + "\nGive this run its own directory (another run_name, or none: the default name carries a config "
+                "fingerprint), or continue that run deliberately with resume=<its checkpoint>."
+            )
+        if previous.get("status") == "running" and effective_status(previous) == "running":
+            here = this_process()
+            if (previous.get("host"), previous.get("pid")) != (here["host"], here["pid"]):
+                age = _age_s(previous.get("heartbeat"))
+                raise RunInUseError(
+                    f"run directory {self.path} is in use by pid {previous.get('pid')} on {previous.get('host')} "
+                    f"(heartbeat {age:.0f} s ago)"
+                    + (f"; if that process is gone, it counts as crashed after {STALE_AFTER_S:.0f} s" if age else "")
+                )
+        return previous
+
+    def start(self, cfg: DictConfig, init: str = "trained", **fields: Any) -> dict[str, Any]:
+        """Claim the directory for this process (``check``), write config.yaml and run.json ("running"), and keep a
+        heartbeat until ``finish``. A previous segment left "running" by a dead process is recorded as crashed.
+        The W&B id, the start time and the list of segments carry over from an earlier start."""
+        previous = self.check(cfg)
         self.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.path / "config.yaml")
-        previous = self.read_run()
+        segments = list(previous.get("segments") or [])
+        if previous.get("status") == "running" and segments and "ended" not in segments[-1]:
+            segments[-1].update(status="crashed", ended=previous.get("heartbeat"), error="no heartbeat: process gone")
+        now = _now()
         record = {
             "run_name": self.name,
             "experiment": cfg.experiment,
             "status": "running",
             "git_commit": git_commit(),
             "axes": axes(cfg, init=init),
-            "wandb_id": wandb_id or previous.get("wandb_id"),
-            "started": previous.get("started", _now()),
-            "restarts": previous.get("restarts", -1) + 1,
+            "config_fingerprint": config_fingerprint(to_dict(cfg)),
+            "wandb_id": previous.get("wandb_id"),
+            "started": previous.get("started", now),
+            "restarts": len(segments),
+            "heartbeat": now,
+            "segments": [*segments, {"started": now, **this_process()}],
+            **this_process(),
         }
-        write_json_atomic(self.run_json, record)
+        if agent_ids():
+            record["wandb_sweep_id"] = agent_ids()[0]
+            record["sweep_params"] = agent_params()
+        record.update(fields)
+        with self._lock:
+            write_json_atomic(self.run_json, record)
+        self._start_heartbeat()
+        return record
+
+    def _start_heartbeat(self) -> None:
+        if self._beat is not None:
+            return
+        self._beat = threading.Event()
+
+        def beat(stop: threading.Event) -> None:
+            while not stop.wait(HEARTBEAT_S):
+                with contextlib.suppress(OSError, ValueError):
+                    self.update(heartbeat=_now())
+
+        threading.Thread(target=beat, args=(self._beat,), name="run-heartbeat", daemon=True).start()
 
     def finish(self, status: str = "finished", **extra: Any) -> None:
-        record = self.read_run()
-        record.update(status=status, ended=_now(), **extra)
-        write_json_atomic(self.run_json, record)
+        """Record the end of this segment (status, time, ``extra`` such as ``error``) and stop the heartbeat."""
+        if self._beat is not None:
+            self._beat.set()
+            self._beat = None
+        with self._lock:
+            record = self.read_run()
+            now = _now()
+            record.update(status=status, ended=now, heartbeat=now, **extra)
+            segments = record.get("segments") or []
+            if segments and "ended" not in segments[-1]:
+                segments[-1].update(status=status, ended=now, **({"error": extra["error"]} if "error" in extra else {}))
+            write_json_atomic(self.run_json, record)
+
+    def elapsed_hours(self) -> float:
+        """Wall time of every segment of the run so far (a crashed one up to its last heartbeat), in hours."""
+        total = 0.0
+        for seg in self.read_run().get("segments") or []:
+            end = seg.get("ended") or _now()
+            start_age, end_age = _age_s(seg.get("started")), _age_s(end)
+            if start_age is not None and end_age is not None:
+                total += max(0.0, start_age - end_age)
+        return total / 3600.0
 
     def write_metrics(self, metrics: Mapping[str, Any], name: str = "metrics.json") -> dict[str, Any]:
         clean = {k: _clean(v) for k, v in sorted(metrics.items())}
         write_json_atomic(self.path / name, clean)
         return clean
+
+
+def lineage(cfg: DictConfig, manifests: Sequence[str] = (), world_size: int | None = None) -> dict[str, Any]:
+    """Where a run's results come from, recorded in run.json and the W&B config: the git commit, the fingerprint of
+    the data manifests it reads, the world size and global batch it trained with, its precision, and its config and
+    replicate fingerprints (``tracking.identity``)."""
+    from lit_modules.optim import global_batch_size
+
+    t = cfg.trainer
+    record = {
+        "git_commit": git_commit(),
+        "data_fingerprint": data_fingerprint(manifests),
+        "world_size": world_size,
+        "global_batch": None
+        if world_size is None
+        else global_batch_size(cfg.data.batch_size, world_size, t.accumulate_grad_batches),
+        "precision": str(t.precision),
+        "config_fingerprint": config_fingerprint(to_dict(cfg)),
+    }
+    record["replicate_fingerprint"] = replicate_fingerprint(science(to_dict(cfg)), record)
+    return record
 
 
 RUN_SPEC_PREFIX = "run:"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -50,14 +49,10 @@ class Partition:
 
 
 def _count_tar_units(tar_path: str) -> int:
-    """Samples in a tar (distinct keys of consecutive members): only for a source with a ``limit``."""
-    from labels.sources.img2dataset import _group_members
-
-    try:
-        with tarfile.open(tar_path, "r:") as tf:
-            return sum(1 for _ in _group_members(tf))
-    except tarfile.TarError as err:
-        raise InputError(f"cannot read tar {tar_path}: {err}") from None
+    """Samples in a tar (only for a source with a ``limit``): those the map pass reads, so a damaged tar counts the
+    samples before its damage (``iter_img2dataset``)."""
+    units = iter_img2dataset(os.path.dirname(tar_path) or ".", read_images=False, tars=[tar_path], bad_inputs=[])
+    return sum(1 for _ in units)
 
 
 def list_partitions(sources, partition_size: int) -> list[Partition]:
@@ -96,8 +91,11 @@ def list_partitions(sources, partition_size: int) -> list[Partition]:
     return parts
 
 
-def iter_partition(src, part: Partition, read_images: bool = True) -> Iterator[Unit]:
-    """Units of one partition of source ``src``, in the source's order."""
+def iter_partition(src, part: Partition, read_images: bool = True, bad_inputs: list | None = None) -> Iterator[Unit]:
+    """Units of one partition of source ``src``, in the source's order.
+
+    ``bad_inputs``: img2dataset: where a tar that cannot be read to its end is recorded (``BadInput``; its samples
+    before the damage are yielded); None: such a tar raises ``InputError``."""
     name = src.name or src.type
     if src.type == "openclipart":
         return iter_openclipart(src.path, name=name, files=part.files)
@@ -112,6 +110,7 @@ def iter_partition(src, part: Partition, read_images: bool = True) -> Iterator[U
             read_images=read_images,
             limit=part.limit,
             tars=part.files,
+            bad_inputs=bad_inputs,
         )
     if src.type == "manifest":
         return iter_manifest(

@@ -10,6 +10,15 @@ byte offset inside the tar is recorded so the writing pass reads it back with on
 Per-sample rules: no image member -> ``missing_image``; a ``.json`` that does not parse ->
 ``bad_metadata`` (the pipeline's header check adds ``corrupt_image``). A missing ``.txt`` or json
 field is just an absent signal.
+
+A tar that cannot be read to its end (``run.on_bad_input``): the reader is strict (``tar_reader``: a truncated or
+corrupt tar is never mistaken for a shorter intact one), so its damage is always seen. With ``bad_inputs`` given
+(``skip``), the samples before the damage are kept and the tar is recorded there (``BadInput``); otherwise
+(``fail``) ``InputError`` names the tar. Keeping them is safe because a sample is yielded only once the next
+sample's first member was read whole: every member of a kept sample was read whole (its bytes or, when skipped,
+its full length present), and the sample the damage cut (or the one before it, when the damage is in the next
+sample's first member) is never yielded, even when it looked complete.
+An interrupted img2dataset download is a tar whose beginning is intact: its samples are kept, not lost.
 """
 
 from __future__ import annotations
@@ -18,9 +27,26 @@ import glob
 import json
 import os
 from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
 from datamodules.tar_reader import TarFormatError, iter_members
 from labels.sources.base import RASTER_EXTS, InputError, Unit, add_signal
+
+
+class BadInput(NamedTuple):
+    """A tar that could not be read to its end: ``reason`` is ``truncated_tar``, ``corrupt_tar`` or
+    ``unreadable_tar``; ``samples_kept``: samples read before the damage."""
+
+    input: str
+    reason: str
+    error: str
+    samples_kept: int
+
+
+def _bad_reason(err: Exception) -> str:
+    if isinstance(err, OSError):
+        return "unreadable_tar"
+    return "truncated_tar" if "truncated" in str(err) else "corrupt_tar"  # tar_reader's messages say which
 
 
 def list_tars(path: str) -> list[str]:
@@ -79,6 +105,7 @@ def iter_img2dataset(
     read_images: bool = True,
     limit: int | None = None,
     tars: list[str] | None = None,
+    bad_inputs: list[BadInput] | None = None,
 ) -> Iterator[Unit]:
     """Units for every sample of every tar under ``path`` (tars sorted, members in tar order).
 
@@ -87,24 +114,26 @@ def iter_img2dataset(
         tars: read only these tar files (one partition of ``list_tars(path)``), in the order given.
         read_images: read the image bytes (for the content key and the header check); False for
             text-only runs, where the key comes from the unit id.
+        bad_inputs: where a tar that cannot be read to its end is recorded (its samples before the damage are
+            yielded, reading goes on with the next tar); None: ``InputError`` naming the tar.
     """
     fields = dict(fields or {})
     count = 0
     for tar_path in list_tars(path) if tars is None else tars:
         tar_name = os.path.basename(tar_path)
+        kept = 0
         try:
-            stream = open(tar_path, "rb")
-        except OSError as err:
-            raise InputError(f"cannot read tar {tar_path}: {err}") from None
-        with stream:
-            try:
+            with open(tar_path, "rb") as stream:
                 for key, group in _group_members(stream, read_images):
                     if limit is not None and count >= limit:
                         return
                     count += 1
+                    kept += 1
                     yield _unit(group, f"{tar_name}:{key}", name, tar_path, caption_signal, fields)
-            except TarFormatError as err:
-                raise InputError(f"cannot read tar {tar_path}: {err}") from None
+        except (OSError, TarFormatError) as err:
+            if bad_inputs is None:
+                raise InputError(f"cannot read tar {tar_path}: {err} (run.on_bad_input=skip skips it)") from None
+            bad_inputs.append(BadInput(tar_path, _bad_reason(err), str(err), kept))
 
 
 def _unit(

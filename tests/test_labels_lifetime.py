@@ -1,0 +1,231 @@
+"""Who may write a mining output, how many workers a run starts, and what a damaged input tar costs: known answers on
+small inputs, in one process (the kill -9 tests, multi-process, are in test_labels_distributed.py)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from configs.labels_schema import RunSettings, load_labels_config
+from labels import lifetime
+from labels.engine import Engine
+from labels.pipeline import run
+from labels.sources import InputError
+from labels.sources.img2dataset import iter_img2dataset
+from tests.fixtures_labels import img2dataset_samples, labels_config, write_tar
+
+REPO = Path(__file__).resolve().parents[1]
+I2D = {"type": "img2dataset", "fields": {"tags": "keywords", "title": "title"}}
+
+
+def member_offset(tar: Path, name: str) -> int:
+    """Byte offset of member ``name``'s header in ``tar``."""
+    with tarfile.open(tar) as tf:
+        return tf.getmember(name).offset
+
+
+def files_under(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file below ``folder``: relative path -> (size, mtime in ns)."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+# ---------------------------------------------------------------------------------------- worker count
+def test_workers_default_to_the_cpus_this_process_may_run_on(monkeypatch):
+    assert Engine("local").workers == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5, 7, 9})  # e.g. taskset / a cgroup cpuset
+    assert Engine("local").workers == 5
+    assert Engine("local", None).workers == 5 and Engine("ray").workers == 5
+    assert Engine("local", 0).workers == 0 and Engine("local", 3).workers == 3  # 0: in the driver; N: N
+    assert RunSettings().workers is None and RunSettings().on_bad_input == "skip"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "labels").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_label_configs_start_one_worker_per_available_cpu(path):
+    """A preset pinning a worker count (8 on a 2-core machine: 4.3 GB) is wrong on most machines."""
+    assert load_labels_config(path).run.workers is None
+
+
+def test_run_workers_and_on_bad_input_are_validated(tmp_path):
+    from configs.compose import ConfigError
+
+    with pytest.raises(ConfigError, match=r"run\.workers': must be >= 0 \(or null: the CPUs available\)"):
+        labels_config(tmp_path, [{**I2D, "path": str(tmp_path)}], ["run.workers=-1"])
+    with pytest.raises(ConfigError, match=r"run\.on_bad_input': is not skip\|fail"):
+        labels_config(tmp_path, [{**I2D, "path": str(tmp_path)}], ["run.on_bad_input=ignore"])
+    assert labels_config(tmp_path, [{**I2D, "path": str(tmp_path)}], ["run.workers=null"]).run.workers is None
+
+
+# ---------------------------------------------------------------------------------------- damaged tars
+@pytest.mark.parametrize(
+    "damage, cut_in, kept, reason",
+    [
+        # cut inside the second member of sample 4: sample 3 is complete (sample 4's first member was read whole)
+        ("truncate", ("000000004.json", 100), 4, "truncated_tar"),
+        # cut inside sample 4's first member (header or image bytes): sample 3 might have had more members, so it is
+        # not kept either
+        ("truncate", ("000000004.jpg", 100), 3, "truncated_tar"),
+        ("truncate", ("000000004.jpg", 600), 3, "truncated_tar"),
+        # a corrupt header (checksum) in the middle of the tar
+        ("corrupt", ("000000004.jpg", 10), 3, "corrupt_tar"),
+    ],
+)
+def test_a_damaged_tar_yields_its_intact_samples_and_is_recorded(tmp_path, damage, cut_in, kept, reason):
+    tar = write_tar(tmp_path / "00000.tar", img2dataset_samples(8))
+    data = bytearray(tar.read_bytes())
+    at = member_offset(tar, cut_in[0]) + cut_in[1]
+    if damage == "truncate":
+        data = data[:at]
+    else:
+        data[at] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    bad: list = []
+    units = list(iter_img2dataset(str(tmp_path), bad_inputs=bad))
+    assert [u.uid for u in units] == [f"00000.tar:{i:09d}" for i in range(kept)]
+    assert all(u.data and u.signals["description"] for u in units)  # whole samples: image and caption
+    assert [(b.input, b.reason, b.samples_kept) for b in bad] == [(str(tar), reason, kept)]
+    with pytest.raises(InputError, match=r"cannot read tar .*00000\.tar.*run\.on_bad_input=skip"):
+        list(iter_img2dataset(str(tmp_path)))
+
+
+def test_an_unreadable_tar_is_recorded(tmp_path):
+    write_tar(tmp_path / "00000.tar", img2dataset_samples(3))
+    bad: list = []
+    units = list(
+        iter_img2dataset(str(tmp_path), tars=[str(tmp_path / "00000.tar"), str(tmp_path / "gone.tar")], bad_inputs=bad)
+    )
+    assert len(units) == 3
+    assert [(b.input, b.reason, b.samples_kept) for b in bad] == [(str(tmp_path / "gone.tar"), "unreadable_tar", 0)]
+
+
+def _corpus(src: Path, truncated: bool) -> None:
+    """Tars 0 and 2 intact; tar 1 holds samples 10..17 cut after sample 15's json member, before its caption
+    (truncated), or is the intact tar of samples 10..14 (the samples the truncated one keeps)."""
+    write_tar(src / "00000.tar", img2dataset_samples(10))
+    full = write_tar(src / "00001.tar", img2dataset_samples(8, offset=10))
+    if truncated:
+        cut = member_offset(full, "000000015.json") + 700
+        full.write_bytes(full.read_bytes()[:cut])
+    else:
+        write_tar(src / "00001.tar", img2dataset_samples(5, offset=10))
+    write_tar(src / "00002.tar", img2dataset_samples(6, offset=18))
+
+
+def _dataset(out: Path) -> tuple[dict, dict[str, bytes]]:
+    files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and p.suffix == ".tar"}
+    return json.loads((out / "manifest.json").read_text()), files
+
+
+def test_a_truncated_tar_is_skipped_counted_and_named_and_its_intact_samples_kept(tmp_path):
+    src = tmp_path / "i2d"
+    _corpus(src, truncated=True)
+    cfg = labels_config(tmp_path, [{**I2D, "path": str(src)}], out="skip")
+    result = run(cfg)
+    c = result.counts
+    assert c["read"] == 10 + 5 + 6 == c["written"] + sum(c["skipped"].values())
+    assert c["skipped_inputs"] == {"truncated_tar": 1}
+    [bad] = c["bad_inputs"]
+    assert bad["input"] == str(src / "00001.tar") and bad["reason"] == "truncated_tar" and bad["samples_kept"] == 5
+    assert "truncated tar" in bad["error"]
+    manifest, shards = _dataset(Path(cfg.output))
+    assert manifest["counts"] == c
+    parts = [json.loads(x) for x in (Path(cfg.output) / "report" / "partitions.jsonl").read_text().splitlines()]
+    assert [p.get("bad_inputs", []) for p in parts] == [[], [bad], []]
+    # The same dataset as from an intact tar holding just the samples before the damage; the manifest differs only
+    # by the record of the damage (counts, and the input fingerprint, which covers it).
+    _corpus(src, truncated=False)
+    clean = labels_config(tmp_path, [{**I2D, "path": str(src)}], out="clean")
+    clean_result = run(clean)
+    clean_manifest, clean_shards = _dataset(Path(clean.output))
+    assert shards == clean_shards
+    for m in (manifest, clean_manifest):
+        m["counts"].pop("bad_inputs", None), m["counts"].pop("skipped_inputs", None)
+        m.pop("input_fingerprint")
+        m["pipeline_config"].pop("output")
+    assert manifest == clean_manifest
+    assert clean_result.counts == {"read": 21, "written": c["written"], "skipped": c["skipped"]}
+
+
+def test_on_bad_input_fail_stops_the_run_naming_the_tar(tmp_path):
+    src = tmp_path / "i2d"
+    _corpus(src, truncated=True)
+    cfg = labels_config(tmp_path, [{**I2D, "path": str(src)}], ["run.on_bad_input=fail"])
+    with pytest.raises(InputError) as err:
+        run(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg and f"cannot read tar {src / '00001.tar'}" in msg and "truncated tar" in msg
+    assert not (Path(cfg.output) / "manifest.json").exists()
+
+
+def test_an_img2dataset_source_limit_counts_across_tars(tmp_path):
+    src = tmp_path / "i2d"
+    write_tar(src / "00000.tar", img2dataset_samples(5))
+    write_tar(src / "00001.tar", img2dataset_samples(5, offset=5))
+    result = run(labels_config(tmp_path, [{**I2D, "path": str(src), "limit": 7}]))
+    assert result.counts["read"] == 7
+
+
+# ---------------------------------------------------------------------------------------- the output lock
+def _small_run(tmp_path: Path):
+    src = tmp_path / "i2d"
+    write_tar(src / "00000.tar", img2dataset_samples(8))
+    return labels_config(tmp_path, [{**I2D, "path": str(src)}])
+
+
+def test_a_second_run_on_a_held_output_is_refused_naming_the_holder_and_writes_nothing(tmp_path):
+    cfg = _small_run(tmp_path)
+    out = Path(cfg.output)
+    holder = lifetime.OutputLock(str(out))
+    assert holder.acquire() is not None  # this process plays the run in progress
+    before = files_under(out)
+    try:
+        with pytest.raises(InputError, match=rf"being written by another mining run \(pid {os.getpid()} on "):
+            run(cfg)
+        assert files_under(out) == before
+    finally:
+        holder.release()
+    assert run(cfg).counts["written"] == 8  # released: the next run proceeds
+
+
+def test_a_new_run_waits_for_tasks_of_an_earlier_run_to_end(tmp_path, monkeypatch):
+    """A task of an earlier run (this test holds its shared task lock) still writing: the new run waits for it."""
+    cfg = _small_run(tmp_path)
+    out = Path(cfg.output)
+    out.mkdir(parents=True)
+    fd = os.open(out / lifetime.TASK_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    monkeypatch.setattr(lifetime, "SURVIVOR_WAIT_S", 0.3)
+    with pytest.raises(InputError, match=rf"tasks of an earlier run still write to .*pids on this host: {os.getpid()}"):
+        run(cfg)
+    monkeypatch.setattr(lifetime, "SURVIVOR_WAIT_S", 30.0)
+    ended = []
+    threading.Timer(0.5, lambda: (ended.append(time.monotonic()), os.close(fd))).start()
+    result = run(cfg)
+    assert ended and result.counts["written"] == 8
+
+
+def test_a_task_of_a_run_that_lost_the_output_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    first = lifetime.OutputLock(str(out))
+    stale = first.acquire()
+    first.release()  # that driver died (the kernel drops its lock the same way)
+    second = lifetime.OutputLock(str(out))
+    fence = second.acquire()
+    calls = []
+    try:
+        with pytest.raises(lifetime.StaleRun, match="nothing written"):
+            lifetime.fenced_call(stale, calls.append, "stale")
+        assert lifetime.fenced_call(fence, calls.append, "current") is None
+    finally:
+        second.release()
+    assert calls == ["current"]
+    with pytest.raises(lifetime.StaleRun):  # after the run: no task may write either
+        lifetime.fenced_call(fence, calls.append, "late")
