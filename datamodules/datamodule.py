@@ -72,9 +72,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.sources = {name: build_source(cfg, name) for name in self.dataset_names}
         self.num_classes = {name: s.num_classes for name, s in self.sources.items()}
         self.label_names = {name: list(s.label_names) for name, s in self.sources.items()}
-        self.mode = str(cfg.data.mixing.mode)
-        if self.mode not in ("combined", "interleave"):
-            raise DataConfigError(f"data.mixing.mode='{self.mode}' is not combined|interleave")
+        self.mode = str(cfg.data.mixing.mode)  # combined | interleave (a Literal field of the schema)
         ratios = dict(cfg.data.mixing.ratios)
         if self.mode == "interleave" and ratios:
             extra, missing = set(ratios) - set(self.dataset_names), set(self.dataset_names) - set(ratios)

@@ -164,7 +164,7 @@ class TrainLoader:
 
     Args:
         loaders: ``{dataset: PassLoader}``, in the order batches are fetched within a step.
-        mode: ``combined`` or ``interleave`` (checked by the DataModule).
+        mode: ``combined`` or ``interleave`` (the schema's ``data.mixing.mode``).
         ratios: interleave draw weights per dataset (empty: proportional to the loaders' lengths).
         seed: the run seed.
         clock: the epoch source.

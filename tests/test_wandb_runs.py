@@ -69,11 +69,11 @@ def test_offline_folders_of_one_id_merge_as_one_run_with_the_killed_tail_left_to
 
 
 def test_step_keyed_logger_drops_what_an_earlier_start_sent_and_records_each_new_step(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
     from configs.compose import compose
     from tracking.run_dir import RunDir
     from tracking.wandb_logger import build_wandb_logger
-
-    from types import SimpleNamespace
 
     monkeypatch.chdir(tmp_path)
     cfg = compose(["experiment=demo_cpu", f"output_dir={tmp_path}", "run_name=r", "logger.mode=offline"])
