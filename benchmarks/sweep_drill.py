@@ -81,8 +81,9 @@ def agent_env(out: Path, run_id: str, params: dict[str, Any]) -> dict[str, str]:
     """The environment `wandb agent` gives a run (wandb/wandb_agent.py), offline here: no server."""
     param_path = out / f"sweep-params-{run_id}.yaml"
     param_path.write_text(yaml.safe_dump({k: {"value": v} for k, v in params.items()}))
+    inherited = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # each run starts its own W&B service
     return {
-        **os.environ,
+        **inherited,
         "WANDB_SWEEP_ID": SWEEP_ID,
         "WANDB_RUN_ID": run_id,
         "WANDB_SWEEP_PARAM_PATH": str(param_path),

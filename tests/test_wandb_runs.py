@@ -38,7 +38,8 @@ run.finish()
 
 
 def _segment(cwd: Path, steps, end: str = "finish", **extra) -> None:
-    env = {**os.environ, "WANDB_SILENT": "true"}
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # its own W&B service, as a new process has
+    env["WANDB_SILENT"] = "true"
     proc = subprocess.run(
         [sys.executable, "-c", SEGMENT, json.dumps(list(steps)), end, json.dumps(extra)],
         cwd=cwd,
