@@ -271,8 +271,9 @@ def open_atomic(url: PathLike, durable: bool = False) -> Iterator[IO[bytes]]:
         target = local_path(url)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "wb") as f:  # a named file: f.name says where the bytes go
                 yield f
                 f.flush()
                 if durable:
