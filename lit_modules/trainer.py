@@ -65,7 +65,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         storage.remove(path, recursive=True)
 
 
-class StepCheckpoint(ModelCheckpoint):
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose mid-run existence check (``file_exists``, before every save) goes through
+    ``storage.exists``, so on an object store it rides out a transient error like the save itself does (Lightning
+    asks its fsspec filesystem directly: one failed request ends the run). Its state key is ``ModelCheckpoint``'s:
+    checkpoints written before this class existed restore its state."""
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def file_exists(self, filepath: Any, trainer: Trainer) -> bool:
+        local_decision = storage.exists(filepath) if trainer.is_global_zero else False
+        return trainer.strategy.reduce_boolean_decision(local_decision, all=False)
+
+
+class StepCheckpoint(RunCheckpoint):
     """``ModelCheckpoint`` that also writes ``last.ckpt`` after the run's final training batch.
 
     Lightning's ``on_train_end`` writes ``last.ckpt`` when no periodic save happened yet, but by then the epoch
@@ -73,11 +88,6 @@ class StepCheckpoint(ModelCheckpoint):
     saved as "epoch 1, batch 3", and extending it (same run, larger ``trainer.max_steps``) skips the rest of epoch 0.
     Saving at the last batch, like every periodic save, records a consistent position.
     """
-
-    @property
-    def state_key(self) -> str:
-        # The key a plain ModelCheckpoint has: checkpoints written before this class existed restore its state.
-        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -231,7 +241,7 @@ class AbortAllRanksOnError(Callback):
             self._stop.set()
 
 
-def checkpoint_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[ModelCheckpoint]:
+def checkpoint_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[RunCheckpoint]:
     """`last.ckpt` every trainer.checkpoint_every_n_steps and after the final batch, `best.ckpt` by val/loss.
 
     Checkpoints are written by ``AtomicCheckpointIO`` (temporary file in the same folder, fsync, rename; one upload
@@ -246,7 +256,7 @@ def checkpoint_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[ModelCheckpoi
         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
         save_on_train_epoch_end=True,
     )
-    best = ModelCheckpoint(
+    best = RunCheckpoint(
         dirpath=str(run_dir.checkpoints),
         filename="best",
         monitor="val/loss",
