@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import tempfile
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -28,11 +29,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     lives in the system temp folder; when that is another filesystem than the run directory (a node-local /tmp, runs
     on a shared filesystem) the final move is a copy *into* ``last.ckpt``, so a kill during it leaves a truncated
     checkpoint, and a multi-GB checkpoint must also fit /tmp (and, for a URL, memory: it serializes to a buffer
-    first). Here ``torch.save`` streams through ``storage.open_atomic``: locally into a temporary file in the target's
-    own folder, flushed and fsynced, then renamed over the target with ``os.replace`` (atomic on POSIX) and the
-    folder entry fsynced; on an object store into one upload that becomes the object only when complete (a failed
-    write is aborted, the previous object stays), redone whole on transient errors until
-    ``STORAGE_RETRY_DEADLINE_S`` (``storage.atomic_write``). Loading uses ``weights_only`` as passed (train.py passes
+    first). Here ``torch.save`` writes locally into a temporary file in the target's own folder
+    (``storage.open_atomic``), flushed and fsynced, then renamed over the target with ``os.replace`` (atomic on POSIX)
+    and the folder entry fsynced. For a URL it writes a staging file in the storage cache folder
+    (``$STORAGE_CACHE_DIR``: needs the checkpoint's size in local disk, not in memory), then ``storage.upload`` sends
+    it as one (multipart, concurrent) upload that becomes the object only when complete (a failed upload is aborted,
+    the previous object stays), re-sent on transient errors until ``STORAGE_RETRY_DEADLINE_S``. Loading uses ``weights_only`` as passed (train.py passes
     True), reads a remote checkpoint from its cached local copy (``storage.local_copy``), and turns a refused pickle
     payload or an unreadable file into a ``CheckpointError`` naming the file.
     """
@@ -59,7 +61,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Write ``checkpoint`` to ``path`` atomically (see the class docstring)."""
         if storage_options is not None:
             raise TypeError("storage_options are not supported: credentials and endpoints come from the environment")
-        storage.atomic_write(path, lambda f: torch.save(checkpoint, f), durable=True)
+        if not storage.is_remote(path):
+            with storage.open_atomic(path, durable=True) as f:
+                torch.save(checkpoint, f)
+            return
+        staging = storage.cache_dir() / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=staging) as folder:
+            local = os.path.join(folder, "checkpoint")
+            torch.save(checkpoint, local)
+            storage.upload(local, path)
 
     def remove_checkpoint(self, path: Any) -> None:
         storage.remove(path, recursive=True)

@@ -53,6 +53,7 @@ __all__ = [
     "read_bytes",
     "read_text",
     "remove",
+    "upload",
     "url_to_fs",
     "write_bytes",
     "write_text",
@@ -322,6 +323,29 @@ def atomic_write(url: PathLike, write: Callable[[IO[bytes]], Any], durable: bool
         once()
     else:
         retry_call(once, url=url, what="write")
+
+
+def upload(local: PathLike, url: PathLike) -> None:
+    """Copy the local file ``local`` to ``url`` atomically, retried whole on transient errors.
+
+    For a large file (a checkpoint) this beats streaming into ``open_atomic``: fsspec's ``put_file`` sends the parts
+    of a multipart upload concurrently (s3fs: ``max_concurrency`` parts at a time; a file object sends them one by
+    one), holds no second copy in memory, and a retry re-sends the file without re-creating it. On an object store
+    the object appears when the upload completes (s3fs aborts a failed multipart upload); a local ``url`` is a copy
+    to a temporary file and a rename.
+    """
+    source = local_path(local)
+    if not is_remote(url):
+        import shutil
+
+        atomic_write(url, lambda f: shutil.copyfileobj(source.open("rb"), f, 16 * 2**20), durable=True)
+        return
+    fs, path = url_to_fs(url)
+    if protocol(url) in OBJECT_STORES:
+        retry_call(lambda: fs.put_file(str(source), path), url=url, what="upload")
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    retry_call(lambda: (fs.put_file(str(source), tmp), fs.mv(tmp, path)), url=url, what="upload")
 
 
 def write_bytes(url: PathLike, data: bytes, durable: bool = False) -> None:

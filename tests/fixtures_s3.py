@@ -4,8 +4,9 @@ The code under test talks to it over HTTP exactly as it would to AWS (endpoint U
 never through an in-process mock. ``s3_server`` (session) starts one server for the whole test run and points the
 AWS_* environment of the test process, and so of every subprocess it starts, at it; ``s3_bucket`` gives each test
 its own fresh bucket. ``S3Server.stop`` / ``start`` / ``restart`` stop the server and bring it back on the same port
-for fault tests. moto keeps objects in memory, so ``stop(keep=True)`` snapshots every bucket first and ``start``
-restores them: what a real store (which persists objects) holds after a restart.
+for fault tests. moto keeps objects in memory, so ``stop(keep=True)`` snapshots every bucket to disk first and the
+next ``start`` loads them into the new server process *before* it listens: what a real store (which persists objects)
+holds after a restart, with no moment where a client sees the server up but empty.
 
 tests/conftest.py registers this module (``pytest_plugins``): any test may ask for ``s3_server`` / ``s3_bucket``.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +27,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The server process: load a snapshot folder (<bucket>/<key>) into moto's S3 backend, then serve.
+SERVE = """
+import os, sys
+from pathlib import Path
+snapshot = os.environ.get("MOTO_TEST_SNAPSHOT")
+if snapshot:
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    for bucket in sorted(Path(snapshot).iterdir()):
+        backend.create_bucket(bucket.name, "us-east-1")
+        for item in sorted(p for p in bucket.rglob("*") if p.is_file()):
+            backend.put_object(bucket.name, item.relative_to(bucket).as_posix(), item.read_bytes())
+from moto.server import main
+sys.exit(main())
+"""
 
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -51,22 +70,23 @@ class S3Server:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.proc: subprocess.Popen | None = None
-        self._snapshot: dict[str, dict[str, bytes]] = {}
+        self.snapshot = log.parent / f"moto-snapshot-{self.port}"
 
     def env(self) -> dict[str, str]:
         """The environment a client needs: dummy keys, the endpoint, no instance-metadata lookups."""
         return {**KEYS, "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true"}
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start the server, wait until it answers HTTP, and restore the snapshot a ``stop(keep=True)`` took."""
+        """Start the server (with the objects a ``stop(keep=True)`` saved) and wait until it answers HTTP."""
+        env = {**os.environ, "MOTO_TEST_SNAPSHOT": str(self.snapshot) if self.snapshot.is_dir() else ""}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from moto.server import main; sys.exit(main())",
-                 "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, "-c", SERVE, "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -79,13 +99,7 @@ class S3Server:
                 self.kill()
                 raise RuntimeError(f"moto_server did not start on {self.endpoint}: {self.log.read_text()[-2000:]}")
             time.sleep(0.1)
-        if self._snapshot:
-            client = self.client()
-            for bucket, objects in self._snapshot.items():
-                client.create_bucket(Bucket=bucket)
-                for key, body in objects.items():
-                    client.put_object(Bucket=bucket, Key=key, Body=body)
-            self._snapshot = {}
+        shutil.rmtree(self.snapshot, ignore_errors=True)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -97,7 +111,14 @@ class S3Server:
     def stop(self, keep: bool = True) -> None:
         """Stop the server (SIGKILL: connections drop mid-request); with ``keep``, the next ``start`` restores every
         object it held."""
-        self._snapshot = self.dump() if keep and self.proc is not None else {}
+        shutil.rmtree(self.snapshot, ignore_errors=True)
+        if keep and self.proc is not None:
+            for bucket, objects in self.dump().items():
+                (self.snapshot / bucket).mkdir(parents=True)
+                for key, body in objects.items():
+                    if not key.endswith("/"):
+                        (self.snapshot / bucket / key).parent.mkdir(parents=True, exist_ok=True)
+                        (self.snapshot / bucket / key).write_bytes(body)
         self.kill()
 
     def restart(self, down_s: float = 0.0) -> None:
