@@ -314,3 +314,30 @@ def test_a_server_that_stays_down_ends_the_run_quickly_naming_the_url(shards, s3
     assert re.search(named, output), output[-3000:]
     assert f"could not record the failure in {out}/down" in output
     assert took < 120  # botocore's ~10 s per attempt, then the 3 s deadline: not the 30 min of a hung collective
+
+
+def test_the_local_sweep_runner_refuses_a_bucket_instead_of_writing_a_local_s3_folder():
+    from studies.sweep import SweepError, load_sweep, plan
+    from tests.fixtures_reliability import REPO
+
+    with pytest.raises(SweepError, match=r"--output-dir s3://bucket/runs: the local sweep runner keeps"):
+        plan(load_sweep(REPO / "sweeps" / "demo_cpu.yaml"), output_dir="s3://bucket/runs")
+
+
+@pytest.mark.slow
+def test_a_remote_run_logs_its_checkpoint_as_a_wandb_reference(shards, s3_bucket, tmp_path, monkeypatch):
+    """logger.log_artifacts with output_dir on a bucket: the model artifact references the object (W&B stores the
+    URL and ETag; the bytes stay in the bucket), and W&B's offline folder stays local."""
+    import train
+    from tracking.wandb_offline import read_offline_runs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = f"s3://{s3_bucket}/runs"
+    args = [a for a in train_args(shards["manifest"], out, "wb", "trainer.max_steps=2") if a != "logger=none"]
+    train.main([*args, "logger=wandb", "logger.log_artifacts=true"])
+    record = _read_json(f"{out}/wb/run.json")
+    run = read_offline_runs(tmp_path / "wandb")[record["wandb_id"]]
+    artifacts = [r["artifact"] for s in run.segments for r in s.records if r.get("type") == "artifact"]
+    assert ("model", f"model-{record['wandb_id']}") in {(a["type"], a["name"]) for a in artifacts}
+    assert f"{out}/wb/checkpoints/last.ckpt" in json.dumps(artifacts)
