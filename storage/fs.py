@@ -193,10 +193,9 @@ def glob(url: PathLike, pattern: str) -> list[Any]:
     ``as_path`` objects."""
     if not is_remote(url):
         return sorted(local_path(url).glob(pattern))
-    fs, path = _fresh(url)
+    fs, path = url_to_fs(url)
+    fs.invalidate_cache()  # listings below the root are cached per folder: drop them all (memory only)
     root = path.rstrip("/")
-    for level in range(pattern.count("/") + 1):  # listings below the root are cached per folder: drop them too
-        fs.invalidate_cache(root + "/*" * level)
     found = retry_call(lambda: fs.glob(f"{root}/{pattern}"), url=url, what="list")
     base = as_path(url)
     return [join(base, *p[len(root) + 1 :].split("/")) for p in sorted(found)]

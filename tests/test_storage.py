@@ -191,3 +191,17 @@ def test_local_copy_downloads_once_per_version_and_replaces_the_older_copy(s3_bu
 
 def test_local_copy_of_a_local_path_is_the_path(tmp_path):
     assert storage.local_copy(str(tmp_path / "x")) == Path(tmp_path / "x")
+
+
+def test_listings_and_existence_see_what_other_clients_wrote_since(s3_server, s3_bucket):
+    """Another node writes the same bucket: s3fs caches listings per instance, the layer asks the server again."""
+    base = f"s3://{s3_bucket}/runs"
+    storage.write_text(f"{base}/a/run.json", "{}")
+    assert [p.name for p in storage.listdir(base)] == ["a"] and len(storage.glob(base, "*/run.json")) == 1
+    assert storage.isfile(f"{base}/a/run.json") and not storage.exists(f"{base}/b/run.json")
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key="runs/b/run.json", Body=b"{}")
+    client.delete_object(Bucket=s3_bucket, Key="runs/a/run.json")
+    assert [p.name for p in storage.listdir(base)] == ["b"]
+    assert [p.parent.name for p in storage.glob(base, "*/run.json")] == ["b"]
+    assert storage.exists(f"{base}/b/run.json") and not storage.isfile(f"{base}/a/run.json")
