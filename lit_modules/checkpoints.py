@@ -89,9 +89,7 @@ def is_checkpoint(path: os.PathLike | str) -> bool:
 
 
 def _named(url: os.PathLike | str, read: Any) -> Any:
-    """``read(local path)`` on ``url`` itself when local, else on its cached copy, with errors naming the URL."""
-    if not storage.is_remote(url):
-        return read(Path(storage.local_path(url)))
+    """``read(local copy)`` of a remote checkpoint (``storage.local_copy``), with errors naming the URL."""
     local = storage.local_copy(url)
     try:
         return read(local)

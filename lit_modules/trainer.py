@@ -34,9 +34,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     and the folder entry fsynced. For a URL it writes a staging file in the storage cache folder
     (``$STORAGE_CACHE_DIR``: needs the checkpoint's size in local disk, not in memory), then ``storage.upload`` sends
     it as one (multipart, concurrent) upload that becomes the object only when complete (a failed upload is aborted,
-    the previous object stays), re-sent on transient errors until ``STORAGE_RETRY_DEADLINE_S``. Loading uses ``weights_only`` as passed (train.py passes
-    True), reads a remote checkpoint from its cached local copy (``storage.local_copy``), and turns a refused pickle
-    payload or an unreadable file into a ``CheckpointError`` naming the file.
+    the previous object stays), re-sent on transient errors until ``STORAGE_RETRY_DEADLINE_S``. Loading uses
+    ``weights_only`` as passed (train.py passes True), reads a remote checkpoint from its cached local copy
+    (``storage.local_copy``), and turns a refused pickle payload or an unreadable file into a ``CheckpointError``
+    naming the file.
     """
 
     def load_checkpoint(
