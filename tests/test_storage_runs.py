@@ -325,17 +325,18 @@ def test_the_local_sweep_runner_refuses_a_bucket_instead_of_writing_a_local_s3_f
 
 
 @pytest.mark.slow
-def test_a_remote_run_logs_its_checkpoint_as_a_wandb_reference(shards, s3_bucket, tmp_path, monkeypatch):
+def test_a_remote_run_logs_its_checkpoint_as_a_wandb_reference(shards, s3_bucket, tmp_path):
     """logger.log_artifacts with output_dir on a bucket: the model artifact references the object (W&B stores the
-    URL and ETag; the bytes stay in the bucket), and W&B's offline folder stays local."""
-    import train
+    URL and ETag; the bytes stay in the bucket), and W&B's offline folder stays local. A subprocess: W&B run in
+    this process would leave its service (WANDB_SERVICE) to every later test's subprocesses."""
     from tracking.wandb_offline import read_offline_runs
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WANDB_MODE", "offline")
     out = f"s3://{s3_bucket}/runs"
     args = [a for a in train_args(shards["manifest"], out, "wb", "trainer.max_steps=2") if a != "logger=none"]
-    train.main([*args, "logger=wandb", "logger.log_artifacts=true"])
+    rc, output = run_train(
+        [*args, "logger=wandb", "logger.log_artifacts=true"], tmp_path / "train.log", cwd=tmp_path, WANDB_SERVICE=None
+    )
+    assert rc == 0, output[-3000:]
     record = _read_json(f"{out}/wb/run.json")
     run = read_offline_runs(tmp_path / "wandb")[record["wandb_id"]]
     artifacts = [r["artifact"] for s in run.segments for r in s.records if r.get("type") == "artifact"]
