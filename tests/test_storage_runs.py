@@ -310,7 +310,7 @@ def test_a_server_that_stays_down_ends_the_run_quickly_naming_the_url(shards, s3
     output = (tmp_path / "train.log").read_text()
     assert proc.returncode not in (0, None), output[-3000:]
     # the checkpoint's existence check or its upload, whichever met the outage
-    named = rf"StorageError: (stat|write) {re.escape(out)}/down/checkpoints/last.ckpt failed after \d+ attempt"
+    named = rf"StorageError: (stat|upload) {re.escape(out)}/down/checkpoints/last.ckpt failed after \d+ attempt"
     assert re.search(named, output), output[-3000:]
     assert f"could not record the failure in {out}/down" in output
     assert took < 120  # botocore's ~10 s per attempt, then the 3 s deadline: not the 30 min of a hung collective
