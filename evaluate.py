@@ -1,16 +1,18 @@
 """Evaluate a checkpoint (or a random-init baseline): retrieval, k-NN and linear probe, float and binarized.
 
-    python evaluate.py eval.checkpoint=runs/<name>/checkpoints/last.ckpt [key=value|--key=value ...]
-    python evaluate.py eval.checkpoint=runs/<name>            # the run's best.ckpt, else last.ckpt
+    python evaluate.py eval.checkpoint=runs/<name>/checkpoints/last.ckpt [key=value ...]
+    python evaluate.py eval.checkpoint=runs/<name>            # the run's last.ckpt, else best.ckpt
+    python evaluate.py eval.checkpoint=/models/vit.ckpt       # a lone checkpoint: its stored config
     python evaluate.py experiment=demo_cpu model=vit_demo run_name=demo_cpu-vit_demo-random-init
     python evaluate.py eval.checkpoint=runs/<name> --print-config     # the resolved config, no evaluation
 
-With a checkpoint, the run's resolved config.yaml is loaded and the overrides applied to it; without
-one, the config is composed as train.py does and a random-init module is evaluated (its run
-directory gets config.yaml, run.json with axes.init="random", metrics.json and eval/). Results:
-one JSON per dataset (eval.output, else <run_dir>/eval/<dataset>.json) and the metrics in W&B,
-in the checkpoint's run when run.json names one, else in a new run with job_type "eval".
-See evaluation/runner.py for what is computed and how metrics are named.
+With a checkpoint, the run's resolved config.yaml (in the run directory or next to the checkpoint) is
+loaded, or for a lone .ckpt the config stored in its hyper_parameters, and the overrides are applied to
+it; without one, the config is composed as train.py does and a random-init module is evaluated (its run
+directory gets config.yaml, run.json with axes.init="random", metrics.json and eval/). Results: one JSON
+per dataset (eval.output, else <run_dir>/eval/<dataset>.json, the checkpoint's folder for a lone .ckpt)
+and the metrics in W&B, in the checkpoint's run when run.json names one, else in a new run with job_type
+"eval". See evaluation/runner.py for what is computed and how metrics are named.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from configs.compose import ConfigError, compose, load_run_config, normalize_overrides, parse_cli, print_config
+from configs.cli import parse_cli, print_config, run_main
+from configs.compose import compose, normalize_overrides
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
@@ -27,13 +30,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     items = normalize_overrides(overrides)
     checkpoint = next((i.split("=", 1)[1] for i in reversed(items) if i.startswith("eval.checkpoint=")), None)
 
-    from evaluation.checkpoint import resolve_checkpoint, run_config_path
+    from evaluation.checkpoint import checkpoint_config, resolve_checkpoint
 
     ckpt = None
     if checkpoint and checkpoint.lower() not in ("null", "none"):
         ckpt, run_path = resolve_checkpoint(checkpoint)
         rest = [i for i in items if not i.startswith("eval.checkpoint=")]
-        cfg = load_run_config(run_config_path(ckpt, run_path), [*rest, f"eval.checkpoint={ckpt}"])
+        cfg = checkpoint_config(ckpt, run_path, [*rest, f"eval.checkpoint={ckpt}"])
     else:
         cfg = compose(items, hardware=not show)
     if show:
@@ -77,7 +80,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        sys.exit(f"evaluate.py: {type(err).__name__}: {err}")
+    sys.exit(run_main(main, "evaluate.py"))

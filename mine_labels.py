@@ -1,8 +1,8 @@
 """Mine weak labels from text signals and write webdataset shards + manifest + label report.
 
-    python mine_labels.py --config configs/labels/openclipart.yaml [key=value | --key=value ...]
+    python mine_labels.py --config configs/labels/openclipart.yaml [key=value ...]
 
-Examples: ``vocab.min_df=5``, ``--image.short_side=128``, ``sources.0.limit=500``, ``run.text_only=true``.
+Examples: ``vocab.min_df=5``, ``image.short_side=128``, ``sources.0.limit=500``, ``run.text_only=true``.
 
 The run is a series of per-shard passes (map, reduce by key hash, count, write). Engines:
 ``run.engine=local`` (default: ``run.workers`` processes on this machine, one per CPU it may use) or
@@ -21,27 +21,27 @@ import argparse
 import logging
 import sys
 
-from configs.compose import ConfigError
+from configs.cli import run_main
 from configs.labels_schema import load_labels_config
 
 DEFAULT_CONFIG = "configs/labels/openclipart.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Mine and write the dataset; returns 0, or 2 after a one-line message for a bad config or input
+    (``configs.cli.run_main``)."""
+    return run_main(lambda: _main(argv), "mine_labels.py")
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"pipeline YAML (default: {DEFAULT_CONFIG})")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from labels.pipeline import run
-    from labels.sources import InputError
 
-    try:
-        cfg = load_labels_config(args.config, overrides)
-        result = run(cfg)
-    except (ConfigError, InputError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = run(load_labels_config(args.config, overrides))
     s = result.stats
     c = result.counts
     skipped = ", ".join(f"{k}={v}" for k, v in c["skipped"].items()) or "none"

@@ -12,7 +12,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from configs.compose import ConfigError, compose, parse_cli, print_config, to_dict
+from configs.cli import parse_cli, print_config, run_main
+from configs.compose import compose, to_dict
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
@@ -44,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     run_dir = RunDir.for_config(cfg)
     is_rank_zero = rank_zero_only.rank == 0
     if is_rank_zero:
+        t = cfg.trainer  # the hardware is a trainer group's choice (configs/trainer/), never a preset's: say which
+        print(
+            f"hardware: {t.num_nodes} node(s) x {t.devices} device(s) ({t.accelerator}, strategy {t.strategy}, "
+            f"precision {t.precision}); choose with trainer=<group> (train.py --help lists them)"
+        )
         run_dir.start(cfg)  # refuses a directory of another config or of a live process; heartbeat until finish
     logger = build_wandb_logger(cfg, run_dir, rank_zero=is_rank_zero)
     abort = AbortAllRanksOnError(on_abort=(lambda msg: run_dir.finish("failed", error=msg)) if is_rank_zero else None)
@@ -105,11 +111,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    from tracking.run_dir import RunIdentityError, RunInUseError
-
-    try:
-        main()
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
-    except (RunIdentityError, RunInUseError) as err:
-        sys.exit(f"train.py: {err}")
+    sys.exit(run_main(main, "train.py"))

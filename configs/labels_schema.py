@@ -106,9 +106,32 @@ class VocabConfig:
     min_score: float = 0.4  # an image keeps terms scoring at least this
     max_labels_per_image: int = 10
     keep_unlabeled: bool = False  # False: an image with no label is skipped (reason no_label)
-    # Document-frequency ceiling: a term in more than this share of the samples carries no information
-    # (caption scaffolding, a corpus-wide tag) and is dropped; the report lists it. 1.0: off.
+    # Document-frequency ceiling: a term in more than this share of the samples that can carry a label (those with
+    # an eligible term, after duplicates and caps) carries no information and is dropped; the report lists it.
+    # 1.0: off. Template text is found by its context (``templates``), not by this ceiling.
     max_df_share: float = 1.0
+
+
+@dataclass
+class TemplateConfig:
+    """Template text: words that stand next to the same neighbour (or pair of neighbours) in most of the documents
+    holding them, or that start or end most of their texts on one site that holds them far more than its share
+    (labels/templates.py, docs/labels.md). A term made of template words, or one that cuts a template word from its
+    bond, is never a label; the quality report lists them."""
+
+    enabled: bool = True
+    # A word is checked when it is in at least min_docs distinct texts (texts repeated verbatim, up to numbers and
+    # dates, count once: they have no varying slot) and in at least this share of the documents: min_docs is the
+    # evidence a rigid bond needs; min_share keeps rigid content compounds below it ("hong kong") at web scale...
+    min_share: float = 0.0001
+    min_docs: int = 30
+    # A corpus too small for min_docs: this share of its documents is evidence enough (never under 10 texts).
+    min_docs_share: float = 0.05
+    # ...and is template text when one neighbour (left or right) accounts for at least this share of them.
+    rigidity: float = 0.6
+    # The statistic reads the first this-many documents with text of each input partition (all of a small corpus; a
+    # sample of big tars, whose order is the input's): it is a ratio, and templates are frequent.
+    docs_per_partition: int = 500
 
 
 @dataclass
@@ -120,8 +143,11 @@ class CurationConfig:
     skipped (reason ``group_cap``). A sample in several groups must fit every group's cap.
     """
 
-    group_by: list[str] = field(default_factory=list)  # e.g. [author, category] or [source]
+    group_by: list[str] = field(default_factory=list)  # e.g. [author, category], [source] or [site]
     max_per_group: int = 0  # 0: off
+    # Near-identical re-saves of one raster image (the same perceptual hash, labels.images.series_key) form a
+    # series; each keeps at most this many samples (skip reason series_cap). 0: off. Needs images (not text_only).
+    max_per_series: int = 3
 
 
 @dataclass
@@ -200,6 +226,7 @@ class LabelsConfig:
     signals: SignalsConfig = field(default_factory=SignalsConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
+    templates: TemplateConfig = field(default_factory=TemplateConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -315,12 +342,18 @@ def check_labels_values(cfg: DictConfig) -> None:
     _require(cfg.cluster.method in ("agglomerative", "kmeans"), "cluster.method", "is not agglomerative|kmeans")
     _require(0.0 < cfg.vocab.max_df_share <= 1.0, "vocab.max_df_share", "must be in (0, 1]")
     _require(cfg.curation.max_per_group >= 0, "curation.max_per_group", "must be >= 0 (0: off)")
+    _require(cfg.curation.max_per_series >= 0, "curation.max_per_series", "must be >= 0 (0: off)")
     for g in cfg.curation.group_by:
         _require(
-            g == "source" or g in known_signals,
+            g in ("source", "site") or g in known_signals,
             "curation.group_by",
-            f"'{g}' is neither 'source' nor a signal in signals.weights/exclude",
+            f"'{g}' is neither 'source', 'site' nor a signal in signals.weights/exclude",
         )
+    _require(0.0 < cfg.templates.min_share <= 1.0, "templates.min_share", "must be in (0, 1]")
+    _require(0.0 < cfg.templates.rigidity <= 1.0, "templates.rigidity", "must be in (0, 1]")
+    _require(cfg.templates.min_docs >= 1, "templates.min_docs", "must be >= 1")
+    _require(0.0 < cfg.templates.min_docs_share <= 1.0, "templates.min_docs_share", "must be in (0, 1]")
+    _require(cfg.templates.docs_per_partition >= 1, "templates.docs_per_partition", "must be >= 1")
     thr = cfg.cluster.distance_threshold
     _require(thr is None or 0.0 < thr <= 2.0, "cluster.distance_threshold", "must be in (0, 2]")
     _require(0.0 <= cfg.cluster.head_fraction <= 1.0, "cluster.head_fraction", "must be in [0, 1]")

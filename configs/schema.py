@@ -1,14 +1,15 @@
 """Structured schema of a training / evaluation run.
 
 Every key a YAML file or the command line may set is declared here, with its type and default, so
-that omegaconf rejects an unknown key or a wrong type at start-up (see ``configs.compose``).
+that omegaconf rejects an unknown key or a wrong type at start-up (see ``configs.compose``). A key with a
+closed set of values is a ``Literal`` field: omegaconf refuses any other value and names the allowed ones.
 Names say what a key is for; the YAML groups under ``configs/`` only fill these fields in.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 # ---------------------------------------------------------------------------------------- model
 
@@ -53,7 +54,7 @@ class WeakLabelDataConfig:
     # Optional override of the training shard list: brace pattern, or several joined by "::".
     # Sample counts still come from the manifest.
     shards: str | None = None
-    label_space: str = "clustered"  # "raw" (top annotation terms) or "clustered" (label groups)
+    label_space: Literal["raw", "clustered"] = "clustered"  # top annotation terms, or label groups
     scale: float = 1.0  # nested dataset-scale fraction in (0, 1]; one of the manifest's scales
     resampled: bool = True  # resample shards with replacement (equal batches per rank by design)
 
@@ -87,9 +88,9 @@ class ImageFolderTaskDataConfig:
 class MixingConfig:
     """How several task datasets share a training step."""
 
-    # "combined": one batch of every dataset per step (Lightning CombinedLoader, max_size_cycle).
+    # "combined": one batch of every dataset per step; shorter datasets start their next pass (max_size_cycle).
     # "interleave": one dataset per step, drawn by ``ratios``.
-    mode: str = "combined"
+    mode: Literal["combined", "interleave"] = "combined"
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -121,7 +122,7 @@ class WeakLabelTaskConfig:
     weight: float = 1.0
     # "softmax": cross-entropy against the normalized multi-hot target (large-scale weak
     # supervision recipe); "bce": one sigmoid per label, summed over labels, mean over samples.
-    loss: str = "softmax"
+    loss: Literal["softmax", "bce"] = "softmax"
     label_smoothing: float = 0.0
     # Initial bias of every weak-label logit. None: -log(num_labels) for bce (the initial sigmoid is ~1/C,
     # near the label prior, instead of 0.5 on every label), 0 for softmax (a constant bias cancels there).
@@ -170,12 +171,12 @@ class OptimConfig:
     # global_batch = data.batch_size x world size x trainer.accumulate_grad_batches (lit_modules/optim.py).
     lr_base: float = 1e-3  # peak LR at the reference batch (big_vision's ViT: 1e-3 at 4,096)
     lr_base_size: int = 4096  # the reference global batch of lr_base
-    lr_base_scale: str | None = None  # "sqrt" | "linear" | "none"; None: sqrt for Adam-family, else linear
+    lr_base_scale: Literal["sqrt", "linear", "none"] | None = None  # None: sqrt for Adam-family, else linear
     weight_decay: float = 0.05  # not applied to norms, biases, position embeddings, cls token
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     layer_decay: float | None = None  # layer-wise LR decay (fine-tuning stage), e.g. 0.75
     warmup_steps: int = 0
-    scheduler: str = "cosine"  # "cosine" (after linear warmup) or "constant"
+    scheduler: Literal["cosine", "constant"] = "cosine"  # after the linear warmup
     min_lr: float = 1e-6
     ema_decay: float | None = None  # EMA of weights (timm ModelEmaV3); None disables
 
@@ -185,9 +186,9 @@ class OptimConfig:
 
 @dataclass
 class FSDPConfig:
-    sharding_strategy: str = "FULL_SHARD"
+    sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"] = "FULL_SHARD"
     activation_checkpointing: bool = True  # per ViT block
-    state_dict_type: str = "sharded"  # sharded checkpoints at scale
+    state_dict_type: Literal["sharded", "full"] = "sharded"  # sharded checkpoints at scale
 
 
 @dataclass
@@ -211,7 +212,7 @@ class TrainerConfig:
     # sums depend on the thread count, so a fixed count is what makes a CPU table repeat on another machine.
     cpu_threads: int | None = None
     # What a non-finite loss does: "raise" stops the run naming step and task; "skip" skips it.
-    nonfinite_loss: str = "raise"
+    nonfinite_loss: Literal["raise", "skip"] = "raise"
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
 
 
@@ -251,7 +252,7 @@ class EvalConfig:
     checkpoint: str | None = None
     datasets: list[str] = field(default_factory=lambda: ["fashion_mnist"])  # + "weak_label_val"
     # "embedding": the retrieval head's output; "backbone": the backbone's pooled feature.
-    features: list[str] = field(default_factory=lambda: ["embedding", "backbone"])
+    features: list[Literal["embedding", "backbone"]] = field(default_factory=lambda: ["embedding", "backbone"])
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 50])
     binarize: bool = True  # also report Hamming retrieval on sign bits
     knn_k: int = 20
@@ -264,7 +265,7 @@ class EvalConfig:
     block_size: int = 1024  # queries per similarity block (memory O(block x gallery))
     device: str = "auto"
     # fp32 on every device so figures compare across GPU and CPU; "bf16" opts into autocast (faster on GPUs).
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     output: str | None = None  # JSON path; default <run_dir>/eval/<dataset>.json
 
 
@@ -274,7 +275,7 @@ class EvalConfig:
 @dataclass
 class RunConfig:
     experiment: str = "default"  # preset name; the W&B group unless logger.group is set
-    stage: str = "pretrain"  # "pretrain" (weak labels) or "multitask" (second stage)
+    stage: Literal["pretrain", "multitask"] = "pretrain"  # weak labels, or the second stage
     seed: int = 0
     output_dir: str = "runs"  # run directories land in <output_dir>/<run_name>
     run_name: str | None = None  # default: derived from the experiment and the compared axes
@@ -292,8 +293,10 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# Config groups: a YAML file configs/<group>/<name>.yaml fills in the field of the same name.
-GROUPS = ("model", "data", "tasks", "optim", "trainer", "logger")
+# Config groups, in merge order: a YAML file configs/<group>/<name>.yaml fills in the field named by the group's first
+# component. data/size (configs/data/size/cpu.yaml: resolution, batch, workers) fills ``data`` after the data source's
+# file, so ``data=img2dataset data/size=cpu`` is that corpus sized for a CPU.
+GROUPS = ("model", "data", "data/size", "tasks", "optim", "trainer", "logger", "eval")
 
 # Keys that say where and how a run executes, not what it computes (a dotted key, or a prefix ending in "."). They
 # may differ between a run and its resume (another cluster, more loader workers), and they are left out of the run's

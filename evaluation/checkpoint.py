@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,25 @@ def run_config_path(ckpt: Path, run_dir: Path) -> Path:
     raise FileNotFoundError(
         f"checkpoint {ckpt}: no config.yaml in {run_dir} or {ckpt.parent} (the run's resolved config)"
     )
+
+
+def checkpoint_config(ckpt: Path, run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config to evaluate ``ckpt`` with, overrides applied: the run's resolved config.yaml (``run_config_path``),
+    else, for a lone checkpoint, the config its ``hyper_parameters`` hold (what the module was built with). Its
+    trainer section describes the training, not this evaluation, so it is not checked against this machine.
+
+    Raises:
+        FileNotFoundError: neither a config.yaml nor a stored config (the message names both places).
+    """
+    from configs.compose import load_run_config
+
+    try:
+        return load_run_config(run_config_path(ckpt, run_dir), overrides, hardware=False)
+    except FileNotFoundError as missing:
+        stored = (read_hparams(ckpt) or {}).get("config")
+        if not isinstance(stored, Mapping):
+            raise FileNotFoundError(f"{missing}, and its hyper_parameters hold no config") from None
+    return load_run_config(stored, overrides, hardware=False, name=f"checkpoint {ckpt} (hyper_parameters)")
 
 
 def read_hparams(ckpt: Path) -> dict[str, Any] | None:

@@ -29,24 +29,61 @@ import gc
 import hashlib
 import heapq
 import json
+import operator
 import os
 import time
 from collections import Counter
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 
 from labels.hashing import content_key, hash_unit, scale_bucket, split_of
-from labels.images import ImageJob, ImageSettings, Preparer, read_bytes
-from labels.scoring import MaskScores, TermScorer, cluster_labels, select_group_labels
+from labels.images import ImageJob, ImageSettings, Preparer, read_bytes, series_key
+from labels.scoring import LIST_SIGNALS, MaskScores, TermScorer, cluster_labels, select_group_labels
 from labels.sources import InputError, Partition, iter_partition
 from labels.sources.base import sniff_raster
 from labels.store import dumps_line, fresh_dir, read_json, read_lines, write_json_atomic, write_lines_atomic
+from labels.templates import MIN_EVIDENCE, is_template_term, records_by_partition, template_words
 from labels.text import TermExtractor
 from labels.vocab import by_df, split_by_term, top_terms
 
-LIST_SIGNALS = ("keywords", "category")
 _CONTEXTS: dict[str, dict] = {}
+
+
+class MapUnit(NamedTuple):
+    """One line of ``map/p<i>/units.jsonl`` (stored as a JSON list in this field order)."""
+
+    seq: int  # position in the input partition
+    key: str  # content key
+    source: str
+    uid: str
+    path: str | None
+    offset: int
+    size: int
+    ext: str
+    signals: dict  # signal type -> texts
+    terms: dict  # eligible terms by signal mask (term_groups)
+    groups: list  # curation groups
+    series: str | None  # perceptual hash of near-identical re-saves (labels.images.series_key), or None
+    site: str | None
+
+
+class Sample(NamedTuple):
+    """One line of ``reduce/r<j>/samples.jsonl``: a sample after the duplicate merge and the caps."""
+
+    part: int  # input partition of its first unit
+    seq: int
+    key: str
+    source: str
+    uids: list
+    path: str | None
+    offset: int
+    size: int
+    ext: str
+    text: dict
+    terms: dict
+    site: str | None
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -62,6 +99,8 @@ def cap_rank(key: str) -> float:
 
 def merge_signals(groups: list[dict[str, list[str]]]) -> dict[str, list[str]]:
     """Union of several units' signals: per type (sorted), distinct texts in order of first appearance."""
+    if len(groups) == 1:  # the map pass's case: one unit
+        return {name: list(dict.fromkeys(texts)) for name, texts in sorted(groups[0].items()) if texts}
     merged: dict[str, dict[str, None]] = {}
     for signals in groups:
         for name, texts in signals.items():
@@ -81,25 +120,34 @@ def dumps(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def sample_groups(source: str, signals: dict[str, list[str]], group_by: list[str]) -> list[str]:
+def sample_groups(
+    source: str, signals: dict[str, list[str]], group_by: list[str], site: str | None = None
+) -> list[str]:
     """Curation groups of a sample: ``signal=value`` for each configured signal (``source`` is the
-    source name), every value of it."""
+    source name, ``site`` the unit's site when it has one), every value of it."""
     out = []
     for g in group_by:
-        values = [source] if g == "source" else signals.get(g, [])
+        values = [source] if g == "source" else ([site] if site else []) if g == "site" else signals.get(g, [])
         out.extend(f"{g}={v}" for v in values)
     return sorted(set(out))
 
 
-def term_groups(scorer: TermScorer, signals: dict[str, list[str]], min_score: float) -> dict[str, str]:
+def term_groups(
+    scorer: TermScorer,
+    signals: dict[str, list[str]],
+    min_score: float,
+    contexts: set[str] | None = None,
+    seen: set[str] | None = None,
+) -> dict[str, str]:
     """An image's eligible terms (score >= ``min_score``) in the work files' form: grouped by the mask of signal types
     that hold them, ``{"<mask>": "term\\tterm..."}`` (masks ascending, terms in order of first appearance).
 
     Terms never hold a tab (they are whitespace-split words joined by spaces), and a score is a function of the mask
     (``TermScorer.mask_score``): JSON-encoding a float per term was the largest share of the work files' cost.
+    With ``contexts``, the context records of texts not in ``seen`` are added to it (``TermScorer.term_masks``).
     """
     by_mask: dict[int, list[str]] = {}
-    for term, mask in scorer.term_masks(signals).items():
+    for term, mask in scorer.term_masks(signals, contexts, seen).items():
         terms = by_mask.get(mask)
         if terms is None:
             if scorer.mask_score(mask) < min_score:
@@ -225,10 +273,14 @@ def stats_path(work: str, kind: str, i: int) -> str:
 def map_task(cfg: dict, part: dict, work: str) -> None:
     """Read one input partition: hash each image, score its text, route units to hash partitions.
 
-    Writes ``units.jsonl`` (lines ``[seq, key, source, uid, path, offset, size, ext, signals, terms,
-    groups]`` (``terms``: see ``term_groups``) ordered by hash partition), ``groups.json`` and ``stats.json`` (read count, skips by
-    reason, hash-partition byte offsets, fingerprint, boilerplate hits, and the input tars that could not be read to
-    their end under ``run.on_bad_input=skip``: ``bad_inputs``).
+    Writes ``units.jsonl`` (``MapUnit`` lines ordered by hash partition), ``contexts.jsonl`` (the context records of
+    the partition's first ``templates.docs_per_partition`` documents with text, cut by term partition,
+    labels/templates.py; near-identical re-saves of one series counted once), ``groups.json`` and ``stats.json`` (read
+    count, skips by reason, hash-partition and context byte offsets, fingerprint, boilerplate hits, and the input tars
+    that could not be read to their end under ``run.on_bad_input=skip``: ``bad_inputs``).
+
+    A unit's hash partition follows its series key when it has one (so a series meets in one reduce task, which caps
+    it), else its content key; byte copies share both, so duplicates still meet.
     """
     t0 = time.perf_counter()
     p = Partition(**part)
@@ -239,11 +291,19 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
     min_score = float(cfg["vocab"]["min_score"])
     group_by = list(cfg["curation"]["group_by"]) if cfg["curation"]["max_per_group"] > 0 else []
     cap = int(cfg["curation"]["max_per_group"])
+    series_on = int(cfg["curation"]["max_per_series"]) > 0 and not text_only
+    templates_on = bool(cfg["templates"]["enabled"])
+    docs_per_partition = int(cfg["templates"]["docs_per_partition"])
     scorer = _ctx(cfg, "scorer")
     scorer.extractor.boilerplate_hits = Counter()
     buckets: list[list[bytes]] = [[] for _ in range(parts_r)]
     groups: dict[str, dict[str, float]] = {}
     skipped: Counter[str] = Counter()
+    contexts: Counter[str] = Counter()
+    series_seen: set[str] = set()
+    texts_seen: set = set()  # a text repeated verbatim counts once per partition: no slot, no template
+    site_docs: Counter[str] = Counter()  # sampled documents per site (else source): a site affix's lift
+    context_docs = 0
     fp = hashlib.sha256()
     read = 0
     seq = 0
@@ -270,8 +330,20 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
             fp.update(dumps_line([unit.source, unit.uid, reason, signals]))
             skipped[reason] += 1
             continue
-        scores = term_groups(scorer, signals, min_score) if signals else {}
-        gs = sample_groups(unit.source, signals, group_by)
+        series = series_key(data) if series_on and unit.ext != "svg" and data is not None else None
+        sampled = templates_on and context_docs < docs_per_partition and (series is None or series not in series_seen)
+        doc_contexts: set[str] | None = set() if sampled else None
+        scores = term_groups(scorer, signals, min_score, doc_contexts, texts_seen) if signals else {}
+        if doc_contexts is not None and scores:
+            if series is not None:
+                series_seen.add(series)
+            context_docs += 1
+            origin = unit.site or unit.source
+            site_docs[origin] += 1
+            contexts.update(doc_contexts)
+            at = "\t@" + origin
+            contexts.update([r + at for r in doc_contexts if "\t" not in r])
+        gs = sample_groups(unit.source, signals, group_by, unit.site) if group_by else []
         if gs:
             rank = cap_rank(key)
             for g in gs:
@@ -279,10 +351,13 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
                 d[key] = rank
                 if len(d) > 2 * (cap + 1):
                     groups[g] = dict(sorted(d.items(), key=lambda kv: (kv[1], kv[0]))[: cap + 1])
+        # A MapUnit, encoded as the list of its fields (the reduce pass reads it back with MapUnit._make).
         line = [seq, key, unit.source, unit.uid, unit.path, unit.offset, unit.size, unit.ext, signals, scores, gs]
+        line += [series, unit.site]
         encoded = dumps_line(line)
         fp.update(encoded)  # the fingerprint covers every unit's locator, key, signals and scores
-        buckets[bucket_of(key, parts_r)].append(encoded)
+        route = hashlib.sha1(b"series:" + series.encode()).hexdigest() if series is not None else key
+        buckets[bucket_of(route, parts_r)].append(encoded)
         seq += 1
     bad = [b._asdict() for b in bad_inputs or ()]
     for b in bad:
@@ -291,6 +366,11 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
     for b in buckets:
         offsets.append(offsets[-1] + sum(len(x) for x in b))
     write_lines_atomic(os.path.join(out, "units.jsonl"), (x for b in buckets for x in b))
+    ctx_offsets, ctx_lines = [0], []
+    for table in records_by_partition(contexts, parts_r):
+        ctx_lines.append(dumps_line(["\n".join(table), list(table.values())]))
+        ctx_offsets.append(ctx_offsets[-1] + len(ctx_lines[-1]))
+    write_lines_atomic(os.path.join(out, "contexts.jsonl"), ctx_lines)
     kept = {g: sorted(d.items(), key=lambda kv: (kv[1], kv[0]))[: cap + 1] for g, d in sorted(groups.items())}
     write_json_atomic(os.path.join(out, "groups.json"), kept)
     write_json_atomic(
@@ -302,6 +382,9 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
             "units": seq,
             "skipped": dict(sorted(skipped.items())),
             "offsets": offsets,
+            "context_offsets": ctx_offsets,
+            "context_docs": context_docs,
+            "context_sites": dict(sorted(site_docs.items())),
             "fingerprint": fp.hexdigest(),
             "boilerplate": dict(sorted(scorer.extractor.boilerplate_hits.items())),
             "bad_inputs": bad,
@@ -313,80 +396,126 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
 
 # ---------------------------------------------------------------------------------------- pass 2: reduce
 @_without_gc
-def reduce_task(cfg: dict, r: int, num_parts: int, work: str) -> None:
-    """Merge duplicates of hash partition ``r`` across every input partition, apply the curation cap,
-    count document frequencies (``df.jsonl``, cut by term partition for the df pass).
+def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int = 0) -> None:
+    """Merge duplicates of hash partition ``r`` across every input partition, cap series and curation groups,
+    count document frequencies (``df.jsonl``, cut by term partition for the df pass), and decide the template words
+    of term partition ``r`` from every map task's context records (``templates.json``, labels/templates.py).
 
     A key's units merge into its first unit (input order): their texts join, the extra units are
-    ``duplicate_merged``; no text at all is ``no_text``; a sample ranked past a group's cap is
-    ``group_cap``. Skips are attributed to the input partition of the unit they drop.
+    ``duplicate_merged``; no text at all is ``no_text``; a series (units sharing a perceptual hash) keeps its
+    ``curation.max_per_series`` smallest cap ranks, the others are ``series_cap``; a sample ranked past a group's
+    cap is ``group_cap``. Skips are attributed to the input partition of the unit they drop. ``context_docs`` is the
+    number of documents the map tasks counted contexts of (the denominator of ``templates.min_share``).
     """
     t0 = time.perf_counter()
     out = fresh_dir(task_dir(work, "reduce", r))
     min_score = float(cfg["vocab"]["min_score"])
+    max_series = int(cfg["curation"]["max_per_series"])
     caps = read_json(os.path.join(work, "caps.json"))
     scorer = _ctx(cfg, "scorer")
-    by_key: dict[str, list] = {}
+    by_key: dict[str, list[tuple[int, MapUnit]]] = {}
+    contexts: Counter[str] = Counter()
     for p in range(num_parts):
         st = read_json(stats_path(work, "map", p))
         a, b = st["offsets"][r], st["offsets"][r + 1]
-        if a == b:
-            continue
-        for line in read_lines(os.path.join(task_dir(work, "map", p), "units.jsonl"), a, b):
-            by_key.setdefault(line[1], []).append((p, line))
+        if a != b:
+            for line in read_lines(os.path.join(task_dir(work, "map", p), "units.jsonl"), a, b):
+                unit = MapUnit._make(line)
+                by_key.setdefault(unit.key, []).append((p, unit))
+        a, b = st["context_offsets"][r], st["context_offsets"][r + 1]
+        if a != b:
+            recs, counts = next(read_lines(os.path.join(task_dir(work, "map", p), "contexts.jsonl"), a, b))
+            if counts:
+                contexts.update(dict(zip(recs.split("\n"), counts)))
     skipped: dict[int, Counter] = {}
     capped: Counter[str] = Counter()
-    df_capped: Counter[str] = Counter()  # terms of the samples the cap drops: df + df_capped = df before the cap
+    df_capped: Counter[str] = Counter()  # terms of the samples the caps drop: df + df_capped = df before the caps
     df: Counter[str] = Counter()
-    samples = []
+    merged: list[tuple[Sample, list[str], str | None]] = []  # (sample, curation groups, series key)
     for key, group in by_key.items():
-        group.sort(key=lambda x: (x[0], x[1][0]))
+        group.sort(key=lambda x: (x[0], x[1].seq))
         p0, first = group[0]
         if len(group) > 1:
             for p, _ in group[1:]:
                 skipped.setdefault(p, Counter())["duplicate_merged"] += 1
-            text = merge_signals([g[1][8] for g in group])
+            text = merge_signals([u.signals for _, u in group])
             terms = term_groups(scorer, text, min_score) if text else {}
-            gs = sorted({x for g in group for x in g[1][10]})
+            gs = sorted({x for _, u in group for x in u.groups})
         else:
-            text, terms, gs = first[8], first[9], first[10]
+            text, terms, gs = first.signals, first.terms, first.groups
         if not text:
             skipped.setdefault(p0, Counter())["no_text"] += 1
             continue
-        terms_list = group_terms(terms)
+        uids = [u.uid for _, u in group]
+        sample = Sample(
+            p0,
+            first.seq,
+            key,
+            first.source,
+            uids,
+            first.path,
+            first.offset,
+            first.size,
+            first.ext,
+            text,
+            terms,
+            first.site,
+        )
+        merged.append((sample, gs, first.series))
+    if max_series > 0:
+        series: dict[str, list[tuple[float, str]]] = {}
+        for sample, _, sk in merged:
+            if sk is not None:
+                series.setdefault(sk, []).append((cap_rank(sample.key), sample.key))
+        over = {k for members in series.values() if len(members) > max_series for _, k in sorted(members)[max_series:]}
+    else:
+        over = set()
+    samples: list[Sample] = []
+    labelable = 0
+    for sample, gs, _ in merged:
+        terms_list = group_terms(sample.terms)
+        if sample.key in over:
+            skipped.setdefault(sample.part, Counter())["series_cap"] += 1
+            df_capped.update(terms_list)
+            continue
         if gs:
-            rank = cap_rank(key)
-            over = next((g for g in gs if g in caps and rank > caps[g]), None)
-            if over is not None:
-                skipped.setdefault(p0, Counter())["group_cap"] += 1
-                capped[over] += 1
+            rank = cap_rank(sample.key)
+            g_over = next((g for g in gs if g in caps and rank > caps[g]), None)
+            if g_over is not None:
+                skipped.setdefault(sample.part, Counter())["group_cap"] += 1
+                capped[g_over] += 1
                 df_capped.update(terms_list)
                 continue
         df.update(terms_list)
-        uids = [g[1][3] for g in group]
-        # [partition, seq, key, source, uids, path, offset, size, ext, text, terms]
-        samples.append((p0, first[0], key, first[2], uids, first[4], first[5], first[6], first[7], text, terms))
-    samples.sort(key=lambda s: (s[0], s[1]))
+        labelable += bool(terms_list)
+        samples.append(sample)
+    samples.sort(key=lambda s: (s.part, s.seq))
     index_parts, index_offsets, pos, lines = [], [], 0, []
     for s in samples:
         line = dumps_line(list(s))
-        if not index_parts or index_parts[-1] != s[0]:
-            index_parts.append(s[0])
+        if not index_parts or index_parts[-1] != s.part:
+            index_parts.append(s.part)
             index_offsets.append(pos)
         lines.append(line)
         pos += len(line)
     index_offsets.append(pos)
     write_lines_atomic(os.path.join(out, "samples.jsonl"), lines)
     df_offsets = write_df(
-        os.path.join(out, "df.jsonl"), df, df + df_capped if capped else None, int(cfg["run"]["reduce_partitions"])
+        os.path.join(out, "df.jsonl"), df, df + df_capped if df_capped else None, int(cfg["run"]["reduce_partitions"])
     )
     # Its own file, not stats.json: every df task reads one per reduce partition, and stats.json holds the
     # per-input-partition index (P entries).
     write_json_atomic(os.path.join(out, "df_offsets.json"), df_offsets)
+    tc = cfg["templates"]
+    evidence = max(MIN_EVIDENCE, min(float(tc["min_docs"]), float(tc["min_docs_share"]) * context_docs))
+    min_docs = max(evidence, float(tc["min_share"]) * context_docs)
+    found, candidates = template_words(contexts, min_docs, float(tc["rigidity"])) if tc["enabled"] else ({}, {})
+    write_json_atomic(os.path.join(out, "templates.json"), {"found": found, "site_candidates": candidates})
     write_json_atomic(
         os.path.join(out, "stats.json"),
         {
             "samples": len(samples),
+            "labelable": labelable,
             "index": {"parts": index_parts, "offsets": index_offsets},
             "skipped_by_part": {str(p): dict(sorted(c.items())) for p, c in sorted(skipped.items())},
             "group_cap": dict(sorted(capped.items())),
@@ -404,25 +533,37 @@ HEAD_TERMS = 25  # the most frequent terms before the curation cap, for the repo
 def df_task(cfg: dict, j: int, num_reduce: int, work: str, num_samples: int) -> None:
     """Exact document frequencies of term partition ``j`` (summed over every reduce partition) and its share of the
     vocabulary (``labels.vocab.top_terms``: the ``vocab.max_terms`` best terms within ``min_df`` and the
-    ``max_df_share`` ceiling, the terms over the ceiling), plus its ``HEAD_TERMS`` most frequent terms before the
-    curation cap. Writes ``vocab.json``, then ``stats.json``.
+    ``max_df_share`` ceiling, the terms over the ceiling), template terms left out (``templates.json``, written by
+    the driver from the reduce pass: labels/templates.py), plus its ``HEAD_TERMS`` most frequent terms before the
+    caps and its ``HEAD_TERMS`` most frequent template terms. Writes ``vocab.json``, then ``stats.json``.
 
-    Per term partition, so that no process holds every term of the corpus and no count is approximate.
+    ``num_samples`` is the number of samples that can carry a label (an eligible term, after duplicates and caps):
+    the ceiling's denominator. Per term partition, so that no process holds every term of the corpus and no count is
+    approximate.
     """
     t0 = time.perf_counter()
     out = fresh_dir(task_dir(work, "df", j))
     v = cfg["vocab"]
+    templates = read_json(os.path.join(work, "templates.json"))
     df: Counter[str] = Counter()
-    capped: Counter[str] = Counter()  # in samples the curation cap dropped: df + capped = df before the cap
+    capped: Counter[str] = Counter()  # in samples the caps dropped: df + capped = df before the caps
     for r in range(num_reduce):
         offsets = read_json(os.path.join(task_dir(work, "reduce", r), "df_offsets.json"))  # small: R + 1 ints
         part, part_all = read_df(os.path.join(task_dir(work, "reduce", r), "df.jsonl"), offsets[j], offsets[j + 1])
         df.update(part)
         if part_all is not part:
             capped.update({t: c - part.get(t, 0) for t, c in part_all.items() if c > part.get(t, 0)})
-    rec = top_terms(df, int(v["min_df"]), int(v["max_terms"]), float(v["max_df_share"]) * num_samples)
+    template: dict[str, int] = {}
+    if templates:
+        template = {t: c for t, c in df.items() if is_template_term(t, templates)}
+        content = {t: c for t, c in df.items() if t not in template}
+    else:
+        content = df
+    rec = top_terms(content, int(v["min_df"]), int(v["max_terms"]), float(v["max_df_share"]) * num_samples)
     rec["candidate_terms"] = len(df)
     rec["head"] = [list(p) for p in heapq.nsmallest(HEAD_TERMS, (df + capped if capped else df).items(), key=by_df)]
+    rec["template_terms"] = len(template)
+    rec["template_head"] = [list(p) for p in heapq.nsmallest(HEAD_TERMS, template.items(), key=by_df)]
     write_json_atomic(os.path.join(out, "vocab.json"), rec)
     write_json_atomic(
         os.path.join(out, "stats.json"), {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()}
@@ -445,8 +586,8 @@ def count_task(cfg: dict, r: int, work: str, cooccurrence: bool) -> None:
     mask_score = MaskScores(cfg["signals"]["weights"], cfg["signals"]["combine"])
     kept: list[int] = []  # every sample's kept label ids, concatenated
     counter = CooccurrenceCounter(len(vocab)) if cooccurrence else None
-    for s in read_lines(os.path.join(task_dir(work, "reduce", r), "samples.jsonl")):
-        ids = [i for i, _ in select_group_labels(s[10], index, mask_score, max_labels)]
+    for line in read_lines(os.path.join(task_dir(work, "reduce", r), "samples.jsonl")):
+        ids = [i for i, _ in select_group_labels(Sample._make(line).terms, index, mask_score, max_labels)]
         kept += ids
         if counter is not None and ids:
             ids.sort()
@@ -462,6 +603,24 @@ def count_task(cfg: dict, r: int, work: str, cooccurrence: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------- pass 4: write
+ORIGINS_KEPT = 5  # origins (site or source) kept per label per write task, for the quality report
+
+
+def unlabelled_reason(terms: list[str], templates: dict, over_ceiling: set[str]) -> str:
+    """Why a sample has no label: ``no_terms`` (its text held no eligible term: stopwords, numbers, dates, cut
+    boilerplate, or scores under vocab.min_score), ``template_only`` (only template terms), ``over_ceiling`` (only
+    template terms and terms over vocab.max_df_share), else ``rare_terms`` (its terms are under vocab.min_df or past
+    vocab.max_terms)."""
+    if not terms:
+        return "no_terms"
+    rest = [t for t in terms if not (templates and is_template_term(t, templates))]
+    if not rest:
+        return "template_only"
+    if all(t in over_ceiling for t in rest):
+        return "over_ceiling"
+    return "rare_terms"
+
+
 def _partition_samples(work: str, p: int, num_reduce: int):
     """Samples of input partition ``p`` from every hash partition, in input order (k-way merge)."""
     streams = []
@@ -479,7 +638,7 @@ def _partition_samples(work: str, p: int, num_reduce: int):
         if lo < len(parts) and parts[lo] == p:
             path = os.path.join(task_dir(work, "reduce", r), "samples.jsonl")
             streams.append(read_lines(path, idx["offsets"][lo], idx["offsets"][lo + 1]))
-    return heapq.merge(*streams, key=lambda s: s[1])
+    return heapq.merge(*(map(Sample._make, st) for st in streams), key=operator.attrgetter("seq"))
 
 
 @_without_gc
@@ -512,41 +671,49 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
     shards = None if text_only else ShardSet(out, scales, cfg["shards"]["maxcount"], cfg["shards"]["maxsize"])
     text_lines = []
     rounded = functools.lru_cache(maxsize=None)(lambda x: round(x, 4))  # a handful of distinct scores
+    why_unlabelled: Counter[str] = Counter()
+    ids_by_origin: dict[str, list[int]] = {}  # site (else source) -> raw label ids of its written samples
+    clustered_ids: list[int] = []
+    templates = read_json(os.path.join(work, "templates.json"))
+    over_ceiling = {d["term"] for d in read_json(os.path.join(work, "vocab_df.json"))["df_ceiling"]["dropped"]}
     for s in _partition_samples(work, p.index, num_reduce):
-        _, seq, key, source, uids, path, offset, size, ext, text, terms = s
+        key, text, terms = s.key, s.text, s.terms
         raw = select_group_labels(terms, index, mask_score, max_labels)
-        if not raw and not keep_unlabeled:
-            skipped["no_label"] += 1
-            continue
+        if not raw:
+            why_unlabelled[unlabelled_reason(group_terms(terms), templates, over_ceiling)] += 1
+            if not keep_unlabeled:
+                skipped["no_label"] += 1
+                continue
         clustered = cluster_labels(raw, term_cluster)
         split = split_of(key, val_fraction)
         bucket = scale_bucket(key, scales) if split == "train" else -1
         meta = {
             "key": key,
-            "source": source,
+            "source": s.source,
             "labels": {"raw": [i for i, _ in raw], "clustered": [c for c, _ in clustered]},
             "scores": {"raw": [rounded(x) for _, x in raw], "clustered": [rounded(x) for _, x in clustered]},
             "terms": [vocab[i] for i, _ in raw],
             "text": text_for_json(text),
-            "uids": uids,
+            "uids": s.uids,
         }
         if text_only:
             meta.update(split=split, scale_bucket=scales[bucket] if bucket >= 0 else None)
             text_lines.append(dumps_line(meta))
         else:
-            _, jpeg, reason = preparer(ImageJob(seq, key, path, offset, size, ext))
+            _, jpeg, reason = preparer(ImageJob(s.seq, key, s.path, s.offset, s.size, s.ext))
             if reason == "input_changed":
-                raise InputError(f"input changed during the run (bytes no longer match): {path}")
+                raise InputError(f"input changed during the run (bytes no longer match): {s.path}")
             if reason is not None:
                 skipped[reason] += 1
                 continue
             shards.write({"__key__": key, "jpg": jpeg, "json": dumps(meta)}, split, bucket)
         written += 1
         labelled += bool(raw)
-        for i, _ in raw:
-            raw_counts[i] += 1
-        for c, _ in clustered:
-            clustered_counts[c] += 1
+        ids = ids_by_origin.get(s.site or s.source)
+        if ids is None:
+            ids = ids_by_origin[s.site or s.source] = []
+        ids += [i for i, _ in raw]  # counted once at the end (C-level counting, not a Counter update per label)
+        clustered_ids += [c for c, _ in clustered]
         per_image["raw"][len(raw)] += 1
         per_image["clustered"][len(clustered)] += 1
         split_counts[split] += 1
@@ -557,6 +724,12 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
         splits = None
     else:
         splits = shards.close()
+    origins: dict[int, Counter] = {}  # label -> where its images come from
+    for origin, ids in ids_by_origin.items():
+        for i, n in Counter(ids).items():
+            raw_counts[i] += n
+            origins.setdefault(i, Counter())[origin] = n
+    clustered_counts.update(clustered_ids)
     write_json_atomic(
         os.path.join(out, "stats.json"),
         {
@@ -569,6 +742,12 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
             "per_image": {k: sorted(h.items()) for k, h in per_image.items()},
             "split_counts": dict(sorted(split_counts.items())),
             "bucket_counts": sorted(bucket_counts.items()),
+            "unlabelled": dict(sorted(why_unlabelled.items())),
+            # per label, its ORIGINS_KEPT largest origins (ties by name): the quality report's "top sources"
+            "origins": [
+                [i, sorted(o.items(), key=lambda kv: (-kv[1], kv[0]))[:ORIGINS_KEPT]]
+                for i, o in sorted(origins.items())
+            ],
             "splits": splits,
             "seconds": round(time.perf_counter() - t0, 3),
             "peak_rss_mb": _rss_mb(),

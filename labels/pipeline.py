@@ -7,13 +7,15 @@ writes the manifest:
 
 1. map (per input partition: one img2dataset tar, ``run.partition_size`` files or manifest rows):
    read, hash image content, normalize text, score candidate terms, route units to
-   ``run.reduce_partitions`` hash partitions of their content key; per-group cap ranks.
+   ``run.reduce_partitions`` hash partitions of their series key (near-identical re-saves), else content key;
+   per-group cap ranks; the context records of the template statistic (labels/templates.py).
 2. curation caps (driver): per group (``curation.group_by``) the rank of its ``max_per_group``-th sample.
-3. reduce (per hash partition): duplicates merge across input partitions (texts joined), the cap
-   drops samples past it (``group_cap``), document frequencies are counted. No process ever holds
-   every key.
-4. vocabulary (driver): DF summed; terms in more than ``vocab.max_df_share`` of the samples dropped
-   (the document-frequency ceiling); min_df / max_terms.
+3. reduce (per hash partition): duplicates merge across input partitions (texts joined), the series cap
+   (``series_cap``) and the group cap (``group_cap``) drop samples past them, document frequencies are counted;
+   the template words of the task's term partition are decided. No process ever holds every key.
+4. vocabulary (driver, df pass per term partition): template words joined; DF summed; template terms left out;
+   terms in more than ``vocab.max_df_share`` of the samples that can carry a label dropped (the
+   document-frequency ceiling); min_df / max_terms.
 5. count (per hash partition): samples keeping each term after the per-image cap (terms fewer than
    min_df images keep are dropped) and label co-occurrence for the PPMI embedder.
 6. clustering of the kept terms (driver).
@@ -60,10 +62,11 @@ from labels.cluster import (
 from labels.engine import Engine, PassFailed, Task
 from labels.lifetime import OutputBusy, OutputLock
 from labels.passes import build_scorer, merge_signals, text_for_json  # noqa: F401 - re-exported
-from labels.report import write_report
+from labels.report import write_quality_report, write_report
 from labels.shards import FORMAT_VERSION, MANIFEST, remove_dataset, write_json
 from labels.sources import InputError, Partition, list_partitions
 from labels.store import read_json, write_json_atomic
+from labels.templates import SITE_LIFT, site_affixes
 from labels.vocab import merge_top
 
 log = logging.getLogger(__name__)
@@ -152,8 +155,13 @@ class _LabelTotals:
         self.clustered: Counter[int] = Counter()
         self.per_image = {"raw": Counter(), "clustered": Counter()}
         self.labelled = 0
+        self.unlabelled: Counter[str] = Counter()
+        self.origins: dict[int, Counter] = {}
 
     def add(self, w: dict) -> dict:
+        self.unlabelled.update(w.pop("unlabelled"))
+        for i, pairs in w.pop("origins"):
+            self.origins.setdefault(int(i), Counter()).update(dict(pairs))
         self.raw.update({int(i): n for i, n in w.pop("raw_counts")})
         self.clustered.update({int(c): n for c, n in w.pop("clustered_counts")})
         for space, hist in w.pop("per_image").items():
@@ -218,11 +226,40 @@ class _Driver:
             self.R = max(1, min(num_parts, AUTO_REDUCE_PARTITIONS))
         self.cfg_dict["run"]["reduce_partitions"] = self.R
 
+    # ------------------------------------------------------------------------------ templates
+    def context_docs(self, parts: list[Partition]) -> int:
+        """Documents the map tasks counted contexts of (the denominator of ``templates.min_share``)."""
+        return sum(read_json(passes.stats_path(self.work, "map", p.index))["context_docs"] for p in parts)
+
+    def templates(self, parts: list[Partition], context_docs: int) -> dict:
+        """Join the reduce pass's template words (one list per term partition, disjoint) and the site affixes among
+        its candidates into ``templates.json``. Site sizes are summed from the map stats for the candidates' sites
+        only, so the driver never holds a table of every site."""
+        found: dict[str, list] = {}
+        candidates: dict[str, list] = {}
+        for r in range(self.R):
+            rec = read_json(os.path.join(passes.task_dir(self.work, "reduce", r), "templates.json"))
+            found.update(rec["found"])
+            candidates.update(rec["site_candidates"])
+        if candidates:
+            sites = {c[3] for c in candidates.values()}
+            site_docs: Counter[str] = Counter()
+            for p in parts:
+                st = read_json(passes.stats_path(self.work, "map", p.index))["context_sites"]
+                site_docs.update({s: n for s, n in st.items() if s in sites})
+            found.update(site_affixes(candidates, site_docs, context_docs, SITE_LIFT))
+        found = dict(sorted(found.items()))
+        write_json_atomic(os.path.join(self.work, "templates.json"), found)
+        return found
+
     # ------------------------------------------------------------------------------ vocabulary
     def vocabulary(self) -> dict:
         """Merge the df pass's per-term-partition shares into the vocabulary (``max_terms`` pairs held at a time)."""
         v = self.cfg.vocab
-        num_samples = sum(read_json(passes.stats_path(self.work, "reduce", r))["samples"] for r in range(self.R))
+        reduce_stats = [read_json(passes.stats_path(self.work, "reduce", r)) for r in range(self.R)]
+        num_samples = sum(st["samples"] for st in reduce_stats)
+        # The ceiling's denominator: samples that can carry a label (an eligible term, after duplicates and caps).
+        labelable = sum(st["labelable"] for st in reduce_stats)
         self.run_pass(
             "df",
             passes.df_task,
@@ -230,7 +267,7 @@ class _Driver:
                 Task(
                     f"term partition {j}",
                     passes.stats_path(self.work, "df", j),
-                    (self.cfg_dict, j, self.R, self.work, num_samples),
+                    (self.cfg_dict, j, self.R, self.work, labelable),
                 )
                 for j in range(self.R)
             ],
@@ -239,22 +276,28 @@ class _Driver:
         kept: list = []
         dropped: list = []
         head: list = []
-        candidates = 0
+        template_head: list = []
+        candidates = template_terms = 0
         for j in range(self.R):
             rec = read_json(os.path.join(passes.task_dir(self.work, "df", j), "vocab.json"))
             kept = merge_top(kept, rec["kept"], int(v.max_terms))
             dropped = merge_top(dropped, rec["dropped"], None)
             head = merge_top(head, rec["head"], passes.HEAD_TERMS)
+            template_head = merge_top(template_head, rec["template_head"], passes.HEAD_TERMS)
             candidates += rec["candidate_terms"]
+            template_terms += rec["template_terms"]
         info = {
             "terms": [t for t, _ in kept],
             "df": [c for _, c in kept],
             "num_samples": num_samples,
+            "labelable_samples": labelable,
             "candidate_terms": candidates,
             "df_ceiling": {
                 "max_df_share": float(v.max_df_share),
-                "dropped": [{"term": t, "df": c, "share": round(c / num_samples, 4)} for t, c in dropped],
+                "denominator": labelable,
+                "dropped": [{"term": t, "df": c, "share": round(c / max(labelable, 1), 4)} for t, c in dropped],
             },
+            "templates": {"terms": template_terms, "head": [[t, c] for t, c in template_head]},
             "head_before_curation": [[t, c] for t, c in head],
         }
         write_json_atomic(os.path.join(self.work, "vocab_df.json"), info)
@@ -461,11 +504,16 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     t = time.perf_counter()
     caps = d.caps(parts)
     d.timings["caps_s"] = time.perf_counter() - t
+    context_docs = d.context_docs(parts)
     d.run_pass(
         "reduce",
         passes.reduce_task,
-        [Task(f"hash partition {r}", passes.stats_path(work, "reduce", r), (cd, r, P, work)) for r in range(R)],
+        [
+            Task(f"hash partition {r}", passes.stats_path(work, "reduce", r), (cd, r, P, work, context_docs))
+            for r in range(R)
+        ],
     )
+    templates = d.templates(parts, context_docs)
     vinfo = d.vocabulary()
     needs_cooc = bool(cfg.cluster.enabled) and cfg.cluster.embedder in ("auto", "ppmi")
     d.run_pass(
@@ -598,13 +646,20 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
         "dropped": {
             "df_ceiling": vinfo["df_ceiling"],
             "boilerplate_phrases": dict(sorted(boilerplate.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "templates": {
+                "words": templates,  # word -> [documents, rigidity, dominant neighbour]
+                "terms": vinfo["templates"]["terms"],
+                "head": vinfo["templates"]["head"],
+            },
             "curation": {
                 "group_by": list(cfg.curation.group_by),
                 "max_per_group": int(cfg.curation.max_per_group),
+                "max_per_series": int(cfg.curation.max_per_series),
                 "capped_groups": len(caps),
                 "dropped_by_group": dict(sorted(group_cap.items(), key=lambda kv: (-kv[1], kv[0]))[:50]),
             },
         },
+        "unlabelled": dict(sorted(totals.unlabelled.items())),
         "head_before_curation": vinfo["head_before_curation"],
         "distributed": {
             "engine": cfg.run.engine,
@@ -619,6 +674,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     }
     report_dir = os.path.join(d.out, "report")
     stats = write_report(report_dir, stats, vocab, raw_counts, names, clustered_counts, members, per_image)
+    write_quality_report(report_dir, stats, vocab, raw_counts, totals.origins)
     with open(os.path.join(report_dir, "partitions.jsonl"), "w", encoding="ascii") as f:
         for e in per_part:
             f.write(json.dumps(e, ensure_ascii=True, sort_keys=True) + "\n")

@@ -98,3 +98,153 @@ def _plots(report_dir: str, raw_counts, clustered_counts, per_image) -> None:
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
     fig.savefig(os.path.join(report_dir, "labels_per_image.png"), dpi=110)
     plt.close(fig)
+
+
+# What to turn when images are skipped for a reason (the quality report prints it beside each count).
+SKIP_KNOBS = {
+    "no_label": "see 'images without a label' below",
+    "group_cap": "curation.max_per_group (or curation.group_by)",
+    "series_cap": "curation.max_per_series (0: off)",
+    "duplicate_merged": "none: byte-identical copies are merged into one sample, their texts joined",
+    "no_text": "sources[i].fields / sources[i].text_signal: which caption and json fields are read",
+    "missing_image": "the input: a sample without an image member / file",
+    "corrupt_image": "the input: bytes that do not decode",
+    "image_too_large": "the input: a decompression bomb",
+    "bad_metadata": "the input: a .json that does not parse",
+    "svg_too_large": "image.max_svg_bytes",
+    "render_timeout": "image.render_timeout_s",
+    "render_failed": "the input: an SVG the renderer refuses",
+    "unreadable_svg": "the input: an SVG that is not XML",
+    "mirror_variant": "none: Tux Paint's hand-made mirror copies",
+}
+UNLABELLED_KNOBS = {
+    "no_terms": "text held no eligible term (stopwords, numbers, dates, boilerplate, or under vocab.min_score): "
+    "signals.weights, vocab.min_score, text.boilerplate",
+    "template_only": "only template text: templates.rigidity / templates.min_share (raise to keep more words)",
+    "over_ceiling": "only template text and terms over the ceiling: vocab.max_df_share",
+    "rare_terms": "terms too rare for the vocabulary: vocab.min_df (lower), vocab.max_terms (raise)",
+}
+HEAD_LABELS = 30
+
+
+def write_quality_report(
+    report_dir: str, stats: dict, raw_names: Sequence[str], raw_counts: Sequence[int], origins: Mapping[int, Mapping]
+) -> dict:
+    """``label_quality.json`` and ``label_quality.md``: is the head of the labels content? The most frequent labels
+    with their top origins (site, else source), the skips by reason with the knob to turn, why images have no label,
+    and the text dropped as boilerplate, dates or templates with its counts.
+
+    Args:
+        stats: the label report's stats (``write_report``'s return value).
+        origins: label id -> origin -> images (each write task's largest ``labels.passes.ORIGINS_KEPT`` origins per
+            label, summed: exact for a label's top origins unless they spread over many partitions).
+    """
+    counts = stats["counts"]
+    written, read = counts["written"], counts["read"]
+    order = sorted(range(len(raw_names)), key=lambda i: (-raw_counts[i], i))[:HEAD_LABELS]
+    head = []
+    for i in order:
+        top = sorted(origins.get(i, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        head.append(
+            {
+                "label": raw_names[i],
+                "images": raw_counts[i],
+                "share": round(raw_counts[i] / written, 4) if written else 0.0,
+                "top_origins": [[o, n, round(n / raw_counts[i], 3) if raw_counts[i] else 0.0] for o, n in top],
+            }
+        )
+    skipped = stats["counts"]["skipped"]
+    considered = stats["coverage"]["considered"]
+    unlabelled = stats.get("unlabelled", {})
+    dropped = stats["dropped"]
+    quality = {
+        "read": read,
+        "written": written,
+        "skipped": [
+            {
+                "reason": r,
+                "images": n,
+                "share_of_read": round(n / read, 4) if read else 0.0,
+                "knob": SKIP_KNOBS.get(r, ""),
+            }
+            for r, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
+        "no_label": {
+            "images": sum(unlabelled.values()),
+            "share_of_considered": round(sum(unlabelled.values()) / considered, 4) if considered else 0.0,
+            "why": [
+                {"reason": r, "images": n, "knob": UNLABELLED_KNOBS.get(r, "")}
+                for r, n in sorted(unlabelled.items(), key=lambda kv: (-kv[1], kv[0]))
+            ],
+        },
+        "head": head,
+        "dropped": {
+            "template_words": [
+                [w, *v] for w, v in sorted(dropped["templates"]["words"].items(), key=lambda kv: -kv[1][0])
+            ],
+            "template_terms": dropped["templates"]["terms"],
+            "template_terms_head": dropped["templates"]["head"],
+            "boilerplate_and_dates": [[k, n] for k, n in dropped["boilerplate_phrases"].items()],
+            "df_ceiling": [[d["term"], d["df"], d["share"]] for d in dropped["df_ceiling"]["dropped"]],
+        },
+    }
+    write_json(os.path.join(report_dir, "label_quality.json"), quality)
+    lines = [
+        f"# Label quality: {stats.get('name', '')}",
+        "",
+        f"{read:,} images read, {written:,} written. Are the head labels content? Each label's top origins show"
+        " whether one site or source makes it.",
+        "",
+        "## Head labels",
+        "",
+        "| label | images | share of written | top origins (images, share of the label) |",
+        "|---|---:|---:|---|",
+    ]
+    for h in head:
+        tops = "; ".join(f"{escape_cell(o)} {n} ({s:.0%})" for o, n, s in h["top_origins"])
+        lines.append(f"| {escape_cell(h['label'])} | {h['images']:,} | {h['share']:.1%} | {tops} |")
+    lines += [
+        "",
+        "## Skipped images, by reason",
+        "",
+        "| reason | images | share of read | knob |",
+        "|---|---:|---:|---|",
+    ]
+    for e in quality["skipped"]:
+        lines.append(f"| {e['reason']} | {e['images']:,} | {e['share_of_read']:.1%} | {escape_cell(e['knob'])} |")
+    nl = quality["no_label"]
+    lines += [
+        "",
+        f"## Images without a label: {nl['images']:,} ({nl['share_of_considered']:.1%} of those that reached labelling)",
+        "",
+        "| why | images | knob |",
+        "|---|---:|---|",
+    ]
+    for e in nl["why"]:
+        lines.append(f"| {e['reason']} | {e['images']:,} | {escape_cell(e['knob'])} |")
+    dq = quality["dropped"]
+    lines += [
+        "",
+        "## Dropped as template text (templates.*)",
+        "",
+        f"{len(dq['template_words'])} template words, {dq['template_terms']:,} template terms. Words (documents,"
+        " rigidity, the neighbour they are bound to):",
+        "",
+        ", ".join(f"{escape_cell(w)} ({n}, {r:.2f}, {escape_cell(b)})" for w, n, r, b in dq["template_words"][:60])
+        or "(none)",
+        "",
+        "Most frequent template terms: "
+        + (", ".join(f"{escape_cell(t)} ({n})" for t, n in dq["template_terms_head"]) or "(none)"),
+        "",
+        "## Cut as boilerplate phrases and dates (text.boilerplate, dates)",
+        "",
+        ", ".join(f"{escape_cell(k)} ({n})" for k, n in dq["boilerplate_and_dates"][:40]) or "(none)",
+        "",
+        "## Over the document-frequency ceiling (vocab.max_df_share)",
+        "",
+        ", ".join(f"{escape_cell(t)} ({n}, {s:.1%})" for t, n, s in dq["df_ceiling"][:40]) or "(none)",
+        "",
+    ]
+    with open(os.path.join(report_dir, "label_quality.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return quality

@@ -21,6 +21,9 @@ from collections.abc import Mapping, Sequence
 from labels.text import TermExtractor
 
 COMBINE_RULES = ("noisy_or", "max")
+# Signal types that are lists of tags or folder paths, not free text: stored as lists, and left out of the template
+# statistic (a folder path "animals/birds" or a tag list has structure, not a caption's template).
+LIST_SIGNALS = ("keywords", "category")
 
 
 class MaskScores:
@@ -85,18 +88,37 @@ class TermScorer:
         self.mask_score = MaskScores(self.weights, combine)
         self.bits = self.mask_score.bits
 
-    def signal_terms(self, texts: Sequence[str]) -> list[str]:
-        """Distinct terms over several texts of one signal type, in order of appearance."""
-        if len(texts) == 1:
-            return self.extractor.terms(texts[0])  # one text's terms are distinct already
-        seen: dict[str, None] = {}
+    def signal_terms(
+        self, texts: Sequence[str], contexts: set[str] | None = None, seen: set | None = None
+    ) -> list[str]:
+        """Distinct terms over several texts of one signal type, in order of appearance. With ``contexts``, the
+        context records of each text are added to it (``TermExtractor.contexts``) unless ``seen`` holds them already
+        (then they are added to ``seen``): a text repeated verbatim, up to numbers and dates, counts once."""
+        ex = self.extractor
+        if contexts is None:
+            if len(texts) == 1:
+                return list(ex.terms_tuple(texts[0]))  # one text's terms are distinct already
+            found: dict[str, None] = {}
+            for text in texts:
+                found.update(dict.fromkeys(ex.terms_tuple(text)))
+            return list(found)
+        found = {}
         for text in texts:
-            seen.update(dict.fromkeys(self.extractor.terms(text)))
-        return list(seen)
+            terms, ctx = ex.terms_and_contexts(text)
+            found.update(dict.fromkeys(terms))
+            if ctx and (seen is None or ctx not in seen):
+                contexts.update(ctx)
+                if seen is not None:
+                    seen.add(ctx)
+        return list(found)
 
-    def term_masks(self, signals: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    def term_masks(
+        self, signals: Mapping[str, Sequence[str]], contexts: set[str] | None = None, seen: set[str] | None = None
+    ) -> dict[str, int]:
         """Candidate term -> bit mask of the weighted signal types holding it, for one image (terms sharing a word with
-        an excluded signal dropped), in order of first appearance (signal types in sorted order)."""
+        an excluded signal dropped), in order of first appearance (signal types in sorted order). With ``contexts``,
+        the context records of the weighted free-text signals' texts are added to it (not ``LIST_SIGNALS``; texts in
+        ``seen`` skipped)."""
         banned_words: set[str] = set()
         for name in self.exclude:
             for text in signals.get(name, ()):
@@ -107,7 +129,7 @@ class TermScorer:
             bit = self.bits.get(name)
             if bit is None:
                 continue
-            terms = self.signal_terms(signals[name])
+            terms = self.signal_terms(signals[name], None if name in LIST_SIGNALS else contexts, seen)
             if not masks:
                 masks = dict.fromkeys(terms, bit)
                 continue

@@ -1,16 +1,24 @@
 """Text normalization and candidate-term extraction.
 
-A text becomes annotation terms in four steps:
+A text becomes annotation terms in five steps:
 
 1. ``normalize``: Unicode NFKC, then case-folding.
-2. Chunking: punctuation (anything that is not a letter, digit, space, hyphen, underscore or
-   apostrophe) ends a chunk, so a term never spans a comma, a full stop or a folder separator.
-   Hyphens and underscores join words (``low-contrast`` -> ``low contrast``); possessive ``'s`` is
-   dropped and other apostrophes are removed (``don't`` -> ``dont``).
-3. Tokens: stopwords, pure numbers and one-letter tokens also end a chunk (so ``cat on a mat``
-   yields ``cat`` and ``mat``, never ``cat on``); each remaining word is folded to a simple singular.
-4. Terms: every run of 1 to ``max_words`` consecutive words inside a chunk, minus configured stop
-   terms (e.g. ``unsorted``, ``clip art``).
+2. Cuts: dates and times in the common written forms (``Monday, March 3, 2021``, ``2021-03-04T10:23Z``,
+   ``04/03/2021 14:05``, ``Wed Aug 25 23:31:12 2004``) and configured boilerplate phrases that hold punctuation
+   (``tags:``) are cut out and end a chunk; so do spaced dashes and other caption separators (``theme - Site``,
+   ``a | b``, ``a :: b``, ``a — b``).
+3. Chunking: punctuation (anything that is not a letter, digit, space, hyphen, underscore or apostrophe) ends
+   a chunk, so a term never spans a comma, a full stop or a folder separator. Hyphens and underscores inside a
+   word join words (``low-contrast`` -> ``low contrast``); possessive ``'s`` is dropped and other apostrophes
+   are removed (``don't`` -> ``dont``).
+4. Tokens: stopwords, pure numbers and one-letter tokens also end a chunk (so ``cat on a mat`` yields ``cat``
+   and ``mat``, never ``cat on``); each remaining word is folded to a simple singular. Word-only boilerplate
+   phrases are matched on the folded words (``cliparts`` is ``clipart``) and end a chunk too.
+5. Terms: every run of 1 to ``max_words`` consecutive words inside a chunk, minus configured stop terms
+   (e.g. ``unsorted``, ``clip art``, normalized and folded like the text).
+
+``contexts`` gives each word's neighbours (the adjacent word, stopword, number, punctuation or text edge on either
+side): the statistic the template rule of labels/templates.py is computed from.
 """
 
 from __future__ import annotations
@@ -85,12 +93,49 @@ IRREGULAR = {
 # Endings that look plural but are singular ("glass", "bus", "axis", "famous"): inflect strips them.
 _KEEP_ENDINGS = ("ss", "us", "is", "ous")
 _SPLIT_RE = re.compile(r"[^\w\s'’`-]+")  # punctuation: a chunk boundary
+_SPLIT_KEEP_RE = re.compile(r"([^\w\s'’`-]+)")  # the same, keeping the punctuation (neighbour records)
+_DIMENSION_RE = re.compile(r"\d+(?:x\d+)+")  # "1920x1080": a number, not a word
+# Neighbours that fix nothing: numbers vary, edges are everywhere. A pair of them is no bond ("pattern" in
+# "arches 3 pattern", a word alone in its text); a pair with one real token is ("cliphub" after "|" at the end).
+_LOOSE = frozenset({"#", "^", "$"})
 _POSSESSIVE_RE = re.compile(r"['’`]s\b")
 _APOSTROPHE_RE = re.compile(r"['’`]")
 _JOINERS = str.maketrans("-_", "  ")  # hyphen and underscore join words: they become spaces
 # A one-letter prefix keeps its hyphen ("t-shirt", "x-ray", "e-mail"): split, the letter would be dropped.
 _LETTER_HYPHEN_RE = re.compile(r"(?<![\w-])(\w)-(?=\w)")
 _KEPT_HYPHEN = "\x00"
+# A dash or underscore run standing alone between spaces ("theme - Site"), or a run of two or more dashes, is a
+# caption separator, not a joiner: it ends a chunk like "|" or "::" do.
+_SEPARATOR_RE = re.compile(r"(?<!\S)[-_]+(?!\S)|-{2,}")
+SEPARATOR = " | "  # what a cut leaves: punctuation, so that no term spans it
+
+# Dates and times in the common written forms (English month and weekday names). Hand-written rather than
+# dateparser.search / datefinder: those parse candidates with dateutil (milliseconds per text, and datefinder
+# takes plain words such as "march" or "sat" for dates); one compiled regex costs microseconds, and only texts
+# holding a digit are searched. Weekday and month names are cut only inside such a date, so "march" or "may"
+# as words stay.
+_MONTH = (
+    r"(?:january|february|march|april|may|june|july|august|september|october|november|december"
+    r"|jan|feb|mar|apr|jun|jul|aug|sept|sep|oct|nov|dec)\.?"
+)
+_WEEKDAY = (
+    r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|mon|tues|tue|wed|thurs|thur|thu|fri|sat|sun)\.?"
+)
+_DAY = r"\d{1,2}(?:st|nd|rd|th)?"
+_YEAR = r"(?:\d{4}|'\d{2})"
+_TIME = (
+    r"(?:\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:\s*[ap]\.?m\b\.?)?|\d{1,2}\s*[ap]\.?m\b\.?)"
+    r"(?:\s*(?:utc|gmt|z\b|[+-]\d{2}:?\d{2}))?"
+)
+_ISO = r"\d{4}-\d{1,2}-\d{1,2}(?:[t ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:z\b|[+-]\d{2}:?\d{2})?)?"
+_NUMERIC_DATE = r"(?:\d{1,2}[/.]\d{1,2}[/.](?:\d{4}|\d{2})|\d{4}[/.]\d{1,2}[/.]\d{1,2})(?![\d/.]*\d)"
+_NAMED_DATE = (
+    rf"(?:{_WEEKDAY},?\s+)?(?:{_DAY}\s+(?:of\s+)?{_MONTH}|{_MONTH}\s+{_DAY}\b)(?:,?\s+{_YEAR}\b)?"
+    rf"|{_MONTH},?\s+{_YEAR}\b|{_WEEKDAY},?\s+(?={_TIME}|{_ISO}|{_NUMERIC_DATE})"
+)
+DATE_RE = re.compile(rf"(?<![\w/.:-])(?:{_ISO}|{_NUMERIC_DATE}|{_NAMED_DATE}|{_TIME})(?![\w:])")
+_DIGIT_RE = re.compile(r"\d")
+DATE_HIT = "<date or time>"  # how cut dates count in boilerplate_hits
 SHORT_TEXT = 80  # texts up to this many characters are memoized (see TermExtractor.terms)
 WORD_CACHE = 1 << 18  # folded words kept per extractor (the cache is emptied when full)
 
@@ -131,9 +176,11 @@ class TermExtractor:
         fold_plurals: apply ``singularize`` to every word.
         extra_stopwords: added to ``STOPWORDS`` (given in any case; normalized here).
         stop_terms: whole terms never emitted (normalized and folded like the text).
-        boilerplate: caption scaffolding phrases ("tags:", "stock photo", "image of", "free download"):
-            each occurrence is cut out of the text and ends a chunk; ``boilerplate_hits`` counts them
-            (phrase -> occurrences, cached texts included) for the report.
+        boilerplate: caption scaffolding phrases ("tags:", "stock photo", "image of", "free download"): each
+            occurrence is cut out of the text and ends a chunk. Phrases of words only are matched on the folded
+            words ("stock photos" is "stock photo"); phrases holding other punctuation ("tags:") on the text.
+            ``boilerplate_hits`` counts them (phrase -> occurrences, cached texts included) for the report.
+        cut_dates: cut dates and times (``DATE_RE``); they count as ``DATE_HIT`` in ``boilerplate_hits``.
     """
 
     def __init__(
@@ -145,6 +192,7 @@ class TermExtractor:
         extra_stopwords: Iterable[str] = (),
         stop_terms: Iterable[str] = (),
         boilerplate: Iterable[str] = (),
+        cut_dates: bool = True,
     ) -> None:
         if max_words < 1:
             raise ValueError(f"max_words must be >= 1, got {max_words}")
@@ -152,27 +200,42 @@ class TermExtractor:
         self.min_word_len = min_word_len
         self.drop_numeric = drop_numeric
         self.fold_plurals = fold_plurals
+        self.cut_dates = cut_dates
         self.stopwords = STOPWORDS | {normalize(w) for w in extra_stopwords}
         # Per instance, so that two extractors with different settings never share results: token -> folded word
         # (None: the token ends a chunk). A plain dict, cleared when it outgrows WORD_CACHE: an lru_cache wrapper
         # costs a call per token, the hot loop of the text passes.
         self._words: dict[str, str | None] = {}
         # Keywords, folder paths and titles repeat across a corpus: memoize short texts' terms.
-        self._short_terms = functools.lru_cache(maxsize=1 << 16)(self._terms_and_hits)
+        self._short = functools.lru_cache(maxsize=1 << 16)(self._analyse)
+        self._short_contexts = functools.lru_cache(maxsize=1 << 14)(self._contexts_of)
         self.stop_terms: frozenset[str] = frozenset()
-        phrases = sorted({normalize(p).strip() for p in boilerplate if p.strip()}, key=lambda p: (-len(p), p))
-        self._boilerplate_re = (
-            re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in phrases) + r")(?!\w)") if phrases else None
-        )
+        self._phrases: dict[str, list[tuple[str, ...]]] = {}  # first folded word -> word phrases, longest first
+        self._phrase_firsts: frozenset[str] = frozenset()
+        self._boilerplate_re = None
         self.boilerplate_hits: Counter[str] = Counter()
         self._hits: list[str] = []
+        raw = []
+        for p in {normalize(p).strip() for p in boilerplate if p.strip()}:
+            if _SPLIT_RE.search(p.replace("'", "")) is None:
+                forms = tuple(self._forms(p))
+                if forms:
+                    self._phrases.setdefault(forms[0], []).append(forms)
+                    continue
+            raw.append(p)
+        for first in self._phrases:
+            self._phrases[first].sort(key=lambda f: (-len(f), f))
+        self._phrase_firsts = frozenset(self._phrases)
+        if raw:
+            raw.sort(key=lambda p: (-len(p), p))
+            self._boilerplate_re = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p) for p in raw) + r")(?!\w)")
         self.stop_terms = frozenset(t for s in stop_terms for t in self._whole_terms(s))
 
     def _word_uncached(self, token: str) -> str | None:
         """The folded word for a token, or None when the token ends a chunk."""
         if len(token) < self.min_word_len or token in self.stopwords:
             return None
-        if self.drop_numeric and token.isdigit():
+        if self.drop_numeric and (token.isdigit() or _DIMENSION_RE.fullmatch(token)):
             return None
         word = singularize(token) if self.fold_plurals else token
         return None if word in self.stopwords else word
@@ -187,22 +250,63 @@ class TermExtractor:
         word = words[token] = self._word_uncached(token)
         return word
 
-    def chunks(self, text: str) -> list[list[str]]:
-        """Normalized, folded word runs of ``text`` that terms may not cross."""
+    def _forms(self, phrase: str) -> list[str]:
+        """A boilerplate phrase as the matcher compares it: each token's folded word, or the token itself (a
+        stopword or number)."""
+        text = _APOSTROPHE_RE.sub("", _POSSESSIVE_RE.sub("", phrase)).translate(_JOINERS)
+        return [self._word(t) or t for t in text.split()]
+
+    def _cut(self, text: str) -> str:
+        """Normalized text with dates, punctuated boilerplate and caption separators cut (each leaves
+        ``SEPARATOR``), apostrophes handled, joiners turned into spaces."""
         # NFKC is the identity on ASCII and casefold() equals lower() there: skip the Unicode work.
         text = text.lower() if text.isascii() else normalize(text)
+        if self.cut_dates and _DIGIT_RE.search(text) is not None:
+            text = DATE_RE.sub(self._count_date, text)
         if "'" in text or "’" in text or "`" in text:
             text = _APOSTROPHE_RE.sub("", _POSSESSIVE_RE.sub("", text))
         if self._boilerplate_re is not None:
             text = self._boilerplate_re.sub(self._count_boilerplate, text)
-        if "-" in text:
-            text = _LETTER_HYPHEN_RE.sub(r"\1" + _KEPT_HYPHEN, text)
-        text = text.translate(_JOINERS).replace(_KEPT_HYPHEN, "-")
+        if "-" in text or "_" in text:
+            text = _SEPARATOR_RE.sub(SEPARATOR, text)
+            if "-" in text:
+                text = _LETTER_HYPHEN_RE.sub(r"\1" + _KEPT_HYPHEN, text)
+        return text.translate(_JOINERS).replace(_KEPT_HYPHEN, "-")
+
+    def chunks(self, text: str, contexts: set[str] | None = None) -> list[list[str]]:
+        """Normalized, folded word runs of ``text`` that terms may not cross.
+
+        With ``contexts``, each word's neighbour records are added to it (labels/templates.py): ``"word\\t<left"``
+        and ``"word\\t>right"`` when the adjacent token is a word (its folded form; an article before every noun is
+        no bond), ``"word\\t<^"`` / ``"word\\t>$"`` at the text's edges, and
+        ``"word\\t=left right"`` for the pair of neighbours of any kind: a word or stopword, ``#`` (a number),
+        the punctuation between pieces (a cut date or boilerplate phrase reads ``|``), ``^`` / ``$`` (text edges);
+        a pair of numbers and edges only (``_LOOSE``) is left out.
+        """
         out: list[list[str]] = []
         words = self._words
         word = self._word
-        for piece in _SPLIT_RE.split(text):
-            folded = [words[t] if t in words else word(t) for t in piece.split()]
+        phrases = self._phrases
+        firsts = self._phrase_firsts
+        cut = self._cut(text)
+        if contexts is None:
+            pieces, seps = _SPLIT_RE.split(cut), None
+        else:
+            parts = _SPLIT_KEEP_RE.split(cut)
+            pieces, seps = parts[0::2], parts[1::2]
+            left_edge = "^"
+        for k, piece in enumerate(pieces):
+            tokens = piece.split()
+            folded = [words[t] if t in words else word(t) for t in tokens]
+            if phrases and not (firsts.isdisjoint(folded) and firsts.isdisjoint(tokens)):
+                self._cut_phrases(tokens, folded)
+            if seps is not None:
+                if tokens:
+                    right_edge = seps[k] if k < len(seps) else "$"
+                    self._contexts(tokens, folded, left_edge, right_edge, contexts)
+                    left_edge = seps[k] if k < len(seps) else "$"
+                elif k < len(seps):
+                    left_edge = seps[k]
             if None not in folded:
                 if folded:
                     out.append(folded)
@@ -219,9 +323,69 @@ class TermExtractor:
                 out.append(run)
         return out
 
+    def _cut_phrases(self, tokens: list[str], folded: list[str | None]) -> None:
+        """Cut word-only boilerplate phrases, matched on folded words (stopwords and numbers as written): the
+        matched tokens become ``None`` (a chunk end) and ``""`` (no neighbour either)."""
+        phrases = self._phrases
+        forms = [w or t for w, t in zip(folded, tokens)]
+        i, n = 0, len(forms)
+        while i < n:
+            cands = phrases.get(forms[i])
+            if cands is not None:
+                for ph in cands:
+                    k = len(ph)
+                    if tuple(forms[i : i + k]) == ph:
+                        self._hits.append(" ".join(ph))
+                        for j in range(i, i + k):
+                            folded[j] = None
+                            tokens[j] = ""
+                        i += k - 1
+                        break
+            i += 1
+
+    def _contexts(
+        self, tokens: list[str], folded: list[str | None], left_edge: str, right_edge: str, contexts: set[str]
+    ) -> None:
+        """The neighbour records of one piece's words (see ``chunks``)."""
+        forms = []
+        is_word = []
+        for t, w in zip(tokens, folded):
+            if w is not None:
+                forms.append(w)
+                is_word.append(True)
+            elif not t:  # cut boilerplate
+                forms.append("|")
+                is_word.append(False)
+            elif t.isdigit() or _DIMENSION_RE.fullmatch(t):
+                forms.append("#")
+                is_word.append(False)
+            else:  # a stopword or a stray letter: a neighbour in pairs only ("a chicken", "the letter h")
+                forms.append(t)
+                is_word.append(False)
+        last = len(forms) - 1
+        for i, w in enumerate(folded):
+            if w is None:
+                continue
+            left = forms[i - 1] if i > 0 else left_edge
+            right = forms[i + 1] if i < last else right_edge
+            if i > 0 and is_word[i - 1]:
+                contexts.add(w + "\t<" + left)
+            elif left == "^":  # the text's first word: an edge bond counts only with its site (labels/templates.py)
+                contexts.add(w + "\t<^")
+            if i < last and is_word[i + 1]:
+                contexts.add(w + "\t>" + right)
+            elif right == "$":
+                contexts.add(w + "\t>$")
+            if left not in _LOOSE or right not in _LOOSE:
+                contexts.add(w + "\t=" + left + " " + right)
+
     def _count_boilerplate(self, match: re.Match) -> str:
         self._hits.append(match.group(0))
-        return " | "
+        return SEPARATOR
+
+    def _count_date(self, match: re.Match) -> str:
+        self._hits.append(DATE_HIT)
+        return SEPARATOR
 
     def _whole_terms(self, text: str) -> list[str]:
         runs = self.chunks(text)
@@ -231,21 +395,54 @@ class TermExtractor:
     def terms(self, text: str) -> list[str]:
         """Distinct candidate terms of ``text`` (1 to ``max_words`` words): chunk by chunk, the words,
         then the 2-word terms, then the 3-word terms, each in order of appearance."""
-        terms, hits = self._short_terms(text) if len(text) <= SHORT_TEXT else self._terms_and_hits(text)
+        terms, hits = self._short(text) if len(text) <= SHORT_TEXT else self._analyse(text)
         if hits:
             self.boilerplate_hits.update(hits)
         return list(terms)
 
+    def terms_tuple(self, text: str) -> tuple[str, ...]:
+        """``terms(text)`` as the cached tuple (boilerplate hits counted)."""
+        terms, hits = self._short(text) if len(text) <= SHORT_TEXT else self._analyse(text)
+        if hits:
+            self.boilerplate_hits.update(hits)
+        return terms
+
+    def contexts(self, text: str) -> frozenset[str]:
+        """The context records of ``text`` (labels/templates.py): its words' neighbour records (see ``chunks``) and
+        its words themselves. A second reading of the text, asked for only by the documents the template statistic
+        samples (``templates.docs_per_partition``)."""
+        return self._short_contexts(text) if len(text) <= SHORT_TEXT else self._contexts_of(text)
+
+    def terms_and_contexts(self, text: str) -> tuple[tuple[str, ...], frozenset[str]]:
+        """``terms_tuple(text)`` and ``contexts(text)``, reading a long (uncached) text once."""
+        if len(text) <= SHORT_TEXT:
+            return self.terms_tuple(text), self._short_contexts(text)
+        contexts: set[str] = set()
+        terms, hits = self._analyse(text, contexts)
+        if hits:
+            self.boilerplate_hits.update(hits)
+        return terms, frozenset(contexts)
+
+    def _contexts_of(self, text: str) -> frozenset[str]:
+        contexts: set[str] = set()
+        for run in self.chunks(text, contexts):
+            contexts.update(run)  # the words themselves: "the text holds the word"
+        self._hits.clear()
+        return frozenset(contexts)
+
     def _terms_tuple(self, text: str) -> tuple[str, ...]:
         """The terms of ``text``, uncached (boilerplate hits not counted)."""
-        return self._terms_and_hits(text)[0]
+        return self._analyse(text)[0]
 
-    def _terms_and_hits(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The terms of ``text`` and the boilerplate phrases cut out of it."""
+    def _analyse(self, text: str, contexts: set[str] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The terms of ``text`` and the boilerplate phrases cut out of it (with ``contexts``, its context records
+        are added to it)."""
         self._hits.clear()
         seen: dict[str, None] = {}
         k = self.max_words
-        for run in self.chunks(text):
+        for run in self.chunks(text, contexts):
+            if contexts is not None:
+                contexts.update(run)
             n = len(run)
             seen.update(dict.fromkeys(run))
             if n < 2 or k < 2:

@@ -123,8 +123,6 @@ def warmup_cosine(
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
-    if schedule != "cosine":
-        raise ValueError(f"optim.scheduler='{schedule}' is not cosine|constant")
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -168,9 +166,7 @@ def resolve_lr(optim_cfg: Mapping[str, Any], global_batch: int) -> tuple[float, 
     if scale is None:
         name = str(optim_cfg.get("name", "adamw")).lower()
         scale = "sqrt" if any(k in name for k in _SQRT_SCALED) else "linear"
-    power = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}.get(str(scale))
-    if power is None:
-        raise ValueError(f"optim.lr_base_scale='{scale}' is not sqrt|linear|none")
+    power = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}[str(scale)]
     lr = base * (global_batch / base_size) ** power
     how = (
         f"optim.lr={lr:.3g} = lr_base {base:.3g} x ({global_batch} / lr_base_size {base_size}) ^ {power:g} "

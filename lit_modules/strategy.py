@@ -156,8 +156,6 @@ def build_strategy(cfg: Mapping[str, Any] | DictConfig) -> Strategy | str:
             raise ValueError("optim.ema_decay is not supported with trainer.strategy=fsdp: use ddp, or unset it")
         fsdp = t.get("fsdp") or {}
         state_dict_type = str(fsdp.get("state_dict_type", "sharded"))
-        if state_dict_type not in ("sharded", "full"):
-            raise ValueError(f"trainer.fsdp.state_dict_type='{state_dict_type}' is not sharded|full")
         blocks = wrap_classes(cfg)
         return ObjectStoreFSDPStrategy(
             auto_wrap_policy=blocks,

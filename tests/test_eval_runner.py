@@ -226,7 +226,7 @@ def test_evaluate_py_random_init_baseline(fake_stack, tmp_path, monkeypatch, cap
 
     import evaluate
 
-    metrics = evaluate.main([*BASE, *fake_stack, "--output_dir", str(tmp_path / "runs"), "--run_name=rand"])
+    metrics = evaluate.main([*BASE, *fake_stack, f"output_dir={tmp_path / 'runs'}", "run_name=rand"])
     run = tmp_path / "runs" / "rand"
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "finished" and record["axes"]["init"] == "random"
@@ -240,10 +240,40 @@ def test_evaluate_py_random_init_baseline(fake_stack, tmp_path, monkeypatch, cap
     monkeypatch.setattr(wandb, "init", broken_init)
     with caplog.at_level("WARNING"):
         again = evaluate.main(
-            [*BASE, *fake_stack, "--output_dir", str(tmp_path / "runs"), "--run_name=rand", "logger.wandb=true"]
+            [*BASE, *fake_stack, f"output_dir={tmp_path / 'runs'}", "run_name=rand", "logger.wandb=true"]
         )
     assert again == metrics  # W&B failures never crash the evaluation; same seed, same numbers
     assert "W&B logging of the evaluation failed (RuntimeError: W&B is down)" in caplog.text
+
+
+def test_evaluate_py_scores_a_lone_checkpoint_from_its_stored_config(fake_stack, tmp_path, capsys):
+    import evaluate
+    from configs.compose import load_run_config
+
+    # Trained on a GPU elsewhere, copied here alone: no run directory, no config.yaml next to it.
+    trained = compose([*BASE, *fake_stack, "trainer=gpu", "seed=7", "eval.knn_k=4"], hardware=False)
+    lone = tmp_path / "models" / "vit.ckpt"
+    lone.parent.mkdir()
+    hparams = {"config": to_dict(trained), "num_classes": {"weak_label": 5, "fashion_mnist": 3}}
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": hparams}, lone)
+
+    overrides = ["eval.datasets=[fashion_mnist]", "eval.ks=[1]"]
+    assert evaluate.main([f"eval.checkpoint={lone}", *overrides, "--print-config"]) == {}
+    shown = OmegaConf.create(capsys.readouterr().out)
+    assert shown.seed == 7 and shown.eval.knn_k == 4 and list(shown.eval.ks) == [1]  # stored config + overrides
+    metrics = evaluate.main([f"eval.checkpoint={lone}", *overrides])
+    payload = json.loads((tmp_path / "models" / "eval" / "fashion_mnist.json").read_text())
+    assert payload["checkpoint"] == str(lone) and set(payload["metrics"]) == set(metrics)
+    assert set(metrics) == expected_names(ks=(1,))["fashion_mnist"]
+    expected = load_run_config(to_dict(trained), [*overrides, f"eval.checkpoint={lone}"], hardware=False)
+    assert payload["config_hash"] == config_hash(expected)
+
+    bare = tmp_path / "models" / "bare.ckpt"  # nothing to build the module from: a clear error
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, bare)
+    with pytest.raises(
+        FileNotFoundError, match=r"no config\.yaml in .*models.*and its hyper_parameters hold no config"
+    ):
+        evaluate.main([f"eval.checkpoint={bare}"])
 
 
 @pytest.mark.slow

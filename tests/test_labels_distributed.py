@@ -360,3 +360,29 @@ def test_a_second_driver_on_an_output_in_use_is_refused_and_writes_nothing(refer
         first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=300) == 0
     assert output_bytes(out) == files
+
+
+def test_web_captions_with_templates_and_a_series_are_byte_identical_on_every_engine(ray_session, tmp_path):
+    """The generated web-caption corpus (templates, dates, a series of near-identical re-saves): the local pool, Ray
+    and another reduce-partition count give the same shards and manifest; templates and the series cap apply."""
+    from tests.fixtures_web import web_corpus
+
+    web_corpus(tmp_path / "web", n=150, series=20)
+    src = [{"type": "img2dataset", "path": str(tmp_path / "web"), "fields": {"title": "title", "uploader": "author"}}]
+    extra = ["signals.exclude=[author]", "vocab.min_df=3"]
+    ref = labels_config(tmp_path, src, [*extra, "run.reduce_partitions=3"], out="ref")
+    result = run(ref)
+    assert result.counts["skipped"]["series_cap"] >= 1 and result.stats["dropped"]["templates"]["words"]
+    files = output_bytes(Path(ref.output))
+    local = labels_config(tmp_path, src, [*extra, "run.reduce_partitions=3", "run.workers=2"], out="local")
+    run(local)
+    assert output_bytes(Path(local.output)) == files
+    on_ray = labels_config(tmp_path, src, [*extra, "run.reduce_partitions=3", "run.engine=ray"], out="ray")
+    run(on_ray)
+    assert output_bytes(Path(on_ray.output)) == files
+    one = labels_config(tmp_path, src, [*extra, "run.reduce_partitions=1"], out="one")
+    run(one)
+    got, want = output_bytes(Path(one.output)), dict(files)
+    manifest, manifest_ref = json.loads(got.pop("manifest.json")), json.loads(want.pop("manifest.json"))
+    manifest["pipeline_config"]["run"]["reduce_partitions"] = 3
+    assert got == want and manifest == manifest_ref

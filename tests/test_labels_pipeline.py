@@ -281,7 +281,7 @@ def test_cli_reports_errors_and_summary(tmp_path, capsys):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(json.dumps({"name": "t", "sources": [{**I2D, "path": str(src)}]}))
     common = [f"output={tmp_path / 'cli'}", "run.workers=0", "run.progress=false", "cluster.embedder=ppmi"]
-    assert mine_labels.main(["--config", str(cfg_file), *common, "--vocab.min_df=2"]) == 0
+    assert mine_labels.main(["--config", str(cfg_file), *common, "vocab.min_df=2"]) == 0
     out = capsys.readouterr().out
     assert "read 8  written 8  skipped 0" in out
     assert mine_labels.main(["--config", str(cfg_file), *common, "sources.0.path=/no/such/dir"]) == 2

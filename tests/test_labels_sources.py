@@ -143,7 +143,7 @@ def test_config_schema_validation(tmp_path):
     cfg = load_labels_config("configs/labels/openclipart.yaml")
     assert [s.type for s in cfg.sources] == ["openclipart", "tuxpaint"]
     assert cfg.output == "data/openclipart" and cfg.split.scales == [0.01, 0.1, 0.25, 0.5, 1.0]
-    cfg = load_labels_config("configs/labels/openclipart.yaml", ["--vocab.min_df=7", "sources.1.limit=5"])
+    cfg = load_labels_config("configs/labels/openclipart.yaml", ["vocab.min_df=7", "sources.1.limit=5"])
     assert cfg.vocab.min_df == 7 and cfg.sources[1].limit == 5
     cases = [
         (["vocab.min_dff=2"], "unknown config key 'vocab.min_dff'.*Did you mean 'vocab.min_df'"),

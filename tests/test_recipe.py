@@ -37,8 +37,13 @@ def test_explicit_lr_wins_over_the_rule():
 
 
 def test_bad_scale_rule_is_named():
-    with pytest.raises(ValueError, match="lr_base_scale"):
-        resolve_lr({"lr_base_scale": "cubic"}, 32)
+    from configs.compose import ConfigError, compose
+
+    # A closed set in the schema (configs/schema.py Literal): refused when the config is composed, before training.
+    with pytest.raises(
+        ConfigError, match=r"optim\.lr_base_scale.*'cubic', expected one of \['sqrt', 'linear', 'none'\]"
+    ):
+        compose(["optim.lr_base_scale=cubic"], hardware=False)
     with pytest.raises(ValueError, match="lr_base_size"):
         resolve_lr({"lr_base_size": 0}, 32)
 

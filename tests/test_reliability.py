@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from configs.compose import ConfigError, compose, load_run_config, to_dict
+from datamodules.resume import saved_position
 from tests.fixtures_model import NUM_CLASSES, combined_loader
 from tests.fixtures_reliability import (
     REPO,
@@ -116,7 +117,7 @@ def kill_resume(shards, tmp_path_factory):
         "lines": count_lines(out / "killed.keys.jsonl"),
         "records": read_records(out / "killed.keys.jsonl"),
         "global_step": ckpt["global_step"],
-        "data_position": ckpt["MultiTaskDataModule"],
+        "data_position": saved_position(ckpt),
         "run": _run_json(out / "killed"),
     }
     rc, output = run_train(args("killed"), out / "killed-2.log", timeout=300)
@@ -401,8 +402,8 @@ def _jpeg() -> bytes:
 
 
 def test_samples_missing_image_or_json_or_labels_are_counted_skips(tmp_path):
-    from datamodules.loaders import EpochClock, PassLoader
-    from datamodules.weak_label import WeakLabelData
+    from datamodules.resume import EpochClock, PassLoader
+    from datamodules.weak_label import WeakLabelSource
     from tests.fixtures_data import compose_cfg
 
     info = make_dataset(tmp_path, n_train=16, n_val=3, shard_size=8, scales=(1.0,))
@@ -417,7 +418,7 @@ def test_samples_missing_image_or_json_or_labels_are_counted_skips(tmp_path):
     }
     add_bad_shard(info, list(bad.values()))
     cfg = compose_cfg(info["manifest"], "data.weak_label.resampled=false")
-    loader = PassLoader("weak_label", WeakLabelData(cfg).train_source(0, 1), EpochClock())
+    loader = PassLoader("weak_label", WeakLabelSource(cfg).train_source(0, 1), EpochClock())
     batches = list(loader.run_pass(0, 0))
     assert len(batches) == len(loader) == math.ceil(22 / 4)  # the pass keeps its manifest length
     keys = {k for b in batches for k in b["key"]}
@@ -439,7 +440,7 @@ def test_train_py_config_mistakes_exit_with_the_key_named(tmp_path):
         "trainer.precision=16-mixed": r"'trainer\.precision': fp16 needs a GPU",
         "trainer.accelerator=gpu": r"'trainer\.accelerator': 'gpu' requested but no CUDA device",
     }
-    # As a user runs it (a schema mistake and a hardware one): exit 1, one line, no traceback. The other cases
+    # As a user runs it (a schema mistake and a hardware one): exit 2, one line, no traceback. The other cases
     # take the same exit path, so they are checked in-process (a subprocess each cost ~1 s of imports).
     by_hand = ("data.batch_sise=3", "trainer.strategy=fsdp")
     procs = {}
@@ -458,8 +459,8 @@ def test_train_py_config_mistakes_exit_with_the_key_named(tmp_path):
         finally:
             kill_group(proc)
         output = log.read_text()
-        assert proc.returncode == 1, output
-        assert output.startswith("config error: ") and re.search(cases[override], output), output
+        assert proc.returncode == 2, output
+        assert output.startswith("train.py: config error: ") and re.search(cases[override], output), output
         assert "Traceback" not in output
     assert not (tmp_path / "runs").exists()  # nothing was built or written
 
@@ -554,28 +555,45 @@ def test_scores_are_probabilities_and_label_choice_is_bounded(signals, min_score
 
 
 def _reference_terms(ex, text):
-    """The term extraction of the first miner (one token at a time, one n-gram size at a time): the reference the fast
-    path in labels/text.py must equal, order included."""
+    """The term extraction of the first miner (one token at a time, one n-gram size at a time), with the cuts of
+    labels/text.py (dates, punctuated boilerplate, caption separators, word phrases after folding, each tried at
+    every position, longest first): the reference the fast path must equal, order included."""
     from labels.text import (
         _APOSTROPHE_RE,
         _JOINERS,
         _KEPT_HYPHEN,
         _LETTER_HYPHEN_RE,
         _POSSESSIVE_RE,
+        _SEPARATOR_RE,
         _SPLIT_RE,
+        DATE_RE,
         normalize,
     )
 
     text = normalize(text)
+    if ex.cut_dates:
+        text = DATE_RE.sub(" | ", text)
     text = _APOSTROPHE_RE.sub("", _POSSESSIVE_RE.sub("", text))
     if ex._boilerplate_re is not None:
         text = ex._boilerplate_re.sub(" | ", text)
+    text = _SEPARATOR_RE.sub(" | ", text)
     text = _LETTER_HYPHEN_RE.sub(r"\1" + _KEPT_HYPHEN, text).translate(_JOINERS).replace(_KEPT_HYPHEN, "-")
+    phrases = sorted((p for ps in ex._phrases.values() for p in ps), key=lambda p: (-len(p), p))
     runs = []
     for piece in _SPLIT_RE.split(text):
+        tokens = piece.split()
+        words = [ex._word_uncached(t) for t in tokens]
+        forms = [w or t for w, t in zip(words, tokens)]
+        i = 0
+        while i < len(forms):
+            match = next((p for p in phrases if tuple(forms[i : i + len(p)]) == p), None)
+            if match is not None:
+                words[i : i + len(match)] = [None] * len(match)
+                i += len(match)
+            else:
+                i += 1
         run = []
-        for token in piece.split():
-            word = ex._word_uncached(token)
+        for word in words:
             if word is None:
                 if run:
                     runs.append(run)

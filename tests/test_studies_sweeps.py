@@ -113,7 +113,10 @@ def test_sweep_file_validates_and_every_run_composes(path):
     config = sweep.config
     assert schema_problems(config) == []  # what `wandb sweep` would check on the server
     assert config["program"] in ("train.py", "evaluate.py")  # evaluate.py: random-init baselines
-    assert config["command"] == ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
+    assert config["command"][:4] == ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
+    for token in config["command"][4:]:  # the recipe's hardware, chosen in the sweep, never in the preset
+        group, _, name = token.partition("=")
+        assert group == "trainer" and (ROOT / "configs/trainer" / f"{name}.yaml").is_file(), token
     experiment = config["parameters"]["experiment"]["value"]
     assert (ROOT / "configs/experiment" / f"{experiment}.yaml").is_file()
     if config["program"] == "train.py" and config["metric"]["name"].startswith("eval/"):
@@ -349,12 +352,15 @@ def test_build_command_expands_macros_and_adds_runner_items_in_the_same_style():
     assert cmd == ["py", "train.py", "--a.b=1"]
 
 
-def test_overrides_of_both_forms_compose_alike():
+def test_a_hyphen_form_sweep_fails_before_any_run_saying_what_to_write():
+    # train.py takes key=value only: a sweep passing ${args} (--key=value) is refused when its runs are composed.
     sweep = load_sweep(ROOT / "sweeps/demo_cpu.yaml")
     hyphen = _sweep(dict(sweep.config, command=["${env}", "${interpreter}", "${program}", "${args}"]), "demo_cpu")
-    a, b = plan(sweep)[0], plan(hyphen)[0]
-    assert b.overrides[0].startswith("--") and a.name == b.name
-    assert compose(a.overrides, hardware=False) == compose(b.overrides, hardware=False)
+    assert plan(hyphen)[0].overrides[0] == "--experiment=demo_cpu"
+    with pytest.raises(SweepError, match=r"run demo_cpu-.*write experiment=demo_cpu .*args_no_hyphens"):
+        check_overrides(plan(hyphen))
+    with pytest.raises(SweepError, match=r"extra overrides: override '--seed=3': .* write seed=3"):
+        plan(sweep, extra=["--seed=3"])
 
 
 # ------------------------------------------------------------------------- experiment presets

@@ -30,6 +30,8 @@ class Unit:
         ext: image format: ``svg`` or one of ``RASTER_EXTS``.
         data: the image bytes when the adapter already read them (it hashes them for the key).
         skip: a skip reason known at read time (the unit is counted, never written).
+        site: where the item was published, when the source says (img2dataset: the host of the json ``url``):
+            a curation group (``site=<host>``) and the report's "top sources" of a label.
     """
 
     source: str
@@ -41,6 +43,7 @@ class Unit:
     ext: str = ""
     data: bytes | None = None
     skip: str | None = None
+    site: str | None = None
 
 
 def add_signal(signals: dict[str, list[str]], name: str, value) -> None:

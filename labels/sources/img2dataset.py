@@ -28,6 +28,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from datamodules.tar_reader import TarFormatError, iter_members
 from labels.sources.base import RASTER_EXTS, InputError, Unit, add_signal
@@ -141,6 +142,7 @@ def _unit(
 ) -> Unit:
     signals: dict[str, list[str]] = {}
     skip = None
+    site = None
     if "txt" in group:
         add_signal(signals, caption_signal, group["txt"]["data"].decode("utf-8", "replace"))
     if "json" in group:
@@ -152,9 +154,14 @@ def _unit(
             for field_name, signal in fields.items():
                 if field_name in meta:
                     add_signal(signals, signal, meta[field_name])
+            if isinstance(meta.get("url"), str):
+                try:
+                    site = urlsplit(meta["url"]).hostname  # img2dataset always records the url
+                except ValueError:  # a malformed url: no site, the sample is still read
+                    site = None
     image_ext = next((e for e in RASTER_EXTS if e in group), None)
     if image_ext is None:
-        return Unit(source=name, uid=uid, signals=signals, skip=skip or "missing_image")
+        return Unit(source=name, uid=uid, signals=signals, skip=skip or "missing_image", site=site)
     member = group[image_ext]
     return Unit(
         source=name,
@@ -166,4 +173,5 @@ def _unit(
         ext=image_ext,
         data=member["data"],
         skip=skip,
+        site=site,
     )
