@@ -404,6 +404,14 @@ def plan(
     names = [run_name(sweep.name, p, varying, hashed=method != "grid") for p in param_sets]
     dupes = {n for n in names if names.count(n) > 1}
     names = [run_name(sweep.name, p, varying, hashed=True) if n in dupes else n for n, p in zip(names, param_sets)]
+    import storage
+
+    if storage.is_remote(output_dir):  # Path("s3://b/runs") would quietly be the local folder "s3:/b/runs"
+        raise SweepError(
+            f"--output-dir {output_dir}: the local sweep runner keeps its run directories (sweep.log, sweep.json, "
+            "moved-aside reruns) on a local or shared file system; for a bucket, run each train.py with "
+            "output_dir=<url> (or `wandb agent`)"
+        )
     out_dir = Path(output_dir)
     program = str(sweep.config["program"]) if sweep.config.get("program") else None
     runs = []
