@@ -11,10 +11,13 @@ it). Per word:
 
     rigidity(w) = max over its word and pair records r of  docs(w with r) / docs(w)
 
-A word in at least ``min_docs`` documents is **template text** when ``rigidity >= templates.rigidity``, or when it
-stands at one edge of its texts and on one site in that share of its documents, ``SITE_LIFT`` times more than the
-site's share of documents (a site's one-word affix: "Download {title} ..."; decided by the driver, which sums the
-candidate sites' sizes). A term is dropped when all its words are template words ("hd wallpaper"), or when it
+A word in at least ``min_docs`` documents is **template text** when ``rigidity >= templates.rigidity``. A word that
+stands in one slot of its texts (the first word, the last word, or a hashtag: ``w\t#``) and on one site, each in that
+share of its documents, ``SITE_LIFT`` times more than the site's share of documents, is that site's scaffold (a
+one-word affix: "Download {title} ..."; a reach hashtag: "#artoftheday") when it meets the evidence floor of a corpus
+the size of its site and, for an edge, is on ``templates.min_site_share`` of the site's documents (decided by the
+driver, which sums the candidate sites' sizes). A series' own words, next to its counter ("{title} edit_0042
+final.jpg"), leave its kept copies (``series_scaffold``, in the reduce task that caps the series). A term is dropped when all its words are template words ("hd wallpaper"), or when it
 cuts a template word from its bond ("flower hd", whose "hd" belongs with "wallpaper"); a rigid content compound
 keeps its whole form ("teddy bear" stays when "teddy" is bound to "bear").
 

@@ -2,23 +2,25 @@
 
 A text becomes annotation terms in five steps:
 
-1. ``normalize``: Unicode NFKC, then case-folding.
+1. ``normalize``: Unicode NFKC, then case-folding (a camel-case hashtag is split first: ``#SignalFlag``).
 2. Cuts: dates and times in the common written forms (``Monday, March 3, 2021``, ``2021-03-04T10:23Z``,
-   ``04/03/2021 14:05``, ``Wed Aug 25 23:31:12 2004``) and configured boilerplate phrases that hold punctuation
-   (``tags:``) are cut out and end a chunk; so do spaced dashes and other caption separators (``theme - Site``,
-   ``a | b``, ``a :: b``, ``a — b``).
+   ``04/03/2021 14:05``, ``Wed Aug 25 23:31:12 2004``), numbers with their unit (``12.6k views``, ``2400x512px``,
+   ``3 days ago``, ``vor 3 Tagen``) and configured boilerplate phrases that hold punctuation (``tags:``) are cut out
+   and end a chunk; so do spaced dashes and other caption separators (``theme - Site``, ``a | b``, ``a :: b``,
+   ``a — b``). A counter glued to a word is split off (``arrow08`` -> ``arrow 08``).
 3. Chunking: punctuation (anything that is not a letter, digit, space, hyphen, underscore or apostrophe) ends
    a chunk, so a term never spans a comma, a full stop or a folder separator. Hyphens and underscores inside a
    word join words (``low-contrast`` -> ``low contrast``); possessive ``'s`` is dropped and other apostrophes
    are removed (``don't`` -> ``dont``).
-4. Tokens: stopwords, pure numbers and one-letter tokens also end a chunk (so ``cat on a mat`` yields ``cat``
+4. Tokens: stopwords, numbers (``is_number``: digits, sizes, identifiers) and one-letter tokens also end a chunk (so ``cat on a mat`` yields ``cat``
    and ``mat``, never ``cat on``); each remaining word is folded to a simple singular. Word-only boilerplate
    phrases are matched on the folded words (``cliparts`` is ``clipart``) and end a chunk too.
 5. Terms: every run of 1 to ``max_words`` consecutive words inside a chunk, minus configured stop terms
    (e.g. ``unsorted``, ``clip art``, normalized and folded like the text).
 
 ``contexts`` gives each word's neighbours (the adjacent word, stopword, number, punctuation or text edge on either
-side): the statistic the template rule of labels/templates.py is computed from.
+side; a hashtag's words have none, only the record that they stood in a hashtag): the statistic the template rule of
+labels/templates.py is computed from.
 """
 
 from __future__ import annotations
