@@ -197,7 +197,7 @@ RELATIVE_WORDS_RE = re.compile(
 QUANTITY_HIT = "<number and unit>"  # how cut quantities count in boilerplate_hits
 # A number glued to the end of a word of three letters or more is a counter ("arrow08", "smiley111", "img2034"): it is
 # split off, so the word stays a word and the number is a number. Shorter glued forms are codes ("3d", "mp3", "ak47").
-_COUNTER_SUFFIX_RE = re.compile(r"(?<=[^\W\d_]{3})(?=\d+(?![^\W\d_]))")
+_COUNTER_SUFFIX_RE = re.compile(r"(?<=[^\W\d_]{3})(?=\d++(?![^\W\d_]))")
 # A hashtag cannot hold a space, so its words are glued, in camel case when the writer cared ("#SignalFlag",
 # "#SVGIcons"): SWAG-style canonicalization splits it where the casefold would erase the boundary, before a capital that
 # starts a lower-case run of 2+ letters and follows 2+ lower-case letters or 2+ capitals ("#iPhone", "#NinJa" stay

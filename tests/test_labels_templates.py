@@ -271,6 +271,7 @@ def test_numbers_that_are_content_codes_and_counters_stay_words():
     assert ex.terms("views of the hills ago") == ["view", "hill", "ago", "hill ago"]
     # A counter glued to a word is split off ("arrow08", "smiley111"); an identifier is a number.
     assert ex.terms("arrow08 smiley111") == ["arrow", "smiley"]
+    assert ex.terms("model abc123def") == ["model", "abc123def", "model abc123def"]  # digits inside: not a counter
     assert ex.terms("0x8a3cd28 a1b2c3 kitten") == ["kitten"]
 
 
