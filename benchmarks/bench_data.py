@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from configs.compose import compose  # noqa: E402
 from datamodules import build_datamodule  # noqa: E402
-from datamodules.weak_label import decode_image, draft_size, image_transform  # noqa: E402
+from datamodules.transforms import decode_image, draft_size, image_transform  # noqa: E402
 
 VIT_B16_TARGET = 3000  # images/s one GPU consumes training ViT-B/16 (the figure the issue asks about)
 
@@ -200,7 +200,7 @@ def tar_reading(manifest: Path, repeats: int = 3) -> dict:
     ``webdataset.tarfile_to_samples`` (stdlib tarfile + group_by_keys); best of ``repeats``."""
     import webdataset as wds
 
-    from datamodules.weak_label import ReadShards, SkipCounter
+    from datamodules.stages import ReadShards, SkipCounter
 
     data = json.loads(manifest.read_text())
     urls = [str(manifest.parent / s["url"]) for s in data["splits"]["train"]["shards"]]

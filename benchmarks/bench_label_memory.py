@@ -43,8 +43,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from datamodules.stages import Collate, DecodeSample, SkipCounter  # noqa: E402
 from datamodules.targets import BatchTransform  # noqa: E402
-from datamodules.weak_label import Collate, DecodeSample, SkipCounter, decode_image, draft_size  # noqa: E402
+from datamodules.transforms import decode_image, draft_size  # noqa: E402
 from evaluation.head_metrics import EXACT_MAP_MAX_ELEMENTS, MAP_THRESHOLDS, WeakLabelMAP  # noqa: E402
 
 MB = 2**20
@@ -82,7 +83,7 @@ def tensor_bytes(batch: dict) -> int:
 
 def loader_bytes(jpegs: list[bytes], labels: list[int], batch: int, img: int, max_labels: int, workers: int) -> dict:
     from configs.compose import compose
-    from datamodules.weak_label import image_transform
+    from datamodules.transforms import image_transform
 
     cfg = compose(["logger=none", f"data.img_size={img}"]).data
     transform = image_transform(cfg, train=False)
@@ -233,7 +234,7 @@ def decode_bench(jpegs: list[bytes], repeats: int) -> dict:
     # cannot shrink the JPEG (decode_image(tensor_jpeg=True)) against PIL only. DecodeSample uses the former in
     # evaluation only, where it measured faster; in training PIL's crop-and-resize is cheaper.
     from configs.compose import compose
-    from datamodules.weak_label import image_transform
+    from datamodules.transforms import image_transform
 
     meta = json.dumps({"labels": {"clustered": [1]}}).encode()
     for size in (64, 224):

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from datamodules.loaders import EpochClock, PassLoader  # noqa: E402
+from datamodules.resume import EpochClock, PassLoader  # noqa: E402
 from tests.fixtures_data import compose_cfg  # noqa: E402
 
 OLD_REV = "4aaf971"  # main before issue 15: index_and_skip replays the consumed samples
@@ -117,9 +117,9 @@ def main() -> None:
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "bench_resume.json"))
     args = parser.parse_args()
 
-    from datamodules.weak_label import WeakLabelData
+    from datamodules.weak_label import WeakLabelSource
 
-    codes = {"current": WeakLabelData}
+    codes = {"current": WeakLabelSource}
     if args.old != "none":
         codes[f"old ({args.old})"] = load_old(args.old).WeakLabelData
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,7 +134,7 @@ def main() -> None:
                 f"data.weak_label.resampled={resampled}",
                 "data.img_size=64",
             )
-            epoch = len(PassLoader("weak_label", WeakLabelData(cfg).train_source(0, 1), EpochClock()))
+            epoch = len(PassLoader("weak_label", WeakLabelSource(cfg).train_source(0, 1), EpochClock()))
             fractions = (0.1, 0.5, 0.9)
             print(
                 f"{args.shards} shards x {args.per_shard} samples, batch {args.batch_size}, {epoch} batches per "

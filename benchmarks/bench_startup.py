@@ -3,7 +3,7 @@
 Writes one small real tar and a manifest listing ``--shards`` distinct shard files, all symlinks to it (so no
 100k real tars are needed, and every file exists), then times, in this process (``data.num_workers=0``):
 
-* ``manifest``: ``WeakLabelData(cfg)`` (manifest parse and validation, scale subset, the existence check);
+* ``manifest``: ``WeakLabelSource(cfg)`` (manifest parse and validation, scale subset, the existence check);
 * ``first batch``: + ``train_source(rank, world)`` and the first batch of a pass,
 
 for rank 0 of world 1 and for ranks 0 and 127 of a simulated world of 128 (what each of 128 ranks does), and counts
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_resume import OLD_REV, load_old, make_shards  # noqa: E402
-from datamodules.loaders import EpochClock, PassLoader  # noqa: E402
+from datamodules.resume import EpochClock, PassLoader  # noqa: E402
 from tests.fixtures_data import compose_cfg  # noqa: E402
 
 
@@ -86,9 +86,9 @@ def main() -> None:
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "bench_startup.json"))
     args = parser.parse_args()
 
-    from datamodules.weak_label import WeakLabelData
+    from datamodules.weak_label import WeakLabelSource
 
-    codes = {"current": WeakLabelData}
+    codes = {"current": WeakLabelSource}
     if args.old != "none":
         codes[f"old ({args.old})"] = load_old(args.old).WeakLabelData
     results = {}

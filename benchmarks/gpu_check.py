@@ -158,7 +158,6 @@ def loader_images_per_sec(cfg, batches: int) -> float:
     n, start = 0, time.perf_counter()
     for _ in range(batches):
         batch = next(it)
-        batch = batch[0] if isinstance(batch, tuple) else batch  # CombinedLoader yields (batch, idx, loader idx)
         n += sum(int(part["image"].shape[0]) for part in batch.values())
     return n / (time.perf_counter() - start)
 

@@ -28,8 +28,8 @@ DEBUG_ENV = "BSV_DEBUG"
 # MRO so nothing heavy is imported to recognise them. Each message names the file or key and what to do.
 EXPECTED_ERRORS = {
     ("configs.compose", "ConfigError"): "config error",
-    ("datamodules.loaders", "DataConfigError"): "data error",  # ManifestError too
-    ("datamodules.weak_label", "ManifestMismatchError"): "data error",
+    ("datamodules.sources", "DataConfigError"): "data error",  # ManifestError too
+    ("datamodules.manifest", "ManifestMismatchError"): "data error",
     ("lit_modules.checkpoints", "CheckpointError"): "checkpoint error",
     ("evaluation.checkpoint", "CheckpointMismatchError"): "checkpoint error",
     ("tracking.run_dir", "RunIdentityError"): "run directory",

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from configs.schema import GROUPS, RunConfig
+from datamodules.sources import dataset_names
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -238,7 +239,9 @@ def check_values(cfg: DictConfig, hardware: bool = True) -> None:
     _require(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(cfg.tasks.embedding.temperature > 0, "tasks.embedding.temperature", "must be positive")
     _require(cfg.tasks.embedding.dim > 0, "tasks.embedding.dim", "must be positive")
-    known = {"weak_label", "fashion_mnist", *cfg.data.user_tasks.keys()}
+    known = dataset_names(cfg)
+    for name in cfg.data.user_tasks:
+        _require(known.count(name) == 1, f"data.user_tasks.{name}", "is a built-in dataset's name; rename the task")
     for name, clf in cfg.tasks.classifiers.items():
         _require(
             clf.dataset in known, f"tasks.classifiers.{name}.dataset", f"'{clf.dataset}' is not one of {sorted(known)}"

@@ -88,7 +88,7 @@ class ImageFolderTaskDataConfig:
 class MixingConfig:
     """How several task datasets share a training step."""
 
-    # "combined": one batch of every dataset per step (Lightning CombinedLoader, max_size_cycle).
+    # "combined": one batch of every dataset per step; shorter datasets start their next pass (max_size_cycle).
     # "interleave": one dataset per step, drawn by ``ratios``.
     mode: Literal["combined", "interleave"] = "combined"
     ratios: dict[str, float] = field(default_factory=dict)

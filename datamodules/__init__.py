@@ -1,25 +1,27 @@
-"""LightningDataModules: weak-label shards (webdataset), Fashion-MNIST, user image folders, multi-task mixing.
+"""LightningDataModules and dataset sources: weak-label shards (webdataset), Fashion-MNIST, user image folders,
+multi-task mixing.
 
-Entry points: ``build_datamodule(cfg)`` for training, ``eval_loader(cfg, dataset, split)`` for evaluate.py;
-contracts in docs/ARCHITECTURE.md.
+Entry points: ``build_datamodule(cfg)`` for training, ``eval_loader(cfg, dataset, split)`` for evaluate.py; dataset
+kinds in ``datamodules.sources``; contracts in docs/ARCHITECTURE.md.
 """
 
 import importlib
 from typing import Any
 
-# Exported names resolve on first use (PEP 562): ``import datamodules.tar_reader`` (the label miner's workers) then
-# loads neither torch nor Lightning, which cost seconds per process.
+# Exported names resolve on first use (PEP 562): ``import datamodules.tar_reader`` (the label miner's workers) or
+# ``datamodules.sources`` (the config checks) then loads neither torch nor Lightning, which cost seconds per process.
 _EXPORTS = {
-    "DataConfigError": "datamodules.loaders",
-    "DataCountsLogger": "datamodules.multitask",
-    "MultiTaskDataModule": "datamodules.multitask",
-    "WeakLabelShardDataModule": "datamodules.multitask",
-    "build_datamodule": "datamodules.multitask",
-    "eval_loader": "datamodules.multitask",
-    "required_datasets": "datamodules.multitask",
-    "Manifest": "datamodules.weak_label",
-    "ManifestError": "datamodules.weak_label",
-    "ManifestMismatchError": "datamodules.weak_label",
+    "DataConfigError": "datamodules.sources",
+    "DatasetSource": "datamodules.sources",
+    "DataCountsLogger": "datamodules.datamodule",
+    "MultiTaskDataModule": "datamodules.datamodule",
+    "WeakLabelShardDataModule": "datamodules.datamodule",
+    "build_datamodule": "datamodules.datamodule",
+    "eval_loader": "datamodules.datamodule",
+    "required_datasets": "datamodules.datamodule",
+    "Manifest": "datamodules.manifest",
+    "ManifestError": "datamodules.manifest",
+    "ManifestMismatchError": "datamodules.manifest",
 }
 
 
@@ -32,6 +34,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DataConfigError",
     "DataCountsLogger",
+    "DatasetSource",
     "Manifest",
     "ManifestError",
     "ManifestMismatchError",

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
-from datamodules.loaders import META, DataConfigError
+from datamodules.loaders import MapSource, map_eval_loader
+from datamodules.sources import DataConfigError, DatasetSource
+from datamodules.transforms import image_transform
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 NUM_CLASSES = len(CLASSES)
@@ -107,35 +107,39 @@ class FashionMNIST(Dataset):
         }
 
 
-def collate_classification(samples: Sequence[dict | None]) -> dict:
-    """Stack ``{"image", "target", "key"}`` samples; ``None`` entries (unreadable, already counted by the dataset
-    as ``{"__skip__": reason}``) are dropped. Adds the ``__meta__`` the loaders strip."""
-    counts: dict[str, int] = {}
-    good = []
-    for s in samples:
-        if s is None or "__skip__" in s:
-            reason = s["__skip__"] if s is not None else "unreadable_image"
-            counts[reason] = counts.get(reason, 0) + 1
-        else:
-            counts.update({k: counts.get(k, 0) + v for k, v in s.get("__counts__", {}).items()})
-            good.append(s)
-    if not good:
-        raise RuntimeError(
-            f"every sample of a batch was skipped ({counts}); every rank must yield the same number "
-            "of batches, so an all-unreadable batch cannot be dropped"
-        )
-    return {
-        "image": default_collate([s["image"] for s in good]),  # into shared memory inside a worker
-        "target": torch.tensor([s["target"] for s in good], dtype=torch.long),
-        "key": [s["key"] for s in good],
-        META: {"counts": counts},
-    }
+class FashionMNISTSource(DatasetSource):
+    """Fashion-MNIST as a dataset source: train split for training, test split for validation, and evaluate.py's
+    ``fashion_mnist`` retrieval (gallery = train, queries = test). Images are read when a loader is built."""
 
+    retrieval = {"fashion_mnist": ("train", "test")}
+    num_classes = NUM_CLASSES
+    label_names = CLASSES
+    val_split = "test"
 
-def fashion_mnist_dataset(cfg: Any, split: str, train: bool) -> FashionMNIST:
-    """The Fashion-MNIST ``split`` of a run config with train or eval transforms (limits from data.fashion_mnist)."""
-    from datamodules.weak_label import image_transform
+    def __init__(self, cfg: Any, name: str = "fashion_mnist") -> None:
+        self.cfg = cfg
+        self.name = name
 
-    fm = cfg.data.fashion_mnist
-    limit = fm.train_limit if split == "train" else fm.test_limit
-    return FashionMNIST(str(fm.root), split, image_transform(cfg.data, train, grayscale_safe=True), limit)
+    @classmethod
+    def check_files(cls, cfg: Any) -> None:
+        root = str(cfg.data.fashion_mnist.root)
+        if not os.path.exists(root):
+            raise FileNotFoundError(
+                f"data.fashion_mnist.root={root}: no such directory "
+                "(install the Debian package dataset-fashion-mnist or set data.fashion_mnist.root)"
+            )
+
+    def dataset(self, split: str, train: bool) -> FashionMNIST:
+        """The ``split`` with train or eval transforms (limits from data.fashion_mnist)."""
+        fm = self.cfg.data.fashion_mnist
+        limit = fm.train_limit if split == "train" else fm.test_limit
+        return FashionMNIST(str(fm.root), split, image_transform(self.cfg.data, train, grayscale_safe=True), limit)
+
+    def train_source(self, rank: int, world: int) -> MapSource:
+        dataset = self.dataset("train", train=True)
+        balanced = bool(self.cfg.data.fashion_mnist.class_balanced)
+        labels = dataset.labels if balanced else None
+        return MapSource(self.name, dataset, self.cfg.data, int(self.cfg.seed), rank, world, class_labels=labels)
+
+    def eval_loader(self, split: str, rank: int, world: int) -> tuple[DataLoader, int]:
+        return map_eval_loader(self.dataset(split, train=False), self.cfg.data, rank, world)

@@ -22,9 +22,11 @@ import os
 from typing import Any
 
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from datamodules.loaders import DataConfigError
+from datamodules.loaders import MapSource, map_eval_loader
+from datamodules.sources import DataConfigError, DatasetSource
+from datamodules.transforms import image_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -152,3 +154,27 @@ class ImageFolderDataset(Dataset):
         if self.replace_unreadable:
             raise RuntimeError(f"no image of this task could be read (first: {self.items[index][0]})")
         return {"__skip__": "unreadable_image"}
+
+
+class ImageFolderSource(DatasetSource):
+    """A ``data.user_tasks.<name>`` entry as a dataset source: its train split for training, its val split for
+    validation. Classes are known at construction (no image is opened)."""
+
+    val_split = "val"
+
+    def __init__(self, cfg: Any, name: str) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.task = ImageFolderTask(name, cfg.data.user_tasks[name])
+        self.num_classes = self.task.num_classes
+        self.label_names = list(self.task.classes)
+
+    def train_source(self, rank: int, world: int) -> MapSource:
+        dataset = self.task.dataset("train", image_transform(self.cfg.data, True), train=True)
+        balanced = bool(self.cfg.data.user_tasks[self.name].class_balanced)
+        labels = [label for _, label in dataset.items] if balanced else None
+        return MapSource(self.name, dataset, self.cfg.data, int(self.cfg.seed), rank, world, class_labels=labels)
+
+    def eval_loader(self, split: str, rank: int, world: int) -> tuple[DataLoader, int]:
+        dataset = self.task.dataset(split, image_transform(self.cfg.data, False), train=False)
+        return map_eval_loader(dataset, self.cfg.data, rank, world)

@@ -1,52 +1,27 @@
-"""Loader machinery shared by every dataset: passes, data positions, mid-epoch resume, mixing.
+"""Loader pieces every dataset shares: seeds, the evaluation batch plans, the batch-source interface, evaluation
+loaders, and the map-style path (Fashion-MNIST, image folders: ``EpochSampler`` + ``MapSource``).
 
-Vocabulary used across ``datamodules/``:
-
-* **pass**: one full iteration of one dataset's loader, a fixed number of batches (``len(loader)``), the same on
-  every rank. Under ``data.mixing.mode=combined`` a short dataset is cycled, so it may run several passes in one
-  trainer epoch; pass ``p`` of epoch ``e`` is seeded by ``(seed, epoch, pass)`` (plus rank and worker inside the
-  loader), so every pass is a new, reproducible shuffle.
-* **logical worker**: data-loader worker ``w`` plays logical worker ``(w + rotation) % num_workers``. Batch ``g`` of a
-  pass always comes from logical worker ``g % num_workers`` (the DataLoader round-robins its workers), so after a
-  resume that skipped ``k`` batches, ``rotation = k % num_workers`` makes physical worker 0 produce exactly the batch
-  an uninterrupted run would have produced next.
-* **data position**: ``(epoch, batches consumed this epoch)`` from Lightning's counters, turned into per-loader
-  ``(pass, batches consumed in the pass, per-logical-worker raw-sample offsets)``; see ``PassLoader.position``.
-
-Epoch: Lightning never calls ``set_epoch`` on an iterable loader, and (checked with Lightning 2.6) it calls
-``on_train_epoch_start`` only after the first ``iter()`` of a fit and not at all when it resumes mid-epoch, so a
-callback pushing the epoch would be too late exactly when it matters. Instead the ``EpochClock`` reads
-``trainer.current_epoch`` when a loader starts a pass (at the first ``next()``: Lightning also calls ``iter()`` once
-just to probe a loader) and the loader writes (epoch, pass, resume offsets) into the dataset's shared-memory pass
-state before its persistent workers start the pass: open_clip's ``SharedEpoch``, extended to the whole pass state.
-Without a trainer (scripts, benchmarks) the epoch comes from ``MultiTaskDataModule.set_epoch``.
-
-Workers are separate processes, so their skip counters travel back inside each batch (``batch["__meta__"]``, stripped
-here before Lightning sees the batch) and are summed per loader in ``counts``.
+Passes, data positions and resume live in ``datamodules.resume``. Workers are separate processes, so their skip
+counters travel back inside each batch (``batch["__meta__"]``), stripped by the loaders before Lightning sees the
+batch.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import random
-import warnings
+import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler, default_collate
 
-log = logging.getLogger(__name__)
+from datamodules.sources import DataConfigError
 
 META = "__meta__"  # per-batch metadata key added by workers and removed by the loaders below
-
-
-class DataConfigError(ValueError):
-    """A data config value or data file that cannot work; the message names the key or file."""
 
 
 def mix_seed(*parts: int) -> int:
@@ -126,35 +101,6 @@ def equalize_batches(samples_per_slot: list[list[int]], batch_size: int) -> list
     return natural
 
 
-# ------------------------------------------------------------------------------------- positions
-
-
-@dataclass
-class PassRecord:
-    """What one pass of a loader has handed out so far (main process), enough to compute a resume position."""
-
-    epoch: int
-    pass_idx: int
-    start: int  # batches skipped at the start (a resumed pass), logical batch index of the first yielded batch
-    offsets: list[int] | None  # raw-sample offset per logical worker at ``start`` (streams only)
-    lws: list[int | None] = field(default_factory=list)
-    raw_ends: list[int | None] = field(default_factory=list)
-
-    def position(self, batches: int) -> dict:
-        """Resume position after ``batches`` batches of this pass were consumed by the trainer."""
-        if batches < self.start or batches - self.start > len(self.lws):
-            raise RuntimeError(
-                f"data position {batches} is outside what pass {self.pass_idx} of epoch {self.epoch} handed out "
-                f"({self.start}..{self.start + len(self.lws)})"
-            )
-        offsets = list(self.offsets) if self.offsets is not None else None
-        for i in range(batches - self.start):
-            lw, end = self.lws[i], self.raw_ends[i]
-            if offsets is not None and lw is not None and end is not None:
-                offsets[lw] = end
-        return {"pass": self.pass_idx, "batches": batches, "offsets": offsets}
-
-
 class BatchSource:
     """One dataset's training batches: a DataLoader plus how to set it up for a pass.
 
@@ -173,121 +119,6 @@ class BatchSource:
     def describe(self) -> dict:
         """What must match between the run that saved a position and the run that restores it."""
         return {"num_batches": self.num_batches, "batch_size": self.batch_size, "num_workers": self.num_workers}
-
-
-class EpochClock:
-    """Tells each training loader which (epoch, pass) its next iteration is, and where a restored run starts.
-
-    The epoch comes from the attached trainer (``trainer.current_epoch``) or, without one, from ``set_epoch``.
-    """
-
-    def __init__(self, trainer_getter: Callable[[], Any] = lambda: None) -> None:
-        self.trainer_getter = trainer_getter
-        self.manual_epoch = 0
-        self._last: dict[str, tuple[int, int]] = {}
-        self.resume: dict | None = None
-        self._exhausted_epoch: int | None = None
-
-    def epoch(self) -> int:
-        trainer = self.trainer_getter()
-        return int(trainer.current_epoch) if trainer is not None else self.manual_epoch
-
-    def set_resume(self, state: dict | None) -> None:
-        self.resume = state
-        self._last.clear()
-        self._exhausted_epoch = None
-        if state is not None and state["batches"] >= state["num_batches"]:
-            # Saved after the epoch's last batch (e.g. on_train_epoch_end): Lightning re-enters that epoch once more,
-            # so its loaders must yield nothing until the next epoch starts.
-            self._exhausted_epoch = state["epoch"]
-            self.resume = None
-
-    def exhausted(self, epoch: int) -> bool:
-        return self._exhausted_epoch == epoch
-
-    def take_resume(self, epoch: int, name: str) -> dict | None:
-        """The saved position of loader ``name`` if the run resumes inside ``epoch``; consumed on read."""
-        if self.resume is None or self.resume["epoch"] != epoch or name not in self.resume["loaders"]:
-            return None
-        pos = self.resume["loaders"].pop(name)
-        if not self.resume["loaders"]:
-            self.resume = None
-        return pos
-
-    def begin(self, name: str) -> tuple[int, int, dict | None]:
-        """(epoch, pass, saved position or None) for the next iteration of loader ``name``."""
-        epoch = self.epoch()
-        pos = self.take_resume(epoch, name)
-        if pos is not None:
-            self._last[name] = (epoch, pos["pass"])
-            return epoch, pos["pass"], pos
-        last = self._last.get(name)
-        pass_idx = last[1] + 1 if last is not None and last[0] == epoch else 0
-        self._last[name] = (epoch, pass_idx)
-        return epoch, pass_idx, None
-
-
-class PassLoader:
-    """Iterable over one dataset's training batches; each ``iter()`` is one pass of ``len(self)`` batches.
-
-    Strips the workers' metadata from each batch, adds their skip counts to ``counts`` and records what it handed
-    out so ``position`` can tell where a restored run must continue.
-    """
-
-    def __init__(self, name: str, source: BatchSource, clock: EpochClock) -> None:
-        self.name = name
-        self.source = source
-        self.clock = clock
-        self.counts: Counter = Counter()
-        self._records: list[PassRecord] = []
-
-    def __len__(self) -> int:
-        return self.source.num_batches
-
-    def __iter__(self) -> Iterator[dict]:
-        # A generator: the pass starts at the first next(), not at iter(). Lightning calls iter() once just to check
-        # that the loader is iterable (_check_dataloader_iterable), which must not consume a pass or a resume.
-        epoch, pass_idx, pos = self.clock.begin(self.name)
-        if not self.clock.exhausted(epoch):
-            yield from self.run_pass(epoch, pass_idx, pos)
-
-    def run_pass(self, epoch: int, pass_idx: int, pos: dict | None = None) -> Iterator[dict]:
-        """Start pass ``pass_idx`` of ``epoch`` (at a saved position when given) and return its batch iterator."""
-        start = int(pos["batches"]) if pos else 0
-        offsets = self.source.begin(epoch, pass_idx, start, pos.get("offsets") if pos else None)
-        record = PassRecord(epoch, pass_idx, start, offsets)
-        self._records = [*self._records[-1:], record]  # the current and the previous pass (prefetch may cross)
-        return self._batches(record)
-
-    def _batches(self, record: PassRecord) -> Iterator[dict]:
-        before = sum(self.counts.values())
-        # Workers are persistent: a new iter() resets them to the pass just configured by ``begin`` (a pass left
-        # unfinished is drained by the DataLoader itself).
-        for batch in self.source.dataloader:
-            meta = batch.pop(META)
-            record.lws.append(meta.get("lw"))
-            record.raw_ends.append(meta.get("raw_end"))
-            self.counts.update(meta.get("counts", {}))
-            yield batch
-        if sum(self.counts.values()) > before:
-            log.warning(
-                "%s pass %d of epoch %d: skipped so far %s", self.name, record.pass_idx, record.epoch, dict(self.counts)
-            )
-
-    def position(self, epoch: int, consumed: int) -> dict:
-        """Resume position after ``consumed`` batches of this loader in ``epoch`` (across its passes)."""
-        pass_idx, batches = divmod(consumed, self.source.num_batches)
-        if batches == 0:
-            return {"pass": pass_idx, "batches": 0, "offsets": None}
-        for record in self._records:
-            if record.epoch == epoch and record.pass_idx == pass_idx:
-                return record.position(batches)
-        warnings.warn(
-            f"{self.name}: no record of pass {pass_idx} of epoch {epoch}; the saved position assumes no sample of "
-            "that pass was skipped",
-            stacklevel=2,
-        )
-        return {"pass": pass_idx, "batches": batches, "offsets": None}
 
 
 class EvalLoader:
@@ -315,79 +146,16 @@ class EvalLoader:
             yield batch
 
 
-class InterleavedLoader:
-    """Training under ``data.mixing.mode=interleave``: one dataset per step, drawn by ratio, tagged ``{name: batch}``.
-
-    The draws come from a generator seeded by ``(seed, epoch)``, identical on every rank, so all ranks train the same
-    task at each step (DDP needs the same parameters used everywhere). An epoch has ``sum(len(loader))`` steps; a
-    dataset drawn more often than it has batches starts its next pass. A restored run replays the draws up to its
-    position, so it continues with the same dataset sequence and each dataset at its own saved position.
-    """
-
-    def __init__(self, loaders: dict[str, PassLoader], ratios: dict[str, float], seed: int, clock: EpochClock) -> None:
-        self.loaders = loaders
-        self.names = list(loaders)
-        total = sum(ratios[n] for n in self.names)
-        self.probs = np.array([ratios[n] / total for n in self.names])
-        self.seed = seed
-        self.clock = clock
-
-    def __len__(self) -> int:
-        return sum(len(loader) for loader in self.loaders.values())
-
-    def draws(self, epoch: int) -> np.ndarray:
-        """Index (into ``names``) of the dataset used at each step of ``epoch``."""
-        rng = np.random.default_rng(mix_seed(self.seed, epoch, 0x1A7E))
-        return rng.choice(len(self.names), size=len(self), p=self.probs)
-
-    def consumed(self, epoch: int, steps: int) -> dict[str, int]:
-        """Batches of each dataset used by the first ``steps`` steps of ``epoch``."""
-        counts = np.bincount(self.draws(epoch)[:steps], minlength=len(self.names))
-        return {name: int(c) for name, c in zip(self.names, counts)}
-
-    def __iter__(self) -> Iterator[dict]:
-        # A generator, so iter() alone (Lightning probes with it) starts nothing; see PassLoader.__iter__.
-        epoch = self.clock.epoch()
-        if self.clock.exhausted(epoch):
-            return
-        start = 0
-        positions: dict[str, dict] = {}
-        if self.clock.resume is not None and self.clock.resume["epoch"] == epoch:
-            start = int(self.clock.resume["batches"])
-            positions = {n: p for n in self.names if (p := self.clock.take_resume(epoch, n)) is not None}
-            self.clock.resume = None
-        yield from self._steps(epoch, start, positions)
-
-    def _steps(self, epoch: int, start: int, positions: dict[str, dict]) -> Iterator[dict]:
-        draws = self.draws(epoch)
-        iterators: dict[str, Iterator] = {}
-        passes: dict[str, int] = {}
-        for step in range(start, len(draws)):
-            name = self.names[draws[step]]
-            loader = self.loaders[name]
-            if name not in iterators:
-                pos = positions.get(name)
-                passes[name] = pos["pass"] if pos else 0
-                iterators[name] = loader.run_pass(epoch, passes[name], pos)
-            try:
-                batch = next(iterators[name])
-            except StopIteration:
-                passes[name] += 1
-                iterators[name] = loader.run_pass(epoch, passes[name])
-                batch = next(iterators[name])
-            yield {name: batch}
-
-
 # --------------------------------------------------------------------------------- map-style data
 
 
-class EpochSampler(DistributedSampler):
+class EpochSampler(Sampler[int]):
     """Training sampler for map-style datasets: a seeded permutation per (seed, epoch, pass), strided over ranks.
 
-    Every rank gets ``len(dataset) // world_size`` indices (at most ``world_size - 1`` samples, different ones each
-    pass, are left out), so with ``drop_last`` batching every rank has the same number of batches. ``start_at`` skips
-    the indices a restored run already consumed. It subclasses ``DistributedSampler`` so Lightning leaves it in
-    place; Lightning's ``set_epoch`` is ignored because the loader sets the pass itself before iterating.
+    Every rank gets ``num_samples // world_size`` indices (at most ``world_size - 1`` samples, different ones each
+    pass, are left out), so with ``drop_last`` batching every rank has the same number of batches. ``set_pass`` picks
+    the pass before the loader iterates (Lightning never sees this sampler: it iterates ``datamodules.resume``'s
+    loaders, not the DataLoader inside); its ``start`` skips the indices a restored run already consumed.
 
     ``class_labels`` (one class id per sample) switches to class-balanced sampling, as metric-learning recipes
     train their proxy datasets: a pass is ``num_samples`` draws with replacement, each class equally likely and
@@ -396,11 +164,7 @@ class EpochSampler(DistributedSampler):
     """
 
     def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, class_labels: Any = None) -> None:
-        # DistributedSampler.__init__ only reads len(dataset) and validates rank; the pass is set by set_pass.
-        super().__init__(
-            range(num_samples), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
-        )
-        self.total = num_samples
+        self.total, self.rank, self.world_size, self.seed = num_samples, rank, world_size, seed
         self.per_rank = num_samples // world_size
         self.epoch_pass = (0, 0)
         self.start = 0
@@ -409,12 +173,8 @@ class EpochSampler(DistributedSampler):
             labels = np.asarray(class_labels, dtype=np.int64)
             if labels.shape != (num_samples,):
                 raise ValueError(f"class_labels has shape {labels.shape}, expected ({num_samples},)")
-            counts = np.bincount(labels)
-            weights = 1.0 / counts[labels]
+            weights = 1.0 / np.bincount(labels)[labels]
             self.weights = weights / weights.sum()
-
-    def set_epoch(self, epoch: int) -> None:  # noqa: D102 - see class docstring
-        pass
 
     def set_pass(self, epoch: int, pass_idx: int, start: int = 0) -> None:
         self.epoch_pass = (epoch, pass_idx)
@@ -426,7 +186,7 @@ class EpochSampler(DistributedSampler):
             draws = rng.permutation(self.total)
         else:
             draws = rng.choice(self.total, size=self.total, replace=True, p=self.weights)
-        order = draws[self.rank : self.per_rank * self.num_replicas : self.num_replicas]
+        order = draws[self.rank : self.per_rank * self.world_size : self.world_size]
         return iter(order[self.start :].tolist())
 
     def __len__(self) -> int:
@@ -453,46 +213,87 @@ class EvalBatchSampler(Sampler[list[int]]):
         return self.num_batches
 
 
+def collate_classification(samples: Sequence[dict | None]) -> dict:
+    """Stack ``{"image", "target", "key"}`` samples; ``None`` entries (unreadable, already counted by the dataset
+    as ``{"__skip__": reason}``) are dropped. Adds the ``__meta__`` the loaders strip."""
+    counts: dict[str, int] = {}
+    good = []
+    for s in samples:
+        if s is None or "__skip__" in s:
+            reason = s["__skip__"] if s is not None else "unreadable_image"
+            counts[reason] = counts.get(reason, 0) + 1
+        else:
+            counts.update({k: counts.get(k, 0) + v for k, v in s.get("__counts__", {}).items()})
+            good.append(s)
+    if not good:
+        raise RuntimeError(
+            f"every sample of a batch was skipped ({counts}); every rank must yield the same number "
+            "of batches, so an all-unreadable batch cannot be dropped"
+        )
+    return {
+        "image": default_collate([s["image"] for s in good]),  # into shared memory inside a worker
+        "target": torch.tensor([s["target"] for s in good], dtype=torch.long),
+        "key": [s["key"] for s in good],
+        META: {"counts": counts},
+    }
+
+
 class MapSource(BatchSource):
-    """Training batches of a map-style dataset (Fashion-MNIST, image folders) under ``EpochSampler``."""
+    """Training batches of a map-style dataset of ``{"image", "target", "key"}`` items under ``EpochSampler``.
+
+    Args:
+        name: the dataset (named in errors; its sampler seed mixes ``seed`` with the name).
+        dataset: the map-style dataset.
+        data_cfg: the run's ``data`` config (``batch_size``, ``num_workers``).
+        seed: the run seed.
+        rank, world_size: this process's share.
+        class_labels: one class id per sample, for class-balanced sampling (``EpochSampler``).
+    """
 
     def __init__(
         self,
+        name: str,
         dataset: Any,
-        batch_size: int,
-        num_workers: int,
+        data_cfg: Any,
         seed: int,
         rank: int,
         world_size: int,
-        collate_fn: Callable,
-        name: str,
         class_labels: Any = None,
     ) -> None:
+        seed = mix_seed(seed, zlib.crc32(name.encode()))
         self.sampler = EpochSampler(len(dataset), rank, world_size, seed, class_labels)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.num_batches = self.sampler.per_rank // batch_size
+        self.batch_size = int(data_cfg.batch_size)
+        self.num_workers = int(data_cfg.num_workers)
+        self.num_batches = self.sampler.per_rank // self.batch_size
         if self.num_batches == 0:
             raise DataConfigError(
                 f"{name}: {len(dataset)} training samples over {world_size} rank(s) fill no batch of "
-                f"data.batch_size={batch_size}"
+                f"data.batch_size={self.batch_size}"
             )
-        self._dataset = dataset
-        self._collate = collate_fn
-        self.dataloader = self._make_loader()
-
-    def _make_loader(self) -> DataLoader:
-        batches = torch.utils.data.BatchSampler(self.sampler, self.batch_size, drop_last=True)
         # Persistent workers: the sampler lives in this process, so a new pass needs no new workers.
-        return DataLoader(
-            self._dataset,
-            batch_sampler=batches,
+        self.dataloader = DataLoader(
+            dataset,
+            batch_sampler=BatchSampler(self.sampler, self.batch_size, drop_last=True),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=self._collate,
+            collate_fn=collate_classification,
             pin_memory=torch.cuda.is_available(),
         )
 
     def begin(self, epoch: int, pass_idx: int, batches: int, offsets: list[int] | None) -> None:
         self.sampler.set_pass(epoch, pass_idx, batches * self.batch_size)
         return None
+
+
+def map_eval_loader(dataset: Any, data_cfg: Any, rank: int, world: int) -> tuple[DataLoader, int]:
+    """(DataLoader, batches) over a map-style dataset: every item once over ranks, equal batch counts
+    (``EvalBatchSampler``), batch size ``data.eval_batch_size`` (else ``data.batch_size``)."""
+    sampler = EvalBatchSampler(len(dataset), int(data_cfg.eval_batch_size or data_cfg.batch_size), rank, world)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=int(data_cfg.num_workers),
+        collate_fn=collate_classification,
+        pin_memory=torch.cuda.is_available(),
+    )
+    return loader, len(sampler)

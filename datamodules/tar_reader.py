@@ -1,8 +1,8 @@
 """A strict reader of the regular-file members of a tar stream (what a webdataset shard holds), shared by training
-(``datamodules.weak_label``) and the label miner (``labels.sources.img2dataset``).
+(``datamodules.stages``) and the label miner (``labels.sources.img2dataset``).
 
 Why not ``tarfile`` / ``webdataset.tarfile_to_samples``: both read every member's payload. Exact mid-epoch resume
-(``datamodules.weak_label``) skips the samples a run already consumed by their headers alone, seeking past the data
+(``datamodules.stages``) skips the samples a run already consumed by their headers alone, seeking past the data
 on a local file (reading and discarding only on an unseekable stream); the label miner's text-only runs skip the
 image bytes the same way. (Header parsing speed, the reason this reader was first written, is no longer one: see
 benchmarks/bench_data.py ``--tar`` for the figure against ``tarfile_to_samples`` on integer-mtime shards.) It handles

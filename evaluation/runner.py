@@ -43,6 +43,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from configs.compose import to_dict
+from datamodules.sources import retrieval_datasets
 from evaluation.embeddings import Extracted, extract_outputs
 from evaluation.head_metrics import streaming_head_metrics
 from evaluation.knn import knn_accuracy
@@ -59,12 +60,6 @@ from evaluation.retrieval import (
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("fashion_mnist", "weak_label_val")
-# eval dataset -> (datamodules dataset name, split) of its gallery and of its queries (None: leave-one-out).
-SPLITS: dict[str, tuple[tuple[str, str], tuple[str, str] | None]] = {
-    "fashion_mnist": (("fashion_mnist", "train"), ("fashion_mnist", "test")),
-    "weak_label_val": (("weak_label", "val"), None),
-}
 LoaderFn = Callable[[DictConfig, str, str], Iterable[dict[str, Any]]]
 
 
@@ -103,16 +98,7 @@ def output_path(cfg: DictConfig, dataset: str, run_dir: Path | None) -> Path:
 
 
 def default_loader(cfg: DictConfig, dataset: str, split: str) -> Iterable[dict[str, Any]]:
-    """datamodules.eval_loader, after checking the configured dataset path exists."""
-    if dataset == "fashion_mnist" and not Path(cfg.data.fashion_mnist.root).exists():
-        raise FileNotFoundError(
-            f"data.fashion_mnist.root={cfg.data.fashion_mnist.root}: no such directory "
-            "(install the Debian package dataset-fashion-mnist or set data.fashion_mnist.root)"
-        )
-    if dataset == "weak_label" and not Path(cfg.data.weak_label.manifest).is_file():
-        raise FileNotFoundError(
-            f"data.weak_label.manifest={cfg.data.weak_label.manifest}: no such file (run mine_labels.py first)"
-        )
+    """datamodules.eval_loader (a missing data file raises FileNotFoundError naming its config key)."""
     from datamodules import eval_loader
 
     return eval_loader(cfg, dataset, split)
@@ -273,8 +259,9 @@ def evaluate_dataset(
     progress: bool = True,
 ) -> dict[str, Any]:
     """All metrics of one dataset; returns the JSON payload without checkpoint and config_hash."""
-    if dataset not in SPLITS:
-        raise ValueError(f"eval.datasets: unknown dataset '{dataset}': choose from {list(SPLITS)}")
+    splits = retrieval_datasets()  # eval dataset -> (dataset, gallery split, query split or None: leave-one-out)
+    if dataset not in splits:
+        raise ValueError(f"eval.datasets: unknown dataset '{dataset}': choose from {sorted(splits)}")
     ev = cfg.eval
     device = resolve_device(ev.device)
     timer = _Timer()
@@ -293,9 +280,9 @@ def evaluate_dataset(
     if not features:
         raise ValueError(f"eval.features={list(ev.features)}: nothing to evaluate for this module ({notes})")
 
-    (g_ds, g_split), query_source = SPLITS[dataset]
+    g_ds, g_split, q_split = splits[dataset]
     if ev.gallery_limit:  # a cap below a k fails before any image is read
-        _check_k(cfg, dataset, int(ev.gallery_limit), leave_one_out=query_source is None)
+        _check_k(cfg, dataset, int(ev.gallery_limit), leave_one_out=q_split is None)
     want_head = dataset == "weak_label_val" and heads is not None and "weak_label" in heads
     # The head's metrics come from the backbone feature (heads.weak_label's input), block by block.
     outputs = features + (["backbone"] if want_head and "backbone" not in features else [])
@@ -308,16 +295,15 @@ def evaluate_dataset(
     if label_ids is not None:
         gallery.targets = label_ids
     notes.extend(gallery.notes)
-    _check_k(cfg, dataset, len(gallery), leave_one_out=query_source is None)  # before the query pass
+    _check_k(cfg, dataset, len(gallery), leave_one_out=q_split is None)  # before the query pass
     if want_head:
         _check_head(cfg, module.heads["weak_label"], sparse)
     queries = None
-    if query_source is not None:
-        q_ds, q_split = query_source
+    if q_split is not None:
         with timer("extract_query_s"):
             queries = extract_outputs(
                 module,
-                loader_fn(cfg, q_ds, q_split),
+                loader_fn(cfg, g_ds, q_split),
                 features,
                 device,
                 ev.precision,

@@ -40,6 +40,7 @@ import queue
 import random
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -698,7 +699,8 @@ def execute(
             seconds = time.monotonic() - start
         finally:
             slots.put(slot)
-        if interrupted.is_set() and returncode != 0:
+        # Ctrl-C reaches the run too (one terminal process group): it may end before the runner sees the interrupt.
+        if returncode != 0 and (interrupted.is_set() or returncode in (-signal.SIGINT, 128 + signal.SIGINT)):
             return RunOutcome(run.name, "interrupted", returncode, seconds, params=run.params, note="Ctrl-C")
         status = "finished" if returncode == 0 else "failed"
         note = "" if returncode == 0 else f"exit code {returncode}"

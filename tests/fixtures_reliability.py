@@ -53,6 +53,8 @@ def subprocess_env(**extra: str | None) -> dict[str, str]:
     """The environment for a child train.py: one thread, offline W&B unless overridden (None removes a variable)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env["PYTHONPATH"] = str(REPO)
+    # An in-process W&B run of an earlier test leaves its service's address here; a child must start its own.
+    env.pop("WANDB_SERVICE", None)
     for key, value in extra.items():
         if value is None:
             env.pop(key, None)

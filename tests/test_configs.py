@@ -375,7 +375,7 @@ def test_expected_errors_are_one_line_and_the_rest_keep_their_traceback(monkeypa
     import wandb
 
     from configs.cli import run_main
-    from datamodules.weak_label import ManifestError
+    from datamodules.manifest import ManifestError
     from lit_modules.checkpoints import CheckpointError
 
     def failing(err):

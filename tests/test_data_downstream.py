@@ -16,7 +16,7 @@ from PIL import Image
 from datamodules import DataConfigError, build_datamodule, eval_loader
 from datamodules.fashion_mnist import CLASSES, FashionMNIST, load_split, read_idx
 from datamodules.image_folder import ImageFolderTask
-from datamodules.weak_label import image_transform
+from datamodules.transforms import image_transform
 from tests.fixtures_data import compose_cfg, make_dataset, make_fashion_mnist, write_idx
 
 DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"
@@ -157,7 +157,7 @@ def test_num_classes_and_label_names_without_reading_data(data, tmp_path):
 def test_combined_mode_every_dataset_every_step(data):
     dm = build_datamodule(_cfg(data, *MULTITASK))
     loader = dm.train_dataloader()
-    steps = [batch for batch, _, _ in loader]
+    steps = list(loader)  # one TrainLoader in both modes: steps {dataset: batch}
     assert len(steps) == len(loader) == max(len(v) for v in dm.train_loaders.values())
     for batch in steps:
         assert set(batch) == {"weak_label", "fashion_mnist"}

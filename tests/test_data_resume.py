@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
+import zlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
+from datamodules.loaders import EpochSampler, mix_seed
+from datamodules.resume import saved_position
 from tests.fixtures_data import REPO, make_dataset, make_fashion_mnist, run_fit
 
 
@@ -76,16 +80,64 @@ def test_resume_from_an_end_of_epoch_checkpoint_starts_the_next_epoch(small):
     assert _steps(rest["train"]) == _steps(full["train"])[12:]
 
 
+def test_the_position_travels_in_lightnings_loader_state_and_old_checkpoints_still_resume(small, tmp_path):
+    full = run_fit(_spec(small, "full-hook", max_steps=14))
+    first = run_fit(_spec(small, "ck-hook", max_steps=9, ckpt_every=9))
+    path = Path(small["root"]) / "ck-hook" / "step=9.ckpt"
+    ckpt = torch.load(path, weights_only=True)
+    position = saved_position(ckpt)  # Lightning's fit loop stored the training loader's state_dict()
+    assert "MultiTaskDataModule" not in ckpt
+    assert (position["epoch"], position["batches"], position["num_batches"]) == (1, 3, 6)  # 6 steps per epoch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rest = run_fit(_spec(small, "rest-hook", max_steps=14, resume=str(path)))
+    assert not [w for w in caught if "not resumable" in str(w.message)]  # Lightning sees a stateful loader
+    assert _steps(first["train"] + rest["train"]) == _steps(full["train"])
+    # A checkpoint written before the position moved into the loader's state keeps it under the DataModule's key.
+    old = torch.load(path, weights_only=True)
+    del old["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    old["MultiTaskDataModule"] = position
+    torch.save(old, tmp_path / "old.ckpt")
+    rest = run_fit(_spec(small, "rest-old", max_steps=14, resume=str(tmp_path / "old.ckpt")))
+    assert _steps(first["train"] + rest["train"]) == _steps(full["train"])
+
+
+@pytest.mark.parametrize("mode", ["combined", "interleave"])
+def test_train_loader_state_round_trip_without_lightning(small, mode):
+    """``state_dict`` after k steps, ``load_state_dict`` into a fresh loader: it reports the same position until it
+    moves, then yields exactly the steps the first loader yields after its k-th."""
+    from datamodules import build_datamodule
+    from tests.fixtures_data import compose_cfg
+
+    spec = _spec(small, "unused", overrides=[f"data.mixing.mode={mode}"])
+
+    def loader():
+        return build_datamodule(compose_cfg(spec["manifest"], *spec["overrides"])).train_dataloader()
+
+    first = loader()
+    steps = iter(first)
+    for _ in range(4):
+        next(steps)
+    state = first.state_dict()
+    assert (state["epoch"], state["batches"]) == (0, 4)
+    after = [{n: b["key"] for n, b in step.items()} for step in steps]
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state  # a checkpoint written right after the restore keeps the position
+    assert [{n: b["key"] for n, b in step.items()} for step in resumed] == after
+
+
 # ------------------------------------------------------------------------------------- DDP, 2 processes
 
 DDP_EPOCH = 4  # batches per rank per epoch: 31 samples / (batch 4 x 2 ranks), rounded up
 DDP_STEPS = 10  # two full epochs (validated after each) and two steps of a third
 DDP_CKPT = 6  # the checkpoint to resume from is written inside epoch 1
+DDP_DATA = ["data.num_workers=1", "data.weak_label.resampled=false"]
 
 
 def _ddp(tmp: Path, runs: dict[str, dict]) -> dict[str, list[dict]]:
     """Run the named specs one after the other in one 2-process DDP launch; results per name and rank."""
-    common = {"devices": 2, "overrides": ["data.num_workers=1", "data.weak_label.resampled=false"]}
+    common = {"devices": 2, "overrides": DDP_DATA}
     job = {"runs": [{**common, **spec, "out": str(tmp / name)} for name, spec in runs.items()]}
     path = tmp / "job.json"
     path.write_text(json.dumps(job))
@@ -105,9 +157,15 @@ def ddp_runs(tmp_path_factory):
     """An uninterrupted 2-rank run that also writes a mid-epoch checkpoint, then a run resumed from it."""
     tmp = tmp_path_factory.mktemp("ddp")
     ds = make_dataset(tmp / "ds", n_train=31, n_val=7, shard_size=6, val_shard_size=3, corrupt=2)
+    fm = make_fashion_mnist(tmp / "fm", n_train=24, n_test=8)
     runs = _ddp(
         tmp,
         {
+            "multitask": {  # weak_label + fashion_mnist (map-style: EpochSampler), one pass of fashion_mnist
+                "manifest": ds["manifest"],
+                "max_steps": 3,
+                "overrides": [*DDP_DATA, "tasks=multitask", f"data.fashion_mnist.root={fm}"],
+            },
             "full": {
                 "manifest": ds["manifest"],
                 "max_steps": DDP_STEPS,
@@ -160,6 +218,21 @@ def test_ddp_resume_mid_epoch_repeats_and_skips_nothing(ddp_runs):
 
 
 @pytest.mark.slow
+def test_ddp_map_style_ranks_read_what_their_own_sampler_says(ddp_runs):
+    """Lightning never sees (so never replaces) the map-style sampler: each rank's Fashion-MNIST batches are exactly
+    ``EpochSampler``'s indices for that rank, disjoint over ranks, every sample once in the pass."""
+    runs = ddp_runs["multitask"]
+    seed = mix_seed(0, zlib.crc32(b"fashion_mnist"))  # compose_cfg's seed 0, mixed with the dataset name
+    for rank, run in enumerate(runs):
+        sampler = EpochSampler(24, rank, 2, seed)
+        sampler.set_pass(0, 0)
+        assert _flat(run["train"], "fashion_mnist") == [f"fashion_mnist/train/{i:05d}" for i in sampler]
+    assert sorted(k for run in runs for k in _flat(run["train"], "fashion_mnist")) == [
+        f"fashion_mnist/train/{i:05d}" for i in range(24)
+    ]
+
+
+@pytest.mark.slow
 def test_ddp_corrupt_samples_are_skipped_and_counted(ddp_runs):
     full = ddp_runs["full"]
     seen = {k for r in full for k in _flat(r["train"])}
@@ -173,7 +246,7 @@ def test_ddp_corrupt_samples_are_skipped_and_counted(ddp_runs):
 def test_skip_counters_are_logged_every_n_steps_not_only_at_epoch_end(small):
     from types import SimpleNamespace
 
-    from datamodules.multitask import DataCountsLogger, WeakLabelShardDataModule
+    from datamodules.datamodule import DataCountsLogger, WeakLabelShardDataModule
     from tests.fixtures_data import compose_cfg
 
     dm = WeakLabelShardDataModule(compose_cfg(small["wl"]["manifest"]))

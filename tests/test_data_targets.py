@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from datamodules.stages import Collate, DecodeSample, SampleSkip, SkipCounter
 from datamodules.targets import (
     BatchTransform,
     batch_seed,
@@ -20,7 +21,7 @@ from datamodules.targets import (
     pad_labels,
     unpad_labels,
 )
-from datamodules.weak_label import IMAGENET_MEAN, IMAGENET_STD, Collate, DecodeSample, SampleSkip, SkipCounter
+from datamodules.transforms import IMAGENET_MEAN, IMAGENET_STD
 from evaluation.head_metrics import EXACT_MAP_MAX_ELEMENTS, MAP_THRESHOLDS, WeakLabelMAP, precision_at_k
 from tests.fixtures_data import compose_cfg, make_dataset, make_fashion_mnist
 
@@ -100,7 +101,7 @@ def test_scatter_on_the_device_equals_the_old_dense_target():
 
 
 def test_batch_bytes_per_sample_are_flat_in_the_number_of_labels():
-    from datamodules.weak_label import image_transform
+    from datamodules.transforms import image_transform
 
     data_cfg = compose_cfg("unused.json").data
     per_sample = {}
@@ -122,7 +123,7 @@ def test_normalization_on_the_device_equals_the_old_cpu_normalization():
     from timm.data import create_transform
 
     from datamodules.loaders import seed_sample_rngs
-    from datamodules.weak_label import image_transform
+    from datamodules.transforms import image_transform
 
     cfg = compose_cfg("unused.json", "data.img_size=24").data
     img = Image.open(io.BytesIO(_jpeg(3, size=40))).convert("RGB")
@@ -288,7 +289,7 @@ def test_limit_val_batches_applies_per_dataset_and_every_task_logs_its_metric(tm
 
 
 def test_jpeg_decoder_rule_torchvision_where_pil_draft_cannot_shrink():
-    from datamodules.weak_label import decode_image
+    from datamodules.transforms import decode_image
 
     small = _jpeg(1, size=40)
     out = decode_image(small, draft=30, tensor_jpeg=True)

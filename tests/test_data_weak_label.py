@@ -15,9 +15,12 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from datamodules.loaders import EpochClock, PassLoader, split_plan
+from datamodules.loaders import split_plan
+from datamodules.manifest import ManifestError, ManifestMismatchError
+from datamodules.resume import EpochClock, PassLoader
+from datamodules.stages import GroupShuffle
 from datamodules.targets import unpad_labels
-from datamodules.weak_label import GroupShuffle, ManifestError, ManifestMismatchError, WeakLabelData
+from datamodules.weak_label import WeakLabelSource
 from tests.fixtures_data import PickleBomb, compose_cfg, make_dataset
 
 
@@ -31,7 +34,7 @@ def ds(tmp_path_factory):
 
 
 def _loader(cfg, rank=0, world=1):
-    return PassLoader("weak_label", WeakLabelData(cfg).train_source(rank, world), EpochClock())
+    return PassLoader("weak_label", WeakLabelSource(cfg).train_source(rank, world), EpochClock())
 
 
 def _pass(loader, epoch=0, pass_idx=0, pos=None):
@@ -39,7 +42,7 @@ def _pass(loader, epoch=0, pass_idx=0, pos=None):
 
 
 def _val_keys(cfg, world, workers):
-    data = WeakLabelData(cfg)
+    data = WeakLabelSource(cfg)
     per_rank = []
     for rank in range(world):
         stream = data.eval_stream(rank, world, num_workers=workers)
@@ -54,11 +57,11 @@ def _val_keys(cfg, world, workers):
 
 def test_manifest_errors_name_the_key_and_file(ds, tmp_path):
     with pytest.raises(ManifestError, match=r"data\.weak_label\.manifest: file not found: .*nope\.json"):
-        WeakLabelData(compose_cfg(str(tmp_path / "nope.json")))
+        WeakLabelSource(compose_cfg(str(tmp_path / "nope.json")))
     with pytest.raises(ManifestError, match=r"data\.weak_label\.scale=0\.25 is not one of .*\[0\.5, 1\.0\]"):
-        WeakLabelData(compose_cfg(ds["manifest"], "data.weak_label.scale=0.25"))
+        WeakLabelSource(compose_cfg(ds["manifest"], "data.weak_label.scale=0.25"))
     with pytest.raises(ManifestError, match=r"shard 'nowhere-000000\.tar' is not listed in manifest"):
-        WeakLabelData(compose_cfg(ds["manifest"], "data.weak_label.shards=nowhere-000000.tar"))
+        WeakLabelSource(compose_cfg(ds["manifest"], "data.weak_label.shards=nowhere-000000.tar"))
 
     manifest = json.loads(Path(ds["manifest"]).read_text())
     bad = tmp_path / "m1" / "manifest.json"
@@ -66,17 +69,17 @@ def test_manifest_errors_name_the_key_and_file(ds, tmp_path):
     del manifest["label_spaces"]["raw"]
     bad.write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match=r"label_space='raw' is not in manifest .* it has \['clustered'\]"):
-        WeakLabelData(compose_cfg(str(bad), "data.weak_label.label_space=raw"))
+        WeakLabelSource(compose_cfg(str(bad), "data.weak_label.label_space=raw"))
     with pytest.raises(
         ManifestError, match=r"lists train shard\(s\) that do not exist, e\.g\. .*\(\d+ missing of the \d+ checked\)"
     ):
-        WeakLabelData(compose_cfg(str(bad)))  # the shards are not next to this copy of the manifest
+        WeakLabelSource(compose_cfg(str(bad)))  # the shards are not next to this copy of the manifest
 
     manifest = json.loads(Path(ds["manifest"]).read_text())
     manifest["splits"]["train"]["num_samples"] += 1
     bad.write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match=r"'splits\.train\.num_samples' is 31 but its shards sum to 30"):
-        WeakLabelData(compose_cfg(str(bad)))
+        WeakLabelSource(compose_cfg(str(bad)))
 
 
 def test_start_up_checks_a_bounded_sample_of_shards(tmp_path, monkeypatch):
@@ -88,14 +91,14 @@ def test_start_up_checks_a_bounded_sample_of_shards(tmp_path, monkeypatch):
     manifest["splits"]["train"] = {"num_samples": 6 * 5000, "shards": [shard] * 5000}  # a 5000-shard manifest
     Path(one["manifest"]).write_text(json.dumps(manifest))
     calls = []
-    monkeypatch.setattr(wl.os.path, "isfile", lambda p: calls.append(p) or os.path.exists(p))
-    WeakLabelData(compose_cfg(one["manifest"]))
+    monkeypatch.setattr(os.path, "isfile", lambda p: calls.append(p) or os.path.exists(p))
+    WeakLabelSource(compose_cfg(one["manifest"]))
     assert len(calls) <= wl.CHECK_SHARDS + 2  # the manifest itself and a sample of shards, not 5000 stats per rank
 
 
 def test_scale_subsets_are_nested_and_counted_from_the_manifest(ds):
-    half = WeakLabelData(compose_cfg(ds["manifest"], "data.weak_label.scale=0.5"))
-    full = WeakLabelData(compose_cfg(ds["manifest"], "data.weak_label.scale=1.0"))
+    half = WeakLabelSource(compose_cfg(ds["manifest"], "data.weak_label.scale=0.5"))
+    full = WeakLabelSource(compose_cfg(ds["manifest"], "data.weak_label.scale=1.0"))
     b0 = [s for s in ds["train_shards"] if s["scale_bucket"] == 0.5]
     assert 0 < half.num_train_samples == sum(s["num_samples"] for s in b0) < 30
     assert full.num_train_samples == 30
@@ -109,7 +112,7 @@ def test_shard_override_reads_only_those_shards_with_manifest_counts(ds):
         f"data.weak_label.shards=train-b1-{{000000..{len(b1) - 1:06d}}}.tar",
         "data.weak_label.resampled=false",
     )
-    data = WeakLabelData(cfg)
+    data = WeakLabelSource(cfg)
     assert data.num_train_samples == sum(s["num_samples"] for s in b1)
     keys = {k for batch in _pass(_loader(cfg)) for k in batch}
     half = {
@@ -134,8 +137,8 @@ def test_label_ids_of_the_chosen_label_space_and_uint8_images(ds):
         for s in wds.WebDataset(os.path.join(ds["root"], shard["url"]), shardshuffle=False):
             labels[s["__key__"]] = json.loads(s["json"])["labels"]
     for space, n in (("raw", 12), ("clustered", 5)):
-        data = WeakLabelData(compose_cfg(ds["manifest"], f"data.weak_label.label_space={space}"))
-        loader, _ = data.eval_dataloader()
+        data = WeakLabelSource(compose_cfg(ds["manifest"], f"data.weak_label.label_space={space}"))
+        loader, _ = data.eval_loader("val")
         for batch in loader:
             # uint8 and label ids cross the loader; datamodules.targets normalizes and densifies on the device
             assert batch["image"].shape[1:] == (3, 16, 16) and batch["image"].dtype == torch.uint8
@@ -273,13 +276,13 @@ class _CountingOpen:
 
 @pytest.mark.parametrize("resampled", ["true", "false"])
 def test_resume_cost_does_not_grow_with_the_position(many, monkeypatch, resampled):
-    import datamodules.weak_label as wl
+    import datamodules.storage as storage
 
     cfg = compose_cfg(
         many["manifest"], f"data.weak_label.resampled={resampled}", "data.num_workers=0", "data.shuffle_buffer=2"
     )
-    counting = _CountingOpen(wl.gopen)
-    monkeypatch.setattr(wl, "gopen", counting)
+    counting = _CountingOpen(storage.gopen)
+    monkeypatch.setattr(storage, "gopen", counting)
     loader = _loader(cfg)
     full = _pass(loader, epoch=0)
     per_batch = counting.read / len(full)
@@ -319,9 +322,9 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path):
 
 
 def test_a_stream_where_nothing_decodes_ends_the_run_with_the_cause(tmp_path, monkeypatch):
-    import datamodules.weak_label as wl
+    import datamodules.streams as streams
 
-    monkeypatch.setattr(wl, "MAX_SKIPS_IN_A_ROW", 30)  # forked loader workers inherit it
+    monkeypatch.setattr(streams, "MAX_SKIPS_IN_A_ROW", 30)  # forked loader workers inherit it
     bad = make_dataset(tmp_path, n_train=20, n_val=3, shard_size=5, corrupt=20)
     cfg = compose_cfg(bad["manifest"])  # resampled shards: without the limit this spins forever
     with pytest.raises(RuntimeError, match=r"30 samples in a row were skipped, none decoded \(last: decode_error"):
@@ -367,7 +370,7 @@ def test_truncated_val_shard_fails_clearly(tmp_path):
     bad = make_dataset(tmp_path, n_train=8, n_val=8, shard_size=8, scales=(1.0,))
     shard = Path(bad["root"]) / bad["val_shards"][0]["url"]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    loader, _ = WeakLabelData(compose_cfg(bad["manifest"])).eval_dataloader()
+    loader, _ = WeakLabelSource(compose_cfg(bad["manifest"])).eval_loader("val")
     with pytest.raises(ManifestMismatchError, match="val shards .* ended before the 8 samples"):
         list(loader)
 
@@ -397,7 +400,7 @@ def test_val_shard_that_disagrees_with_the_manifest_fails_naming_the_shard(tmp_p
     manifest["splits"]["val"]["shards"][1]["num_samples"] -= 1
     manifest["splits"]["val"]["num_samples"] -= 1
     Path(bad["manifest"]).write_text(json.dumps(manifest))
-    loader, _ = WeakLabelData(compose_cfg(bad["manifest"])).eval_dataloader(num_workers=0)
+    loader, _ = WeakLabelSource(compose_cfg(bad["manifest"])).eval_loader("val", num_workers=0)
     with pytest.raises(ManifestMismatchError, match=r"val-000001\.tar holds more samples than the manifest lists"):
         list(loader)
 
@@ -473,7 +476,7 @@ def test_draft_resized_crop_decodes_at_the_crops_scale_with_the_same_draws():
     from PIL import Image
 
     from configs.compose import compose
-    from datamodules.weak_label import DraftResizedCrop, decode_image, image_transform
+    from datamodules.transforms import DraftResizedCrop, decode_image, image_transform
 
     cfg = compose(["logger=none", "trainer=cpu", "data.img_size=64"])
     transform = image_transform(cfg.data, train=True)

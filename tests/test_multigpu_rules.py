@@ -2,8 +2,8 @@
 
 * NCCL takes collective tensors only on the rank's own GPU: ``NcclRulesStrategy`` has a root device that is not
   the CPU (``meta``) and refuses any collective tensor elsewhere, then answers with a known CPU result. The data
-  position gather (``DataModule.state_dict`` with world 2, the checkpoint path), the skip-counter reduce and the
-  non-finite-loss decision all go through it.
+  position gather (the training loader's ``state_dict`` with world 2, the checkpoint path), the skip-counter reduce
+  and the non-finite-loss decision all go through it.
 """
 
 from __future__ import annotations
@@ -57,14 +57,12 @@ class NcclRulesStrategy:
 
 
 def _fake_trainer(strategy: NcclRulesStrategy, rank: int = 0) -> SimpleNamespace:
-    progress = SimpleNamespace(current=SimpleNamespace(processed=2))
     return SimpleNamespace(
         global_rank=rank,
         world_size=strategy.world_size,
         strategy=strategy,
         state=SimpleNamespace(fn="fit"),
         current_epoch=0,
-        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
         sanity_checking=False,
     )
 
@@ -83,8 +81,7 @@ def test_checkpoint_data_position_gather_obeys_nccl_device_rule(shards):
     answer = torch.tensor([[3, 5], [-1, -1]], dtype=torch.long)  # rank 1 has no offsets yet
     strategy = NcclRulesStrategy(world_size=2, answers={"all_gather": answer})
     dm.trainer = _fake_trainer(strategy)
-    dm.train_dataloader()
-    state = dm.state_dict()
+    state = dm.train_dataloader().state_dict()  # what Lightning's fit loop saves on every rank
     assert strategy.seen == [("all_gather", torch.device("meta"), (2,), torch.long)]
     assert state["world_size"] == 2
     assert state["loaders"]["weak_label"]["offsets_by_rank"] == [[3, 5], None]
@@ -92,7 +89,7 @@ def test_checkpoint_data_position_gather_obeys_nccl_device_rule(shards):
 
 def test_skip_counter_reduce_obeys_nccl_device_rule(shards):
     from datamodules import build_datamodule
-    from datamodules.multitask import COUNT_REASONS, DataCountsLogger
+    from datamodules.datamodule import COUNT_REASONS, DataCountsLogger
 
     dm = build_datamodule(compose_cfg(shards["manifest"]))
     total = torch.zeros(1, len(COUNT_REASONS), dtype=torch.float64)

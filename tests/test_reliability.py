@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from configs.compose import ConfigError, compose, load_run_config, to_dict
+from datamodules.resume import saved_position
 from tests.fixtures_model import NUM_CLASSES, combined_loader
 from tests.fixtures_reliability import (
     REPO,
@@ -116,7 +117,7 @@ def kill_resume(shards, tmp_path_factory):
         "lines": count_lines(out / "killed.keys.jsonl"),
         "records": read_records(out / "killed.keys.jsonl"),
         "global_step": ckpt["global_step"],
-        "data_position": ckpt["MultiTaskDataModule"],
+        "data_position": saved_position(ckpt),
         "run": _run_json(out / "killed"),
     }
     rc, output = run_train(args("killed"), out / "killed-2.log", timeout=300)
@@ -401,8 +402,8 @@ def _jpeg() -> bytes:
 
 
 def test_samples_missing_image_or_json_or_labels_are_counted_skips(tmp_path):
-    from datamodules.loaders import EpochClock, PassLoader
-    from datamodules.weak_label import WeakLabelData
+    from datamodules.resume import EpochClock, PassLoader
+    from datamodules.weak_label import WeakLabelSource
     from tests.fixtures_data import compose_cfg
 
     info = make_dataset(tmp_path, n_train=16, n_val=3, shard_size=8, scales=(1.0,))
@@ -417,7 +418,7 @@ def test_samples_missing_image_or_json_or_labels_are_counted_skips(tmp_path):
     }
     add_bad_shard(info, list(bad.values()))
     cfg = compose_cfg(info["manifest"], "data.weak_label.resampled=false")
-    loader = PassLoader("weak_label", WeakLabelData(cfg).train_source(0, 1), EpochClock())
+    loader = PassLoader("weak_label", WeakLabelSource(cfg).train_source(0, 1), EpochClock())
     batches = list(loader.run_pass(0, 0))
     assert len(batches) == len(loader) == math.ceil(22 / 4)  # the pass keeps its manifest length
     keys = {k for b in batches for k in b["key"]}
