@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from configs.cli import parse_cli, print_config, run_main
 from configs.compose import compose, normalize_overrides
@@ -76,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     width = max((len(k) for k in metrics), default=0)
     for name, value in sorted(metrics.items()):
         print(f"{name:<{width}}  {value:.4f}")
-    print(f"eval JSON: {Path(cfg.eval.output) if cfg.eval.output else run_dir.path / 'eval'}")
+    print(f"eval JSON: {cfg.eval.output if cfg.eval.output else run_dir.path / 'eval'}")
     return metrics
 
 

@@ -70,8 +70,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     except BaseException as err:
         # A killed or failed run says so in run.json, naming the first rank that failed; the sweep runner re-runs it.
         if is_rank_zero:
-            run_dir.finish("failed", error=abort.first_failure(err))
-            finish_run(logger, run_dir, exit_code=1)
+            cause = abort.first_failure(err)
+            for record in (lambda: run_dir.finish("failed", error=cause), lambda: finish_run(logger, run_dir, 1)):
+                try:
+                    record()
+                except OSError as store_err:  # the run directory's store is what failed (storage.StorageError)
+                    print(f"train.py: could not record the failure in {run_dir.path}: {store_err}", file=sys.stderr)
         raise
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}

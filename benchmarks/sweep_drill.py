@@ -9,7 +9,7 @@ What it does:
    each run as `wandb agent` does: the sweep's ``command:`` with ``${args_no_hyphens}`` expanded by wandb's own
    ``create_sweep_command_args``, no run name, and the agent's environment (WANDB_SWEEP_ID, WANDB_RUN_ID,
    WANDB_SWEEP_PARAM_PATH, WANDB_PROJECT).
-2. Kills run 2 with kill -9 twice (just after its first and its second checkpoint) and starts it again each time with
+2. Kills run 2 with kill -9 twice (two steps after its first and its second checkpoint) and starts it again each time with
    the same environment, as a requeued agent run is.
 3. Runs ``evaluate.py eval.checkpoint=<run dir>`` on every run (its results go to the run's W&B summary).
 4. Checks: every run has its own directory and trained its own steps (global step = max steps, its own lr in its
@@ -55,6 +55,7 @@ def sweep_config(manifest: str, steps: int, tiny: bool) -> dict[str, Any]:
         "eval.loo_queries": 16,
         "eval.linear_probe.epochs": 5,
         "data.num_workers": 0,
+        "data.record_keys": "keys.jsonl",  # the batches each run consumed: when to kill (runs go one at a time)
     }
     if tiny:  # a one-block ViT at 16 px: seconds per run on one core
         fixed.update({"data.img_size": 16, "model.kwargs.depth": 1, "data.batch_size": 8, "optim.warmup_steps": 2})
@@ -108,30 +109,26 @@ def launch(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
     )
 
 
-def checkpoint_stamp(out: Path, run_id: str) -> int | None:
-    """The modification time of the run's last.ckpt (None before it has one)."""
-    try:
-        return (run_dir_of(out, run_id) / "checkpoints" / "last.ckpt").stat().st_mtime_ns
-    except (AssertionError, FileNotFoundError):
-        return None
-
-
-def kill_after_next_checkpoint(proc: subprocess.Popen, out: Path, run_id: str, before: int | None, timeout: float):
-    """kill -9 ``proc`` (its whole session) a moment after its run writes a checkpoint newer than ``before``."""
+def kill_at_line(proc: subprocess.Popen, keys: Path, lines: int, run_id: str, timeout: float) -> None:
+    """kill -9 ``proc`` (its whole session) as soon as its run has consumed ``lines`` training batches (the lines of
+    its ``data.record_keys`` file, which a restart first cuts back to its checkpoint)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = (out / "drill.log").read_text(errors="replace")[-3000:]
+            tail = (keys.parent / "drill.log").read_text(errors="replace")[-3000:]
             raise AssertionError(f"run {run_id} ended (rc {proc.returncode}) before it could be killed:\n{tail}")
-        stamp = checkpoint_stamp(out, run_id)
-        if stamp is not None and stamp != before:
-            time.sleep(0.3)  # a step or two past the checkpoint: rows the restart logs again after resuming
+        try:
+            with keys.open("rb") as f:
+                seen = sum(1 for line in f if line.endswith(b"\n"))
+        except FileNotFoundError:
+            seen = 0
+        if seen >= lines:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return
-        time.sleep(0.02)
+        time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError(f"run {run_id}: no new checkpoint in {timeout} s")
+    raise AssertionError(f"run {run_id}: fewer than {lines} batches in {timeout} s")
 
 
 def tables_of(records: list[dict], out_dir: Path) -> dict[str, str]:
@@ -143,8 +140,8 @@ def tables_of(records: list[dict], out_dir: Path) -> dict[str, str]:
 
 def drill(out: Path, manifest: str, steps: int, tiny: bool, timeout: float = 600) -> dict[str, Any]:
     """Run the drill (see the module docstring); returns its figures and checks."""
-    if steps < 9:
-        raise ValueError("--steps must be at least 9: the killed run needs checkpoints at 3 and 6 before its end")
+    if steps < 12:
+        raise ValueError("--steps must be at least 12: the killed run is killed at steps 5 and 8, before its end")
     from studies.collect import collect_local, collect_wandb_offline
     from studies.sweep import expand
     from tracking.wandb_offline import read_offline_runs
@@ -164,9 +161,11 @@ def drill(out: Path, manifest: str, steps: int, tiny: bool, timeout: float = 600
         command = [*agent_command(config, params), "output_dir=runs"]
         env = agent_env(out, run_id, params)
         if i == KILLED_RUN:
-            for _ in range(2):  # killed twice, each time after a new checkpoint, then started again
-                before = checkpoint_stamp(out, run_id)
-                kill_after_next_checkpoint(launch(command, env, log), out, run_id, before, timeout)
+            # Killed twice, two steps past a new checkpoint (steps 3 and 6: checkpoints every 3), started again each
+            # time; the rows the killed processes sent after their checkpoint are trained and logged again.
+            (out / "keys.jsonl").unlink(missing_ok=True)  # the earlier runs' batches
+            for lines in (5, 8):
+                kill_at_line(launch(command, env, log), out / "keys.jsonl", lines, run_id, timeout)
                 kills += 1
         proc = launch(command, env, log)
         if proc.wait(timeout=timeout) != 0:
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="an empty working folder (runs/, wandb/ land here)")
     parser.add_argument("--manifest", default=str(REPO / "data" / "openclipart" / "manifest.json"))
-    parser.add_argument("--steps", type=int, default=9, help="training steps per run (checkpoints every 3; >= 9)")
+    parser.add_argument("--steps", type=int, default=12, help="training steps per run (checkpoints every 3; >= 12)")
     parser.add_argument("--full-size", action="store_true", help="the demo's model and resolution, not a tiny ViT")
     args = parser.parse_args(argv)
     result = drill(args.out.resolve(), str(Path(args.manifest).resolve()), args.steps, tiny=not args.full_size)

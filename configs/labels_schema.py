@@ -129,6 +129,10 @@ class TemplateConfig:
     min_docs_share: float = 0.05
     # ...and is template text when one neighbour (left or right) accounts for at least this share of them.
     rigidity: float = 0.6
+    # A site's affix (a word that starts or ends most of its texts, on one site) needs the evidence floor above of a
+    # corpus the size of its site, and must be in at least this share of the site's documents: a template is on many
+    # of a site's pages, whatever they show; a title's first word on a topical site only on those about it.
+    min_site_share: float = 0.2
     # The statistic reads the first this-many documents with text of each input partition (all of a small corpus; a
     # sample of big tars, whose order is the input's): it is a ratio, and templates are frequent.
     docs_per_partition: int = 500

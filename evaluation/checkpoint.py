@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+import storage
 from configs.compose import to_dict
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,15 @@ def resolve_checkpoint(path: os.PathLike | str) -> tuple[Path, Path]:
     """A checkpoint, or a run directory (its checkpoints/last.ckpt, else best.ckpt) -> (checkpoint, run_dir).
 
     A checkpoint is a ``.ckpt`` file or a sharded FSDP checkpoint folder (``last.ckpt/`` with ``.metadata`` and
-    ``meta.pt``). The run directory is the checkpoint's grandparent when it sits in ``checkpoints/``, else its parent.
+    ``meta.pt``), local or a URL (``s3://bucket/runs/<run>``: both come back as ``storage.as_path`` objects). The run
+    directory is the checkpoint's grandparent when it sits in ``checkpoints/``, else its parent.
     """
     from lit_modules.checkpoints import is_checkpoint
 
-    p = Path(path)
+    p = storage.as_path(path)
     if is_checkpoint(p):
         ckpt = p
-    elif p.is_dir():
+    elif storage.isdir(p):
         folders = [p / "checkpoints", p]
         found = [f / name for name in CHECKPOINT_NAMES for f in folders if is_checkpoint(f / name)]
         if not found:
@@ -64,10 +66,11 @@ def resolve_checkpoint(path: os.PathLike | str) -> tuple[Path, Path]:
 
 
 def run_config_path(ckpt: Path, run_dir: Path) -> Path:
-    """The resolved config.yaml saved with the run (in the run directory, or next to the checkpoint)."""
+    """The resolved config.yaml saved with the run (in the run directory, or next to the checkpoint), as a local
+    path: a remote run's config.yaml is read from its copy in the storage cache (``storage.local_copy``)."""
     for candidate in (run_dir / "config.yaml", ckpt.parent / "config.yaml"):
-        if candidate.is_file():
-            return candidate
+        if storage.isfile(candidate):
+            return storage.local_copy(candidate)
     raise FileNotFoundError(
         f"checkpoint {ckpt}: no config.yaml in {run_dir} or {ckpt.parent} (the run's resolved config)"
     )

@@ -79,22 +79,24 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def output_path(cfg: DictConfig, dataset: str, run_dir: Path | None) -> Path:
-    """Where a dataset's JSON goes.
+    """Where a dataset's JSON goes (a local path or a URL, as ``storage.as_path`` gives it).
 
     eval.output may hold "{dataset}", name a .json file (several datasets: <stem>.<dataset>.json) or a
     folder (<folder>/<dataset>.json); unset, it is <run_dir>/eval/<dataset>.json.
     """
+    import storage
+
     out = cfg.eval.output
     if out:
         if "{dataset}" in str(out):
-            return Path(str(out).format(dataset=dataset))
-        path = Path(str(out))
+            return storage.as_path(str(out).format(dataset=dataset))
+        path = storage.as_path(str(out))
         if path.suffix == ".json":
             return path if len(cfg.eval.datasets) == 1 else path.with_name(f"{path.stem}.{dataset}.json")
         return path / f"{dataset}.json"
     if run_dir is None:
         raise ValueError("nowhere to write the evaluation: set eval.output or give a run directory")
-    return Path(run_dir) / "eval" / f"{dataset}.json"
+    return storage.join(run_dir, "eval", f"{dataset}.json")
 
 
 def default_loader(cfg: DictConfig, dataset: str, split: str) -> Iterable[dict[str, Any]]:
@@ -411,7 +413,7 @@ def evaluate_run(
         payload["timings"]["total_s"] = round(time.perf_counter() - start, 4)
         payload.update(checkpoint=str(checkpoint) if checkpoint else None, config_hash=digest)
         payload["metrics"] = {k: _json_value(v) for k, v in sorted(payload["metrics"].items())}
-        path = output_path(cfg, dataset, Path(run_dir))
+        path = output_path(cfg, dataset, run_dir)
         from tracking.run_dir import write_json_atomic
 
         write_json_atomic(path, payload)

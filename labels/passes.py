@@ -44,7 +44,15 @@ from labels.scoring import LIST_SIGNALS, MaskScores, TermScorer, cluster_labels,
 from labels.sources import InputError, Partition, iter_partition
 from labels.sources.base import sniff_raster
 from labels.store import dumps_line, fresh_dir, read_json, read_lines, write_json_atomic, write_lines_atomic
-from labels.templates import MIN_EVIDENCE, is_template_term, records_by_partition, template_words
+from labels.templates import (
+    MIN_EVIDENCE,
+    SERIES_COUNTER,
+    is_template_term,
+    records_by_partition,
+    series_scaffold,
+    template_words,
+    without_words,
+)
 from labels.text import TermExtractor
 from labels.vocab import by_df, split_by_term, top_terms
 
@@ -462,17 +470,32 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int 
             first.site,
         )
         merged.append((sample, gs, first.series))
+    scaffold: dict[str, list[str]] = {}  # series key -> its own caption words (labels/templates.py series_scaffold)
     if max_series > 0:
         series: dict[str, list[tuple[float, str]]] = {}
+        series_texts: dict[str, list[list[str]]] = {}
         for sample, _, sk in merged:
             if sk is not None:
                 series.setdefault(sk, []).append((cap_rank(sample.key), sample.key))
+                series_texts.setdefault(sk, []).append([t for texts in sample.text.values() for t in texts])
         over = {k for members in series.values() if len(members) > max_series for _, k in sorted(members)[max_series:]}
+        for sk, texts in series_texts.items():
+            if len(texts) >= SERIES_COUNTER:
+                words = series_scaffold(texts, scorer.extractor)
+                if words:
+                    scaffold[sk] = words
     else:
         over = set()
+    scaffold_dropped: Counter[str] = Counter()  # scaffold word -> kept copies it was taken from
     samples: list[Sample] = []
     labelable = 0
-    for sample, gs, _ in merged:
+    for sample, gs, sk in merged:
+        if sk in scaffold and sample.key not in over:
+            terms = without_words(sample.terms, scaffold[sk])
+            if terms != sample.terms:
+                held = {w for t in group_terms(sample.terms) for w in t.split(" ")}
+                scaffold_dropped.update(w for w in scaffold[sk] if w in held)
+                sample = sample._replace(terms=terms)
         terms_list = group_terms(sample.terms)
         if sample.key in over:
             skipped.setdefault(sample.part, Counter())["series_cap"] += 1
@@ -519,6 +542,7 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int 
             "index": {"parts": index_parts, "offsets": index_offsets},
             "skipped_by_part": {str(p): dict(sorted(c.items())) for p, c in sorted(skipped.items())},
             "group_cap": dict(sorted(capped.items())),
+            "series_scaffold": dict(sorted(scaffold_dropped.items())),
             "seconds": round(time.perf_counter() - t0, 3),
             "peak_rss_mb": _rss_mb(),
         },

@@ -247,7 +247,18 @@ class _Driver:
             for p in parts:
                 st = read_json(passes.stats_path(self.work, "map", p.index))["context_sites"]
                 site_docs.update({s: n for s, n in st.items() if s in sites})
-            found.update(site_affixes(candidates, site_docs, context_docs, SITE_LIFT))
+            tc = self.cfg.templates
+            found.update(
+                site_affixes(
+                    candidates,
+                    site_docs,
+                    context_docs,
+                    SITE_LIFT,
+                    float(tc.min_docs),
+                    float(tc.min_docs_share),
+                    float(tc.min_site_share),
+                )
+            )
         found = dict(sorted(found.items()))
         write_json_atomic(os.path.join(self.work, "templates.json"), found)
         return found
@@ -538,11 +549,13 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     # the number of partitions (a map record holds R offsets, a write record the partition's label counts).
     reduce_skips: dict[str, Counter] = {}
     group_cap: Counter[str] = Counter()
+    series_scaffold: Counter[str] = Counter()  # a series' own caption word -> kept copies it was dropped from
     for r in range(R):
         rs = read_json(passes.stats_path(work, "reduce", r))
         for part, sk in rs["skipped_by_part"].items():
             reduce_skips.setdefault(part, Counter()).update(sk)
         group_cap.update(rs["group_cap"])
+        series_scaffold.update(rs["series_scaffold"])
     per_part = []
     fingerprints = hashlib.sha256()
     boilerplate: Counter[str] = Counter()
@@ -651,6 +664,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
                 "terms": vinfo["templates"]["terms"],
                 "head": vinfo["templates"]["head"],
             },
+            "series_scaffold": dict(sorted(series_scaffold.items(), key=lambda kv: (-kv[1], kv[0]))),
             "curation": {
                 "group_by": list(cfg.curation.group_by),
                 "max_per_group": int(cfg.curation.max_per_group),

@@ -184,6 +184,7 @@ def write_quality_report(
             ],
             "template_terms": dropped["templates"]["terms"],
             "template_terms_head": dropped["templates"]["head"],
+            "series_scaffold": [[w, n] for w, n in dropped.get("series_scaffold", {}).items()],
             "boilerplate_and_dates": [[k, n] for k, n in dropped["boilerplate_phrases"].items()],
             "df_ceiling": [[d["term"], d["df"], d["share"]] for d in dropped["df_ceiling"]["dropped"]],
         },
@@ -236,7 +237,10 @@ def write_quality_report(
         "Most frequent template terms: "
         + (", ".join(f"{escape_cell(t)} ({n})" for t, n in dq["template_terms_head"]) or "(none)"),
         "",
-        "## Cut as boilerplate phrases and dates (text.boilerplate, dates)",
+        "Series' own caption words (next to a counter; dropped from the kept copies of their series, with the copies):"
+        " " + (", ".join(f"{escape_cell(w)} ({n})" for w, n in dq["series_scaffold"]) or "(none)"),
+        "",
+        "## Cut as boilerplate phrases, dates and quantities (text.boilerplate, dates, numbers with units)",
         "",
         ", ".join(f"{escape_cell(k)} ({n})" for k, n in dq["boilerplate_and_dates"][:40]) or "(none)",
         "",

@@ -2,23 +2,25 @@
 
 A text becomes annotation terms in five steps:
 
-1. ``normalize``: Unicode NFKC, then case-folding.
+1. ``normalize``: Unicode NFKC, then case-folding (a camel-case hashtag is split first: ``#SignalFlag``).
 2. Cuts: dates and times in the common written forms (``Monday, March 3, 2021``, ``2021-03-04T10:23Z``,
-   ``04/03/2021 14:05``, ``Wed Aug 25 23:31:12 2004``) and configured boilerplate phrases that hold punctuation
-   (``tags:``) are cut out and end a chunk; so do spaced dashes and other caption separators (``theme - Site``,
-   ``a | b``, ``a :: b``, ``a — b``).
+   ``04/03/2021 14:05``, ``Wed Aug 25 23:31:12 2004``), numbers with their unit (``12.6k views``, ``2400x512px``,
+   ``3 days ago``, ``vor 3 Tagen``) and configured boilerplate phrases that hold punctuation (``tags:``) are cut out
+   and end a chunk; so do spaced dashes and other caption separators (``theme - Site``, ``a | b``, ``a :: b``,
+   ``a — b``). A counter glued to a word is split off (``arrow08`` -> ``arrow 08``).
 3. Chunking: punctuation (anything that is not a letter, digit, space, hyphen, underscore or apostrophe) ends
    a chunk, so a term never spans a comma, a full stop or a folder separator. Hyphens and underscores inside a
    word join words (``low-contrast`` -> ``low contrast``); possessive ``'s`` is dropped and other apostrophes
    are removed (``don't`` -> ``dont``).
-4. Tokens: stopwords, pure numbers and one-letter tokens also end a chunk (so ``cat on a mat`` yields ``cat``
+4. Tokens: stopwords, numbers (``is_number``: digits, sizes, identifiers) and one-letter tokens also end a chunk (so ``cat on a mat`` yields ``cat``
    and ``mat``, never ``cat on``); each remaining word is folded to a simple singular. Word-only boilerplate
    phrases are matched on the folded words (``cliparts`` is ``clipart``) and end a chunk too.
 5. Terms: every run of 1 to ``max_words`` consecutive words inside a chunk, minus configured stop terms
    (e.g. ``unsorted``, ``clip art``, normalized and folded like the text).
 
 ``contexts`` gives each word's neighbours (the adjacent word, stopword, number, punctuation or text edge on either
-side): the statistic the template rule of labels/templates.py is computed from.
+side; a hashtag's words have none, only the record that they stood in a hashtag): the statistic the template rule of
+labels/templates.py is computed from.
 """
 
 from __future__ import annotations
@@ -98,6 +100,19 @@ _DIMENSION_RE = re.compile(r"\d+(?:x\d+)+")  # "1920x1080": a number, not a word
 # Neighbours that fix nothing: numbers vary, edges are everywhere. A pair of them is no bond ("pattern" in
 # "arches 3 pattern", a word alone in its text); a pair with one real token is ("cliphub" after "|" at the end).
 _LOOSE = frozenset({"#", "^", "$"})
+_DIGIT_RUN_RE = re.compile(r"\d+")
+
+
+def is_number(token: str) -> bool:
+    """Whether a token is a number rather than a word: digits (``2021``), a size (``1920x1080``), or an identifier
+    mixing letters and digits (three digits or more in two runs or more: ``0x8a3cd28``, ``a1b2c3``); short codes
+    (``3d``, ``mp3``, ``ak47``, ``r2d2``) are words."""
+    if token.isdigit() or _DIMENSION_RE.fullmatch(token):
+        return True
+    runs = _DIGIT_RUN_RE.findall(token)
+    return len(runs) >= 2 and sum(map(len, runs)) >= 3
+
+
 _POSSESSIVE_RE = re.compile(r"['’`]s\b")
 _APOSTROPHE_RE = re.compile(r"['’`]")
 _JOINERS = str.maketrans("-_", "  ")  # hyphen and underscore join words: they become spaces
@@ -136,6 +151,68 @@ _NAMED_DATE = (
 DATE_RE = re.compile(rf"(?<![\w/.:-])(?:{_ISO}|{_NUMERIC_DATE}|{_NAMED_DATE}|{_TIME})(?![\w:])")
 _DIGIT_RE = re.compile(r"\d")
 DATE_HIT = "<date or time>"  # how cut dates count in boilerplate_hits
+
+# Numbers with their unit: a quantity says how much, never what is pictured. One regex (searched, like dates, only in
+# texts holding a digit) cuts a number written in any common locale form (12.6, 12,6, 1.234.567, 1 234, 12'000) with
+# what makes it a measurement or a count: a magnitude suffix (12.6k, 3M, 1,2 Mio.), a resolution or size (1920x1080,
+# 2400x512px, 300dpi, 12 MB, 4k, 1080p), an ordinal (3rd), a count of views/likes/downloads/followers..., or a
+# relative time ("3 days ago", "posted 3h ago"; German, French, Spanish, Italian, Portuguese and Dutch forms too).
+# Unit words are a closed class, like month names: they are listed here; whatever stays of a caption's scaffolding
+# around them ("posted", "views" of a language not listed) is the template rule's (labels/templates.py).
+_NUM = r"\d+(?:[.,'’\u00a0\u202f]\d+)*"
+_COUNTS = (
+    r"views?|likes?|downloads?|followers?|following|comments?|shares?|favou?rites?|faves?|reviews?|ratings?|votes?"
+    r"|plays?|subscribers?|reactions?|retweets?|reposts?|hits?|clicks?|impressions?|members?|saves?"
+)
+_MAGNITUDE = r"(?:k|m|b|mn|bn|mio|mrd|tsd|mil|thousand|million|billion)\b\.?"
+_SIZE_UNIT = (
+    r"(?:px|pixels?|dpi|ppi|mp|megapixels?|[kmgt]i?b|bytes?|fps|[kmg]?hz|mm|cm|km|kg|mg|ml|oz|lbs?|ft|inch(?:es)?"
+    r"|pt)\b"
+)
+_TIME_UNIT = r"(?:s|secs?|seconds?|m|mins?|minutes?|h|hrs?|hours?|d|days?|w|wks?|weeks?|mos?|months?|y|yrs?|years?)"
+_RELATIVE = (
+    rf"(?:{_NUM}|an?|one|a few|few|several)\s*{_TIME_UNIT}\.?\s+ago\b"
+    r"|vor\s+(?:\d+|einem|einer)\s+(?:sek(?:unden?)?|min(?:uten?)?|std|stunden?|tag(?:en)?|wochen?|monat(?:en)?"
+    r"|jahr(?:en)?)\b\.?"
+    r"|il\s+y\s+a\s+(?:\d+|une?)\s+(?:secondes?|minutes?|min|heures?|h|jours?|semaines?|mois|ans?|années?)\b"
+    r"|hace\s+(?:\d+|una?)\s+(?:segundos?|minutos?|min|horas?|h|d[ií]as?|semanas?|mes(?:es)?|años?)\b"
+    r"|h[áa]\s+(?:\d+|uma?)\s+(?:segundos?|minutos?|min|horas?|h|dias?|semanas?|m[êe]s(?:es)?|anos?)\b"
+    r"|(?:\d+|una?)\s+(?:second[oi]|minut[oi]|or[ae]|giorn[oi]|settiman[ae]|mes[ei]|ann[oi])\s+fa\b"
+    r"|(?:\d+|een)\s+(?:seconden?|minuut|minuten|uur|dagen?|weken?|maand(?:en)?|ja(?:ar|ren))\s+geleden\b"
+)
+_QUANTITY = (
+    rf"{_RELATIVE}"
+    rf"|{_NUM}(?:\s*[x×]\s*{_NUM})+(?:\s*(?:px|pixels?)\b)?"  # a resolution or size: 1920x1080, 2400 x 512 px
+    rf"|{_NUM}(?:\s?{_MAGNITUDE})?\s+(?:{_COUNTS})\b"  # a count: 12.6k views, 312 likes
+    rf"|{_NUM}\s?{_MAGNITUDE}"  # 12.6k, 3M, 1,2 Mio.
+    rf"|{_NUM}\s?{_SIZE_UNIT}"  # 300dpi, 12 MB, 24 fps
+    r"|\d+(?:p|k|st|nd|rd|th)\b"  # 1080p, 4k, 3rd
+)
+QUANTITY_RE = re.compile(rf"(?<![\w.,])(?:{_QUANTITY})(?![\w])")
+# The same relative times written without a digit ("an hour ago", "yesterday", "just now"), searched only in texts
+# holding one of their words.
+RELATIVE_WORDS_RE = re.compile(
+    rf"(?<!\w)(?:(?:an?|one|a few|few|several)\s+{_TIME_UNIT}\s+ago|yesterday|just now)(?!\w)"
+)
+QUANTITY_HIT = "<number and unit>"  # how cut quantities count in boilerplate_hits
+# A number glued to the end of a word of three letters or more is a counter ("arrow08", "smiley111", "img2034"): it is
+# split off, so the word stays a word and the number is a number. Shorter glued forms are codes ("3d", "mp3", "ak47").
+_COUNTER_SUFFIX_RE = re.compile(r"(?<=[^\W\d_]{3})(?=\d++(?![^\W\d_]))")
+# A hashtag cannot hold a space, so its words are glued, in camel case when the writer cared ("#SignalFlag",
+# "#SVGIcons"): SWAG-style canonicalization splits it where the casefold would erase the boundary, before a capital that
+# starts a lower-case run of 2+ letters and follows 2+ lower-case letters or 2+ capitals ("#iPhone", "#NinJa" stay
+# whole). With a thin space: whitespace to every later step, but the hashtag's words stay one hashtag to the template
+# statistic (see ``chunks``). Only in hashtags: elsewhere a camel-case token is mostly a name ("ArtVault",
+# "ClipArtBEST", "PowerPoint"), and split it would become common words ("art") that collide with content.
+CAMEL_JOINER = "\u2009"
+_CAMEL_RE = re.compile(r"(?<=[a-z]{2})(?=[A-Z][a-z]{2})|(?<=[A-Z]{2})(?=[A-Z][a-z]{2})")
+_HASHTAG_RE = re.compile(r"(?<![\w&])#[^\W_][\w]*")
+
+
+def _split_camel(match: re.Match) -> str:
+    return _CAMEL_RE.sub(CAMEL_JOINER, match.group(0))
+
+
 SHORT_TEXT = 80  # texts up to this many characters are memoized (see TermExtractor.terms)
 WORD_CACHE = 1 << 18  # folded words kept per extractor (the cache is emptied when full)
 
@@ -181,6 +258,8 @@ class TermExtractor:
             words ("stock photos" is "stock photo"); phrases holding other punctuation ("tags:") on the text.
             ``boilerplate_hits`` counts them (phrase -> occurrences, cached texts included) for the report.
         cut_dates: cut dates and times (``DATE_RE``); they count as ``DATE_HIT`` in ``boilerplate_hits``.
+        cut_quantities: cut numbers with their unit, counts and relative times (``QUANTITY_RE``,
+            ``RELATIVE_WORDS_RE``); they count as ``QUANTITY_HIT``.
     """
 
     def __init__(
@@ -193,6 +272,7 @@ class TermExtractor:
         stop_terms: Iterable[str] = (),
         boilerplate: Iterable[str] = (),
         cut_dates: bool = True,
+        cut_quantities: bool = True,
     ) -> None:
         if max_words < 1:
             raise ValueError(f"max_words must be >= 1, got {max_words}")
@@ -201,6 +281,7 @@ class TermExtractor:
         self.drop_numeric = drop_numeric
         self.fold_plurals = fold_plurals
         self.cut_dates = cut_dates
+        self.cut_quantities = cut_quantities
         self.stopwords = STOPWORDS | {normalize(w) for w in extra_stopwords}
         # Per instance, so that two extractors with different settings never share results: token -> folded word
         # (None: the token ends a chunk). A plain dict, cleared when it outgrows WORD_CACHE: an lru_cache wrapper
@@ -235,7 +316,7 @@ class TermExtractor:
         """The folded word for a token, or None when the token ends a chunk."""
         if len(token) < self.min_word_len or token in self.stopwords:
             return None
-        if self.drop_numeric and (token.isdigit() or _DIMENSION_RE.fullmatch(token)):
+        if self.drop_numeric and is_number(token):
             return None
         word = singularize(token) if self.fold_plurals else token
         return None if word in self.stopwords else word
@@ -250,6 +331,17 @@ class TermExtractor:
         word = words[token] = self._word_uncached(token)
         return word
 
+    def word(self, token: str) -> str | None:
+        """The folded word of one lower-case token (``None``: a stopword, number or stray letter, no word)."""
+        return self._word(token)
+
+    def cut(self, text: str) -> str:
+        """``text`` normalized, with dates, quantities, punctuated boilerplate and caption separators cut (each leaves
+        ``SEPARATOR``) and joiners turned into spaces: what chunks are read from (no hit is counted)."""
+        out = self._cut(text)
+        self._hits.clear()
+        return out
+
     def _forms(self, phrase: str) -> list[str]:
         """A boilerplate phrase as the matcher compares it: each token's folded word, or the token itself (a
         stopword or number)."""
@@ -259,10 +351,22 @@ class TermExtractor:
     def _cut(self, text: str) -> str:
         """Normalized text with dates, punctuated boilerplate and caption separators cut (each leaves
         ``SEPARATOR``), apostrophes handled, joiners turned into spaces."""
-        # NFKC is the identity on ASCII and casefold() equals lower() there: skip the Unicode work.
-        text = text.lower() if text.isascii() else normalize(text)
-        if self.cut_dates and _DIGIT_RE.search(text) is not None:
-            text = DATE_RE.sub(self._count_date, text)
+        # NFKC is the identity on ASCII and casefold() equals lower() there: skip the Unicode work. A camel-case hashtag
+        # is split between the two (it needs the capitals).
+        ascii_ = text.isascii()
+        if not ascii_:
+            text = unicodedata.normalize("NFKC", text)
+        if "#" in text:
+            text = _HASHTAG_RE.sub(_split_camel, text)
+        text = text.lower() if ascii_ else text.casefold()
+        if _DIGIT_RE.search(text) is not None:
+            if self.cut_dates:
+                text = DATE_RE.sub(self._count_date, text)
+            if self.cut_quantities:
+                text = QUANTITY_RE.sub(self._count_quantity, text)
+            text = _COUNTER_SUFFIX_RE.sub(" ", text)
+        elif self.cut_quantities and ("ago" in text or "yesterday" in text or "just now" in text):
+            text = RELATIVE_WORDS_RE.sub(self._count_quantity, text)
         if "'" in text or "’" in text or "`" in text:
             text = _APOSTROPHE_RE.sub("", _POSSESSIVE_RE.sub("", text))
         if self._boilerplate_re is not None:
@@ -303,7 +407,16 @@ class TermExtractor:
             if seps is not None:
                 if tokens:
                     right_edge = seps[k] if k < len(seps) else "$"
-                    self._contexts(tokens, folded, left_edge, right_edge, contexts)
+                    if k and left_edge[-1] == "#" and not piece[0].isspace():
+                        # A hashtag: a keyword of the uploader's, in a list of no fixed order, so it has no neighbour
+                        # records; "w\t#" records that it stood in one (labels/templates.py: a site's hashtag
+                        # scaffold). Words after it, past a space, are plain text again.
+                        n = len(piece.split(" ", 1)[0].split())
+                        contexts.update([w + "\t#" for w in folded[:n] if w is not None])
+                        if n < len(tokens):
+                            self._contexts(tokens[n:], folded[n:], "#", right_edge, contexts)
+                    else:
+                        self._contexts(tokens, folded, left_edge, right_edge, contexts)
                     left_edge = seps[k] if k < len(seps) else "$"
                 elif k < len(seps):
                     left_edge = seps[k]
@@ -356,7 +469,7 @@ class TermExtractor:
             elif not t:  # cut boilerplate
                 forms.append("|")
                 is_word.append(False)
-            elif t.isdigit() or _DIMENSION_RE.fullmatch(t):
+            elif is_number(t):
                 forms.append("#")
                 is_word.append(False)
             else:  # a stopword or a stray letter: a neighbour in pairs only ("a chicken", "the letter h")
@@ -385,6 +498,10 @@ class TermExtractor:
 
     def _count_date(self, match: re.Match) -> str:
         self._hits.append(DATE_HIT)
+        return SEPARATOR
+
+    def _count_quantity(self, match: re.Match) -> str:
+        self._hits.append(QUANTITY_HIT)
         return SEPARATOR
 
     def _whole_terms(self, text: str) -> list[str]:

@@ -8,6 +8,10 @@ under the same name (``last.ckpt/``): ``torch.distributed.checkpoint`` files (``
 holding ``{"model": state_dict, "optimizer_<i>": ...}``) and ``meta.pt`` (everything else: hyper-parameters, loop
 and callback state), written by rank 0 after the shards. ``read_checkpoint`` turns such a folder into the usual
 dict, weights only, on CPU.
+
+Every function takes a local path or a URL (``s3://bucket/runs/<run>/checkpoints/last.ckpt``): a remote checkpoint is
+read from a local copy in the storage cache (``storage.local_copy``: ``$STORAGE_CACHE_DIR``, downloaded once per
+version), and errors name the URL.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+import storage
 
 __all__ = [
     "CheckpointError",
@@ -73,13 +79,22 @@ class InitReport:
 
 def is_sharded_checkpoint(path: os.PathLike | str) -> bool:
     """True for a complete sharded FSDP checkpoint folder (DCP index and Lightning's ``meta.pt`` both present)."""
-    path = Path(path)
-    return path.is_dir() and (path / SHARDED_META).is_file() and (path / DCP_METADATA).is_file()
+    path = storage.as_path(path)
+    return storage.isfile(path / SHARDED_META) and storage.isfile(path / DCP_METADATA)
 
 
 def is_checkpoint(path: os.PathLike | str) -> bool:
-    """True for a checkpoint file or a sharded FSDP checkpoint folder."""
-    return Path(path).is_file() or is_sharded_checkpoint(path)
+    """True for a checkpoint file or a sharded FSDP checkpoint folder (local or a URL)."""
+    return storage.isfile(path) or is_sharded_checkpoint(path)
+
+
+def _named(url: os.PathLike | str, read: Any) -> Any:
+    """``read(local copy)`` of a remote checkpoint (``storage.local_copy``), with errors naming the URL."""
+    local = storage.local_copy(url)
+    try:
+        return read(local)
+    except (CheckpointError, FileNotFoundError) as err:
+        raise type(err)(str(err).replace(str(local), str(url))) from None
 
 
 class _DCPMetadataUnpickler(pickle.Unpickler):
@@ -133,6 +148,8 @@ def _sharded_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def read_checkpoint_meta(path: os.PathLike | str) -> dict[str, Any]:
     """Everything but the tensors of a checkpoint: a file's full dict (memory-mapped), or a sharded folder's
     ``meta.pt`` (hyper-parameters, loop state, ...), read with ``weights_only=True``."""
+    if storage.is_remote(path):
+        return _named(path, read_checkpoint_meta)
     path = Path(path)
     target = path / SHARDED_META if is_sharded_checkpoint(path) else path
     try:
@@ -161,6 +178,8 @@ def read_checkpoint(path: os.PathLike | str, map_location: Any = "cpu") -> dict[
         CheckpointError: a pickle payload (refused), an unreadable file, an incomplete sharded folder, or
             a checkpoint that is not one of this repo; the message names the file.
     """
+    if storage.is_remote(path):
+        return _named(path, lambda local: read_checkpoint(local, map_location=map_location))
     path = Path(path)
     if path.is_dir():
         if not is_sharded_checkpoint(path):

@@ -12,10 +12,12 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from omegaconf import DictConfig, OmegaConf
 
+import storage
 from lit_modules.backbones import block_classes, create_backbone
 from lit_modules.tasks import task_datasets
 
 __all__ = [
+    "ObjectStoreFSDPStrategy",
     "all_gather_cpu",
     "any_rank",
     "build_strategy",
@@ -85,12 +87,58 @@ def wrap_classes(cfg: Mapping[str, Any] | DictConfig) -> set[type[torch.nn.Modul
     return block_classes(model)
 
 
+class ObjectStoreFSDPStrategy(FSDPStrategy):
+    """Lightning's ``FSDPStrategy`` whose checkpoints may also live on an object store (``output_dir=s3://...``).
+
+    Lightning's FSDP save and load turn the checkpoint path into a ``pathlib.Path`` (``s3://b/x`` becomes the local
+    folder ``s3:/b/x``), so a remote path is handled here and a local one is left to Lightning unchanged:
+
+    * sharded (``state_dict_type="sharded"``): the same layout as Lightning's (DCP shards + ``.metadata``, then
+      ``meta.pt``), written by ``torch.distributed.checkpoint``'s own fsspec writer (``FsspecWriter``: every rank
+      uploads its shard objects, the coordinator the index); rank 0 first deletes ``meta.pt``, so a save that dies
+      half-way leaves an *incomplete* folder (``resume=auto`` refuses it by name) rather than a mix of old and new
+      shards that reads as complete, and writes the new ``meta.pt`` (one atomic object) last;
+    * full: rank 0 writes one file through the checkpoint IO (``AtomicCheckpointIO``: one upload);
+    * load: from the local copy in the storage cache (``storage.local_copy``), the local folder Lightning reads.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        if not storage.is_remote(filepath):
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        url = str(self.broadcast(str(filepath)))
+        if self._state_dict_type == "full":
+            if self.is_global_zero:
+                self.checkpoint_io.save_checkpoint(checkpoint, url)
+            return None
+        from lightning.fabric.utilities.load import _METADATA_FILENAME
+        from torch.distributed.checkpoint import save
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+        meta = storage.join(url, _METADATA_FILENAME)
+        if self.is_global_zero:
+            if storage.isfile(url):
+                storage.remove(url)  # a full checkpoint of the same name before
+            storage.remove(meta)  # incomplete from here until the new meta.pt is written
+        self.barrier("remote_sharded_checkpoint_start")
+        converted = {"model": checkpoint.pop("state_dict")}
+        converted.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
+        save(converted, storage_writer=FsspecWriter(url))
+        if self.is_global_zero:
+            storage.atomic_write(meta, lambda f: torch.save(checkpoint, f))
+        return None
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        if storage.is_remote(checkpoint_path):
+            checkpoint_path = storage.local_copy(checkpoint_path)
+        return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+
+
 def build_strategy(cfg: Mapping[str, Any] | DictConfig) -> Strategy | str:
     """The Lightning strategy of a run.
 
     * ``ddp``: ``DDPStrategy`` (static graph off; ``find_unused_parameters`` only when
       ``heads_may_be_unused``: interleaved datasets leave heads idle in a step).
-    * ``fsdp``: ``FSDPStrategy`` wrapping each backbone block (timm ViT ``Block``, ResNet
+    * ``fsdp``: ``FSDPStrategy`` (``ObjectStoreFSDPStrategy``: remote checkpoint paths too) wrapping each backbone block (timm ViT ``Block``, ResNet
       ``Bottleneck``), with activation checkpointing per block when ``trainer.fsdp.activation_checkpointing``,
       ``trainer.fsdp.sharding_strategy`` and ``trainer.fsdp.state_dict_type`` (sharded|full).
     * anything else (``auto``, ``ddp_spawn``, ``ddp_find_unused_parameters_true``, ...): passed through.
@@ -109,7 +157,7 @@ def build_strategy(cfg: Mapping[str, Any] | DictConfig) -> Strategy | str:
         fsdp = t.get("fsdp") or {}
         state_dict_type = str(fsdp.get("state_dict_type", "sharded"))
         blocks = wrap_classes(cfg)
-        return FSDPStrategy(
+        return ObjectStoreFSDPStrategy(
             auto_wrap_policy=blocks,
             activation_checkpointing_policy=blocks if fsdp.get("activation_checkpointing", True) else None,
             sharding_strategy=str(fsdp.get("sharding_strategy", "FULL_SHARD")),

@@ -8,7 +8,6 @@ import pickle
 import tempfile
 import zipfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,30 +16,37 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+import storage
 from lit_modules.checkpoints import CheckpointError
 from tracking.run_dir import RunDir
 from tracking.sample_keys import SampleKeyRecorder
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoint writes that a crash or a kill at any moment cannot corrupt.
+    """Checkpoint writes that a crash or a kill at any moment cannot corrupt, to a local path or an object store.
 
     Lightning's own writer (``_atomic_save``) stages the file through an fsspec transaction whose temporary file
     lives in the system temp folder; when that is another filesystem than the run directory (a node-local /tmp, runs
     on a shared filesystem) the final move is a copy *into* ``last.ckpt``, so a kill during it leaves a truncated
-    checkpoint, and a multi-GB checkpoint must also fit /tmp. Here the checkpoint is written to a temporary file in
-    the target's own folder, flushed and fsynced, then renamed over the target with ``os.replace`` (atomic on POSIX),
-    and the folder entry is fsynced. ``torch.save`` writes straight into that file (no second in-memory copy).
-    Remote paths (``s3://`` ...) go through Lightning's writer. Loading uses ``weights_only`` as passed (train.py
-    passes True) and turns a refused pickle payload or an unreadable file into a ``CheckpointError`` naming the file.
+    checkpoint, and a multi-GB checkpoint must also fit /tmp (and, for a URL, memory: it serializes to a buffer
+    first). Here ``torch.save`` writes locally into a temporary file in the target's own folder
+    (``storage.open_atomic``), flushed and fsynced, then renamed over the target with ``os.replace`` (atomic on POSIX)
+    and the folder entry fsynced. For a URL it writes a staging file in the storage cache folder
+    (``$STORAGE_CACHE_DIR``: needs the checkpoint's size in local disk, not in memory), then ``storage.upload`` sends
+    it as one (multipart, concurrent) upload that becomes the object only when complete (a failed upload is aborted,
+    the previous object stays), re-sent on transient errors until ``STORAGE_RETRY_DEADLINE_S``. Loading uses
+    ``weights_only`` as passed (train.py passes True), reads a remote checkpoint from its cached local copy
+    (``storage.local_copy``), and turns a refused pickle payload or an unreadable file into a ``CheckpointError``
+    naming the file.
     """
 
     def load_checkpoint(
         self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
     ) -> dict[str, Any]:
         """Lightning's loader, with clear errors for a pickle payload (refused, never executed) or a broken file."""
+        local = storage.local_copy(path)
         try:
-            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+            return super().load_checkpoint(local, map_location=map_location, weights_only=weights_only)
         except pickle.UnpicklingError:
             raise CheckpointError(
                 f"{path}: refused to load: it holds pickled Python objects beyond tensors and plain containers, "
@@ -54,51 +60,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         """Write ``checkpoint`` to ``path`` atomically (see the class docstring)."""
-        target = str(path)
-        if "://" in target and not target.startswith("file://"):
-            return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
-            raise TypeError("storage_options are not supported for local checkpoints")
-        target_path = Path(target.removeprefix("file://"))
-        target_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target_path.parent, prefix=f".{target_path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            with open(tmp, "wb") as f:
+            raise TypeError("storage_options are not supported: credentials and endpoints come from the environment")
+        if not storage.is_remote(path):
+            with storage.open_atomic(path, durable=True) as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-            os.replace(tmp, target_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(target_path.parent)
-        return None
+            return
+        staging = storage.cache_dir() / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=staging) as folder:
+            local = os.path.join(folder, "checkpoint")
+            torch.save(checkpoint, local)
+            storage.upload(local, path)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        storage.remove(path, recursive=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose mid-run existence check (``file_exists``, before every save) goes through
+    ``storage.exists``, so on an object store it rides out a transient error like the save itself does (Lightning
+    asks its fsspec filesystem directly: one failed request ends the run). Its state key is ``ModelCheckpoint``'s:
+    checkpoints written before this class existed restore its state."""
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def file_exists(self, filepath: Any, trainer: Trainer) -> bool:
+        local_decision = storage.exists(filepath) if trainer.is_global_zero else False
+        return trainer.strategy.reduce_boolean_decision(local_decision, all=False)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename in ``folder`` (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-class StepCheckpoint(ModelCheckpoint):
+class StepCheckpoint(RunCheckpoint):
     """``ModelCheckpoint`` that also writes ``last.ckpt`` after the run's final training batch.
 
     Lightning's ``on_train_end`` writes ``last.ckpt`` when no periodic save happened yet, but by then the epoch
@@ -106,11 +100,6 @@ class StepCheckpoint(ModelCheckpoint):
     saved as "epoch 1, batch 3", and extending it (same run, larger ``trainer.max_steps``) skips the rest of epoch 0.
     Saving at the last batch, like every periodic save, records a consistent position.
     """
-
-    @property
-    def state_key(self) -> str:
-        # The key a plain ModelCheckpoint has: checkpoints written before this class existed restore its state.
-        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -264,22 +253,23 @@ class AbortAllRanksOnError(Callback):
             self._stop.set()
 
 
-def checkpoint_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[ModelCheckpoint]:
+def checkpoint_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[RunCheckpoint]:
     """`last.ckpt` every trainer.checkpoint_every_n_steps and after the final batch, `best.ckpt` by val/loss.
 
-    Checkpoints are written by ``AtomicCheckpointIO`` (temporary file in the same folder, fsync, rename), so a
-    crash or kill while writing leaves the previous checkpoint intact (tests/test_reliability.py).
+    Checkpoints are written by ``AtomicCheckpointIO`` (temporary file in the same folder, fsync, rename; one upload
+    on an object store), so a crash or kill while writing leaves the previous checkpoint intact
+    (tests/test_reliability.py, tests/test_storage_runs.py). The folder may be a URL (``output_dir=s3://...``).
     """
     last = StepCheckpoint(
-        dirpath=run_dir.checkpoints,
+        dirpath=str(run_dir.checkpoints),
         filename="step{step}",
         save_last=True,
         save_top_k=0,
         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
         save_on_train_epoch_end=True,
     )
-    best = ModelCheckpoint(
-        dirpath=run_dir.checkpoints,
+    best = RunCheckpoint(
+        dirpath=str(run_dir.checkpoints),
         filename="best",
         monitor="val/loss",
         mode="min",
@@ -358,14 +348,17 @@ def build_trainer(
         logger=logger if logger is not None else False,
         callbacks=all_callbacks,
         enable_checkpointing=enable_checkpointing,
-        default_root_dir=str(Path(run_dir.path)),
+        default_root_dir=str(run_dir.path),
         use_distributed_sampler=True,
         plugins=[AtomicCheckpointIO()],
     )
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> str | None:
-    """The checkpoint to resume from, a file or a sharded FSDP folder (``lit_modules.checkpoints.is_checkpoint``).
+    """The checkpoint to resume from, a file or a sharded FSDP folder (``lit_modules.checkpoints.is_checkpoint``),
+    as a local path: a remote checkpoint (``output_dir=s3://...``, ``resume=s3://...``) is first copied into the
+    storage cache (``storage.local_copy``: ``$STORAGE_CACHE_DIR``, once per version), since Lightning's FSDP loader
+    takes only local folders and a local file is memory-mapped.
 
     resume=never: None; resume=auto: ``<run_dir>/checkpoints/last.ckpt`` when it exists (file, or the folder
     ``FSDPStrategy(state_dict_type="sharded")`` writes), else None; any other value: that checkpoint.
@@ -378,17 +371,18 @@ def resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> str | None:
     if cfg.resume == "never":
         return None
     if cfg.resume == "auto":
-        last = Path(run_dir.last_checkpoint)
-        if last.is_dir() and not is_checkpoint(last):
-            # A sharded save that died before rank 0 wrote meta.pt: refuse to overwrite it by starting over.
-            raise FileNotFoundError(
-                f"resume=auto: {last} is an incomplete sharded checkpoint folder (no meta.pt / .metadata): pass "
-                "resume=<an older checkpoint> or resume=never"
-            )
-        return str(last) if is_checkpoint(last) else None
-    path = Path(cfg.resume)
-    if not is_checkpoint(path):
+        last = run_dir.last_checkpoint
+        if not is_checkpoint(last):
+            if storage.isdir(last):
+                # A sharded save that died before rank 0 wrote meta.pt: refuse to overwrite it by starting over.
+                raise FileNotFoundError(
+                    f"resume=auto: {last} is an incomplete sharded checkpoint folder (no meta.pt / .metadata): pass "
+                    "resume=<an older checkpoint> or resume=never"
+                )
+            return None
+        return str(storage.local_copy(last))
+    if not is_checkpoint(cfg.resume):
         raise FileNotFoundError(
             f"resume={cfg.resume}: no such checkpoint file or complete sharded checkpoint folder (.metadata + meta.pt)"
         )
-    return str(path)
+    return str(storage.local_copy(cfg.resume))

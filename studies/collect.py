@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+import storage
+
 log = logging.getLogger(__name__)
 
 MODEL_PRESETS = Path(__file__).resolve().parent.parent / "configs" / "model"
@@ -101,9 +103,9 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Any) -> dict | None:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(storage.read_text(path))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
@@ -112,9 +114,9 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _read_yaml(path: Path) -> dict | None:
+def _read_yaml(path: Any) -> dict | None:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(storage.read_text(path))
     except FileNotFoundError:
         return None
     except (OSError, yaml.YAMLError) as err:
@@ -245,19 +247,20 @@ def make_record(
 
 
 def read_run_dir(path: os.PathLike) -> dict[str, Any] | None:
-    """One record from a run directory (run.json, metrics.json, eval/*.json, config.yaml, sweep.json).
+    """One record from a run directory (run.json, metrics.json, eval/*.json, config.yaml, sweep.json), local or a
+    URL (``s3://bucket/runs/<run>``).
 
     Returns:
         The record, or None when the folder holds no readable run.json (not a run).
     """
-    path = Path(path)
+    path = storage.as_path(path)
     run = _read_json(path / "run.json")
     if run is None:
         return None
     config = _read_yaml(path / "config.yaml") or {}
     sweep = _read_json(path / "sweep.json") or {}
     metrics: dict[str, Any] = dict(_read_json(path / "metrics.json") or {})
-    for eval_file in sorted((path / "eval").glob("*.json")):
+    for eval_file in storage.glob(path / "eval", "*.json"):
         result = _read_json(eval_file)
         if result and isinstance(result.get("metrics"), dict):
             metrics.update(result["metrics"])  # evaluate.py's latest word wins over the copy in metrics.json
@@ -295,16 +298,16 @@ def collect_local(
     """Records of every run directory under ``runs_dir`` (one level deep), sorted by run name.
 
     Args:
-        runs_dir: the parent of the run directories (train.py's output_dir).
+        runs_dir: the parent of the run directories (train.py's output_dir), a local folder or a URL
+            (``s3://bucket/runs``: one listing of the prefix, then each run's few small files).
         group: keep runs whose W&B group, sweep name or experiment equals this.
         include_unfinished: keep runs whose status is not "finished" (running, failed) too.
     """
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
+    if not storage.isdir(runs_dir):
         raise FileNotFoundError(f"runs directory not found: {runs_dir}")
     records = []
-    for child in sorted(runs_dir.iterdir()):
-        if not child.is_dir():
+    for child in storage.listdir(runs_dir):
+        if not storage.is_remote(child) and not child.is_dir():  # remotely a non-run just has no run.json
             continue
         record = read_run_dir(child)
         if record is None:

@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 writes to --out: <table>.md and .csv (.tex with --latex) per table the runs fill, the scaling plots
 (.png), records.csv (one row per run: every axis and metric) and report.md (all of it).""",
     )
-    parser.add_argument("--runs", default=None, help="local runs directory (offline), e.g. runs")
+    parser.add_argument(
+        "--runs", default=None, help="runs directory (offline): a folder, e.g. runs, or a URL, e.g. s3://bucket/runs"
+    )
     parser.add_argument("--group", default=None, help="only runs of this W&B group / sweep name / experiment")
     parser.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT", help="collect from the W&B API (online)")
     parser.add_argument("--sweep", default=None, help="with --wandb: only runs of this sweep id")
@@ -166,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             records += collect_wandb_offline(
                 args.wandb_dir, group=args.group, include_unfinished=args.include_unfinished
             )
-    except FileNotFoundError as err:
+    except (FileNotFoundError, PermissionError) as err:
         print(f"make_report: {err}", file=sys.stderr)
         return 2
     found = len(records)

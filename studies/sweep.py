@@ -40,6 +40,7 @@ import queue
 import random
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -403,6 +404,14 @@ def plan(
     names = [run_name(sweep.name, p, varying, hashed=method != "grid") for p in param_sets]
     dupes = {n for n in names if names.count(n) > 1}
     names = [run_name(sweep.name, p, varying, hashed=True) if n in dupes else n for n, p in zip(names, param_sets)]
+    import storage
+
+    if storage.is_remote(output_dir):  # Path("s3://b/runs") would quietly be the local folder "s3:/b/runs"
+        raise SweepError(
+            f"--output-dir {output_dir}: the local sweep runner keeps its run directories (sweep.log, sweep.json, "
+            "moved-aside reruns) on a local or shared file system; for a bucket, run each train.py with "
+            "output_dir=<url> (or `wandb agent`)"
+        )
     out_dir = Path(output_dir)
     program = str(sweep.config["program"]) if sweep.config.get("program") else None
     runs = []
@@ -698,7 +707,8 @@ def execute(
             seconds = time.monotonic() - start
         finally:
             slots.put(slot)
-        if interrupted.is_set() and returncode != 0:
+        # Ctrl-C reaches the run too (one terminal process group): it may end before the runner sees the interrupt.
+        if returncode != 0 and (interrupted.is_set() or returncode in (-signal.SIGINT, 128 + signal.SIGINT)):
             return RunOutcome(run.name, "interrupted", returncode, seconds, params=run.params, note="Ctrl-C")
         status = "finished" if returncode == 0 else "failed"
         note = "" if returncode == 0 else f"exit code {returncode}"

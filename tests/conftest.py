@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures every test module may request: s3_server / s3_bucket (a real moto_server over HTTP).
+pytest_plugins = ["tests.fixtures_s3"]
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

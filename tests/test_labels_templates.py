@@ -221,3 +221,143 @@ def test_the_ceiling_counts_the_samples_that_can_carry_a_label(tmp_path):
     ceiling = result.stats["dropped"]["df_ceiling"]
     assert ceiling["denominator"] == 20
     assert ceiling["dropped"] == [{"term": "blue", "df": 12, "share": 0.6}]
+
+
+# ------------------------------------------------------------------ numbers and units, codes, hashtags, site scaffolds
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Red bunny • 3 days ago • 12.6k views",
+        "Red bunny • an hour ago • 1,2 Mio. likes",
+        "Red bunny, 3h ago, 987 downloads",
+        "Red bunny (yesterday)",
+        "Red bunny - just now",
+        "Red bunny · 12\u00a0345 views · 1.234.567 followers",
+        "Red bunny, 2400x512px",
+        "Red bunny 1920 x 1080 px, 300dpi, 12 MB",
+        "Red bunny 4k 1080p",
+        "Red bunny, vor 3 Tagen",
+        "Red bunny, il y a 3 jours",
+        "Red bunny, hace 3 días",
+        "Red bunny, 3 giorni fa",
+        "Red bunny, há 3 dias",
+        "Red bunny, 3 dagen geleden",
+        "Red bunny, 3rd",
+    ],
+)
+def test_numbers_with_units_counts_and_relative_times_give_no_term(text):
+    from labels.text import QUANTITY_HIT
+
+    ex = TermExtractor()
+    assert ex.terms(text) == ["red", "bunny", "red bunny"]
+    assert ex.boilerplate_hits[QUANTITY_HIT] >= 1
+
+
+def test_numbers_that_are_content_codes_and_counters_stay_words():
+    ex = TermExtractor()
+    # Codes (a few letters and digits) stay whole; a number next to a word still ends the term; unit words outside a
+    # quantity are words.
+    assert ex.terms("3d glasses, mp3 player, ak47, r2d2") == [
+        "3d",
+        "glass",
+        "3d glass",
+        "mp3",
+        "player",
+        "mp3 player",
+        "ak47",
+        "r2d2",
+    ]
+    assert ex.terms("5 cats, Apollo 11 rocket, Route 66 sign") == ["cat", "apollo", "rocket", "route", "sign"]
+    assert ex.terms("views of the hills ago") == ["view", "hill", "ago", "hill ago"]
+    # A counter glued to a word is split off ("arrow08", "smiley111"); an identifier is a number.
+    assert ex.terms("arrow08 smiley111") == ["arrow", "smiley"]
+    assert ex.terms("model abc123def") == ["model", "abc123def", "model abc123def"]  # digits inside: not a counter
+    assert ex.terms("0x8a3cd28 a1b2c3 kitten") == ["kitten"]
+
+
+def test_a_hashtag_is_a_keyword_with_no_neighbours_and_its_camel_case_is_split():
+    ex = TermExtractor()
+    text = "Basque flag #spain #SignalFlag #artoftheday"
+    assert ex.terms(text) == ["basque", "flag", "basque flag", "spain", "signal", "signal flag", "artoftheday"]
+    ctx = ex.contexts(text)
+    assert {"spain\t#", "signal\t#", "flag\t#", "artoftheday\t#"} <= ctx
+    # No neighbour records for hashtags (a list has no template shape); the plain words keep theirs.
+    assert not [r for r in ctx if r.startswith(("spain\t", "artoftheday\t")) and not r.endswith("\t#")]
+    assert "basque\t>flag" in ctx
+    # Camel case is split in hashtags only: elsewhere it is a name ("ArtVault").
+    assert ex.terms("ArtVault.net: ink") == ["artvault", "net", "ink"]
+
+
+def test_a_site_scaffold_needs_its_site_and_a_share_of_its_pages():
+    """On a 1,300-document corpus: "look" ends 25 texts of a 61-document site (41% of its pages, under the corpus's
+    30-text floor): its affix. "vectorart" is only ever a hashtag, on one site: its reach hashtag. "france" starts 13
+    texts of a 149-document flag site, 9% of its pages: a title word of a topical site, kept. "flag" ends half its texts:
+    no slot. "rare" is in 8 texts: no evidence."""
+    from labels.templates import site_affixes
+
+    counts = {"look": 25, "look\t>$": 25, "look\t@clipartlook": 25}
+    counts |= {"vectorart": 27, "vectorart\t#": 27, "vectorart\t@flags": 27}
+    counts |= {"france": 13, "france\t<^": 13, "france\t=^ |": 13, "france\t@flags": 13}
+    counts |= {"flag": 60, "flag\t>$": 30, "flag\t@flags": 55}
+    counts |= {"rare": 8, "rare\t>$": 8, "rare\t@clipartlook": 8}
+    found, candidates = template_words(counts, min_docs=30, rigidity=0.6)
+    assert found == {}
+    assert candidates == {
+        "france": [13, 1.0, "<^", "flags", 1.0],
+        "look": [25, 1.0, ">$", "clipartlook", 1.0],
+        "vectorart": [27, 1.0, "#", "flags", 1.0],
+    }
+    sites = {"clipartlook": 61, "flags": 149}
+    kept = site_affixes(candidates, sites, 1300, 2.0, min_docs=30, min_docs_share=0.05, min_site_share=0.2)
+    assert kept == {"look": [25, 1.0, ">$"], "vectorart": [27, 1.0, "#"]}
+    # A hashtag scaffold is dropped alone: a term that also holds a content word keeps its whole form.
+    assert is_template_term("vectorart", kept) and not is_template_term("vectorart flag", kept)
+    # In a one-site corpus there is no concentration to see (lift 1).
+    assert site_affixes(candidates, {"clipartlook": 1300, "flags": 1300}, 1300, 2.0, 30, 0.05, 0.2) == {}
+
+
+def test_a_series_own_caption_words_are_those_next_to_its_counter():
+    from labels.templates import series_scaffold, without_words
+
+    ex = TermExtractor()
+    copies = [[f"[AutoVector_Studio] diamante_illuminati edit_{n:04d} final.jpg"] for n in (42, 764, 2383, 8925)]
+    assert series_scaffold(copies, ex) == ["edit", "final"]
+    remix = [[f"Baseball remix {n} (copy) - artbot3000", "Baseball"] for n in (3, 17, 512)]
+    assert series_scaffold(remix, ex) == ["copy", "remix"]
+    # A constant number is no counter; fewer than three distinct values are no counter either.
+    assert series_scaffold([["Room 101 sketch"]] * 5, ex) == []
+    assert series_scaffold([["Cat edit 1"], ["Cat edit 2"], ["Cat edit 1"]], ex) == []
+    groups = {"4": "diamante\tilluminati\tedit\tdiamante illuminati\tilluminati edit\tfinal", "8": "edit"}
+    assert without_words(groups, ["edit", "final"]) == {"4": "diamante\tilluminati\tdiamante illuminati"}
+
+
+@pytest.mark.slow
+def test_fresh_templates_relative_times_pixel_sizes_hashtags_and_series_words_are_no_labels(tmp_path):
+    """The fresh template set around generated drawings (80 of them on the topical site, with hashtags), plus a series
+    of 40 re-saves "[AutoVector_Studio] {title} edit_NNNN final.jpg": no written label is a relative time, a count, a
+    pixel size, a generic hashtag or the series' own words; the nouns stay labels and the series keeps its title."""
+    from benchmarks.web_captions import build_samples, write_corpus
+    from tests.fixtures_labels import read_shards
+    from tests.fixtures_web import contents
+
+    series = Content("series", drawing(999), "Gramastar", ["gramastar"])
+    pools = {"clipart": [series, *contents(360)], "topical": contents(80, seed=1), "stamps": []}
+    samples = build_samples("fresh", pools, series_size=40)
+    write_corpus(tmp_path / "web", samples, per_tar=100)
+    series_keys = {t["key"] for _, t in samples if t["series"]}
+    cfg = labels_config(tmp_path, [{**I2D, "path": str(tmp_path / "web")}], [*WEB, "split.val_fraction=0.0"])
+    result = run(cfg)
+    m = json.loads((Path(cfg.output) / "manifest.json").read_text())
+    written = [s["json"] for s in read_shards(Path(cfg.output), [s["url"] for s in m["splits"]["train"]["shards"]])]
+    labels = Counter(t for s in written for t in s["terms"])
+    words = {w for t in labels for w in t.split()}
+    assert not words & {"ago", "minute", "hour", "day", "week", "month", "year", "view", "px", "edit", "final"}
+    assert not [w for w in words if any(c.isdigit() for c in w)]
+    generic = {"vectorart", "freebie", "illustrationoftheday", "instaart", "digitalart", "artoftheday"}
+    assert not words & generic
+    assert generic <= set(result.stats["dropped"]["templates"]["words"])
+    assert result.stats["dropped"]["series_scaffold"].keys() == {"edit", "final"}
+    for noun in ("flower", "cat", "house", "guitar"):
+        assert labels[noun] >= 10
+    kept = [s for s in written if s["uids"][0].split(":")[1] in series_keys]
+    assert kept and all("gramastar" in s["terms"] for s in kept)

@@ -6,6 +6,10 @@ Layout (docs/ARCHITECTURE.md):
 A directory is one run's: its name carries the run's identity (``default_run_name``), ``RunDir.check`` refuses a
 directory holding another configuration or a live process, and run.json records every start and end (segments),
 a heartbeat while the run is alive, and the run's lineage (git commit, data fingerprint, world size, global batch).
+
+``output_dir`` may be a local folder or an object-store URL (``s3://bucket/runs``, ``gs://...``): every file goes
+through ``storage`` (atomic writes: a reader never sees a torn run.json; remote operations retried on transient
+errors until ``STORAGE_RETRY_DEADLINE_S``, then a ``storage.StorageError`` naming the URL).
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from configs.compose import save_config, to_dict
+import storage
+from configs.compose import to_dict
 from tracking.identity import (
     agent_ids,
     config_fingerprint,
@@ -129,12 +134,10 @@ def _age_s(stamp: Any) -> float | None:
         return None
 
 
-def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON via a temporary file and rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+def write_json_atomic(path: storage.PathLike, payload: Mapping[str, Any]) -> None:
+    """Write JSON to a local path or URL atomically (``storage.write_text``: a temporary file and a rename locally,
+    one PUT on an object store), so a crash never leaves half a file."""
+    storage.write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 # ------------------------------------------------------------------------------------- liveness
@@ -206,37 +209,45 @@ class RunInUseError(RuntimeError):
 
 class RunDir:
     """Paths and bookkeeping files of one run; ``start`` checks that the directory is this run's (identity and
-    liveness) and keeps a heartbeat in run.json until ``finish``."""
+    liveness) and keeps a heartbeat in run.json until ``finish``.
 
-    def __init__(self, path: os.PathLike):
-        self.path = Path(path)
+    ``path`` is a ``pathlib.Path`` for a local directory and a ``upath.UPath`` for a URL (``storage.as_path``);
+    ``str(path)`` is what to hand to other programs (Lightning, evaluate.py)."""
+
+    def __init__(self, path: storage.PathLike):
+        self.path = storage.as_path(path)
         self._lock = threading.Lock()
         self._beat: threading.Event | None = None
 
     @classmethod
     def for_config(cls, cfg: DictConfig) -> RunDir:
-        return cls(Path(cfg.output_dir) / (cfg.run_name or default_run_name(cfg)))
+        return cls(storage.join(str(cfg.output_dir), cfg.run_name or default_run_name(cfg)))
 
     @property
     def name(self) -> str:
         return self.path.name
 
     @property
-    def checkpoints(self) -> Path:
+    def is_remote(self) -> bool:
+        return storage.is_remote(self.path)
+
+    @property
+    def checkpoints(self) -> Any:
         return self.path / "checkpoints"
 
     @property
-    def last_checkpoint(self) -> Path:
+    def last_checkpoint(self) -> Any:
         return self.checkpoints / "last.ckpt"
 
     @property
-    def run_json(self) -> Path:
+    def run_json(self) -> Any:
         return self.path / "run.json"
 
     def read_run(self) -> dict[str, Any]:
-        if not self.run_json.is_file():
+        try:
+            return json.loads(storage.read_text(self.run_json))
+        except FileNotFoundError:
             return {}
-        return json.loads(self.run_json.read_text())
 
     def update(self, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into run.json (read, update, atomic write; one writer thread at a time)."""
@@ -256,11 +267,15 @@ class RunDir:
         """
         previous = self.read_run()
         saved = self.path / "config.yaml"
-        if not previous and not saved.is_file():
+        try:
+            old_text = storage.read_text(saved)
+        except FileNotFoundError:
+            old_text = None
+        if not previous and old_text is None:
             return previous
         new = science(to_dict(cfg))
         stored_fp = previous.get("config_fingerprint")
-        old = science(yaml.safe_load(saved.read_text()) or {}) if saved.is_file() else None
+        old = science(yaml.safe_load(old_text) or {}) if old_text is not None else None
         if stored_fp is None and old is not None:
             stored_fp = fingerprint(old)
         explicit = cfg.resume not in ("auto", "never")
@@ -288,8 +303,8 @@ class RunDir:
         heartbeat until ``finish``. A previous segment left "running" by a dead process is recorded as crashed.
         The W&B id, the start time and the list of segments carry over from an earlier start."""
         previous = self.check(cfg)
-        self.path.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.path / "config.yaml")
+        storage.makedirs(self.path)
+        storage.write_text(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # as save_config, atomic
         segments = list(previous.get("segments") or [])
         if previous.get("status") == "running" and segments and "ended" not in segments[-1]:
             segments[-1].update(status="crashed", ended=previous.get("heartbeat"), error="no heartbeat: process gone")
@@ -397,7 +412,7 @@ def resolve_init_from(init_from: str, output_dir: os.PathLike | str, seed: int |
     stage-one run directory.
 
     Args:
-        init_from: a checkpoint (``.ckpt`` file or sharded FSDP folder); a run directory (its
+        init_from: a checkpoint (``.ckpt`` file or sharded FSDP folder, local or a URL); a run directory (its
             ``checkpoints/last.ckpt``); or a run spec ``run:<axis>=<value>,...`` over the axes every run records in
             its ``run.json`` (``tracking.run_dir.axes``: experiment, arch, scale, label_space, stage, seed, ...),
             e.g. ``run:experiment=scale_arch,arch=vit_base_patch16_224,scale=1.0,stage=pretrain``. A spec is
@@ -415,8 +430,8 @@ def resolve_init_from(init_from: str, output_dir: os.PathLike | str, seed: int |
     from lit_modules.checkpoints import is_checkpoint
 
     if not init_from.startswith(RUN_SPEC_PREFIX):
-        path = Path(init_from)
-        if not is_checkpoint(path) and (path / "checkpoints" / "last.ckpt").exists():
+        path = storage.as_path(init_from)
+        if not is_checkpoint(path) and storage.exists(path / "checkpoints" / "last.ckpt"):
             return str(path / "checkpoints" / "last.ckpt")
         return init_from
     wanted = {}
@@ -426,8 +441,8 @@ def resolve_init_from(init_from: str, output_dir: os.PathLike | str, seed: int |
             raise ValueError(f"init_from={init_from}: '{item}' is not <axis>=<value>")
         wanted[key.strip()] = value.strip()
     matches = []
-    for run_json in sorted(Path(output_dir).glob("*/run.json")):
-        record = json.loads(run_json.read_text())
+    for run_json in storage.glob(str(output_dir), "*/run.json"):
+        record = json.loads(storage.read_text(run_json))
         recorded = record.get("axes") or {}
         last = run_json.parent / "checkpoints" / "last.ckpt"
         if record.get("status") != "finished" or not is_checkpoint(last):

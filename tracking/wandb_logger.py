@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+import storage
 from configs.compose import to_dict
 from tracking.identity import agent_ids, science
 from tracking.run_dir import RunDir, axes
@@ -236,9 +237,11 @@ def log_artifacts(logger, run_dir: RunDir, manifests: Sequence[str], data_fp: st
             data.add_file(str(manifest))
         run.log_artifact(data)
     last = run_dir.last_checkpoint
-    if last.exists():
+    if storage.exists(last):
         model = wandb.Artifact(f"model-{run.id}", type="model", metadata={"run_name": run_dir.name})
-        if last.is_dir():
+        if storage.is_remote(last):  # a bucket: W&B records a reference (URL + ETags), the bytes stay there
+            model.add_reference(str(last), name=last.name)
+        elif last.is_dir():
             model.add_dir(str(last), name=last.name)
         else:
             model.add_file(str(last))

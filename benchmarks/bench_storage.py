@@ -1,0 +1,124 @@
+"""Checkpoint save and load time, local disk vs a local S3 server, side by side in one run (issue 24).
+
+Starts moto's ``moto_server`` on 127.0.0.1 (the server the tests use: tests/fixtures_s3.py), builds a ~100 MB state
+dict, and times, interleaved per repeat so both see the same machine load:
+
+  * save, local:  ``AtomicCheckpointIO.save_checkpoint`` to a file (temp file in the folder, fsync, rename);
+  * save, S3:     the same call to ``s3://bench/ckpt/last.ckpt`` (torch.save streamed into one multipart upload);
+  * save, S3 via Lightning's own writer (``_atomic_save``: serialize to memory, then one transaction), for reference;
+  * load, local:  ``AtomicCheckpointIO.load_checkpoint`` (what a resume does);
+  * load, S3 cold: the same from the URL with an empty cache (download into STORAGE_CACHE_DIR, then torch.load);
+  * load, S3 warm: again, the copy cached (only the version check: one listing request).
+
+The S3 server is on loopback, so the S3 figures are the client's and the protocol's cost (signing, HTTP, moto's
+in-memory store), not a network's: on a real bucket add size / bandwidth.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_storage.py [--mb 100] [--repeats 3]
+
+Prints a table and writes benchmarks/results/bench_storage.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from tests.fixtures_s3 import S3Server, clear_fs_cache  # noqa: E402
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=float, default=100.0, help="state dict size in MB (default 100)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "bench_storage.json"))
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_storage-"))
+    server = S3Server(work / "moto_server.log")
+    server.start()
+    os.environ.update(server.env())
+    os.environ["STORAGE_CACHE_DIR"] = str(work / "cache")
+    clear_fs_cache()
+    try:
+        from lightning.fabric.utilities.cloud_io import _atomic_save
+
+        import storage
+        from lit_modules.trainer import AtomicCheckpointIO
+
+        server.client().create_bucket(Bucket="bench")
+        n = int(args.mb * 1e6 / 4)
+        chunks = 16
+        state = {f"layer{i}.weight": torch.randn(n // chunks) for i in range(chunks)}
+        ckpt = {"state_dict": state, "global_step": 1}
+        size = sum(t.numel() * t.element_size() for t in state.values())
+        io = AtomicCheckpointIO()
+        local = work / "local" / "last.ckpt"
+        url = "s3://bench/ckpt/last.ckpt"
+        lightning_url = "s3://bench/ckpt/lightning.ckpt"
+        rows: dict[str, list[float]] = {
+            k: []
+            for k in (
+                "save local",
+                "save s3",
+                "save s3 (Lightning _atomic_save)",
+                "load local",
+                "load s3 cold",
+                "load s3 warm",
+            )
+        }
+        for _ in range(args.repeats):
+            rows["save local"].append(timed(lambda: io.save_checkpoint(ckpt, local)))
+            rows["save s3"].append(timed(lambda: io.save_checkpoint(ckpt, url)))
+            rows["save s3 (Lightning _atomic_save)"].append(timed(lambda: _atomic_save(ckpt, lightning_url)))
+            rows["load local"].append(timed(lambda: io.load_checkpoint(local, weights_only=True)))
+            shutil.rmtree(storage.cache_dir(), ignore_errors=True)
+            rows["load s3 cold"].append(timed(lambda: io.load_checkpoint(url, weights_only=True)))
+            rows["load s3 warm"].append(timed(lambda: io.load_checkpoint(url, weights_only=True)))
+        loaded = io.load_checkpoint(url, weights_only=True)
+        assert all(torch.equal(loaded["state_dict"][k], v) for k, v in state.items())
+    finally:
+        server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+    medians = {k: statistics.median(v) for k, v in rows.items()}
+    result = {
+        "mb": round(size / 1e6, 1),
+        "repeats": args.repeats,
+        "median_s": {k: round(v, 3) for k, v in medians.items()},
+        "all_s": {k: [round(x, 3) for x in v] for k, v in rows.items()},
+        "ratio_s3_over_local": {
+            "save": round(medians["save s3"] / medians["save local"], 2),
+            "load cold": round(medians["load s3 cold"] / medians["load local"], 2),
+            "load warm": round(medians["load s3 warm"] / medians["load local"], 2),
+        },
+        "command": "OMP_NUM_THREADS=1 python benchmarks/bench_storage.py " + " ".join(sys.argv[1:]),
+    }
+    print(f"checkpoint of {result['mb']} MB, median of {args.repeats} (interleaved):")
+    for name, value in medians.items():
+        print(f"  {name:<34} {value:7.3f} s   {size / 1e6 / value:7.0f} MB/s")
+    print("  s3 / local: " + ", ".join(f"{k} {v}x" for k, v in result["ratio_s3_over_local"].items()))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
