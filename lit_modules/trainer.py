@@ -111,13 +111,9 @@ def _final_batch(trainer: Trainer) -> bool:
     """True at the end of the fit's last training batch (``max_steps`` reached, or the last batch of the last epoch)."""
     if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
         return True
-    epoch_loop = trainer.fit_loop.epoch_loop
     max_epochs = trainer.max_epochs
     return bool(
-        max_epochs is not None
-        and max_epochs > 0
-        and trainer.current_epoch + 1 >= max_epochs
-        and epoch_loop.batch_progress.is_last_batch
+        max_epochs is not None and max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs and trainer.is_last_batch
     )
 
 
