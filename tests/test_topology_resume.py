@@ -78,8 +78,8 @@ def _logged_lr(run) -> dict[int, float]:
 @pytest.mark.slow
 def test_keep_global_batch_resume_on_fewer_ranks_keeps_global_batch_and_lr(killed):
     out, run = _resume_on_one_rank(killed, "keep")  # the default: optim.on_world_size_change=keep_global_batch
-    assert "trainer.accumulate_grad_batches recomputed" in out
     assert run.config["optim/global_batch"] == 16  # 1 device x 8 x accumulate 2, as the 2-rank run's 2 x 8 x 1
+    assert "trainer.accumulate_grad_batches recomputed" in out
     assert math.isclose(run.config["optim/lr"], resolve_lr(OPTIM, 16)[0], rel_tol=1e-9)
     lrs = _logged_lr(run)
     assert lrs and min(lrs) >= EVERY  # rows of the resumed steps only
