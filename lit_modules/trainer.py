@@ -399,9 +399,12 @@ def checkpoint_topology(path: str) -> dict[str, int] | None:
     it does not say). Checkpoints written before the module stored it (``MultiTaskModule.on_save_checkpoint``) give
     their config's batch and accumulation and the world size of their data position."""
     from datamodules.resume import saved_position
-    from lit_modules.checkpoints import read_checkpoint_meta
+    from lit_modules.checkpoints import CheckpointError, read_checkpoint_meta
 
-    meta = read_checkpoint_meta(path)  # memory-mapped file, or a sharded folder's meta.pt: no weights read
+    try:
+        meta = read_checkpoint_meta(path)  # memory-mapped file, or a sharded folder's meta.pt: no weights read
+    except CheckpointError:
+        return None  # unreadable: the resume itself fails next, with AtomicCheckpointIO's message naming the file
     if isinstance(meta.get("topology"), dict):
         return {k: int(v) for k, v in meta["topology"].items()}
     config = (meta.get("hyper_parameters") or {}).get("config") or {}
