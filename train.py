@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     from datamodules import build_datamodule
     from lit_modules import MultiTaskModule
     from lit_modules.callbacks import ThroughputMonitor
-    from lit_modules.trainer import AbortAllRanksOnError, build_trainer, resume_checkpoint, seed_run
+    from lit_modules.trainer import AbortAllRanksOnError, adapt_topology, build_trainer, resume_checkpoint, seed_run
     from tracking.run_dir import RunDir, lineage
     from tracking.wandb_logger import (
         build_wandb_logger,
@@ -61,12 +61,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         module = MultiTaskModule(to_dict(cfg), datamodule.num_classes)  # init_from loads in its setup()
         callbacks = [ThroughputMonitor(), abort, *datamodule.callbacks()]
         trainer = build_trainer(cfg, run_dir, logger, callbacks=callbacks)
+        ckpt_path = resume_checkpoint(cfg, run_dir)
+        adapt_topology(trainer, cfg, ckpt_path)  # optim.on_world_size_change on another world size; before lineage
         manifests = datamodule.manifests()
-        run_lineage = lineage(cfg, manifests, world_size=trainer.world_size)
+        run_lineage = lineage(cfg, manifests, world_size=trainer.world_size, accumulate=trainer.accumulate_grad_batches)
         if is_rank_zero:
             run_dir.update(lineage=run_lineage)
             record_lineage(logger, run_lineage, cfg)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, run_dir), weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except BaseException as err:
         # A killed or failed run says so in run.json, naming the first rank that failed; the sweep runner re-runs it.
         if is_rank_zero:

@@ -3,6 +3,7 @@
     python benchmarks/web_captions.py --half tune --out data/web_tune        # the corpus rules are developed on
     python benchmarks/web_captions.py --half heldout --out data/web_heldout  # the corpus they are measured on
     python benchmarks/web_captions.py --half fresh --out data/web_fresh      # written after the rules were final
+    python benchmarks/web_captions.py --half blind --out data/web_blind      # a fourth set, written blind to the rules
 
 Content comes from the Debian ``openclipart-svg`` drawings (title + keywords, rendered to JPEG) and the
 ``tuxpaint-stamps-default`` stamps (English description); each image is written as img2dataset writes it:
@@ -22,6 +23,13 @@ was written by someone who had not read the label rules, after the rules had bee
 it is the one set nobody tuning the rules has seen. There is no third content pool, so it draws from the held-out
 hash half, taking the held-out corpus's shuffled lists from the other end (with the default sizes, 227 of its 1,360
 drawings are also in the held-out corpus).
+
+A fourth set, ``TEMPLATES["blind"]`` (14 templates and a series, its own sites ``BLIND_SITES`` and uploaders), was
+written by an evaluator who read neither the label rules nor their docs, tests or results, in caption styles the
+three sets above do not use (shop-title scaffolds, SKUs and prices, breadcrumbs, attribution lines, bare file names,
+non-English boilerplate and dates, all-caps spam, ratings, navigation lists, CDN URLs, screenshot names, forum
+furniture, print-on-demand titles with junk tags). It takes the tune pool from the other end (``CONTENT_HALF``):
+with the default sizes it shares no drawing with the held-out and fresh corpora, and 209 of 1,360 with the tune one.
 
 Next to the tars, ``truth.jsonl`` records per sample its content text (what a clean caption would say), template,
 site and whether it belongs to the series: the benchmark's ground truth, never read by the pipeline.
@@ -306,7 +314,227 @@ FRESH_SERIES = Template(
     "generated series (re-saved file names)",
     _t(lambda c, r, u: f"[{u}] {c.title} edit_{r.randint(1, 9999):04d} final.jpg"),
 )
-TEMPLATES = {"tune": (TUNE, TUNE_SERIES), "heldout": (HELDOUT, HELDOUT_SERIES), "fresh": (FRESH, FRESH_SERIES)}
+# Blind half: a fourth set, written by an evaluator who never read the label rules, their docs, tests or results,
+# nor the issue's discussion. It covers caption styles none of the sets above use: shop-title scaffolds (pack
+# counts, sizes, colour lists, shipping, SKU/model codes, prices), breadcrumbs, attribution lines with licence
+# abbreviations and URLs, bare file names, non-English download/licence boilerplate and dates, all-caps SEO spam,
+# star ratings, "Related:/See also" navigation lists, CDN URLs with query strings, phone/screenshot file names,
+# forum/social post furniture and print-on-demand product titles with junk json tags.
+_COLOURS = ["Black", "White", "Red", "Navy", "Olive", "Mustard", "Heather Grey", "Pink"]
+_SIZES = ["S/M/L", "S, M, L, XL", "Small / Medium / Large", "XS-XXL", "One Size"]
+_NAV = ["Coloring Pages", "Frames & Borders", "Backgrounds", "Fonts", "Greeting Cards", "Mockups", "Logos", "Icons"]
+_JUNK_TAGS = ["gift idea", "trendy", "aesthetic", "cute gift", "bestseller", "for him", "for her", "vintage retro"]
+_BADGES = ["Bestseller", "Star Seller", "Editor's Pick"]
+_MONTHS_FR = "janvier février mars avril mai juin juillet août septembre octobre novembre décembre".split()
+_MONTHS_DE = "Januar Februar März April Mai Juni Juli August September Oktober November Dezember".split()
+_MONTHS_ES = "enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre diciembre".split()
+
+
+def _price(r: random.Random) -> str:
+    cents = r.choice(["99", "95", "49", "00"])
+    return r.choice(
+        [
+            f"${r.randint(2, 49)}.{cents} USD",
+            f"€{r.randint(2, 49)},{cents} inkl. MwSt.",
+            f"£{r.randint(2, 49)}.{cents}",
+            f"US ${r.randint(2, 49)}.{cents} – {r.randint(10, 70)}% OFF",
+        ]
+    )
+
+
+def _slug(c: Content, r: random.Random) -> str:
+    sep = r.choice(["_", "-"])
+    base = sep.join(c.title.lower().split())
+    suffix = r.choice(["_final_v2", "-icon", "_copy", "-01", "_hires", " (1)", "-min", "_export"])
+    return f"{base}{suffix}.{r.choice(['svg', 'png', 'eps', 'ai', 'webp'])}"
+
+
+def _foreign_download(c: Content, r: random.Random) -> str:
+    return r.choice(
+        [
+            f"{c.title} - descargar gratis en alta calidad | Imágenes Gratis",
+            f"Télécharger {c.title} gratuitement – dessin vectoriel libre de droits",
+            f"{c.title} kostenlos herunterladen – lizenzfreie Vektorgrafik",
+        ]
+    )
+
+
+def _foreign_date(c: Content, r: random.Random) -> str:
+    d = _date(r)
+    return r.choice(
+        [
+            f"{c.title} — publié le {d['d']} {_MONTHS_FR[d['m'] - 1]} {d['y']} à {d['hh']}h{d['mm']:02d}",
+            f"{c.title} (hochgeladen am {d['d']}. {_MONTHS_DE[d['m'] - 1]} {d['y']}, {d['hh']:02d}:{d['mm']:02d} Uhr)",
+            f"{c.title}, subido el {d['d']} de {_MONTHS_ES[d['m'] - 1]} de {d['y']}",
+        ]
+    )
+
+
+def _device_file(r: random.Random) -> str:
+    d = _date(r)
+    return r.choice(
+        [
+            f"Screenshot {d['y']}-{d['m']:02d}-{d['d']:02d} at {d['hh']:02d}.{d['mm']:02d}.{d['ss']:02d}",
+            f"Screen Shot {d['y']}-{d['m']:02d}-{d['d']:02d} at {d['h12']}.{d['mm']:02d}.{d['ss']:02d} {d['ampm']}",
+            f"IMG_{d['y']}{d['m']:02d}{d['d']:02d}_{d['hh']:02d}{d['mm']:02d}{d['ss']:02d}.jpg",
+            f"WhatsApp Image {d['y']}-{d['m']:02d}-{d['d']:02d} at {d['h12']}.{d['mm']:02d}.{d['ss']:02d} {d['ampm']}",
+            f"IMG_{r.randint(1, 9999):04d}.JPG",
+        ]
+    )
+
+
+def _hex(r: random.Random, n: int) -> str:
+    return "".join(r.choice("0123456789abcdef") for _ in range(n))
+
+
+BLIND = [
+    Template(
+        "b1_shop_title",
+        "e-commerce title scaffold: Buy ... (Pack of N) – sizes – colour list | Free Shipping | shop",
+        _t(
+            lambda c, r, u: (
+                f"Buy {c.title} Vinyl Decal (Pack of {r.choice([2, 3, 5, 10])}) – {r.choice(_SIZES)} – "
+                f"{', '.join(r.sample(_COLOURS, r.randint(2, 4)))} | Free Shipping | ShopNest"
+            )
+        ),
+    ),
+    Template(
+        "b2_sku_price",
+        "SKU/model code + price and currency + stock note",
+        _t(
+            lambda c, r, u: (
+                f"{c.title} | SKU {r.choice(['SN', 'TR', 'XK', 'MD'])}-{r.randint(10000, 99999)}-"
+                f"{r.choice(['BLK', 'WHT', 'RED', 'NVY'])} | Model No. {r.choice('ABCDEFGH')}{r.randint(100, 999)} | "
+                f"{_price(r)} | {r.choice(['In stock', 'Only 3 left', 'Sold out', 'Pre-order'])}"
+            ),
+            _tags,
+        ),
+    ),
+    Template(
+        "b3_breadcrumb",
+        "breadcrumb / pagination path before the title",
+        _t(
+            lambda c, r, u: (lambda sep: f"Home{sep}Gallery{sep}Clip Art{sep}Page {r.randint(2, 480)}{sep}{c.title}")(
+                r.choice([" > ", " » ", " / ", " › "])
+            )
+        ),
+    ),
+    Template(
+        "b4_attribution",
+        "attribution line (Photo by X on Y) + licence abbreviation + licence URL",
+        _t(
+            lambda c, r, u: (
+                lambda lic: (
+                    f"{c.title}. Photo by {u} on MediaCommons, {lic[0]} "
+                    f"(https://creativecommons.org/licenses/{lic[1]}/)"
+                )
+            )(r.choice([("CC BY-SA 4.0", "by-sa/4.0"), ("CC BY-NC 3.0", "by-nc/3.0"), ("CC BY-ND 2.0", "by-nd/2.0")]))
+        ),
+    ),
+    Template(
+        "b5_filename",
+        "bare file name: underscores/hyphens, version suffix, extension",
+        _t(lambda c, r, u: _slug(c, r)),
+    ),
+    Template(
+        "b6_foreign_download",
+        "non-English download/licence boilerplate (es, fr, de)",
+        _t(lambda c, r, u: _foreign_download(c, r)),
+    ),
+    Template(
+        "b7_caps_spam",
+        "ALL-CAPS SEO spam around an upper-cased title",
+        _t(
+            lambda c, r, u: (
+                f"★ {c.title.upper()} ★ 100% FREE ★ NO SIGN UP ★ BEST QUALITY {r.randint(2019, 2025)} ★ "
+                f"{r.choice(['NEW!!!', 'HOT!!', 'TRENDING NOW!!!', 'MUST SEE!!'])}"
+            )
+        ),
+    ),
+    Template(
+        "b8_rating",
+        "star rating, review count, bestseller badge, shipping time",
+        _t(
+            lambda c, r, u: (
+                lambda s: (
+                    f"{c.title} – {'★' * int(s)}{'☆' * (5 - int(s))} {s} out of 5 stars ({r.randint(3, 9999):,}) – "
+                    f"{r.choice(_BADGES)} – ships in 1-3 business days"
+                )
+            )(r.choice([3.5, 4.0, 4.5, 4.6, 4.8, 5.0]))
+        ),
+    ),
+    Template(
+        "b9_see_also",
+        "'Related:' and 'See also' navigation lists after the title",
+        _t(
+            lambda c, r, u: (lambda nav: f"{c.title}. Related: {', '.join(nav[:3])}. See also: {', '.join(nav[3:])}")(
+                r.sample(_NAV, 5)
+            ),
+            _tags,
+        ),
+    ),
+    Template(
+        "b10_cdn_url",
+        "CDN URL fragment with query-string junk after the title",
+        _t(
+            lambda c, r, u: (
+                f"{c.title} https://i.pincdn.example/{r.choice(['236x', '474x', '736x', 'originals'])}/"
+                f"{_hex(r, 2)}/{_hex(r, 2)}/{_hex(r, 2)}/{_hex(r, 32)}.jpg?utm_source=pinterest&utm_medium=social"
+                f"&utm_campaign=board_{r.randint(1, 99999)}&w={r.choice([236, 474, 736])}&q=80"
+            )
+        ),
+    ),
+    Template(
+        "b11_device_file",
+        "phone/screenshot file name (Screenshot ... at 10.22.31, IMG_..., WhatsApp Image ...) before the title",
+        _t(lambda c, r, u: f"{_device_file(r)} - {c.title}"),
+    ),
+    Template(
+        "b12_forum_post",
+        "forum/social post furniture (Re:, page, board, points, comments)",
+        _t(
+            lambda c, r, u: r.choice(
+                [
+                    f"Re: {c.title} - Page {r.randint(2, 40)} - Show Your Work - DoodleBoard Forums",
+                    f"[SOLVED] {c.title} (reply #{r.randint(2, 300)}) :: DoodleBoard Community",
+                    f"u/{u} · r/ClipArtShare · {r.randint(1, 9000)} points · {r.randint(0, 800)} comments — {c.title}",
+                ]
+            )
+        ),
+    ),
+    Template(
+        "b13_pod_product",
+        "print-on-demand product title + json page title (by uploader | site) + junk json tags",
+        lambda c, r, u: (
+            f"{c.title} | Essential T-Shirt, Mug, Tote Bag & Phone Case",
+            {
+                "title": f"{c.title} by {u} | TeeRiffic",
+                "tags": [*c.keywords, *r.sample(_JUNK_TAGS, 3)],
+            },
+        ),
+    ),
+    Template(
+        "b14_foreign_date",
+        "timestamp in French/German/Spanish words (publié le, hochgeladen am, subido el)",
+        _t(lambda c, r, u: _foreign_date(c, r)),
+    ),
+]
+BLIND_SERIES = Template(
+    "b_series",
+    "generated series (print-on-demand variants: colour / size / design number)",
+    _t(
+        lambda c, r, u: (
+            f"{c.title} Unisex Tee – {r.choice(_COLOURS)} / {r.choice(['S', 'M', 'L', 'XL', '2XL'])} – "
+            f"Design #{r.randint(1, 99999):05d} | {u}"
+        )
+    ),
+)
+TEMPLATES = {
+    "tune": (TUNE, TUNE_SERIES),
+    "heldout": (HELDOUT, HELDOUT_SERIES),
+    "fresh": (FRESH, FRESH_SERIES),
+    "blind": (BLIND, BLIND_SERIES),
+}
 PLAIN = Template("plain", "no template (the clean title)", _t(lambda c, r, u: c.title))
 
 # Sites: (domain, share of the content, template indices into the half's list; None: plain captions).
@@ -339,6 +567,27 @@ FRESH_UPLOADERS = [
     for b in ("", "88", "_official", "2019", "x")
 ]
 
+# The blind half's own sites: a marketplace, a print-on-demand shop (the series' site), a forum, a social/CDN host,
+# a media archive, an SEO clip-art farm, a Spanish/French/German image site, a topical flag shop, a kids' craft
+# site with the Tux Paint stamps and a site with plain captions. Template indices point into ``BLIND``.
+BLIND_SITES = [
+    ("shopnest.example", 0.20, [0, 1, 7]),
+    ("teeriffic.example", 0.12, [12, 1]),  # the series' site
+    ("doodleboard.example", 0.10, [11, 4]),
+    ("pincdn.example", 0.12, [9, 10]),
+    ("imagenes-bilder.example", 0.07, [5, 13]),
+    ("mediacommons.example", 0.10, [3, 2]),
+    ("topfreeclipart.example", 0.09, [6, 8]),
+    ("flaggen-shop.example", 0.09, [0, 5, 13]),  # topical: flags
+    ("kidscraft.example", 0.12, [2, 4, 10]),  # Tux Paint stamps
+    ("archive.example", 0.11, [None]),
+]
+BLIND_UPLOADERS = [
+    f"{a}{b}"
+    for a in ("lucia.dibuja", "HansZeichnet", "printmaster", "zoe_makes", "TeeGuru", "ananya.art", "le_crayon", "ObiK")
+    for b in ("", "_shop", "99", ".studio", "2020")
+]
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -367,10 +616,20 @@ LAYOUTS = {
         "AutoVector_Studio",
         FRESH_UPLOADERS,
     ),
+    "blind": Layout(
+        BLIND_SITES,
+        "flaggen-shop.example",
+        "kidscraft.example",
+        "teeriffic.example",
+        "PODfactory_bot",
+        BLIND_UPLOADERS,
+    ),
 }
 # The fresh half draws its content from the held-out hash half (no third pool exists), taking the held-out
 # corpus's shuffled lists from the other end, so that the two corpora share as few drawings as the pools allow.
-CONTENT_HALF = {"tune": "tune", "heldout": "heldout", "fresh": "heldout"}
+# The blind half likewise takes the tune pool from the other end: with the default sizes it shares no drawing with the
+# held-out and fresh corpora, and 157 of its 1,050 clip-art drawings and 52 of its 150 flags with the tune corpus.
+CONTENT_HALF = {"tune": "tune", "heldout": "heldout", "fresh": "heldout", "blind": "tune"}
 
 
 def _half_of(uid: str) -> str:
@@ -379,7 +638,7 @@ def _half_of(uid: str) -> str:
 
 def load_content(half: str, n_clipart: int, n_stamps: int, short_side: int = 96, cache: Path | None = None) -> dict:
     """Drawings for ``half``: ``{"clipart": [...], "topical": [...], "stamps": [...]}``; tune and held-out content is
-    disjoint, "fresh" takes the held-out pool from the other end (``CONTENT_HALF``).
+    disjoint, "fresh" takes the held-out pool and "blind" the tune pool from the other end (``CONTENT_HALF``).
 
     OpenClipArt SVGs (under 150 kB, with a title) are rendered to JPEG with the pipeline's renderer; rendered bytes
     are cached under ``cache`` (keyed by path and size) so that reruns take seconds.

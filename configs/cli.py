@@ -35,6 +35,7 @@ EXPECTED_ERRORS = {
     ("tracking.run_dir", "RunIdentityError"): "run directory",
     ("tracking.run_dir", "RunInUseError"): "run directory",
     ("lit_modules.multitask", "NonFiniteLossError"): "training stopped",
+    ("lit_modules.optim", "TopologyChangeError"): "resume error",
     ("labels.sources.base", "InputError"): "input error",
     ("studies.sweep", "SweepError"): "sweep error",
     ("wandb.errors.errors", "Error"): "W&B",  # UsageError (no API key), CommError, AuthenticationError

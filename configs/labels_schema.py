@@ -202,7 +202,7 @@ class RunSettings:
     # (ray.init() locally, or the cluster at RAY_ADDRESS). docs/labels_distributed.md.
     engine: str = "local"
     # local: worker processes; ray local: CPUs to start Ray with. null (default): the CPUs this process may run on
-    # (its affinity mask, len(os.sched_getaffinity(0)), not os.cpu_count()); 0: every task in the driver process.
+    # (affinity mask and cgroup CPU quota, not os.cpu_count()); 0: every task in the driver process.
     workers: int | None = None
     max_retries: int = 2  # resubmissions of a task whose worker died
     # An input tar that cannot be read to its end (truncated download, corrupt header, unreadable file): skip

@@ -178,6 +178,12 @@ class OptimConfig:
     warmup_steps: int = 0
     scheduler: Literal["cosine", "constant"] = "cosine"  # after the linear warmup
     min_lr: float = 1e-6
+    # A resume on another world size (or data.batch_size) than the checkpoint's (a requeue on fewer or more nodes):
+    # "keep_global_batch" recomputes trainer.accumulate_grad_batches so the global batch, peak LR and schedule stay
+    # the checkpoint's (the run stops before training if no integer does it); "rescale_lr" keeps the per-device
+    # batch, so the global batch changes and the peak LR is recomputed by the lr_base rule above, the schedule
+    # continuing from the restored step. Chosen at resume time (operational). docs/reliability.md.
+    on_world_size_change: Literal["keep_global_batch", "rescale_lr"] = "keep_global_batch"
     ema_decay: float | None = None  # EMA of weights (timm ModelEmaV3); None disables
 
 
@@ -317,6 +323,7 @@ OPERATIONAL_KEYS = (
     "trainer.strategy",
     "trainer.precision",
     "trainer.accumulate_grad_batches",
+    "optim.on_world_size_change",
     "trainer.log_every_n_steps",
     "trainer.checkpoint_every_n_steps",
     "trainer.num_sanity_val_steps",

@@ -14,7 +14,7 @@ to the driver (:mod:`labels.lifetime`): pool workers and a local Ray die with th
 fenced by the driver's hold on the output folder (``fenced_call``), so a task of a dead run never writes into a
 new run's files.
 
-``workers=None`` (the default) uses the CPUs this process may run on (``len(os.sched_getaffinity(0))``, not
+``workers=None`` (the default) uses the CPUs this process may use (its affinity mask and cgroup CPU quota, not
 ``os.cpu_count()``, which counts CPUs a container or ``taskset`` does not give it); 0 runs the tasks in the
 driver process.
 """
@@ -89,11 +89,12 @@ def _worker_ready() -> int:
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on: its affinity mask (``taskset``, cgroup cpusets), else ``os.cpu_count()``."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity call on this platform (macOS)
-        return os.cpu_count() or 1
+    """CPUs this process may use: loky's count (joblib, already here through scikit-learn), the least of
+    ``os.cpu_count()``, the affinity mask (``taskset``, cgroup cpusets) and the cgroup CPU quota (a container given
+    2 CPUs of a 64-core host sees 64 in its affinity mask)."""
+    from joblib.externals.loky import cpu_count
+
+    return max(1, cpu_count())
 
 
 def resolve_workers(workers: int | None) -> int:

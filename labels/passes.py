@@ -24,6 +24,7 @@ Work layout:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import gc
 import hashlib
@@ -652,13 +653,7 @@ def _partition_samples(work: str, p: int, num_reduce: int):
         st = read_json(stats_path(work, "reduce", r))
         idx = st["index"]
         parts = idx["parts"]
-        lo, hi = 0, len(parts)
-        while lo < hi:  # parts is sorted: binary search for p
-            mid = (lo + hi) // 2
-            if parts[mid] < p:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = bisect.bisect_left(parts, p)  # parts is sorted
         if lo < len(parts) and parts[lo] == p:
             path = os.path.join(task_dir(work, "reduce", r), "samples.jsonl")
             streams.append(read_lines(path, idx["offsets"][lo], idx["offsets"][lo + 1]))

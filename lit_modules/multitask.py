@@ -414,6 +414,33 @@ class MultiTaskModule(pl.LightningModule):
             self.backbone.compile()
             self._backbone_compiled = True
 
+    def on_train_start(self) -> None:
+        # Lightning restores the optimizer and scheduler states after on_fit_start and before this hook.
+        self._use_peak_lr()
+
+    def _use_peak_lr(self) -> None:
+        """Make the optimizer use this start's peak LR (``peak_lr``, the one printed and logged) at the current step.
+
+        A restored ``LambdaLR`` keeps the checkpoint's base LRs and the optimizer its LRs (both are in their state
+        dicts), so after a resume whose global batch changed (``optim.on_world_size_change=rescale_lr``) they would
+        silently keep the old peak. The multipliers (``lr_lambdas``) are this start's and the step (``last_epoch``)
+        the checkpoint's, so the remaining schedule continues from the restored step. Without a change this
+        rewrites the same values.
+        """
+        if self._trainer is None or getattr(self, "resolved_lr", None) is None:
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                continue
+            groups = scheduler.optimizer.param_groups
+            scheduler.base_lrs = [self.resolved_lr * float(g.get("lr_scale", 1.0)) for g in groups]
+            step = scheduler.last_epoch
+            lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+            for group, base, lr in zip(groups, scheduler.base_lrs, lrs):
+                group["initial_lr"], group["lr"] = base, lr
+            scheduler._last_lr = lrs  # what get_last_lr() (and LearningRateMonitor) report
+
     def setup(self, stage: str) -> None:
         """``init_from`` loads here, the one place pretrained weights load: on every rank, before the strategy wraps
         the model and before a resumed checkpoint (``ckpt_path``) restores over it. Skipped when they already
@@ -425,6 +452,13 @@ class MultiTaskModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nonfinite_skipped"] = int(self.nonfinite_skipped)
+        trainer = self._trainer
+        if trainer is not None:  # what a resume on another topology compares with (lit_modules.trainer.adapt_topology)
+            checkpoint["topology"] = {
+                "batch_size": int(self.cfg["data"]["batch_size"]),
+                "world_size": int(trainer.world_size),
+                "accumulate_grad_batches": int(trainer.accumulate_grad_batches),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hp = checkpoint.get("hyper_parameters") or {}

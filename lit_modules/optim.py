@@ -32,6 +32,8 @@ __all__ = [
     "global_batch_size",
     "resolve_lr",
     "build_optimizer",
+    "TopologyChangeError",
+    "plan_topology_change",
 ]
 
 # timm optimizer names whose update is normalized per parameter (Adam family): sqrt LR scaling by default,
@@ -173,6 +175,62 @@ def resolve_lr(optim_cfg: Mapping[str, Any], global_batch: int) -> tuple[float, 
         f"({scale} scaling by the global batch)"
     )
     return lr, how
+
+
+class TopologyChangeError(ValueError):
+    """A resume on another topology that ``optim.on_world_size_change`` cannot honour."""
+
+
+def _describe(batch_size: int, world_size: int, accumulate: int) -> str:
+    total = batch_size * world_size * accumulate
+    return f"{world_size} device(s) x data.batch_size {batch_size} x accumulate {accumulate} = global batch {total}"
+
+
+def plan_topology_change(
+    saved: Mapping[str, int], batch_size: int, world_size: int, accumulate: int, rule: str
+) -> tuple[int, str | None]:
+    """``trainer.accumulate_grad_batches`` for a run resumed from a checkpoint trained on ``saved``'s topology.
+
+    Args:
+        saved: the checkpoint's ``{"batch_size", "world_size", "accumulate_grad_batches"}``.
+        batch_size, world_size, accumulate: this start's ``data.batch_size``, world size and configured accumulation.
+        rule: ``optim.on_world_size_change``: ``keep_global_batch`` (accumulation recomputed so the global batch is
+            the checkpoint's) or ``rescale_lr`` (accumulation as configured; the peak LR follows the new global batch).
+
+    Returns:
+        ``(accumulate, message)``; the message (None when the topology is the checkpoint's) says what changed.
+
+    Raises:
+        TopologyChangeError: ``keep_global_batch`` and no integer accumulation gives the checkpoint's global batch.
+    """
+    was = (int(saved["batch_size"]), int(saved["world_size"]), int(saved["accumulate_grad_batches"]))
+    old_global = global_batch_size(*was)
+    if (was[0], was[1]) == (batch_size, world_size):
+        return accumulate, None
+    before = _describe(*was)
+    if rule == "keep_global_batch":
+        per_step = batch_size * world_size
+        if old_global % per_step:
+            raise TopologyChangeError(
+                f"the checkpoint was trained on {before}; this start has {world_size} device(s) x data.batch_size "
+                f"{batch_size}, and no integer trainer.accumulate_grad_batches gives a global batch of {old_global} "
+                "(optim.on_world_size_change=keep_global_batch). Resume on a world size that divides it, set "
+                "data.batch_size so that it does, or pass optim.on_world_size_change=rescale_lr to train on with "
+                "another global batch and the peak LR of the lr_base rule"
+            )
+        new = old_global // per_step
+        return new, (
+            f"topology changed since the checkpoint: {before} -> {_describe(batch_size, world_size, new)}; "
+            "trainer.accumulate_grad_batches recomputed to keep the global batch, peak LR and schedule "
+            "(optim.on_world_size_change=keep_global_batch)"
+        )
+    if rule == "rescale_lr":
+        return accumulate, (
+            f"topology changed since the checkpoint: {before} -> {_describe(batch_size, world_size, accumulate)}; "
+            "the peak LR follows the new global batch by the lr_base rule and the schedule continues from the "
+            "restored step (optim.on_world_size_change=rescale_lr)"
+        )
+    raise ValueError(f"optim.on_world_size_change={rule!r}: expected keep_global_batch or rescale_lr")
 
 
 def build_optimizer(

@@ -111,13 +111,9 @@ def _final_batch(trainer: Trainer) -> bool:
     """True at the end of the fit's last training batch (``max_steps`` reached, or the last batch of the last epoch)."""
     if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
         return True
-    epoch_loop = trainer.fit_loop.epoch_loop
     max_epochs = trainer.max_epochs
     return bool(
-        max_epochs is not None
-        and max_epochs > 0
-        and trainer.current_epoch + 1 >= max_epochs
-        and epoch_loop.batch_progress.is_last_batch
+        max_epochs is not None and max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs and trainer.is_last_batch
     )
 
 
@@ -386,3 +382,56 @@ def resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> str | None:
             f"resume={cfg.resume}: no such checkpoint file or complete sharded checkpoint folder (.metadata + meta.pt)"
         )
     return str(storage.local_copy(cfg.resume))
+
+
+def checkpoint_topology(path: str) -> dict[str, int] | None:
+    """The ``{"batch_size", "world_size", "accumulate_grad_batches"}`` a checkpoint was trained with (``None`` when
+    it does not say). Checkpoints written before the module stored it (``MultiTaskModule.on_save_checkpoint``) give
+    their config's batch and accumulation and the world size of their data position."""
+    from datamodules.resume import saved_position
+    from lit_modules.checkpoints import CheckpointError, read_checkpoint_meta
+
+    try:
+        meta = read_checkpoint_meta(path)  # memory-mapped file, or a sharded folder's meta.pt: no weights read
+    except CheckpointError:
+        return None  # unreadable: the resume itself fails next, with AtomicCheckpointIO's message naming the file
+    if isinstance(meta.get("topology"), dict):
+        return {k: int(v) for k, v in meta["topology"].items()}
+    config = (meta.get("hyper_parameters") or {}).get("config") or {}
+    world = saved_position(meta).get("world_size")
+    if world is None or not config:
+        return None
+    return {
+        "batch_size": int(config["data"]["batch_size"]),
+        "world_size": int(world),
+        "accumulate_grad_batches": int(config["trainer"]["accumulate_grad_batches"]),
+    }
+
+
+def adapt_topology(trainer: Trainer, cfg: DictConfig, ckpt_path: str | None) -> str | None:
+    """Apply ``optim.on_world_size_change`` to a resume on another world size or ``data.batch_size`` than the
+    checkpoint's, before training: sets ``trainer.accumulate_grad_batches`` by
+    ``lit_modules.optim.plan_topology_change`` (the run's lineage records the trainer's value); the module's ``peak_lr``
+    then follows the resulting global batch. Returns the message printed on rank 0 (None: nothing changed).
+
+    Raises:
+        TopologyChangeError: ``keep_global_batch`` and no integer accumulation keeps the checkpoint's global batch.
+    """
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from lit_modules.optim import plan_topology_change
+
+    saved = checkpoint_topology(ckpt_path) if ckpt_path else None
+    if saved is None:
+        return None
+    accumulate, message = plan_topology_change(
+        saved,
+        int(cfg.data.batch_size),
+        int(trainer.world_size),
+        int(trainer.accumulate_grad_batches),
+        str(cfg.optim.on_world_size_change),
+    )
+    trainer.accumulate_grad_batches = accumulate
+    if message:
+        rank_zero_info(message)
+    return message

@@ -696,8 +696,11 @@ def execute(
                 if parallel > 1:
                     logfile = stack.enter_context(open(run.run_dir / "sweep.log", "a"))
                     kwargs = {"stdout": logfile, "stderr": subprocess.STDOUT}
-                proc = subprocess.Popen(command, env=run_env, **kwargs)
-                with lock:
+                with lock:  # a Ctrl-C seen after the check at the top must not leave a run it cannot stop
+                    if stop.is_set():
+                        why = "interrupted (Ctrl-C)" if interrupted.is_set() else "an earlier run failed (--fail-fast)"
+                        return RunOutcome(run.name, "not started", params=run.params, note=why)
+                    proc = subprocess.Popen(command, env=run_env, **kwargs)
                     live.add(proc)
                 try:
                     returncode = proc.wait()
@@ -709,6 +712,9 @@ def execute(
             slots.put(slot)
         # Ctrl-C reaches the run too (one terminal process group): it may end before the runner sees the interrupt.
         if returncode != 0 and (interrupted.is_set() or returncode in (-signal.SIGINT, 128 + signal.SIGINT)):
+            with lock:  # the run saw the Ctrl-C first: start nothing more while the runner's own handler catches up
+                interrupted.set()
+                stop.set()
             return RunOutcome(run.name, "interrupted", returncode, seconds, params=run.params, note="Ctrl-C")
         status = "finished" if returncode == 0 else "failed"
         note = "" if returncode == 0 else f"exit code {returncode}"
@@ -727,10 +733,10 @@ def execute(
             outcome = future.result()
             outcomes[outcome.name] = outcome
     except KeyboardInterrupt:
-        interrupted.set()
-        stop.set()
         echo("\ninterrupted: stopping the live runs (they resume where they stopped next time)")
         with lock:
+            interrupted.set()
+            stop.set()
             for proc in live:
                 proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -40,8 +40,9 @@ def files_under(folder: Path) -> dict[str, tuple[int, int]]:
 
 # ---------------------------------------------------------------------------------------- worker count
 def test_workers_default_to_the_cpus_this_process_may_run_on(monkeypatch):
-    assert Engine("local").workers == len(os.sched_getaffinity(0))
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5, 7, 9})  # e.g. taskset / a cgroup cpuset
+    assert Engine("local").workers == min(len(os.sched_getaffinity(0)), os.cpu_count())
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)  # a 16-core host ...
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5, 7, 9})  # ... of which taskset/a cpuset gives 5
     assert Engine("local").workers == 5
     assert Engine("local", None).workers == 5 and Engine("ray").workers == 5
     assert Engine("local", 0).workers == 0 and Engine("local", 3).workers == 3  # 0: in the driver; N: N

@@ -374,10 +374,13 @@ class RunDir:
         return clean
 
 
-def lineage(cfg: DictConfig, manifests: Sequence[str] = (), world_size: int | None = None) -> dict[str, Any]:
+def lineage(
+    cfg: DictConfig, manifests: Sequence[str] = (), world_size: int | None = None, accumulate: int | None = None
+) -> dict[str, Any]:
     """Where a run's results come from, recorded in run.json and the W&B config: the git commit, the fingerprint of
     the data manifests it reads, the world size and global batch it trained with, its precision, and its config and
-    replicate fingerprints (``tracking.identity``)."""
+    replicate fingerprints (``tracking.identity``). ``accumulate``: the trainer's accumulation when it is not the
+    config's (a resume on another world size, ``lit_modules.trainer.adapt_topology``)."""
     from lit_modules.optim import global_batch_size
 
     t = cfg.trainer
@@ -387,7 +390,7 @@ def lineage(cfg: DictConfig, manifests: Sequence[str] = (), world_size: int | No
         "world_size": world_size,
         "global_batch": None
         if world_size is None
-        else global_batch_size(cfg.data.batch_size, world_size, t.accumulate_grad_batches),
+        else global_batch_size(cfg.data.batch_size, world_size, accumulate or t.accumulate_grad_batches),
         "precision": str(t.precision),
         "config_fingerprint": config_fingerprint(to_dict(cfg)),
     }
