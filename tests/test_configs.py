@@ -264,8 +264,8 @@ def _doc_commands(path: Path) -> list[tuple[list[str], dict[str, str]]]:
 
 # Known answers for the README's GPU lines (devices, num_nodes, strategy, precision).
 README_GPU = {
-    ("experiment=scale_arch", "model=vit_b16", "trainer=gpu"): (1, 1, "auto", "bf16-mixed"),
-    ("experiment=scale_arch", "model=vit_l16", "trainer=ddp"): ("auto", 1, "ddp", "bf16-mixed"),
+    ("experiment=scale_arch", "model=vit_b16", "trainer=ddp"): ("auto", 1, "ddp", "bf16-mixed"),
+    ("experiment=scale_arch", "model=vit_b16", "trainer=ddp_2x8"): (8, 2, "ddp", "bf16-mixed"),
     ("experiment=scale_arch", "model=vit_h14", "trainer=fsdp", "trainer.num_nodes=4"): (
         "auto",
         4,
