@@ -22,7 +22,7 @@ from torch.utils.data import IterableDataset, default_collate
 
 from datamodules.loaders import META, index_seed, mix_seed, seed_sample_rngs
 from datamodules.manifest import ManifestMismatchError
-from datamodules.storage import open_url
+from datamodules.storage import ShardOpener
 from datamodules.tar_reader import TarFormatError, iter_members
 from datamodules.targets import label_arrays, pad_labels
 from datamodules.transforms import DraftResizedCrop, decode_image
@@ -146,7 +146,8 @@ class ReadShards:
     dot of the file name, the extension the rest, lower-cased), because the generic ``group_by_keys`` costs more per
     sample than the rest of the tar reading; ``tarfile_to_samples`` cannot skip payloads, hence this stage.
 
-    Bad shards never stop training: a shard that cannot be opened, is corrupt or truncated is logged and counted
+    Bad shards never stop training: a shard that cannot be opened (missing, or a remote read still failing at the
+    retry deadline of ``datamodules.storage``), is corrupt or truncated is logged and counted
     (``shard_read_error``, ``samples_lost`` for what the manifest listed but was not read) after the samples read
     before the break; a complete shard whose count differs from the manifest is counted (``count_mismatch``, naming
     the shard) and only its first manifest-count samples are used (``samples_extra`` for the rest), so sample numbers
@@ -154,8 +155,16 @@ class ReadShards:
     ``ManifestMismatchError`` instead.
     """
 
-    def __init__(self, counts: dict[str, int], counter: SkipCounter, max_empty: int, strict: bool = False) -> None:
+    def __init__(
+        self,
+        counts: dict[str, int],
+        counter: SkipCounter,
+        max_empty: int,
+        strict: bool = False,
+        opener: ShardOpener | None = None,
+    ) -> None:
         self.counts = counts
+        self.opener = opener or ShardOpener()  # local, fsspec URL (retried) or pipe:; the optional shard cache
         self.counter = counter
         self.max_empty = max_empty
         self.strict = strict
@@ -206,7 +215,7 @@ class ReadShards:
 
             n = 0
             try:
-                stream = open_url(url)
+                stream = self.opener(url)
             except Exception as exn:  # noqa: BLE001 - any opener failure is a counted skip
                 self.counter.add("shard_read_error", detail=f"{url}: {exn!r}")
                 self.counter.add("samples_lost", expected or 0, detail=url)
