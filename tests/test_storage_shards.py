@@ -133,3 +133,13 @@ def test_the_shard_cache_serves_the_second_epoch_and_stays_under_its_limit(shard
         assert 10 <= after_first - before <= 11
         assert 10 - limit_shards <= after_second - after_first <= 11
     assert not list((cache / "partial").iterdir())
+
+
+def test_a_pass_resumed_mid_epoch_from_the_bucket_continues_exactly(shards, s3_server):
+    remote = upload(s3_server, shards)
+    cfg = compose_cfg(remote["manifest"])
+    full, loader = _pass_keys(cfg, 1)
+    assert full == _pass_keys(compose_cfg(shards["manifest"]), 1)[0]
+    for k in (3, len(full) - 2):
+        resumed = PassLoader("weak_label", WeakLabelSource(cfg).train_source(0, 1), EpochClock())
+        assert [b["key"] for b in resumed.run_pass(1, 0, loader.position(1, k))] == full[k:], f"after {k} batches"
