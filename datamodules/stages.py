@@ -20,6 +20,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, default_collate
 
+import storage
 from datamodules.loaders import META, index_seed, mix_seed, seed_sample_rngs
 from datamodules.manifest import ManifestMismatchError
 from datamodules.storage import ShardOpener
@@ -28,6 +29,8 @@ from datamodules.targets import label_arrays, pad_labels
 from datamodules.transforms import DraftResizedCrop, decode_image
 
 log = logging.getLogger(__name__)
+
+MAX_UNREACHABLE = 3  # shards in a row failing at the storage retry deadline before the store counts as down
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 READ_EXTS = frozenset((*IMAGE_EXTS, "json"))
@@ -169,6 +172,7 @@ class ReadShards:
         self.max_empty = max_empty
         self.strict = strict
         self.empty_run = 0  # shards in a row that gave no sample: a run of them means the data is gone
+        self.unreachable_run = 0  # shards in a row whose reads kept failing transiently until the retry deadline
 
     def _samples(self, stream: Any, url: str, read: Any) -> Iterator[dict]:
         """Samples of one tar stream; ``read(j)`` says whether sample ``j``'s payload is needed."""
@@ -217,6 +221,7 @@ class ReadShards:
             try:
                 stream = self.opener(url)
             except Exception as exn:  # noqa: BLE001 - any opener failure is a counted skip
+                self._check_unreachable(exn, url)
                 self.counter.add("shard_read_error", detail=f"{url}: {exn!r}")
                 self.counter.add("samples_lost", expected or 0, detail=url)
                 self._check_empty_run(0, url)
@@ -230,6 +235,7 @@ class ReadShards:
                     n += 1
             except (OSError, EOFError, ValueError) as exn:  # TarFormatError (truncated/corrupt) is a ValueError
                 problem = repr(exn)
+                self._check_unreachable(exn, url)
             finally:
                 stream.close()
             if problem is not None:
@@ -245,7 +251,20 @@ class ReadShards:
                     )
                 self.counter.add("count_mismatch", detail=msg)
                 self.counter.add("samples_lost" if n < expected else "samples_extra", abs(n - expected), detail=url)
+            if problem is None:
+                self.unreachable_run = 0
             self._check_empty_run(n, url)
+
+    def _check_unreachable(self, exn: BaseException, url: str) -> None:
+        """A shard whose reads failed transiently until the retry deadline (``storage.StorageError``) is a counted
+        skip; ``MAX_UNREACHABLE`` such shards in a row mean the store itself is away, and the run ends naming it
+        rather than waiting out one deadline per shard of the epoch."""
+        self.unreachable_run = self.unreachable_run + 1 if isinstance(exn, storage.StorageError) else 0
+        if self.unreachable_run >= MAX_UNREACHABLE:
+            raise RuntimeError(
+                f"the shard store is unreachable: {self.unreachable_run} shards in a row kept failing until the retry "
+                f"deadline, the last {url}: {exn}"
+            ) from exn
 
     def _check_empty_run(self, n: int, url: str) -> None:
         self.empty_run = self.empty_run + 1 if n == 0 else 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,28 @@ def test_a_server_restart_mid_epoch_is_retried_and_the_epoch_is_unchanged(shards
     assert got == expected
 
 
+def test_a_server_that_stays_down_ends_the_pass_quickly_naming_a_shard_url(shards, s3_server, monkeypatch):
+    monkeypatch.setenv("STORAGE_RETRY_DEADLINE_S", "1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    clear_fs_cache()
+    remote = upload(s3_server, shards)
+    batches = PassLoader(
+        "weak_label", WeakLabelSource(compose_cfg(remote["manifest"])).train_source(0, 1), EpochClock()
+    ).run_pass(0, 0)
+    next(batches)
+    s3_server.stop(keep=True)
+    try:
+        start = time.monotonic()
+        pattern = rf"store is unreachable: 3 shards in a row .* s3://{remote['bucket']}/data/train-\S+\.tar"
+        with pytest.raises(RuntimeError, match=pattern):
+            for _ in batches:
+                pass
+        assert time.monotonic() - start < 60  # three retry deadlines of 1 s, not one per shard of the epoch
+    finally:
+        s3_server.start()
+        clear_fs_cache()
+
+
 @pytest.mark.parametrize("limit_shards", [None, 3])
 def test_the_shard_cache_serves_the_second_epoch_and_stays_under_its_limit(shards, s3_server, tmp_path, limit_shards):
     remote = upload(s3_server, shards)
@@ -137,9 +160,10 @@ def test_the_shard_cache_serves_the_second_epoch_and_stays_under_its_limit(shard
 
 def test_a_pass_resumed_mid_epoch_from_the_bucket_continues_exactly(shards, s3_server):
     remote = upload(s3_server, shards)
-    cfg = compose_cfg(remote["manifest"])
+    workers = "data.num_workers=2"  # forked DataLoader workers, each with its own S3 client
+    cfg = compose_cfg(remote["manifest"], workers)
     full, loader = _pass_keys(cfg, 1)
-    assert full == _pass_keys(compose_cfg(shards["manifest"]), 1)[0]
+    assert full == _pass_keys(compose_cfg(shards["manifest"], workers), 1)[0]
     for k in (3, len(full) - 2):
         resumed = PassLoader("weak_label", WeakLabelSource(cfg).train_source(0, 1), EpochClock())
         assert [b["key"] for b in resumed.run_pass(1, 0, loader.position(1, k))] == full[k:], f"after {k} batches"
