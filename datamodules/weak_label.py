@@ -4,7 +4,8 @@ stream of a run config. The shard format, the stage chain and the rules for bad 
 ``datamodules.streams``, the resume bookkeeping in ``datamodules.resume``.
 
 Config: ``data.weak_label.{manifest, shards, label_space, scale, resampled}``, ``data.{img_size, batch_size,
-eval_batch_size, num_workers, shuffle_buffer, augment.*}``, ``seed``. Sample counts always come from the manifest.
+eval_batch_size, num_workers, shuffle_buffer, augment.*, cache_dir, cache_limit_gb}``, ``seed``. The manifest and
+shards may be on any fsspec URL (``datamodules.storage``). Sample counts always come from the manifest.
 
 Guarantees:
 
