@@ -106,6 +106,28 @@ def test_a_server_restart_mid_epoch_is_retried_and_the_epoch_is_unchanged(shards
     assert got == expected
 
 
+def test_a_read_broken_mid_shard_reopens_the_object_at_its_byte(shards, s3_server, monkeypatch, caplog):
+    from datamodules.storage import RemoteStream
+
+    monkeypatch.setenv("STORAGE_RETRY_DEADLINE_S", "60")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    clear_fs_cache()
+    remote = upload(s3_server, shards)
+    key = next(k for k in remote["keys"] if k.endswith(".tar"))
+    whole = (Path(shards["root"]) / key.removeprefix("data/")).read_bytes()
+    caplog.set_level(logging.WARNING, logger="storage.retry")
+    stream = RemoteStream(f"s3://{remote['bucket']}/{key}", block_size=4096)  # one range request per 4 KiB
+    head = stream.read(10_000)
+    s3_server.stop(keep=True)
+    restart = threading.Timer(2.0, s3_server.start)
+    restart.start()
+    rest = stream.read()
+    restart.join()
+    clear_fs_cache()
+    assert head + rest == whole and len(head) == 10_000 and len(whole) > 20_000
+    assert any("read s3://" in r.getMessage() for r in caplog.records if r.name == "storage.retry")
+
+
 def test_a_server_that_stays_down_ends_the_pass_quickly_naming_a_shard_url(shards, s3_server, monkeypatch):
     monkeypatch.setenv("STORAGE_RETRY_DEADLINE_S", "1")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
