@@ -51,6 +51,7 @@ def _shard_gets(server, bucket: str) -> int:
     return len(re.findall(rf'"GET /{bucket}/data/[^" ]*train[^" ]*\.tar', text))
 
 
+@pytest.mark.slow  # end to end, or stops and restarts the server process
 def test_training_reads_shards_and_manifest_from_the_bucket_like_local_disk(shards, s3_server, tmp_path):
     remote = upload(s3_server, shards)
     records = {}
@@ -82,6 +83,7 @@ def test_a_shard_missing_from_the_bucket_is_a_counted_skip_naming_its_url(shards
     assert len(batches) == 40 and all(len(b) == 4 for b in batches)
 
 
+@pytest.mark.slow  # end to end, or stops and restarts the server process
 def test_a_server_restart_mid_epoch_is_retried_and_the_epoch_is_unchanged(shards, s3_server, monkeypatch, caplog):
     monkeypatch.setenv("STORAGE_RETRY_DEADLINE_S", "60")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries would hide a short outage from ours
@@ -106,6 +108,7 @@ def test_a_server_restart_mid_epoch_is_retried_and_the_epoch_is_unchanged(shards
     assert got == expected
 
 
+@pytest.mark.slow  # end to end, or stops and restarts the server process
 def test_a_read_broken_mid_shard_reopens_the_object_at_its_byte(shards, s3_server, monkeypatch, caplog):
     from datamodules.storage import RemoteStream
 
@@ -128,6 +131,7 @@ def test_a_read_broken_mid_shard_reopens_the_object_at_its_byte(shards, s3_serve
     assert any("read s3://" in r.getMessage() for r in caplog.records if r.name == "storage.retry")
 
 
+@pytest.mark.slow  # end to end, or stops and restarts the server process
 def test_a_server_that_stays_down_ends_the_pass_quickly_naming_a_shard_url(shards, s3_server, monkeypatch):
     monkeypatch.setenv("STORAGE_RETRY_DEADLINE_S", "1")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
@@ -180,6 +184,7 @@ def test_the_shard_cache_serves_the_second_epoch_and_stays_under_its_limit(shard
     assert not list((cache / "partial").iterdir())
 
 
+@pytest.mark.slow  # end to end, or stops and restarts the server process
 def test_a_pass_resumed_mid_epoch_from_the_bucket_continues_exactly(shards, s3_server):
     remote = upload(s3_server, shards)
     workers = "data.num_workers=2"  # forked DataLoader workers, each with its own S3 client
