@@ -109,6 +109,11 @@ class DataConfig:
     # Append the sample keys of every training batch each rank consumes to this JSON-lines file (rank r > 0:
     # <path>.rank<r>); a resumed run first cuts it back to its checkpoint. None = off (tracking/sample_keys.py).
     record_keys: str | None = None
+    # Local copy of remote shards (s3://, gs://, https://...) for multi-epoch runs: each shard is downloaded once and
+    # read from this folder afterwards (datamodules/storage.py). None = off (remote shards are streamed every epoch).
+    cache_dir: str | None = None
+    # Bound of data.cache_dir in GiB: least recently used shards are deleted beyond it; 0 = no bound.
+    cache_limit_gb: float = 100.0
 
 
 # ---------------------------------------------------------------------------------------- tasks
@@ -317,6 +322,8 @@ OPERATIONAL_KEYS = (
     "data.num_workers",
     "data.eval_batch_size",
     "data.record_keys",
+    "data.cache_dir",
+    "data.cache_limit_gb",
     "trainer.accelerator",
     "trainer.devices",
     "trainer.num_nodes",

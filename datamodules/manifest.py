@@ -50,7 +50,7 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str) -> Manifest:
-        """Read and validate the manifest at ``path`` (local path or a URL webdataset's gopen can open)."""
+        """Read and validate the manifest at ``path`` (a local path, an fsspec URL such as ``s3://``, or ``pipe:``)."""
         path = str(path)
         if missing_local([path]):
             raise ManifestError(

@@ -20,14 +20,17 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, default_collate
 
+import storage
 from datamodules.loaders import META, index_seed, mix_seed, seed_sample_rngs
 from datamodules.manifest import ManifestMismatchError
-from datamodules.storage import open_url
+from datamodules.storage import ShardOpener
 from datamodules.tar_reader import TarFormatError, iter_members
 from datamodules.targets import label_arrays, pad_labels
 from datamodules.transforms import DraftResizedCrop, decode_image
 
 log = logging.getLogger(__name__)
+
+MAX_UNREACHABLE = 3  # shards in a row failing at the storage retry deadline before the store counts as down
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 READ_EXTS = frozenset((*IMAGE_EXTS, "json"))
@@ -146,7 +149,8 @@ class ReadShards:
     dot of the file name, the extension the rest, lower-cased), because the generic ``group_by_keys`` costs more per
     sample than the rest of the tar reading; ``tarfile_to_samples`` cannot skip payloads, hence this stage.
 
-    Bad shards never stop training: a shard that cannot be opened, is corrupt or truncated is logged and counted
+    Bad shards never stop training: a shard that cannot be opened (missing, or a remote read still failing at the
+    retry deadline of ``datamodules.storage``), is corrupt or truncated is logged and counted
     (``shard_read_error``, ``samples_lost`` for what the manifest listed but was not read) after the samples read
     before the break; a complete shard whose count differs from the manifest is counted (``count_mismatch``, naming
     the shard) and only its first manifest-count samples are used (``samples_extra`` for the rest), so sample numbers
@@ -154,12 +158,21 @@ class ReadShards:
     ``ManifestMismatchError`` instead.
     """
 
-    def __init__(self, counts: dict[str, int], counter: SkipCounter, max_empty: int, strict: bool = False) -> None:
+    def __init__(
+        self,
+        counts: dict[str, int],
+        counter: SkipCounter,
+        max_empty: int,
+        strict: bool = False,
+        opener: ShardOpener | None = None,
+    ) -> None:
         self.counts = counts
+        self.opener = opener or ShardOpener()  # local, fsspec URL (retried) or pipe:; the optional shard cache
         self.counter = counter
         self.max_empty = max_empty
         self.strict = strict
         self.empty_run = 0  # shards in a row that gave no sample: a run of them means the data is gone
+        self.unreachable_run = 0  # shards in a row whose reads kept failing transiently until the retry deadline
 
     def _samples(self, stream: Any, url: str, read: Any) -> Iterator[dict]:
         """Samples of one tar stream; ``read(j)`` says whether sample ``j``'s payload is needed."""
@@ -206,8 +219,9 @@ class ReadShards:
 
             n = 0
             try:
-                stream = open_url(url)
+                stream = self.opener(url)
             except Exception as exn:  # noqa: BLE001 - any opener failure is a counted skip
+                self._check_unreachable(exn, url)
                 self.counter.add("shard_read_error", detail=f"{url}: {exn!r}")
                 self.counter.add("samples_lost", expected or 0, detail=url)
                 self._check_empty_run(0, url)
@@ -221,6 +235,7 @@ class ReadShards:
                     n += 1
             except (OSError, EOFError, ValueError) as exn:  # TarFormatError (truncated/corrupt) is a ValueError
                 problem = repr(exn)
+                self._check_unreachable(exn, url)
             finally:
                 stream.close()
             if problem is not None:
@@ -236,7 +251,20 @@ class ReadShards:
                     )
                 self.counter.add("count_mismatch", detail=msg)
                 self.counter.add("samples_lost" if n < expected else "samples_extra", abs(n - expected), detail=url)
+            if problem is None:
+                self.unreachable_run = 0
             self._check_empty_run(n, url)
+
+    def _check_unreachable(self, exn: BaseException, url: str) -> None:
+        """A shard whose reads failed transiently until the retry deadline (``storage.StorageError``) is a counted
+        skip; ``MAX_UNREACHABLE`` such shards in a row mean the store itself is away, and the run ends naming it
+        rather than waiting out one deadline per shard of the epoch."""
+        self.unreachable_run = self.unreachable_run + 1 if isinstance(exn, storage.StorageError) else 0
+        if self.unreachable_run >= MAX_UNREACHABLE:
+            raise RuntimeError(
+                f"the shard store is unreachable: {self.unreachable_run} shards in a row kept failing until the retry "
+                f"deadline, the last {url}: {exn}"
+            ) from exn
 
     def _check_empty_run(self, n: int, url: str) -> None:
         self.empty_run = self.empty_run + 1 if n == 0 else 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import Any
 
@@ -28,6 +28,7 @@ from datamodules.stages import (
     ShardSource,
     SkipCounter,
 )
+from datamodules.storage import ShardOpener
 
 # Samples in a row that a training worker may skip before it gives up: a stream where nothing decodes (a broken
 # transform, a corpus of error pages) must end the run with the cause, not spin through shards forever.
@@ -56,6 +57,7 @@ class StreamSpec:
     draft: int
     numpy_rng: bool = False  # the train transform draws from numpy (RandAugment), so seed it per sample too
     max_labels: int = 0  # label-id padding width (datamodules.targets.pad_labels); 0: the batch's longest list
+    opener: ShardOpener = field(default_factory=ShardOpener)  # how shards are opened (the shard cache: data.cache_*)
 
     @property
     def slots(self) -> int:
@@ -119,7 +121,7 @@ class TrainStream(IterableDataset):
             source,
             ShardGroups(counts, GROUP_BUFFERS * self.shuffle_buffer),
             ResumeAt(start, shuffle, counts),
-            ReadShards(counts, counter, max_empty=max(50, 2 * len(urls))),
+            ReadShards(counts, counter, max_empty=max(50, 2 * len(urls)), opener=s.opener),
             shuffle,
             wds.map(
                 NameShard(
@@ -197,7 +199,7 @@ class EvalStream(IterableDataset):
         plan = split_plan(n, s.batch_size, self.batches[s.rank][worker])
         counter = SkipCounter(where=f"weak_label val rank {s.rank} worker {worker}: ")
         counts = {e["url"]: c for e in entries if (c := s.counts.get(e["url"])) is not None}
-        read = ReadShards(counts, counter, max_empty=1 << 30, strict=True)(iter(entries))
+        read = ReadShards(counts, counter, max_empty=1 << 30, strict=True, opener=s.opener)(iter(entries))
         raw = ({**sample, "__raw__": j} for j, sample in enumerate(read))
         decode = DecodeSample(s.label_space, s.num_classes, s.transform, s.draft, seed=None)
         collate = Collate(counter, worker, s.max_labels)

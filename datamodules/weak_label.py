@@ -4,7 +4,8 @@ stream of a run config. The shard format, the stage chain and the rules for bad 
 ``datamodules.streams``, the resume bookkeeping in ``datamodules.resume``.
 
 Config: ``data.weak_label.{manifest, shards, label_space, scale, resampled}``, ``data.{img_size, batch_size,
-eval_batch_size, num_workers, shuffle_buffer, augment.*}``, ``seed``. Sample counts always come from the manifest.
+eval_batch_size, num_workers, shuffle_buffer, augment.*, cache_dir, cache_limit_gb}``, ``seed``. The manifest and
+shards may be on any fsspec URL (``datamodules.storage``). Sample counts always come from the manifest.
 
 Guarantees:
 
@@ -54,7 +55,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.manifest import Manifest, ManifestError, ShardInfo
 from datamodules.sources import DataConfigError, DatasetSource
-from datamodules.storage import missing_local
+from datamodules.storage import ShardOpener, missing_local
 from datamodules.streams import EvalStream, StreamSource, StreamSpec, TrainStream
 from datamodules.transforms import draft_size, image_transform
 
@@ -83,6 +84,7 @@ class WeakLabelSource(DatasetSource):
         self.max_labels = int(cap) if isinstance(cap, int) and cap > 0 else 0
         self._check_local(self.train_shards, "train")
         self.val_split = "val" if "val" in self.manifest.data["splits"] else None
+        self.opener = ShardOpener.from_config(cfg.data)
 
     @classmethod
     def check_files(cls, cfg: Any) -> None:
@@ -129,6 +131,7 @@ class WeakLabelSource(DatasetSource):
             draft=draft_size(int(d.img_size), float(d.augment.scale_min), train),
             numpy_rng=train and bool(d.augment.rand_augment),
             max_labels=self.max_labels,
+            opener=self.opener,
         )
 
     def train_source(self, rank: int, world: int) -> StreamSource:

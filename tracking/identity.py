@@ -17,9 +17,9 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
+import storage
 from configs.schema import OPERATIONAL_KEYS, RunConfig
 
 # The environment `wandb agent` gives every run it launches (wandb/wandb_agent.py: WANDB_SWEEP_ID, WANDB_RUN_ID,
@@ -98,6 +98,6 @@ def data_fingerprint(manifests: Iterable[os.PathLike | str]) -> str | None:
     digest = hashlib.sha256()
     seen = False
     for path in manifests:
-        digest.update(Path(path).read_bytes())
+        digest.update(storage.read_bytes(path))  # a local path or a bucket URL (shards on object storage)
         seen = True
     return digest.hexdigest()[:16] if seen else None
