@@ -4,6 +4,7 @@
     python benchmarks/web_captions.py --half heldout --out data/web_heldout  # the corpus they are measured on
     python benchmarks/web_captions.py --half fresh --out data/web_fresh      # written after the rules were final
     python benchmarks/web_captions.py --half blind --out data/web_blind      # a fourth set, written blind to the rules
+    python benchmarks/web_captions.py --half blind5 --out data/web_blind5    # a fifth set, also written blind
 
 Content comes from the Debian ``openclipart-svg`` drawings (title + keywords, rendered to JPEG) and the
 ``tuxpaint-stamps-default`` stamps (English description); each image is written as img2dataset writes it:
@@ -30,6 +31,15 @@ three sets above do not use (shop-title scaffolds, SKUs and prices, breadcrumbs,
 non-English boilerplate and dates, all-caps spam, ratings, navigation lists, CDN URLs, screenshot names, forum
 furniture, print-on-demand titles with junk tags). It takes the tune pool from the other end (``CONTENT_HALF``):
 with the default sizes it shares no drawing with the held-out and fresh corpora, and 209 of 1,360 with the tune one.
+
+A fifth set, ``TEMPLATES["blind5"]`` (14 templates and a series, its own sites ``BLIND5_SITES`` and uploaders), was
+written by another evaluator blind to the rules, their docs, tests and results, in caption styles the four sets above
+do not use (news-wire photo credits, museum/archive records, recipe steps, real-estate listings, app-store screenshot
+captions, academic figure captions, auto-generated alt text, template-engine leftovers such as ``{{product_name}}``,
+``undefined`` and ``[object Object]``, emoji-heavy social captions, listicles, Italian/Portuguese/Dutch/Polish
+boilerplate, mixed-case cut-file SEO titles, Pinterest pin lines, watermark text; a "Day N of 365" series with a
+Roman-numeral counter). It is wired as the blind set is, taking the tune pool from the other end, so with the default
+sizes it draws the same drawings as the blind corpus: only the captions differ.
 
 Next to the tars, ``truth.jsonl`` records per sample its content text (what a clean caption would say), template,
 site and whether it belongs to the series: the benchmark's ground truth, never read by the pipeline.
@@ -529,11 +539,272 @@ BLIND_SERIES = Template(
         )
     ),
 )
+# Blind-5 half: a fifth set, written by an evaluator who never read the label rules, their docs, tests or results,
+# nor the issue's discussion. Caption styles none of the four sets above use: news-wire photo credits, museum/archive
+# records, recipe step captions, real-estate listing scaffolds, app-store screenshot captions, academic figure
+# captions, auto-generated alt text, template-engine leftovers, emoji-heavy social captions, numbered listicles,
+# Italian/Portuguese/Dutch/Polish boilerplate and dates, cut-file SEO titles in mixed case, Pinterest pin lines and
+# watermark text; the series is a "Day N of 365" doodle challenge re-uploaded with a Roman-numeral counter.
+_PHOTOGS = ["Dado Ruvic", "Jane Holloway", "Marek Nowicki", "Priya Raman", "Tom Okafor", "Lucia Ferreira"]
+_DONORS = [
+    "Mr. and Mrs. Harold Whitcombe",
+    "the Estate of Edith Marlowe",
+    "Dr. Anselm Krüger",
+    "Friends of the Library",
+]
+_JOURNALS = ["J. Appl. Vis.", "Proc. Graph. Soc.", "Annals of Illustration", "Int. J. Design Stud."]
+_BOARDS = ["Kids Crafts", "Teaching Ideas", "Bullet Journal Doodles", "Party Printables", "Classroom Decor", "DIY Home"]
+_MONTHS_IT = "gennaio febbraio marzo aprile maggio giugno luglio agosto settembre ottobre novembre dicembre".split()
+_MONTHS_PT = "janeiro fevereiro março abril maio junho julho agosto setembro outubro novembro dezembro".split()
+_MONTHS_NL = "januari februari maart april mei juni juli augustus september oktober november december".split()
+_MONTHS_PL = (
+    "stycznia lutego marca kwietnia maja czerwca lipca sierpnia września października listopada grudnia".split()
+)
+
+
+def _roman(n: int) -> str:
+    out = ""
+    for v, s in ((1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"), (40, "XL")):
+        while n >= v:
+            out, n = out + s, n - v
+    for v, s in ((10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I")):
+        while n >= v:
+            out, n = out + s, n - v
+    return out
+
+
+def _news(c: Content, r: random.Random) -> str:
+    d, p = _date(r), r.choice(_PHOTOGS)
+    return r.choice(
+        [
+            f"FILE PHOTO: {c.title} is seen in this illustration taken {d['month']} {d['d']}, {d['y']}. "
+            f"REUTERS/{p}/Illustration/File Photo",
+            f"{c.title}. Credit: Getty Images / iStockphoto",
+            f"{c.title} (AP Photo/{p}, File)",
+            f"{c.title}. Photograph: {p}/The Daily Ledger",
+        ]
+    )
+
+
+def _museum(c: Content, r: random.Random) -> str:
+    y = r.randint(1890, 2015)
+    return r.choice(
+        [
+            f"{c.title}. Accession no. {y}.{r.randint(1, 99)}.{r.randint(1, 40)}. Gift of {r.choice(_DONORS)}, {y}. "
+            "Public domain, via Wikimedia Commons",
+            f"{c.title} | Object number RP-T-{y}-{r.randint(1, 999)} | Bequest of {r.choice(_DONORS)} | "
+            "CC0 1.0 Universal Public Domain Dedication",
+            f"{c.title}; catalogue raisonné no. {r.randint(1, 900)}; medium: pen and ink on paper; "
+            f"dimensions: {r.randint(10, 60)} x {r.randint(10, 60)} cm",
+        ]
+    )
+
+
+def _multilingual(c: Content, r: random.Random) -> str:
+    d = _date(r)
+    day, m, y = d["d"], d["m"] - 1, d["y"]
+    return r.choice(
+        [
+            f"{c.title} – scarica gratis, immagine vettoriale senza diritti d'autore (caricato il {day} "
+            f"{_MONTHS_IT[m]} {y})",
+            f"{c.title} | baixar grátis – imagem vetorial livre de direitos, publicado em {day} de {_MONTHS_PT[m]} "
+            f"de {y}",
+            f"{c.title} gratis downloaden – rechtenvrije vectorafbeelding, geplaatst op {day} {_MONTHS_NL[m]} {y}",
+            f"{c.title} – pobierz za darmo, grafika wektorowa bez tantiem, dodano {day} {_MONTHS_PL[m]} {y}",
+        ]
+    )
+
+
+def _leftovers(c: Content, r: random.Random) -> tuple[str, dict]:
+    caption = r.choice(
+        [
+            f"{c.title} - {{{{product_name}}}} | {{{{store_name}}}}",
+            f"undefined - {c.title} - undefined",
+            f"{c.title} [object Object] N/A",
+            f"null | {c.title} | Price: NaN | Color: N/A",
+        ]
+    )
+    return caption, {"title": r.choice(["undefined", "null", "%TITLE% - %SITENAME%", "${page.title}"])}
+
+
+def _mixed_case(s: str, r: random.Random) -> str:
+    return "".join(ch.upper() if i % 2 else ch.lower() for i, ch in enumerate(s)) if r.random() < 0.5 else s.title()
+
+
+BLIND5 = [
+    Template(
+        "k1_news_credit",
+        "news-wire photo credit (FILE PHOTO ... REUTERS/name, AP Photo/name, Credit: Getty Images / iStockphoto)",
+        _t(lambda c, r, u: _news(c, r)),
+    ),
+    Template(
+        "k2_museum_record",
+        "museum/archive record (accession no., gift/bequest of, public domain via Wikimedia, medium, dimensions)",
+        _t(lambda c, r, u: _museum(c, r)),
+    ),
+    Template(
+        "k3_recipe_step",
+        "recipe/blog alt text (Easy ... recipe step 3 of 8, prep time, serves, jump to recipe)",
+        _t(
+            lambda c, r, u: (
+                lambda k, n: r.choice(
+                    [
+                        f"Easy {c.title} recipe – step {k} of {n} | Prep {r.choice([5, 10, 15, 20, 30])} mins · "
+                        f"Serves {r.randint(2, 8)}",
+                        f"{c.title} (step-by-step photo {k}/{n}) – Jump to Recipe · Print Recipe",
+                    ]
+                )
+            )(r.randint(1, 6), r.randint(6, 12))
+        ),
+    ),
+    Template(
+        "k4_listing",
+        "real-estate listing scaffold (bd/ba/sqft, MLS number, listed by uploader, open house, photo N of M)",
+        _t(
+            lambda c, r, u: r.choice(
+                [
+                    f"{c.title} — {r.randint(1, 5)} bd | {r.randint(1, 4)} ba | {r.randint(600, 4200):,} sqft · "
+                    f"MLS® #{r.randint(1_000_000, 9_999_999)} · Listed by {u} · Open House Sat {r.randint(10, 11)}am–"
+                    f"{r.randint(1, 5)}pm",
+                    f"Just listed! {c.title} · Price reduced · Virtual tour available · Photo {r.randint(1, 9)} of "
+                    f"{r.randint(10, 40)}",
+                ]
+            )
+        ),
+    ),
+    Template(
+        "k5_app_store",
+        "app-store screenshot caption (Screenshot 2 of 5 — ... for iOS and Android, Rated E, in-app purchases)",
+        _t(
+            lambda c, r, u: r.choice(
+                [
+                    f"Screenshot {r.randint(1, 5)} of {r.randint(5, 8)} — {c.title} for iOS and Android · "
+                    "Rated E for Everyone · Contains ads · In-app purchases",
+                    f"{c.title} - Apps on Google Play | Rated {r.choice(['4+', '9+', '12+'])} | Version "
+                    f"{r.randint(1, 5)}.{r.randint(0, 9)}.{r.randint(0, 20)}",
+                ]
+            )
+        ),
+    ),
+    Template(
+        "k6_figure",
+        "academic figure caption (Fig. 3.2 — ..., Source: author's own work, reproduced with permission)",
+        _t(
+            lambda c, r, u: r.choice(
+                [
+                    f"Fig. {r.randint(1, 9)}.{r.randint(1, 12)} — {c.title}. Source: author's own work "
+                    f"(adapted from {r.choice(_PHOTOGS).split()[1]} et al., {r.randint(1995, 2024)}).",
+                    f"Figure {r.randint(1, 14)}: {c.title} (n = {r.randint(12, 900)}). Reproduced with permission "
+                    f"from {r.choice(_JOURNALS)}",
+                    f"Supplementary Figure S{r.randint(1, 20)}. {c.title}. Scale bar, {r.choice([5, 10, 50])} mm.",
+                ]
+            ),
+            _tags,
+        ),
+    ),
+    Template(
+        "k7_auto_alt",
+        "auto-generated alt text (May be an image of ... and text that says '...', Image may contain: ...)",
+        _t(
+            lambda c, r, u: r.choice(
+                [
+                    f"May be an image of {_kws(c, r, ' and ')} and text that says '{c.title.upper()}'",
+                    f"May be a cartoon of {c.title.lower()}",
+                    f"Image may contain: {_kws(c, r)}, text",
+                ]
+            )
+        ),
+    ),
+    Template(
+        "k8_leftovers",
+        "template-engine leftovers ({{product_name}}, undefined, null, N/A, NaN, [object Object]) + junk json title",
+        lambda c, r, u: _leftovers(c, r),
+    ),
+    Template(
+        "k9_emoji_social",
+        "emoji-heavy social caption (link in bio, double tap, tag a friend, DM to order) without hashtags",
+        _t(
+            lambda c, r, u: r.choice(
+                [
+                    f"OMG 😍😍 just finished this {c.title.lower()}!!! 🙌✨ link in bio 👉 @{u} 💯",
+                    f"{c.title} 💖💖 double tap if you love it 👇 tag a friend 🤗",
+                    f"✨ new drop ✨ {c.title} 🛒 DM to order 📩 shipping worldwide 🌍",
+                ]
+            )
+        ),
+    ),
+    Template(
+        "k10_listicle",
+        "numbered listicle (17 Best ... Ideas for 2025 #12, #4. ... — 30 Cute ... You'll Love)",
+        _t(
+            lambda c, r, u: r.choice(
+                [
+                    f"{r.randint(12, 75)} Best {c.title} Ideas for {r.randint(2019, 2025)} #{r.randint(1, 12)}",
+                    f"#{r.randint(1, 40)}. {c.title} — {r.randint(20, 60)} Cute Ideas You'll Love "
+                    f"({r.randint(2019, 2025)} Edition)",
+                ]
+            )
+        ),
+    ),
+    Template(
+        "k11_multilingual",
+        "Italian/Portuguese/Dutch/Polish download/licence boilerplate with a date in words",
+        _t(lambda c, r, u: _multilingual(c, r)),
+    ),
+    Template(
+        "k12_cutfile_seo",
+        "cut-file SEO title: file formats, Cricut/Silhouette, mixed-case pipes and dashes, site suffix",
+        _t(
+            lambda c, r, u: r.choice(
+                [
+                    f"{c.title} SVG, PNG, DXF, EPS – Cut File for Cricut & Silhouette – Instant Download – "
+                    "Commercial Use OK",
+                    f"{_mixed_case(c.title, r)} Svg | Layered SVG Bundle | CrIcUt CuT FiLe | Digital Download - "
+                    "CutFileCorner",
+                ]
+            )
+        ),
+    ),
+    Template(
+        "k13_pinterest",
+        "Pinterest pin line (Pin on <board>) + json title (Saved by <uploader>, N saves)",
+        lambda c, r, u: r.choice(
+            [
+                (f"{c.title} - Pin on {r.choice(_BOARDS)}", {}),
+                (f"Pin on {r.choice(_BOARDS)}", {"title": f"{c.title} · Saved by {u} · {r.randint(2, 900)} saves"}),
+            ]
+        ),
+    ),
+    Template(
+        "k14_watermark",
+        "watermark text (© dreamstime.com ID n, Alamy Stock Vector Image ID, preview – do not copy)",
+        _t(
+            lambda c, r, u: r.choice(
+                [
+                    f"{c.title} © dreamstime.com ID {r.randint(10_000_000, 299_999_999)} | Preview – watermarked",
+                    f"{c.title} – Alamy Stock Vector, Image ID: {r.randint(2, 3)}{r.choice('ABCDEFGHJK')}"
+                    f"{r.randint(10, 99)}{r.choice('MNPQRTWXY')}{r.randint(1, 9)}{r.choice('ABCDEF')}, www.alamy.com",
+                    f"[WATERMARK] {c.title} © {u} – do not copy – 123RF preview",
+                ]
+            )
+        ),
+    ),
+]
+BLIND5_SERIES = Template(
+    "k_series",
+    "generated series (Day N of 365 doodle challenge, re-upload counter in Roman numerals)",
+    _t(
+        lambda c, r, u: (lambda n: f"Day {n} of 365 ✏️ {c.title} (re-upload {_roman(r.randint(1, 250))}) — {u}")(
+            r.randint(1, 365)
+        )
+    ),
+)
 TEMPLATES = {
     "tune": (TUNE, TUNE_SERIES),
     "heldout": (HELDOUT, HELDOUT_SERIES),
     "fresh": (FRESH, FRESH_SERIES),
     "blind": (BLIND, BLIND_SERIES),
+    "blind5": (BLIND5, BLIND5_SERIES),
 }
 PLAIN = Template("plain", "no template (the clean title)", _t(lambda c, r, u: c.title))
 
@@ -589,6 +860,31 @@ BLIND_UPLOADERS = [
 ]
 
 
+# The blind-5 half's own sites: a news wire, a museum/archive, a recipe blog, a real-estate portal, an app-store mirror,
+# a thesis repository, a social network (the series' site), a cut-file shop, a pin board, an Italian/Dutch flag site
+# (topical), a kids' app site with the Tux Paint stamps and a catalogue with plain captions. Indices point into
+# ``BLIND5``.
+BLIND5_SITES = [
+    ("wirephotos.example", 0.14, [0, 13]),
+    ("museo-archivio.example", 0.10, [1, 10]),
+    ("bakersdozen.example", 0.08, [2, 9]),
+    ("homefinder.example", 0.07, [3, 7]),
+    ("appmirror.example", 0.08, [4]),
+    ("thesis-repo.example", 0.09, [5, 1]),
+    ("friendface.example", 0.12, [6, 8]),  # the series' site
+    ("cutfilecorner.example", 0.09, [11, 7]),
+    ("pinboard.example", 0.10, [12, 9]),
+    ("vlaggen-bandiere.example", 0.09, [10, 0, 1]),  # topical: flags
+    ("kidsapps.example", 0.12, [4, 8, 9]),  # Tux Paint stamps
+    ("catalogue.example", 0.10, [None]),
+]
+BLIND5_UPLOADERS = [
+    f"{a}{b}"
+    for a in ("giulia.disegna", "joao_pinto", "Bakker_NL", "kasia.rysuje", "DrFigures", "HomeSweetRealty", "mo_snaps")
+    for b in ("", "_ig", "1987", ".pl", "_official")
+]
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where a half's captions come from: sites ``(domain, share, template indices)``, which of them is the topical
@@ -624,12 +920,20 @@ LAYOUTS = {
         "PODfactory_bot",
         BLIND_UPLOADERS,
     ),
+    "blind5": Layout(
+        BLIND5_SITES,
+        "vlaggen-bandiere.example",
+        "kidsapps.example",
+        "friendface.example",
+        "daily_doodler_365",
+        BLIND5_UPLOADERS,
+    ),
 }
 # The fresh half draws its content from the held-out hash half (no third pool exists), taking the held-out
 # corpus's shuffled lists from the other end, so that the two corpora share as few drawings as the pools allow.
 # The blind half likewise takes the tune pool from the other end: with the default sizes it shares no drawing with the
 # held-out and fresh corpora, and 157 of its 1,050 clip-art drawings and 52 of its 150 flags with the tune corpus.
-CONTENT_HALF = {"tune": "tune", "heldout": "heldout", "fresh": "heldout", "blind": "tune"}
+CONTENT_HALF = {"tune": "tune", "heldout": "heldout", "fresh": "heldout", "blind": "tune", "blind5": "tune"}
 
 
 def _half_of(uid: str) -> str:
@@ -638,7 +942,8 @@ def _half_of(uid: str) -> str:
 
 def load_content(half: str, n_clipart: int, n_stamps: int, short_side: int = 96, cache: Path | None = None) -> dict:
     """Drawings for ``half``: ``{"clipart": [...], "topical": [...], "stamps": [...]}``; tune and held-out content is
-    disjoint, "fresh" takes the held-out pool and "blind" the tune pool from the other end (``CONTENT_HALF``).
+    disjoint, "fresh" takes the held-out pool and "blind" and "blind5" the tune pool from the other end
+    (``CONTENT_HALF``).
 
     OpenClipArt SVGs (under 150 kB, with a title) are rendered to JPEG with the pipeline's renderer; rendered bytes
     are cached under ``cache`` (keyed by path and size) so that reruns take seconds.
