@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 
 from labels.pipeline import run
+from labels.sources import InputError
 from tests.fixtures_labels import labels_config
 from tests.test_labels_distributed import SMALL_PARTS, corpus, output_bytes
+from tests.test_labels_s3 import _same_dataset, _upload
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -35,13 +37,17 @@ def clean(tmp_path_factory):
     sources = corpus(root)
     cfg = labels_config(root, sources, SMALL_PARTS)
     run(cfg)
-    return sources, output_bytes(Path(cfg.output))
+    return root, sources, output_bytes(Path(cfg.output))
 
 
 @pytest.fixture
-def cluster(monkeypatch):
-    """Head (0 CPUs) + 2 worker nodes of 1 CPU; RAY_ADDRESS points at it; everything shut down afterwards."""
+def cluster(monkeypatch, request):
+    """Head (0 CPUs) + 2 worker nodes of 1 CPU; RAY_ADDRESS points at it; everything shut down afterwards. With
+    inputs on S3, the server's bucket (its name) comes first, so every node's processes inherit the AWS_*
+    environment that points at it (as `ray start` on a real node inherits its shell's)."""
     ray = pytest.importorskip("ray")
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    bucket = request.getfixturevalue("s3_bucket") if params.get("inputs") == "s3" else None
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
@@ -52,7 +58,7 @@ def cluster(monkeypatch):
     c.wait_for_nodes()
     monkeypatch.setenv("RAY_ADDRESS", c.address)
     try:
-        yield c, workers
+        yield c, workers, bucket
     finally:
         ray.shutdown()
         c.shutdown()
@@ -79,13 +85,12 @@ def _done(work: Path, kind: str) -> int:
     return len(list((work / kind).glob("*/stats.json")))
 
 
-def test_a_worker_node_killed_mid_pass_still_gives_the_clean_bytes(clean, cluster, tmp_path):
-    sources, files = clean
-    c, workers = cluster
-    cfg = labels_config(tmp_path, sources, [*SMALL_PARTS, "run.engine=ray", "run.max_retries=3"], out="lost")
+def _run_killing_a_node(c, node, cfg) -> tuple[object, list[dict], Exception | None]:
+    """``run(cfg)`` while a thread kills ``node`` as soon as one of its workers runs a map task; returns the run's
+    result (or the error it raised), what was done at the kill and the node's processes then."""
     work = Path(cfg.output) / "_work"
     killed: list[dict] = []
-    raylet = workers[0].all_processes["raylet"][0].process.pid
+    raylet = node.all_processes["raylet"][0].process.pid
     stop = threading.Event()
 
     def killer():
@@ -97,15 +102,18 @@ def test_a_worker_node_killed_mid_pass_still_gives_the_clean_bytes(clean, cluste
                 for pid in procs:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                c.remove_node(workers[0], allow_graceful=False)  # SIGKILL of the raylet (and its object store)
+                c.remove_node(node, allow_graceful=False)  # SIGKILL of the raylet (and its object store)
                 killed.append({**{k: _done(work, k) for k in ("map", "reduce", "write")}, "procs": procs})
                 return
             time.sleep(0.002)
 
     th = threading.Thread(target=killer, daemon=True)
     th.start()
+    result, error = None, None
     try:
         result = run(cfg)
+    except Exception as err:  # noqa: BLE001 - the caller asserts on it
+        error = err
     finally:
         stop.set()
         th.join()
@@ -113,7 +121,39 @@ def test_a_worker_node_killed_mid_pass_still_gives_the_clean_bytes(clean, cluste
     # The node died running a map task, before the pass was complete: that task had to run again elsewhere.
     assert killed[0]["map"] < 5 and killed[0]["write"] == 0, f"killed too late to be mid-pass: {killed[0]}"
     assert not Path(f"/proc/{raylet}").exists() or "Z" in Path(f"/proc/{raylet}/stat").read_text().split(")")[1][:3]
-    assert output_bytes(Path(cfg.output)) == files
+    return result, killed, error
+
+
+@pytest.mark.parametrize("inputs", ["disk", "s3"])
+def test_a_worker_node_killed_mid_pass_still_gives_the_clean_bytes(clean, cluster, tmp_path, inputs):
+    """Inputs on this machine's disk, or on the S3 server (the nodes then read the tars from the bucket only)."""
+    root, sources, files = clean
+    c, workers, bucket = cluster
+    if bucket is not None:
+        sources = [{**sources[0], "path": _upload(root, bucket)}, sources[1]]
+    cfg = labels_config(tmp_path, sources, [*SMALL_PARTS, "run.engine=ray", "run.max_retries=3"], out="lost")
+    result, _, error = _run_killing_a_node(c, workers[0], cfg)
+    assert error is None, error
+    if bucket is None:
+        assert output_bytes(Path(cfg.output)) == files
+    else:
+        _same_dataset(output_bytes(Path(cfg.output)), files, sources[0]["path"], str(root / "i2d"))
     stats = result.stats["distributed"]
     assert stats["engine"] == "ray" and stats["passes"]["map"]["ran"] == 5 and stats["passes"]["map"]["failed"] == []
     assert json.loads(files["manifest.json"])["counts"]["written"] == 32
+
+
+def test_without_retries_the_lost_task_stops_the_run_and_the_rerun_redoes_only_it(clean, cluster, tmp_path):
+    """run.max_retries=0: the task of the lost node fails the pass naming its partition (NodeDiedError), the other
+    map tasks complete; the same command again, on the node left, redoes that one task and gives the clean bytes."""
+    _, sources, files = clean
+    c, workers, _ = cluster
+    cfg = labels_config(tmp_path, sources, [*SMALL_PARTS, "run.engine=ray", "run.max_retries=0"], out="lost")
+    _, _, error = _run_killing_a_node(c, workers[0], cfg)
+    assert isinstance(error, InputError) and "NodeDiedError" in str(error), error
+    assert "1 task(s) of pass 'map' failed" in str(error)
+    assert _done(Path(cfg.output) / "_work", "map") == 4
+    result = run(cfg)
+    assert output_bytes(Path(cfg.output)) == files
+    assert result.stats["distributed"]["passes"]["map"]["already_done"] == 4
+    assert result.stats["distributed"]["passes"]["map"]["ran"] == 1
