@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 
 import storage
 
-__all__ = ["expand", "exists", "glob", "is_remote", "isdir", "isfile", "local_copies", "read_range"]
+__all__ = ["exists", "expand", "glob", "has_glob", "is_remote", "isdir", "isfile", "local_copies", "read_range"]
 
 is_remote = storage.is_remote
 
@@ -40,6 +40,7 @@ def expand(path: str) -> list[str]:
 
 
 def has_glob(path: str) -> bool:
+    """Whether ``path`` is a glob pattern (``*``, ``?`` or ``[``)."""
     return any(ch in path for ch in "*?[")
 
 
