@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
+from labels import inputs
+from storage import StorageError
+
 
 @dataclass(frozen=True)
 class ImageJob:
@@ -45,11 +48,9 @@ class RenderTimeout(Exception):
 
 
 def read_bytes(path: str, offset: int = 0, size: int = -1) -> bytes:
-    """``size`` bytes at ``offset`` of ``path`` (the whole file when size < 0)."""
-    with open(path, "rb") as f:
-        if offset:
-            f.seek(offset)
-        return f.read() if size < 0 else f.read(size)
+    """``size`` bytes at ``offset`` of ``path`` (the whole file when size < 0); ``path`` may be a URL
+    (``labels.inputs.read_range``)."""
+    return inputs.read_range(path, offset, size)
 
 
 def _svg_aspect(data: bytes) -> float:
@@ -168,6 +169,8 @@ def prepare(job: ImageJob, st: ImageSettings) -> tuple[int, bytes | None, str | 
     """
     try:
         data = read_bytes(job.path, job.offset, job.size)
+    except StorageError:
+        raise  # the store kept failing: not a missing image; the task fails, a rerun redoes it
     except OSError:
         return job.seq, None, "missing_image"
     if hashlib.sha1(data).hexdigest()[: len(job.key)] != job.key:

@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from labels import inputs
 from labels.hashing import content_key, hash_unit, scale_bucket, split_of
 from labels.images import ImageJob, ImageSettings, Preparer, read_bytes, series_key
 from labels.scoring import LIST_SIGNALS, MaskScores, TermScorer, cluster_labels, select_group_labels
@@ -56,6 +57,7 @@ from labels.templates import (
 )
 from labels.text import TermExtractor
 from labels.vocab import by_df, split_by_term, top_terms
+from storage import StorageError
 
 _CONTEXTS: dict[str, dict] = {}
 
@@ -327,6 +329,8 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
             if data is None and not text_only:
                 try:
                     data = read_bytes(unit.path, unit.offset, unit.size)
+                except StorageError:
+                    raise  # the store kept failing: not a missing image (the task fails; a rerun redoes it)
                 except (OSError, TypeError):
                     reason = "missing_image"
             if reason is None and data is not None and not text_only and unit.ext != "svg":
@@ -695,49 +699,51 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
     clustered_ids: list[int] = []
     templates = read_json(os.path.join(work, "templates.json"))
     over_ceiling = {d["term"] for d in read_json(os.path.join(work, "vocab_df.json"))["df_ceiling"]["dropped"]}
-    for s in _partition_samples(work, p.index, num_reduce):
-        key, text, terms = s.key, s.text, s.terms
-        raw = select_group_labels(terms, index, mask_score, max_labels)
-        if not raw:
-            why_unlabelled[unlabelled_reason(group_terms(terms), templates, over_ceiling)] += 1
-            if not keep_unlabeled:
-                skipped["no_label"] += 1
-                continue
-        clustered = cluster_labels(raw, term_cluster)
-        split = split_of(key, val_fraction)
-        bucket = scale_bucket(key, scales) if split == "train" else -1
-        meta = {
-            "key": key,
-            "source": s.source,
-            "labels": {"raw": [i for i, _ in raw], "clustered": [c for c, _ in clustered]},
-            "scores": {"raw": [rounded(x) for _, x in raw], "clustered": [rounded(x) for _, x in clustered]},
-            "terms": [vocab[i] for i, _ in raw],
-            "text": text_for_json(text),
-            "uids": s.uids,
-        }
-        if text_only:
-            meta.update(split=split, scale_bucket=scales[bucket] if bucket >= 0 else None)
-            text_lines.append(dumps_line(meta))
-        else:
-            _, jpeg, reason = preparer(ImageJob(s.seq, key, s.path, s.offset, s.size, s.ext))
-            if reason == "input_changed":
-                raise InputError(f"input changed during the run (bytes no longer match): {s.path}")
-            if reason is not None:
-                skipped[reason] += 1
-                continue
-            shards.write({"__key__": key, "jpg": jpeg, "json": dumps(meta)}, split, bucket)
-        written += 1
-        labelled += bool(raw)
-        ids = ids_by_origin.get(s.site or s.source)
-        if ids is None:
-            ids = ids_by_origin[s.site or s.source] = []
-        ids += [i for i, _ in raw]  # counted once at the end (C-level counting, not a Counter update per label)
-        clustered_ids += [c for c, _ in clustered]
-        per_image["raw"][len(raw)] += 1
-        per_image["clustered"][len(clustered)] += 1
-        split_counts[split] += 1
-        if bucket >= 0:
-            bucket_counts[bucket] += 1
+    # A remote input tar is downloaded once for the task and its images read from the copy (labels.inputs).
+    with inputs.local_copies([] if text_only else p.files) as local:
+        for s in _partition_samples(work, p.index, num_reduce):
+            key, text, terms = s.key, s.text, s.terms
+            raw = select_group_labels(terms, index, mask_score, max_labels)
+            if not raw:
+                why_unlabelled[unlabelled_reason(group_terms(terms), templates, over_ceiling)] += 1
+                if not keep_unlabeled:
+                    skipped["no_label"] += 1
+                    continue
+            clustered = cluster_labels(raw, term_cluster)
+            split = split_of(key, val_fraction)
+            bucket = scale_bucket(key, scales) if split == "train" else -1
+            meta = {
+                "key": key,
+                "source": s.source,
+                "labels": {"raw": [i for i, _ in raw], "clustered": [c for c, _ in clustered]},
+                "scores": {"raw": [rounded(x) for _, x in raw], "clustered": [rounded(x) for _, x in clustered]},
+                "terms": [vocab[i] for i, _ in raw],
+                "text": text_for_json(text),
+                "uids": s.uids,
+            }
+            if text_only:
+                meta.update(split=split, scale_bucket=scales[bucket] if bucket >= 0 else None)
+                text_lines.append(dumps_line(meta))
+            else:
+                _, jpeg, reason = preparer(ImageJob(s.seq, key, local.get(s.path, s.path), s.offset, s.size, s.ext))
+                if reason == "input_changed":
+                    raise InputError(f"input changed during the run (bytes no longer match): {s.path}")
+                if reason is not None:
+                    skipped[reason] += 1
+                    continue
+                shards.write({"__key__": key, "jpg": jpeg, "json": dumps(meta)}, split, bucket)
+            written += 1
+            labelled += bool(raw)
+            ids = ids_by_origin.get(s.site or s.source)
+            if ids is None:
+                ids = ids_by_origin[s.site or s.source] = []
+            ids += [i for i, _ in raw]  # counted once at the end (C-level counting, not a Counter update per label)
+            clustered_ids += [c for c, _ in clustered]
+            per_image["raw"][len(raw)] += 1
+            per_image["clustered"][len(clustered)] += 1
+            split_counts[split] += 1
+            if bucket >= 0:
+                bucket_counts[bucket] += 1
     if text_only:
         write_lines_atomic(os.path.join(out, "samples.jsonl"), text_lines)
         splits = None

@@ -46,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from scipy import sparse
 
 from configs.labels_schema import AUTO_REDUCE_PARTITIONS
-from labels import passes
+from labels import inputs, passes
 from labels.cluster import (
     Clusters,
     CooccurrenceCounter,
@@ -95,12 +95,14 @@ def _peak_rss_mb() -> float:
 
 
 def check_inputs(cfg: DictConfig) -> None:
-    """Fail at once, before any work, when a configured input path does not exist."""
+    """Fail at once, before any work, when a configured input path (local or a URL) does not exist."""
     for i, src in enumerate(cfg.sources):
         path = src.path
-        if src.type == "img2dataset" and any(ch in path for ch in "*?["):
-            continue  # a glob: checked when listed
-        if not os.path.exists(path):
+        if inputs.is_remote(path) and src.type != "img2dataset":
+            raise InputError(f"sources[{i}] ({src.type}): {path}: only img2dataset tars can be read from a URL")
+        if src.type == "img2dataset" and (inputs.has_glob(path) or len(inputs.expand(path)) > 1):
+            continue  # a glob or a brace range: each tar is checked when listed
+        if not inputs.exists(path):
             raise InputError(f"sources[{i}] ({src.type}): input path not found: {path}")
 
 

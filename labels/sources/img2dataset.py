@@ -23,7 +23,6 @@ An interrupted img2dataset download is a tar whose beginning is intact: its samp
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -31,7 +30,9 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from datamodules.tar_reader import TarFormatError, iter_members
+from labels import inputs
 from labels.sources.base import RASTER_EXTS, InputError, Unit, add_signal
+from storage import StorageError
 
 
 class BadInput(NamedTuple):
@@ -51,18 +52,22 @@ def _bad_reason(err: Exception) -> str:
 
 
 def list_tars(path: str) -> list[str]:
-    """Tar files named by ``path``: one tar, a folder of ``*.tar``, or a glob pattern (sorted)."""
-    if os.path.isdir(path):
-        tars = sorted(glob.glob(os.path.join(path, "*.tar")))
-    elif any(ch in path for ch in "*?["):
-        tars = sorted(glob.glob(path))
-    elif os.path.isfile(path):
-        tars = [path]
-    else:
-        raise InputError(f"img2dataset input not found: {path}")
+    """Tar files named by ``path``, a local path or an object-store URL (``labels.inputs``): one tar, a folder (or
+    prefix) of ``*.tar``, a glob pattern, or a brace range (``{00000..00099}.tar``: every tar it names must exist);
+    sorted."""
+    tars: list[str] = []
+    for one in inputs.expand(path):
+        if inputs.has_glob(one):
+            tars += inputs.glob(one)
+        elif inputs.isdir(one):
+            tars += inputs.glob(one.rstrip("/") + "/*.tar")
+        elif inputs.isfile(one):
+            tars.append(one)
+        else:
+            raise InputError(f"img2dataset input not found: {one}")
     if not tars:
         raise InputError(f"no .tar files in img2dataset input: {path}")
-    return tars
+    return sorted(set(tars))
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -121,16 +126,19 @@ def iter_img2dataset(
     fields = dict(fields or {})
     count = 0
     for tar_path in list_tars(path) if tars is None else tars:
-        tar_name = os.path.basename(tar_path)
+        tar_name = os.path.basename(tar_path.rstrip("/"))
         kept = 0
         try:
-            with open(tar_path, "rb") as stream:
+            # A remote tar is read from a local copy (labels.inputs); the units name the URL.
+            with inputs.local_copies([tar_path]) as local, open(local.get(tar_path, tar_path), "rb") as stream:
                 for key, group in _group_members(stream, read_images):
                     if limit is not None and count >= limit:
                         return
                     count += 1
                     kept += 1
                     yield _unit(group, f"{tar_name}:{key}", name, tar_path, caption_signal, fields)
+        except StorageError:
+            raise  # the store kept failing: the tar is not known to be bad, the task fails and a rerun redoes it
         except (OSError, TarFormatError) as err:
             if bad_inputs is None:
                 raise InputError(f"cannot read tar {tar_path}: {err} (run.on_bad_input=skip skips it)") from None

@@ -1,0 +1,159 @@
+"""A Ray node lost in the middle of a mining pass: the job finishes with the bytes of an uninterrupted run.
+
+A real multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head node with no CPUs, so every
+task runs on a worker node, and two worker nodes of one CPU each, each its own raylet and object store); the driver
+joins it through ``RAY_ADDRESS`` exactly as on a real cluster. While one worker node runs a map task (its worker
+process titled ``ray::map_task``), that node is killed (SIGKILL of its workers and raylet; no graceful drain): Ray
+resubmits the task, whose node died, to the node left (``run.max_retries``), which redoes it from a cleared folder.
+The nodes share this machine's disk (the work folder); their Ray temp folder is the one Cluster gives them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from labels.pipeline import run
+from labels.sources import InputError
+from tests.fixtures_labels import labels_config
+from tests.test_labels_distributed import SMALL_PARTS, corpus, output_bytes
+from tests.test_labels_s3 import _same_dataset, _upload
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """An uninterrupted run (local engine) of the small corpus: (sources, output bytes)."""
+    root = tmp_path_factory.mktemp("clean")
+    sources = corpus(root)
+    cfg = labels_config(root, sources, SMALL_PARTS)
+    run(cfg)
+    return root, sources, output_bytes(Path(cfg.output))
+
+
+@pytest.fixture
+def cluster(monkeypatch, request):
+    """Head (0 CPUs) + 2 worker nodes of 1 CPU; RAY_ADDRESS points at it; everything shut down afterwards. With
+    inputs on S3, the server's bucket (its name) comes first, so every node's processes inherit the AWS_*
+    environment that points at it (as `ray start` on a real node inherits its shell's)."""
+    ray = pytest.importorskip("ray")
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    bucket = request.getfixturevalue("s3_bucket") if params.get("inputs") == "s3" else None
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    small = {"object_store_memory": 80 * 2**20, "include_dashboard": False}
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, **small})
+    workers = [c.add_node(num_cpus=1, object_store_memory=80 * 2**20) for _ in range(2)]
+    c.wait_for_nodes()
+    monkeypatch.setenv("RAY_ADDRESS", c.address)
+    try:
+        yield c, workers, bucket
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def _children(raylet_pid: int) -> dict[int, str]:
+    """The node's processes below its raylet (workers, agents): pid -> title (a worker running a task reads
+    ``ray::<task>``, an idle one ``ray::IDLE``)."""
+    found = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            title = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == raylet_pid:
+            found[int(d)] = title
+    return found
+
+
+def _done(work: Path, kind: str) -> int:
+    return len(list((work / kind).glob("*/stats.json")))
+
+
+def _run_killing_a_node(c, node, cfg) -> tuple[object, list[dict], Exception | None]:
+    """``run(cfg)`` while a thread kills ``node`` as soon as one of its workers runs a map task; returns the run's
+    result (or the error it raised), what was done at the kill and the node's processes then."""
+    work = Path(cfg.output) / "_work"
+    killed: list[dict] = []
+    raylet = node.all_processes["raylet"][0].process.pid
+    stop = threading.Event()
+
+    def killer():
+        while not stop.is_set():
+            procs = _children(raylet)
+            if any(t == "ray::map_task" for t in procs.values()):
+                # The whole node at once, as a lost machine: its workers first (they would otherwise notice the
+                # raylet's death only later and could still hand a finished result to the driver), then the raylet.
+                for pid in procs:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                c.remove_node(node, allow_graceful=False)  # SIGKILL of the raylet (and its object store)
+                killed.append({**{k: _done(work, k) for k in ("map", "reduce", "write")}, "procs": procs})
+                return
+            time.sleep(0.002)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    result, error = None, None
+    try:
+        result = run(cfg)
+    except Exception as err:  # noqa: BLE001 - the caller asserts on it
+        error = err
+    finally:
+        stop.set()
+        th.join()
+    assert killed, "the node was never killed"
+    # The node died running a map task, before the pass was complete: that task had to run again elsewhere.
+    assert killed[0]["map"] < 5 and killed[0]["write"] == 0, f"killed too late to be mid-pass: {killed[0]}"
+    assert not Path(f"/proc/{raylet}").exists() or "Z" in Path(f"/proc/{raylet}/stat").read_text().split(")")[1][:3]
+    return result, killed, error
+
+
+@pytest.mark.parametrize("inputs", ["disk", "s3"])
+def test_a_worker_node_killed_mid_pass_still_gives_the_clean_bytes(clean, cluster, tmp_path, inputs):
+    """Inputs on this machine's disk, or on the S3 server (the nodes then read the tars from the bucket only)."""
+    root, sources, files = clean
+    c, workers, bucket = cluster
+    if bucket is not None:
+        sources = [{**sources[0], "path": _upload(root, bucket)}, sources[1]]
+    cfg = labels_config(tmp_path, sources, [*SMALL_PARTS, "run.engine=ray", "run.max_retries=3"], out="lost")
+    result, _, error = _run_killing_a_node(c, workers[0], cfg)
+    assert error is None, error
+    if bucket is None:
+        assert output_bytes(Path(cfg.output)) == files
+    else:
+        _same_dataset(output_bytes(Path(cfg.output)), files, sources[0]["path"], str(root / "i2d"))
+    stats = result.stats["distributed"]
+    assert stats["engine"] == "ray" and stats["passes"]["map"]["ran"] == 5 and stats["passes"]["map"]["failed"] == []
+    assert json.loads(files["manifest.json"])["counts"]["written"] == 32
+
+
+def test_without_retries_the_lost_task_stops_the_run_and_the_rerun_redoes_only_it(clean, cluster, tmp_path):
+    """run.max_retries=0: the task of the lost node fails the pass naming its partition (NodeDiedError), the other
+    map tasks complete; the same command again, on the node left, redoes that one task and gives the clean bytes."""
+    _, sources, files = clean
+    c, workers, _ = cluster
+    cfg = labels_config(tmp_path, sources, [*SMALL_PARTS, "run.engine=ray", "run.max_retries=0"], out="lost")
+    _, _, error = _run_killing_a_node(c, workers[0], cfg)
+    assert isinstance(error, InputError) and "NodeDiedError" in str(error), error
+    assert "1 task(s) of pass 'map' failed" in str(error)
+    assert _done(Path(cfg.output) / "_work", "map") == 4
+    result = run(cfg)
+    assert output_bytes(Path(cfg.output)) == files
+    assert result.stats["distributed"]["passes"]["map"]["already_done"] == 4
+    assert result.stats["distributed"]["passes"]["map"]["ran"] == 1
