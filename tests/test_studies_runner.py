@@ -140,6 +140,9 @@ def test_ctrl_c_writes_the_summary_and_exits_130_without_a_traceback(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # A shell without job control (CI, `cmd &`) starts its background jobs with SIGINT ignored, and the runner would
+        # inherit that: give it the default a terminal gives, so the Ctrl-C below reaches it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not read_calls(out) and time.monotonic() < deadline:
