@@ -532,6 +532,12 @@ class TermExtractor:
             elif right == "$":
                 contexts.add(w + "\t>$")
             if left not in _LOOSE or right not in _LOOSE:
+                # Which mark a caption puts between its parts is the writer's style ("Home > Gallery", "Home » Gallery",
+                # "Home / Gallery"): every punctuation neighbour is one class, "|", in the pair.
+                if not left[0].isalnum() and left not in _LOOSE:
+                    left = "|"
+                if not right[0].isalnum() and right not in _LOOSE:
+                    right = "|"
                 contexts.add(w + "\t=" + left + " " + right)
 
     def _count_boilerplate(self, match: re.Match) -> str:
