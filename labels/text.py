@@ -210,7 +210,7 @@ _CODE_SEGMENT_RE = re.compile(r"[^\W\d_]+|\d+")
 # A file name's extension ("_final_v2.svg", "(1).png", "DSC_5805.JPG"): a dot glued to a word, two to four letters or
 # digits starting with a letter, then no word character, dot, colon or slash (after those it is a host: "ArtVault.net:
 # ink"). File-name syntax, not a word of the name: cut.
-_EXTENSION_RE = re.compile(r"(?<=[^\W_)])\.[^\W\d_][^\W_]{1,3}(?![\w.:/])")
+_EXTENSION_RE = re.compile(r"(?<=[^\W_]|\))\.[^\W\d_][^\W_]{1,3}(?![\w.:/])")
 # What a cut of a varying slot (a date, a quantity, a URL) leaves: punctuation like SEPARATOR, that the context records
 # read as a number ("#"): the word next to it stands next to a slot whose value varies (labels/templates.py).
 SLOT = " \u00a6 "
