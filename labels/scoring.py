@@ -24,10 +24,6 @@ COMBINE_RULES = ("noisy_or", "max")
 # Signal types that are lists of tags or folder paths, not free text: stored as lists, and left out of the template
 # statistic (a folder path "animals/birds" or a tag list has structure, not a caption's template).
 LIST_SIGNALS = ("keywords", "category")
-# The list signal whose items the template statistic does count, without neighbours: a tag list is in no fixed order,
-# so its words get only ``word`` and ``word\t,`` (stood as a list item; labels/templates.py: a site's junk tags).
-# Folder paths ("category") stay out: their structure is the source's, not a caption's.
-TAG_SIGNAL = "keywords"
 
 
 class MaskScores:
@@ -122,7 +118,7 @@ class TermScorer:
         """Candidate term -> bit mask of the weighted signal types holding it, for one image (terms sharing a word with
         an excluded signal dropped), in order of first appearance (signal types in sorted order). With ``contexts``,
         the context records of the weighted free-text signals' texts are added to it (not ``LIST_SIGNALS``; texts in
-        ``seen`` skipped), and the tag list's words with their list-item record (``TAG_SIGNAL``)."""
+        ``seen`` skipped)."""
         banned_words: set[str] = set()
         for name in self.exclude:
             for text in signals.get(name, ()):
@@ -134,11 +130,6 @@ class TermScorer:
             if bit is None:
                 continue
             terms = self.signal_terms(signals[name], None if name in LIST_SIGNALS else contexts, seen)
-            if name == TAG_SIGNAL and contexts is not None:
-                for item in signals[name]:
-                    for run in self.extractor.chunks(item):
-                        contexts.update(run)
-                        contexts.update([w + "\t," for w in run])
             if not masks:
                 masks = dict.fromkeys(terms, bit)
                 continue

@@ -55,8 +55,7 @@ def records_by_partition(counts: Mapping[str, int], buckets: int) -> list[dict[s
     return out
 
 
-# A fixed place in a caption's structure: its first word, its last word, a hashtag, an item of the tag list.
-SLOTS = ("<^", ">$", "#", ",")
+SLOTS = ("<^", ">$", "#")  # a fixed place in a caption's structure: its first word, its last word, a hashtag
 
 
 def template_words(
@@ -68,8 +67,7 @@ def template_words(
     neighbour record: ``"<left"``, ``">right"`` or ``"=left right"``) for every word in at least ``min_docs``
     documents whose rigidity reaches ``rigidity``; slots and sites do not count there. ``candidates`` maps
     ``word -> [docs, slot share, slot, site, site share]`` for the other words in at least ``floor`` documents that
-    stand on one site and in one slot (``SLOTS``: ``"<^"`` first word, ``">$"`` last word, ``"#"`` a hashtag, ``","``
-    an item of the tag list, counted without neighbours: labels/scoring.py ``TAG_SIGNAL``), each in
+    stand on one site and in one slot (``SLOTS``: ``"<^"`` first word, ``">$"`` last word, ``"#"`` a hashtag), each in
     at least ``rigidity`` of their documents: a site's one-word affix ("Download {title}") or its hashtag scaffold
     ("#artoftheday"). The driver keeps or drops them once it knows the site's size (``site_affixes``). A rigid bond
     needs ``min_docs`` whatever its site: a content compound of a topical site ("international maritime signal flag")
@@ -129,9 +127,7 @@ def site_affixes(
     evidence floor of a corpus the size of its site). A word at an edge of its texts must also be there in at least
     ``min_site_share`` of the site's documents: an affix is written on a good share of a site's pages whatever they
     show, while a title's first or last word on a topical site ("France - Auvergne" on a flag site) is on the pages
-    about it only; so must a tag-list item (a shop's junk tags "gift", "trendy" on a good share of its pages; a
-    content keyword that only one site writes as a tag, "animal" on a site of animal pictures, on the pages about it
-    only). A hashtag needs no such share: a word the corpus writes only as one site's hashtag is in no title,
+    about it only. A hashtag needs no such share: a word the corpus writes only as one site's hashtag is in no title,
     and a site draws its reach hashtags from a pool ("#artoftheday", "#freebie"), so each is on a fraction of its pages.
     """
     out = {}

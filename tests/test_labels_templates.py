@@ -418,33 +418,3 @@ def test_a_word_labelling_a_varying_slot_is_template_text_and_a_title_number_is_
     found, _ = template_words(_records(texts, ex), min_docs=30, rigidity=0.6)
     assert found["home"][2] == "=^ |" and found["gallery"][2] == "=| |"
     assert is_template_term("page", found) and not is_template_term("barn", found)
-
-
-def test_a_shops_junk_tags_are_its_scaffold_and_content_tags_stay():
-    """Tag lists in no fixed order: "gift" and "trendy" are drawn for half of one shop's pages, whatever they show;
-    "animal" is the keyword of the few animal pictures on the same shop; "barn" is a tag and a title word."""
-    from labels.scoring import TermScorer
-    from labels.templates import site_affixes
-
-    ex = TermExtractor()
-    scorer = TermScorer(ex, {"title": 1.0, "keywords": 0.5})
-    counts: Counter = Counter()
-    sites: Counter = Counter()
-    for i in range(200):
-        site = "shop" if i < 80 else f"site{i % 4}"
-        title = _TITLES[i % len(_TITLES)] + f" {i}"
-        tags = [title.split()[0]]
-        if site == "shop" and i % 2:
-            tags += ["gift idea", "trendy"]
-        if site == "shop" and i % 10 == 0:
-            tags += ["animal"]
-        ctx: set[str] = set()
-        scorer.term_masks({"title": [title], "keywords": tags}, ctx)
-        counts.update(ctx)
-        counts.update([r + "\t@" + site for r in ctx if "\t" not in r])
-        sites[site] += 1
-    assert {"gift\t,", "trendy\t,", "gift"} <= set(counts)
-    found, candidates = template_words(counts, min_docs=30, rigidity=0.6)
-    kept = site_affixes(candidates, sites, 200, 2.0, min_docs=30, min_docs_share=0.05, min_site_share=0.2)
-    assert {"gift", "idea", "trendy"} <= set(kept) and "animal" not in kept and "barn" not in kept
-    assert is_template_term("gift idea", kept) and not is_template_term("red barn", kept | found)
