@@ -7,7 +7,10 @@ A text becomes annotation terms in five steps:
    ``04/03/2021 14:05``, ``Wed Aug 25 23:31:12 2004``), numbers with their unit (``12.6k views``, ``2400x512px``,
    ``3 days ago``, ``vor 3 Tagen``) and configured boilerplate phrases that hold punctuation (``tags:``) are cut out
    and end a chunk; so do spaced dashes and other caption separators (``theme - Site``, ``a | b``, ``a :: b``,
-   ``a — b``). A counter glued to a word is split off (``arrow08`` -> ``arrow 08``).
+   ``a — b``). URLs are cut like dates (``URL_RE``), and a file name's extension; an identifier (``SN-48213-BLK``,
+   ``IMG_0042``) becomes its digit runs and its words of four letters or more. Dates, quantities and URLs leave
+   ``SLOT``, which the context records read as a number. A counter glued to a word is split off (``arrow08`` ->
+   ``arrow 08``).
 3. Chunking: punctuation (anything that is not a letter, digit, space, hyphen, underscore or apostrophe) ends
    a chunk, so a term never spans a comma, a full stop or a folder separator. Hyphens and underscores inside a
    word join words (``low-contrast`` -> ``low contrast``); possessive ``'s`` is dropped and other apostrophes
@@ -19,7 +22,8 @@ A text becomes annotation terms in five steps:
    (e.g. ``unsorted``, ``clip art``, normalized and folded like the text).
 
 ``contexts`` gives each word's neighbours (the adjacent word, stopword, number, punctuation or text edge on either
-side; a hashtag's words have none, only the record that they stood in a hashtag): the statistic the template rule of
+side; every punctuation mark is one class, ``|``, in a pair; a varying slot with no other word past it is ``<#`` /
+``>#``; a hashtag's words have none, only the record that they stood in a hashtag): the statistic the template rule of
 labels/templates.py is computed from.
 """
 
