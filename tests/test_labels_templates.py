@@ -413,6 +413,11 @@ def test_a_word_labelling_a_varying_slot_is_template_text_and_a_title_number_is_
     found, _ = template_words(_records(texts, ex), min_docs=30, rigidity=0.6)
     assert "page" in found and found["page"][2] in (">#", "=| #"), found.get("page")
     assert "pattern" not in found
+    # A word labelling a slot in a third of its captions and a title word in the rest stays content.
+    mixed = [("shop", f"| Poster {n} | {t}") for n, t in enumerate(_TITLES[:15])]
+    mixed += [("shop", f"{t} poster") for t in _TITLES[15:]]
+    found_mixed, _ = template_words(_records(mixed, ex), min_docs=30, rigidity=0.6)
+    assert "poster" not in found_mixed and _records(mixed, ex)["poster\t>#"] == 15
     # "home" starts 20 texts, always before a separator (any glyph): bound to the pair (text start, punctuation).
     texts += [("shop", f"Home{seps[i % 4]}Gallery{seps[(i + 1) % 4]}{t}") for i, t in enumerate(_TITLES)]
     found, _ = template_words(_records(texts, ex), min_docs=30, rigidity=0.6)
