@@ -6,8 +6,9 @@ the same neighbours wherever it occurs ("free" before "download", "cliphub" betw
 content word meets many ("red flower", "flower pattern", "a flower in a vase"): Kneser-Ney's observation that a
 word's distinct contexts, not its count, say how freely it is used. Context records (labels/text.py
 ``TermExtractor.chunks``): ``w\t<v`` / ``w\t>v`` (adjacent word), ``w\t<^`` / ``w\t>$`` (text edge),
-``w\t=L R`` (the pair of neighbours of any kind), ``w\t@site`` (the document's site), and ``w`` (the document holds
-it). Per word:
+``w\t=L R`` (the pair of neighbours of any kind; any punctuation reads ``|``), ``w\t<#`` / ``w\t>#`` (a varying slot,
+a number, identifier, cut date, quantity or URL, with no other word past it: "| SKU 48213 |", "> Page 42 >"),
+``w\t@site`` (the document's site), and ``w`` (the document holds it). Per word:
 
     rigidity(w) = max over its word and pair records r of  docs(w with r) / docs(w)
 

@@ -7,7 +7,10 @@ A text becomes annotation terms in five steps:
    ``04/03/2021 14:05``, ``Wed Aug 25 23:31:12 2004``), numbers with their unit (``12.6k views``, ``2400x512px``,
    ``3 days ago``, ``vor 3 Tagen``) and configured boilerplate phrases that hold punctuation (``tags:``) are cut out
    and end a chunk; so do spaced dashes and other caption separators (``theme - Site``, ``a | b``, ``a :: b``,
-   ``a — b``). A counter glued to a word is split off (``arrow08`` -> ``arrow 08``).
+   ``a — b``). URLs are cut like dates (``URL_RE``), and a file name's extension; an identifier (``SN-48213-BLK``,
+   ``IMG_0042``) becomes its digit runs and its words of four letters or more. Dates, quantities and URLs leave
+   ``SLOT``, which the context records read as a number. A counter glued to a word is split off (``arrow08`` ->
+   ``arrow 08``).
 3. Chunking: punctuation (anything that is not a letter, digit, space, hyphen, underscore or apostrophe) ends
    a chunk, so a term never spans a comma, a full stop or a folder separator. Hyphens and underscores inside a
    word join words (``low-contrast`` -> ``low contrast``); possessive ``'s`` is dropped and other apostrophes
@@ -19,7 +22,8 @@ A text becomes annotation terms in five steps:
    (e.g. ``unsorted``, ``clip art``, normalized and folded like the text).
 
 ``contexts`` gives each word's neighbours (the adjacent word, stopword, number, punctuation or text edge on either
-side; a hashtag's words have none, only the record that they stood in a hashtag): the statistic the template rule of
+side; every punctuation mark is one class, ``|``, in a pair; a varying slot with no other word past it is ``<#`` /
+``>#``; a hashtag's words have none, only the record that they stood in a hashtag): the statistic the template rule of
 labels/templates.py is computed from.
 """
 
@@ -195,6 +199,25 @@ RELATIVE_WORDS_RE = re.compile(
     rf"(?<!\w)(?:(?:an?|one|a few|few|several)\s+{_TIME_UNIT}\s+ago|yesterday|just now)(?!\w)"
 )
 QUANTITY_HIT = "<number and unit>"  # how cut quantities count in boilerplate_hits
+# A URL (scheme://host/path?query, or www.host/path) is caption syntax like a date: an address, never what is pictured.
+# It is cut whole before terms are formed, so its host, path and query words ("https", "utm", "originals") never
+# become words; it counts as URL_HIT.
+URL_RE = re.compile(r"(?<![\w/])(?:[a-z][a-z0-9+.-]*://|www\.)[^\s<>\"'()\[\]{}]+")
+URL_HIT = "<url>"
+# An identifier: a token of letter and digit segments joined by hyphens or underscores, with a digit run of three or
+# more ("SN-48213-BLK", "IMG_0042", "IMG_20210304_102345"). Its segments of one to three letters are code letters (a
+# product line, a colour code, a camera prefix), not words: the token becomes its digit runs (a number to the rest
+# of the extractor, so it stays a varying slot for the template statistic and a counter for the series rule); its
+# longer letter segments stay words ("edit_0042" -> "edit 0042").
+_CODE_RE = re.compile(r"(?<![\w-])(?=[\w-]*\d{3})[^\W_]+(?:[-_][^\W_]+)+(?![\w-])")
+_CODE_SEGMENT_RE = re.compile(r"[^\W\d_]+|\d+")
+# A file name's extension ("_final_v2.svg", "(1).png", "DSC_5805.JPG"): a dot glued to a word, two to four letters or
+# digits starting with a letter, then no word character, dot, colon or slash (after those it is a host: "ArtVault.net:
+# ink"). File-name syntax, not a word of the name: cut.
+_EXTENSION_RE = re.compile(r"(?<=[^\W_]|\))\.[^\W\d_][^\W_]{1,3}(?![\w.:/])")
+# What a cut of a varying slot (a date, a quantity, a URL) leaves: punctuation like SEPARATOR, that the context records
+# read as a number ("#"): the word next to it stands next to a slot whose value varies (labels/templates.py).
+SLOT = " \u00a6 "
 # A number glued to the end of a word of three letters or more is a counter ("arrow08", "smiley111", "img2034"): it is
 # split off, so the word stays a word and the number is a number. Shorter glued forms are codes ("3d", "mp3", "ak47").
 _COUNTER_SUFFIX_RE = re.compile(r"(?<=[^\W\d_]{3})(?=\d++(?![^\W\d_]))")
@@ -211,6 +234,12 @@ _HASHTAG_RE = re.compile(r"(?<![\w&])#[^\W_][\w]*")
 
 def _split_camel(match: re.Match) -> str:
     return _CAMEL_RE.sub(CAMEL_JOINER, match.group(0))
+
+
+def _code(match: re.Match) -> str:
+    """An identifier (``_CODE_RE``) as its digit runs and its words of four letters or more."""
+    segments = _CODE_SEGMENT_RE.findall(match.group(0))
+    return " ".join(t for t in segments if t.isdigit() or len(t) > 3)
 
 
 SHORT_TEXT = 80  # texts up to this many characters are memoized (see TermExtractor.terms)
@@ -359,11 +388,17 @@ class TermExtractor:
         if "#" in text:
             text = _HASHTAG_RE.sub(_split_camel, text)
         text = text.lower() if ascii_ else text.casefold()
+        if "://" in text or "www." in text:
+            text = URL_RE.sub(self._count_url, text)
+        if "." in text:
+            text = _EXTENSION_RE.sub(SEPARATOR, text)
         if _DIGIT_RE.search(text) is not None:
             if self.cut_dates:
                 text = DATE_RE.sub(self._count_date, text)
             if self.cut_quantities:
                 text = QUANTITY_RE.sub(self._count_quantity, text)
+            if "-" in text or "_" in text:
+                text = _CODE_RE.sub(_code, text)
             text = _COUNTER_SUFFIX_RE.sub(" ", text)
         elif self.cut_quantities and ("ago" in text or "yesterday" in text or "just now" in text):
             text = RELATIVE_WORDS_RE.sub(self._count_quantity, text)
@@ -460,6 +495,10 @@ class TermExtractor:
         self, tokens: list[str], folded: list[str | None], left_edge: str, right_edge: str, contexts: set[str]
     ) -> None:
         """The neighbour records of one piece's words (see ``chunks``)."""
+        if "\u00a6" in left_edge:  # a cut slot (SLOT) reads as a number
+            left_edge = "#"
+        if "\u00a6" in right_edge:
+            right_edge = "#"
         forms = []
         is_word = []
         for t, w in zip(tokens, folded):
@@ -483,13 +522,26 @@ class TermExtractor:
             right = forms[i + 1] if i < last else right_edge
             if i > 0 and is_word[i - 1]:
                 contexts.add(w + "\t<" + left)
+            elif left == "#" and not (i > 1 and is_word[i - 2]):
+                # A varying slot (a number, an identifier, a cut date, quantity or URL) between the word and no other
+                # word: the word labels the slot's value ("| SKU 48213 |", "> Page 42 >", "$12.99 USD"). Past a word,
+                # the number is the content's own ("arches 3 pattern", "apollo 11 rocket").
+                contexts.add(w + "\t<#")
             elif left == "^":  # the text's first word: an edge bond counts only with its site (labels/templates.py)
                 contexts.add(w + "\t<^")
             if i < last and is_word[i + 1]:
                 contexts.add(w + "\t>" + right)
+            elif right == "#" and not (i < last - 1 and is_word[i + 2]):
+                contexts.add(w + "\t>#")
             elif right == "$":
                 contexts.add(w + "\t>$")
             if left not in _LOOSE or right not in _LOOSE:
+                # Which mark a caption puts between its parts is the writer's style ("Home > Gallery", "Home » Gallery",
+                # "Home / Gallery"): every punctuation neighbour is one class, "|", in the pair.
+                if not left[0].isalnum() and left not in _LOOSE:
+                    left = "|"
+                if not right[0].isalnum() and right not in _LOOSE:
+                    right = "|"
                 contexts.add(w + "\t=" + left + " " + right)
 
     def _count_boilerplate(self, match: re.Match) -> str:
@@ -498,11 +550,15 @@ class TermExtractor:
 
     def _count_date(self, match: re.Match) -> str:
         self._hits.append(DATE_HIT)
-        return SEPARATOR
+        return SLOT
 
     def _count_quantity(self, match: re.Match) -> str:
         self._hits.append(QUANTITY_HIT)
-        return SEPARATOR
+        return SLOT
+
+    def _count_url(self, match: re.Match) -> str:
+        self._hits.append(URL_HIT)
+        return SLOT
 
     def _whole_terms(self, text: str) -> list[str]:
         runs = self.chunks(text)

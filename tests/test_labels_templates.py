@@ -361,3 +361,65 @@ def test_fresh_templates_relative_times_pixel_sizes_hashtags_and_series_words_ar
         assert labels[noun] >= 10
     kept = [s for s in written if s["uids"][0].split(":")[1] in series_keys]
     assert kept and all("gramastar" in s["terms"] for s in kept)
+
+
+# Round 3 (docs/labels.md "Round 4"): slot-aware contexts, order-free lists, URLs.
+_TITLES = [
+    "red barn", "blue whale", "old oak tree", "paper plane", "snow owl", "sun hat", "tin robot", "gold fish",
+    "ice cream", "lemon tart", "wind mill", "fire truck", "night sky", "moon cat", "rose bush", "hot air balloon",
+    "pine cone", "sea shell", "toy train", "bee hive", "fox cub", "rain boot", "tea pot", "oak leaf",
+    "star fruit", "drum kit", "kite tail", "frog pond", "hay cart", "wolf pack", "ant hill", "elk horn",
+    "jam jar", "map pin", "owl eye", "pig tail", "bat wing", "yak herd", "emu egg", "cod roe",
+]  # fmt: skip
+
+
+def _records(texts_by_site: list[tuple[str, str]], ex: TermExtractor) -> Counter:
+    """The merged context records of one document per (site, text), as the map tasks count them."""
+    counts: Counter = Counter()
+    for site, text in texts_by_site:
+        ctx = ex.contexts(text)
+        counts.update(ctx)
+        counts.update([r + "\t@" + site for r in ctx if "\t" not in r])
+    return counts
+
+
+def test_urls_file_extensions_and_identifiers_are_caption_syntax_not_words():
+    ex = TermExtractor()
+    url = "Red barn https://i.pincdn.example/236x/ab/cd/0f9a.jpg?utm_source=pinterest&utm_medium=social&w=236"
+    assert ex.terms(url) == ["red", "barn", "red barn"]
+    assert ex.terms("Red barn (www.example.org/licenses/by-sa/4.0/)") == ["red", "barn", "red barn"]
+    assert ex.boilerplate_hits["<url>"] == 2
+    # A file name's extension is cut; a host name before ":" or "/" keeps its word.
+    assert ex.terms("red_barn_final (1).svg") == ["red", "barn", "final", "red barn", "barn final", "red barn final"]
+    assert ex.terms("ArtVault.net: ink") == ["artvault", "net", "ink"]
+    # An identifier's short letter codes are no words; its digits are a number; a longer word in it stays a word.
+    assert ex.terms("Red barn | SKU SN-48213-BLK | IMG_20210304_102345") == ["red", "barn", "red barn", "sku"]
+    assert ex.terms("[bob] cat edit_0042 final") == ["bob", "cat", "edit", "cat edit", "final"]
+    # Two digits are no identifier, and a word's hyphen is no code: "covid-19", "t-shirt" stay words.
+    assert ex.terms("covid-19 t-shirt") == ["covid", "t-shirt"]
+
+
+def test_a_word_labelling_a_varying_slot_is_template_text_and_a_title_number_is_not():
+    """ "page" stands before a page number that changes every caption, at the text's start in half of them and after a
+    separator whose glyph varies in the other half: no fixed neighbour, but always a slot with no other word beside
+    it. "pattern" follows a number too, but past the number stands the title's word ("arches 3 pattern"): content."""
+    ex = TermExtractor()
+    seps = [" > ", " » ", " / ", " › "]
+    texts = []
+    for i, title in enumerate(_TITLES):
+        page = f"Page {7 * i + 2}"
+        texts.append(("shop", f"{page} - {title}" if i % 2 else f"Home{seps[i % 4]}{page}{seps[i % 4]}{title}"))
+        texts.append(("shop", f"{title.split()[0]} {i % 5 + 1} pattern"))
+    found, _ = template_words(_records(texts, ex), min_docs=30, rigidity=0.6)
+    assert "page" in found and found["page"][2] in (">#", "=| #"), found.get("page")
+    assert "pattern" not in found
+    # A word labelling a slot in a third of its captions and a title word in the rest stays content.
+    mixed = [("shop", f"| Poster {n} | {t}") for n, t in enumerate(_TITLES[:15])]
+    mixed += [("shop", f"{t} poster") for t in _TITLES[15:]]
+    found_mixed, _ = template_words(_records(mixed, ex), min_docs=30, rigidity=0.6)
+    assert "poster" not in found_mixed and _records(mixed, ex)["poster\t>#"] == 15
+    # "home" starts 20 texts, always before a separator (any glyph): bound to the pair (text start, punctuation).
+    texts += [("shop", f"Home{seps[i % 4]}Gallery{seps[(i + 1) % 4]}{t}") for i, t in enumerate(_TITLES)]
+    found, _ = template_words(_records(texts, ex), min_docs=30, rigidity=0.6)
+    assert found["home"][2] == "=^ |" and found["gallery"][2] == "=| |"
+    assert is_template_term("page", found) and not is_template_term("barn", found)
