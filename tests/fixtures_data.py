@@ -284,7 +284,10 @@ def run_fit(spec: dict) -> dict:
         "num_training_batches", "global_step", "rank", "logged"}`` of this process ("logged": the data/ metrics
         DataCountsLogger logged, summed over ranks, on rank 0).
     """
+    from datetime import timedelta
+
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.strategies import DDPStrategy
 
     from datamodules import build_datamodule
 
@@ -309,7 +312,8 @@ def run_fit(spec: dict) -> dict:
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        # a rank that dies or desyncs fails the others within 3 minutes, not gloo's default 30 (a hung CI job)
+        strategy=DDPStrategy(timeout=timedelta(seconds=180)) if devices > 1 else "auto",
         max_steps=spec["max_steps"],
         max_epochs=-1,
         logger=False,

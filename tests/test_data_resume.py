@@ -141,13 +141,17 @@ def _ddp(tmp: Path, runs: dict[str, dict]) -> dict[str, list[dict]]:
     job = {"runs": [{**common, **spec, "out": str(tmp / name)} for name, spec in runs.items()]}
     path = tmp / "job.json"
     path.write_text(json.dumps(job))
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "fixtures_data.py"), str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "tests" / "fixtures_data.py"), str(path)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=360,  # under pytest-timeout's 420 s, so a hang shows the job's own output
+        )
+    except subprocess.TimeoutExpired as err:
+        out = (err.stdout or b"")[-3000:], (err.stderr or b"")[-6000:]
+        pytest.fail(f"the 2-process DDP job did not end in 360 s\nstdout: {out[0]!r}\nstderr: {out[1]!r}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {name: [json.loads((tmp / name / f"rank{r}.json").read_text()) for r in range(2)] for name in runs}
 
