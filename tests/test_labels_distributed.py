@@ -319,7 +319,9 @@ def test_kill_9_of_the_driver_leaves_no_process_of_the_run(reference, tmp_path, 
     cfg = _cli_config(tmp_path, sources, out, {"engine": engine, "workers": 2})
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # Ray: a local instance, started by the driver
     cmd = [sys.executable, str(REPO / "mine_labels.py"), "--config", str(cfg)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=sink)
     started: dict[int, int] = {}
     try:
         deadline = time.time() + 240
@@ -328,7 +330,7 @@ def test_kill_9_of_the_driver_leaves_no_process_of_the_run(reference, tmp_path, 
             time.sleep(0.01)
         started.update(_process_tree(proc.pid))
         proc.send_signal(signal.SIGKILL)
-        assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+        assert proc.wait() == -signal.SIGKILL, f"the run ended before it could be killed: {log.read_text()[-3000:]}"
         assert len(started) >= 3, started  # the pool (forkserver + 2 workers) or Ray's processes were running
         time.sleep(5)
         assert _still_alive(started) == []
