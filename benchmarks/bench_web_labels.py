@@ -5,6 +5,7 @@
     python benchmarks/bench_web_labels.py --half fresh                         # templates written blind to the rules
     python benchmarks/bench_web_labels.py --half blind                         # a fourth set, also written blind
     python benchmarks/bench_web_labels.py --half blind5                        # a fifth set, also written blind
+    python benchmarks/bench_web_labels.py --half blind6                        # a sixth set, also written blind
     python benchmarks/bench_web_labels.py --half heldout --old /tmp/old        # + the code before, side by side
     python benchmarks/bench_web_labels.py --half heldout --parity              # + local vs Ray, kill -9 + rerun
     python benchmarks/bench_web_labels.py --speed-rows 100000 --old /tmp/old   # text-pass speed/memory, old vs new

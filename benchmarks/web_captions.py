@@ -5,6 +5,7 @@
     python benchmarks/web_captions.py --half fresh --out data/web_fresh      # written after the rules were final
     python benchmarks/web_captions.py --half blind --out data/web_blind      # a fourth set, written blind to the rules
     python benchmarks/web_captions.py --half blind5 --out data/web_blind5    # a fifth set, also written blind
+    python benchmarks/web_captions.py --half blind6 --out data/web_blind6    # a sixth set, also written blind
 
 Content comes from the Debian ``openclipart-svg`` drawings (title + keywords, rendered to JPEG) and the
 ``tuxpaint-stamps-default`` stamps (English description); each image is written as img2dataset writes it:
@@ -40,6 +41,15 @@ captions, academic figure captions, auto-generated alt text, template-engine lef
 boilerplate, mixed-case cut-file SEO titles, Pinterest pin lines, watermark text; a "Day N of 365" series with a
 Roman-numeral counter). It is wired as the blind set is, taking the tune pool from the other end, so with the default
 sizes it draws the same drawings as the blind corpus: only the captions differ.
+
+A sixth set, ``TEMPLATES["blind6"]`` (14 templates and a series, its own sites ``BLIND6_SITES`` and uploaders), was
+written by a third evaluator blind to the rules, their docs, tests and results, in caption styles the five sets above
+do not use (wedding/event photography credits, print-shop ordering text, die-cut sticker specs, school worksheet
+listings, tattoo flash sheets, knitting/embroidery pattern shops, parish/school newsletters, device-named wallpaper
+resolution lists, mockup-generator credits, NFT token listings, greeting-card specs, Swedish/Norwegian/Turkish/Japanese
+romaji boilerplate and dates, volunteer image descriptions, a stock site appending one of 12 rotating promotional
+phrases; a batch-render series stamped "14-May-23 2:22p"). It takes the held-out pool from the other end, as the fresh
+set does, so it draws the fresh corpus's drawings and none of the blind and blind-5 corpora's.
 
 Next to the tars, ``truth.jsonl`` records per sample its content text (what a clean caption would say), template,
 site and whether it belongs to the series: the benchmark's ground truth, never read by the pipeline.
@@ -799,12 +809,225 @@ BLIND5_SERIES = Template(
         )
     ),
 )
+# Blind-6 half: a sixth set, written by an evaluator who never read the label rules, their docs, tests or results, nor
+# the issue's discussion. Caption styles none of the five sets above use: wedding/event photography credits, print-shop
+# ordering text (paper sizes, framed/unframed), die-cut sticker specs, school worksheet listings, tattoo flash sheets,
+# knitting/embroidery pattern shops, parish/school newsletters, device-named wallpaper resolution lists, mockup-generator
+# credits, NFT/token listings, greeting-card shop specs, Swedish/Norwegian/Turkish/Japanese (romaji) boilerplate and
+# dates, volunteer screen-reader image descriptions, and a stock site appending a rotating promotional phrase; the series
+# is a batch render with a "14-May-23 2:22p" stamp.
+_STUDIOS = ["Willow & Pine", "Golden Hour", "Evermore", "Lantern Lane", "Silver Fern"]
+_VENUES = ["The Old Granary", "Hollyhock Barn", "Castle Kerrow", "Riverside Pavilion", "St. Anselm's Chapel"]
+_PAPER = ["A5", "A4", "A3", "A2", "8x10 in", "11x14 in", "50x70 cm"]
+_CRAFTS = ["knitting chart", "cross-stitch chart", "embroidery pattern", "crochet pattern", "amigurumi pattern"]
+_DEVICES = ["iPhone 15 Pro Max", "Galaxy S24 Ultra", "Pixel 8", "iPad Pro 12.9", "MacBook Air", "ultrawide monitor"]
+_RES_X = ["1179×2556", "1440×3120", "1080×2400", "2048×2732", "2560×1664", "3440×1440"]
+_CHAINS = ["Ethereum", "Polygon", "Solana", "Tezos"]
+_PROMOS = [
+    "Get 10 free images today",
+    "Limited time: 20% off annual plans",
+    "New content added daily",
+    "Join 2 million creatives",
+    "Unlimited downloads with Pro",
+    "Try it free for 30 days, cancel anytime",
+    "Save big on credit packs",
+    "Trending this week",
+    "Exclusive to members",
+    "Black Friday deal: 3 months free",
+    "Refer a friend, earn credits",
+    "Student discount available",
+]
+_VOLUNTEERS = ["Maren", "Theo B.", "Ayşe", "Kenji", "the DescribeIt team", "Rosa"]
+_MONTHS_SV = "januari februari mars april maj juni juli augusti september oktober november december".split()
+_MONTHS_NO = "januar februar mars april mai juni juli august september oktober november desember".split()
+_MONTHS_TR = "Ocak Şubat Mart Nisan Mayıs Haziran Temmuz Ağustos Eylül Ekim Kasım Aralık".split()
+
+
+def _nordic_turkish_japanese(c: Content, r: random.Random) -> str:
+    d = _date(r)
+    day, m, y = d["d"], d["m"] - 1, d["y"]
+    return r.choice(
+        [
+            f"{c.title} – gratis nedladdning, fri att använda, uppladdad den {day} {_MONTHS_SV[m]} {y} kl. "
+            f"{d['hh']:02d}.{d['mm']:02d}",
+            f"{c.title} | last ned gratis – fri vektorgrafikk, lastet opp {day}. {_MONTHS_NO[m]} {y}",
+            f"{c.title} – ücretsiz indir, telifsiz vektör çizim, {day} {_MONTHS_TR[m]} {y} tarihinde yüklendi",
+            f"{c.title} – muryou daunroodo, shouyou riyou kanou, {y}-nen {d['m']}-gatsu {day}-nichi toukou",
+        ]
+    )
+
+
+def _image_description(c: Content, r: random.Random, u: str) -> str:
+    return r.choice(
+        [
+            f"[Image description: a drawing of {c.title.lower()}. End description.] #ImageDescription #AltText",
+            f"ID: {c.title}. Described by {r.choice(_VOLUNTEERS)}, volunteer describer for {u}'s accessible feed.",
+            f"Alt text: a simple illustration showing {_kws(c, r, ', ')}. (Screen-reader friendly description)",
+        ]
+    )
+
+
+def _stamp6(r: random.Random) -> str:
+    d = _date(r)
+    return f"{d['d']:02d}-{d['mon3']}-{d['y'] % 100:02d} {d['h12']}:{d['mm']:02d}{'a' if d['ampm'] == 'AM' else 'p'}"
+
+
+BLIND6 = [
+    Template(
+        "s1_event_credit",
+        "wedding/event photography credit (Captured by ... Photography | Venue: ... | Second shooter)",
+        _t(
+            lambda c, r, u: r.choice(
+                [
+                    f"{c.title} | Captured by {r.choice(_STUDIOS)} Photography | Venue: {r.choice(_VENUES)}",
+                    f"{c.title} — photographed by {u} for {r.choice(_STUDIOS)} Weddings & Events · second shooter "
+                    "gallery · all images retouched",
+                ]
+            )
+        ),
+    ),
+    Template(
+        "s2_print_shop",
+        "print-shop ordering text (Available as A4/A3 poster, framed or unframed, matte or gloss, ships rolled)",
+        _t(
+            lambda c, r, u: (
+                f"{c.title} Art Print – Available as {' / '.join(r.sample(_PAPER, 3))} poster, framed or unframed, "
+                f"{r.choice(['matte', 'gloss', 'satin'])} finish – ships rolled in a tube | PrintParlour"
+            )
+        ),
+    ),
+    Template(
+        "s3_sticker",
+        "die-cut sticker spec (waterproof, dishwasher safe, UV resistant, size in mm/inches)",
+        _t(
+            lambda c, r, u: r.choice(
+                [
+                    f"{c.title} die-cut vinyl sticker – waterproof, dishwasher safe, UV resistant, "
+                    f"{r.choice([50, 75, 100])}mm",
+                    f"Holographic {c.title} decal | {r.choice(['2', '3', '4'])} inch | weatherproof laminate | "
+                    "laptop, water bottle & car window",
+                ]
+            )
+        ),
+    ),
+    Template(
+        "s4_worksheet",
+        "school worksheet listing (Grade N worksheet, printable PDF, answer key included) + json page title",
+        lambda c, r, u: (
+            f"Grade {r.randint(1, 6)} worksheet: {c.title} – printable PDF, answer key included, "
+            f"{r.choice(['aligned to Common Core', 'no prep', 'homeschool friendly'])}",
+            {"title": f"{c.title} Worksheet | TeachersAisle"},
+        ),
+    ),
+    Template(
+        "s5_tattoo_flash",
+        "tattoo flash sheet (flash sheet, walk-in special $N, books open <month>, DM to claim)",
+        _t(
+            lambda c, r, u: (
+                f"{c.title} flash sheet ✦ walk-in special ${r.choice([60, 80, 100, 120, 150])} ✦ books open "
+                f"{r.choice(MONTHS)} ✦ DM to claim · @{u}"
+            )
+        ),
+    ),
+    Template(
+        "s6_pattern_shop",
+        "knitting/embroidery pattern shop (PDF pattern, instant download, beginner friendly, US & UK terms)",
+        _t(
+            lambda c, r, u: (
+                f"{c.title} {r.choice(_CRAFTS)} – PDF pattern, instant download, beginner friendly, US & UK terms, "
+                f"{r.randint(2, 24)} pages"
+            ),
+            _tags,
+        ),
+    ),
+    Template(
+        "s7_newsletter",
+        "parish/school newsletter furniture (Vol./No., bake sale, PTA bulletin, term and week)",
+        _t(
+            lambda c, r, u: r.choice(
+                [
+                    f"St. Brigid's Parish Newsletter, Vol. {r.randint(3, 40)} No. {r.randint(1, 12)} — {c.title} — "
+                    "bake sale after Mass, Sunday school resumes next week",
+                    f"Maplewood Elementary PTA Bulletin: {c.title} (Term {r.randint(1, 3)}, Week {r.randint(1, 12)})",
+                ]
+            )
+        ),
+    ),
+    Template(
+        "s8_device_wallpaper",
+        "wallpaper for named devices + resolution list with ×",
+        _t(
+            lambda c, r, u: (
+                f"{c.title} wallpapers for {', '.join(r.sample(_DEVICES, 3))} — resolutions: "
+                f"{', '.join(r.sample(_RES_X, 3))}"
+            )
+        ),
+    ),
+    Template(
+        "s9_mockup",
+        "mockup-generator credit (on a heather crewneck — Mockup by Placeit / Smartmockups template #N)",
+        _t(
+            lambda c, r, u: (
+                f"{c.title} on a {r.choice(['heather grey crewneck', 'white tote', 'ceramic mug', 'framed canvas'])}"
+                f" — Mockup by {r.choice(['Placeit', 'Smartmockups', 'Mockup World'])}, template #{r.randint(100, 9999)}"
+            )
+        ),
+    ),
+    Template(
+        "s10_nft",
+        "NFT/token listing (Token ID #N, minted on <chain> <date>, floor price, verified collection)",
+        _t(
+            lambda c, r, u: (
+                lambda d, n: (
+                    f"{c.title} #{n} — Token ID {n}, minted on {r.choice(_CHAINS)} {d['mon3']} {d['d']} '"
+                    f"{d['y'] % 100:02d} · Floor {r.randint(1, 900) / 1000:.3f} ETH · verified collection by {u}"
+                )
+            )(_date(r), r.randint(1, 9999))
+        ),
+    ),
+    Template(
+        "s11_greeting_card",
+        "greeting-card shop spec (blank inside, kraft envelope included, 5x7 in, recycled card stock)",
+        _t(
+            lambda c, r, u: (
+                f"{c.title} greeting card – blank inside, {r.choice(['kraft', 'white', 'pastel'])} envelope included, "
+                f"{r.choice(['5x7 in', 'A6', '4.25x5.5 in'])}, recycled card stock"
+            )
+        ),
+    ),
+    Template(
+        "s12_nordic_turkish_japanese",
+        "Swedish/Norwegian/Turkish/Japanese (romaji) download/licence boilerplate with a date in words",
+        _t(lambda c, r, u: _nordic_turkish_japanese(c, r)),
+    ),
+    Template(
+        "s13_image_description",
+        "volunteer screen-reader image description ([Image description: ... End description.], ID: ..., Alt text:)",
+        _t(lambda c, r, u: _image_description(c, r, u)),
+    ),
+    Template(
+        "s14_rotating_promo",
+        "stock site appending one of 12 rotating promotional phrases + site suffix",
+        _t(lambda c, r, u: f"{c.title} – {r.choice(_PROMOS)} | StockSpree"),
+    ),
+]
+BLIND6_SERIES = Template(
+    "s_series",
+    "generated series (batch render N of M, stamped dd-Mon-yy h:mma/p)",
+    _t(
+        lambda c, r, u: (
+            f"{c.title} · render {r.randint(1, 500)} of batch {r.choice('ABCDEFGH')}{r.randint(1, 40)} · "
+            f"stamp {_stamp6(r)} · {u}"
+        )
+    ),
+)
 TEMPLATES = {
     "tune": (TUNE, TUNE_SERIES),
     "heldout": (HELDOUT, HELDOUT_SERIES),
     "fresh": (FRESH, FRESH_SERIES),
     "blind": (BLIND, BLIND_SERIES),
     "blind5": (BLIND5, BLIND5_SERIES),
+    "blind6": (BLIND6, BLIND6_SERIES),
 }
 PLAIN = Template("plain", "no template (the clean title)", _t(lambda c, r, u: c.title))
 
@@ -885,6 +1108,32 @@ BLIND5_UPLOADERS = [
 ]
 
 
+# The blind-6 half's own sites: a stock site with rotating promos, a wedding studio, a print shop, a sticker shop, a
+# teachers' marketplace, a tattoo/embroidery studio, a phone-wallpaper site, an NFT marketplace (the series' site), a
+# Swedish/Norwegian/Turkish/Japanese image site, an accessibility-first feed, a topical flag shop, a classroom site with
+# the Tux Paint stamps and a scrapbook with plain captions. Indices point into ``BLIND6``.
+BLIND6_SITES = [
+    ("stockspree.example", 0.18, [13]),
+    ("evermore-weddings.example", 0.07, [0, 12]),
+    ("printparlour.example", 0.10, [1, 10]),
+    ("stickerbarn.example", 0.08, [2, 8]),
+    ("teachersaisle.example", 0.09, [3, 6]),
+    ("inkandneedle.example", 0.07, [4, 5]),
+    ("lockscreens.example", 0.06, [7]),
+    ("chainmint.example", 0.07, [9, 8]),  # the series' site
+    ("nordbild-resim.example", 0.08, [11, 13]),
+    ("accessiblefeed.example", 0.06, [12, 6]),
+    ("flaggor-bayrak.example", 0.09, [11, 2, 10]),  # topical: flags
+    ("kidsclass.example", 0.12, [3, 12, 6]),  # Tux Paint stamps
+    ("scrapbook.example", 0.09, [None]),
+]
+BLIND6_UPLOADERS = [
+    f"{a}{b}"
+    for a in ("astrid.ritar", "mehmet_cizer", "yuki.e", "InkedByNils", "craftymarta", "TeachWithTara", "0xPixelMint")
+    for b in ("", "_no", "2024", ".art", "_tr")
+]
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where a half's captions come from: sites ``(domain, share, template indices)``, which of them is the topical
@@ -928,12 +1177,29 @@ LAYOUTS = {
         "daily_doodler_365",
         BLIND5_UPLOADERS,
     ),
+    "blind6": Layout(
+        BLIND6_SITES,
+        "flaggor-bayrak.example",
+        "kidsclass.example",
+        "chainmint.example",
+        "mintbot_batch",
+        BLIND6_UPLOADERS,
+    ),
 }
 # The fresh half draws its content from the held-out hash half (no third pool exists), taking the held-out
 # corpus's shuffled lists from the other end, so that the two corpora share as few drawings as the pools allow.
 # The blind half likewise takes the tune pool from the other end: with the default sizes it shares no drawing with the
 # held-out and fresh corpora, and 157 of its 1,050 clip-art drawings and 52 of its 150 flags with the tune corpus.
-CONTENT_HALF = {"tune": "tune", "heldout": "heldout", "fresh": "heldout", "blind": "tune", "blind5": "tune"}
+# The blind-6 half takes the held-out pool from the other end, as the fresh half does (same drawings as the fresh
+# corpus, different captions), so that it does not draw the blind and blind-5 corpora's drawings.
+CONTENT_HALF = {
+    "tune": "tune",
+    "heldout": "heldout",
+    "fresh": "heldout",
+    "blind": "tune",
+    "blind5": "tune",
+    "blind6": "heldout",
+}
 
 
 def _half_of(uid: str) -> str:
