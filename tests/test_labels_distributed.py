@@ -64,14 +64,18 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted in-process run of the corpus: (sources, output bytes, result)."""
-    root = tmp_path_factory.mktemp("ref")
+def mine_reference(root: Path):
+    """An uninterrupted in-process run of the corpus written under ``root``: (root, sources, output bytes, result).
+    The reference of this module and of the S3 and lost-node tests."""
     sources = corpus(root)
     cfg = labels_config(root, sources, SMALL_PARTS)
     result = run(cfg)
     return root, sources, output_bytes(Path(cfg.output)), result
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return mine_reference(tmp_path_factory.mktemp("ref"))
 
 
 def test_duplicates_across_input_shards_merge_with_all_texts(reference):

@@ -23,7 +23,7 @@ import pytest
 from labels.pipeline import run
 from labels.sources import InputError
 from tests.fixtures_labels import labels_config
-from tests.test_labels_distributed import SMALL_PARTS, corpus, output_bytes
+from tests.test_labels_distributed import SMALL_PARTS, mine_reference, output_bytes
 from tests.test_labels_s3 import _same_dataset, _upload
 
 pytestmark = pytest.mark.slow
@@ -32,12 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
-    """An uninterrupted run (local engine) of the small corpus: (sources, output bytes)."""
-    root = tmp_path_factory.mktemp("clean")
-    sources = corpus(root)
-    cfg = labels_config(root, sources, SMALL_PARTS)
-    run(cfg)
-    return root, sources, output_bytes(Path(cfg.output))
+    """An uninterrupted run (local engine) of the small corpus: (root, sources, output bytes)."""
+    return mine_reference(tmp_path_factory.mktemp("clean"))[:3]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import storage
 from labels.pipeline import run
 from labels.sources import InputError
 from tests.fixtures_labels import labels_config
-from tests.test_labels_distributed import I2D, SMALL_PARTS, corpus, output_bytes
+from tests.test_labels_distributed import I2D, SMALL_PARTS, mine_reference, output_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -21,11 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def local_reference(tmp_path_factory):
     """The corpus mined from local disk (in the driver process): (root, sources, output bytes)."""
-    root = tmp_path_factory.mktemp("local")
-    sources = corpus(root)
-    cfg = labels_config(root, sources, SMALL_PARTS)
-    run(cfg)
-    return root, sources, output_bytes(Path(cfg.output))
+    return mine_reference(tmp_path_factory.mktemp("local"))[:3]
 
 
 def _upload(root: Path, bucket: str) -> str:
