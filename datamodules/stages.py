@@ -145,7 +145,8 @@ class SlotShards(IterableDataset):
                 i = bisect.bisect_right(ends, g)
                 lo = g - (ends[i - 1] if i else 0)
                 take = min(ends[i] - g, self.end - pos)
-                yield {"url": order[i], "range": (lo, lo + take), "round": rnd}
+                # A wrap past the sequence's end is its own round: its repeats are shuffled after every first read.
+                yield {"url": order[i], "range": (lo, lo + take), "round": (rnd, pos // total)}
                 pos += take
 
 
@@ -495,5 +496,10 @@ class Collate:
             "label_ids": ids,
             "label_weights": weights,
             "key": [s["key"] for s in samples],
-            META: {"lw": self.lw, "piece": self.piece, "raw_end": samples[-1]["__raw__"] + 1, "counts": self.counter.take()},
+            META: {
+                "lw": self.lw,
+                "piece": self.piece,
+                "raw_end": samples[-1]["__raw__"] + 1,
+                "counts": self.counter.take(),
+            },
         }

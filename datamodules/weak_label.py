@@ -46,8 +46,6 @@ pass are not reported.
 
 from __future__ import annotations
 
-import math
-import warnings
 from typing import Any
 
 import torch
@@ -56,7 +54,7 @@ from torch.utils.data import DataLoader
 from datamodules.manifest import Manifest, ManifestError, ShardInfo
 from datamodules.sources import DataConfigError, DatasetSource
 from datamodules.storage import ShardOpener, missing_local
-from datamodules.streams import EvalStream, StreamSource, StreamSpec, TrainStream
+from datamodules.streams import EvalStream, StreamSource, StreamSpec, TrainStream, effective_slots
 from datamodules.transforms import draft_size, image_transform
 
 CHECK_SHARDS = 16  # local shards whose existence start-up checks (a sample, not all)
@@ -137,24 +135,13 @@ class WeakLabelSource(DatasetSource):
     def train_source(self, rank: int, world: int) -> StreamSource:
         d = self.cfg.data
         spec = self._spec(self.train_shards, int(d.batch_size), rank, world, train=True)
-        workers = max(1, spec.num_workers)
         resampled = bool(d.weak_label.resampled)
-        if len(self.train_shards) < spec.slots and rank == 0:
-            warnings.warn(
-                f"weak_label: {len(self.train_shards)} train shard(s) for {spec.slots} rank x worker slots; "
-                + (
-                    "resampled shards repeat samples across workers within an epoch"
-                    if resampled
-                    else "every slot reads every shard and keeps every n-th sample (more I/O)"
-                )
-                + "; write more, smaller shards or use fewer data.num_workers",
-                stacklevel=2,
-            )
         if d.augment.mixup_alpha > 0 and d.batch_size % 2:
             raise DataConfigError(f"data.batch_size={d.batch_size} must be even when data.augment.mixup_alpha > 0")
-        global_batches = math.ceil(self.num_train_samples / (spec.batch_size * world))
-        quota = math.ceil(global_batches / workers)
-        stream = TrainStream(spec, resampled, quota, int(d.shuffle_buffer))
+        if int(d.stream_slots) < 1:
+            raise DataConfigError(f"data.stream_slots={d.stream_slots} must be at least 1")
+        slots = effective_slots(int(d.stream_slots), self.num_train_samples, int(d.shuffle_buffer))
+        stream = TrainStream(spec, resampled, int(d.shuffle_buffer), slots)
         return StreamSource(stream)
 
     def eval_stream(self, rank: int = 0, world: int = 1, num_workers: int | None = None) -> EvalStream:
