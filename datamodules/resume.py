@@ -11,8 +11,11 @@ Vocabulary used across ``datamodules/``:
   pass always comes from logical worker ``g % num_workers`` (the DataLoader round-robins its workers), so after a
   resume that skipped ``k`` batches, ``rotation = k % num_workers`` makes physical worker 0 produce exactly the batch
   an uninterrupted run would have produced next.
-* **data position**: ``(epoch, steps handed to the trainer this epoch)``, turned into per-dataset ``(pass, batches
-  consumed in the pass, per-logical-worker raw-sample offsets)``; see ``PassLoader.position``.
+* **data position**: ``(epoch, steps handed to the trainer this epoch)`` plus, per dataset, its pass and where the pass
+  is, in units that do not depend on the world size or worker count (``BatchSource.position``): the weak-label
+  stream's slot pieces and their progress (``datamodules.slots``), a map-style dataset's global batches consumed.
+  So a restored run continues on any cluster: on another one the rest of the interrupted epoch is what the old
+  cluster had left, ``ceil(steps left x old world / new world)`` steps (``TrainLoader.load_state_dict``).
 
 Lightning's stateful-iterable hooks carry the position (Lightning 2.6, PR #19361): ``TrainLoader`` is the one
 training iterable the Trainer sees; its fit loop calls ``TrainLoader.state_dict()`` on every rank when it writes a
@@ -20,14 +23,15 @@ checkpoint (stored under the fit loop's ``"combined_loader"`` state, ``saved_pos
 ``load_state_dict()`` on a restored run after ``train_dataloader()`` and before the first ``iter()``. The position
 counts the steps the loader handed to Lightning: a sized loader is never fetched ahead (Lightning's fetcher
 prefetches only when the length is unknown), so when a checkpoint is written in ``on_train_batch_end`` the count
-includes that batch, exactly the batches the restored loop will not redo. The weak-label raw offsets differ per rank,
-so ``state_dict`` all-gathers them into the checkpoint (a collective: every rank calls it).
+includes that batch, exactly the batches the restored loop will not redo. Each rank advances only its own slot
+pieces, so ``state_dict`` all-gathers their progress and keeps the element-wise maximum (a collective: every rank
+calls it).
 
 Epoch: Lightning never calls ``set_epoch`` on an iterable loader, and (checked with Lightning 2.6) it calls
 ``on_train_epoch_start`` only after the first ``iter()`` of a fit and not at all when it resumes mid-epoch, so a
 callback pushing the epoch would be too late exactly when it matters. Instead the ``EpochClock`` reads
 ``trainer.current_epoch`` when a pass starts (at the first ``next()``: Lightning also calls ``iter()`` once just to
-probe a loader) and the loader writes (epoch, pass, resume offsets) into the dataset's shared-memory pass state before
+probe a loader) and the loader writes (epoch, pass, plan, progress) into the dataset's shared-memory pass state before
 its persistent workers start the pass: open_clip's ``SharedEpoch``, extended to the whole pass state. Without a
 trainer (scripts, benchmarks) the epoch comes from ``MultiTaskDataModule.set_epoch``.
 """
