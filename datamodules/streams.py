@@ -102,8 +102,9 @@ class TrainStream(IterableDataset):
         self.workers = max(1, spec.num_workers)
         self.num_samples = sum(spec.counts.values())
         self.total = pass_batches(self.num_samples, spec.batch_size, spec.world_size)  # batches of a fresh pass
-        capacity = slots + spec.world_size * self.workers + 1  # pieces of any plan: slots + cuts
+        capacity = slots + spec.world_size * self.workers + 1  # pieces of a fresh plan: slots, or cuts of fewer slots
         self._shared = multiprocessing.get_context().Array("q", HEADER + PIECE * capacity, lock=False)
+        self._begun = False
 
     @property
     def rank_batches(self) -> int:
@@ -129,8 +130,17 @@ class TrainStream(IterableDataset):
             if (plan.ranks, plan.workers) != (s.world_size, w):
                 plan = cut_plan(plan.remaining(progress), s.world_size, w, s.batch_size)
                 progress, done = [[0, p.raw] for p in plan.pieces], 0
-        if len(plan.pieces) * PIECE + HEADER > len(self._shared):
-            raise RuntimeError(f"a plan of {len(plan.pieces)} pieces does not fit the pass state of {self.slots} slots")
+        need = HEADER + PIECE * len(plan.pieces)
+        if need > len(self._shared):
+            # Only a plan cut over another cluster can exceed the default size, and it is the first pass of the run:
+            # the loader's workers have not started yet (they start at its first iteration, after this), so the
+            # array can still be replaced. Later passes are fresh plans (at most one piece per slot).
+            if self._begun:
+                raise RuntimeError(
+                    f"a plan of {len(plan.pieces)} pieces does not fit the pass state of running workers"
+                )
+            self._shared = multiprocessing.get_context().Array("q", need, lock=False)
+        self._begun = True
         rows = [v for p, (d, r) in zip(plan.pieces, progress) for v in (p.slot, p.first, p.count, p.raw, p.chunk, d, r)]
         self._shared[: HEADER + len(rows)] = [epoch, pass_idx, done % w, *layout, len(plan.pieces), plan.padded, *rows]
         return {"layout": layout, "plan": plan, "progress": progress, "plan_batches": done}

@@ -503,3 +503,24 @@ def test_draft_resized_crop_decodes_at_the_crops_scale_with_the_same_draws():
     random.seed(1)
     b = np.asarray(crop.crop(Image.open(io.BytesIO(png.getvalue())).convert("RGB")))
     assert (a == b).all()  # not a JPEG: the wrapped transform, unchanged
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_position_of_8_ranks_resumes_on_1_rank_with_every_remaining_sample_once(tmp_path, workers):
+    """One slot cut over 8 ranks (8 pieces) continued on 1 rank, whose default pass state holds fewer pieces: the
+    union of what the 8 ranks consumed and what the resumed rank reads is every sample once."""
+    ds = make_dataset(tmp_path, n_train=64, n_val=3, shard_size=8, scales=(1.0,))
+    base = ["data.weak_label.resampled=false", "data.shuffle_buffer=64"]  # 64 samples: one slot
+    cfg = compose_cfg(ds["manifest"], *base)
+    before, pos = [], None
+    for rank in range(8):
+        loader = _loader(cfg, rank=rank, world=8)
+        first = next(iter(loader.run_pass(0, 0)))  # each rank's first of its 2 batches
+        before += first["key"]
+        if rank == 0:
+            pos = loader.position(0, 0)
+    assert len(pos["plan"]["pieces"]) == 8
+    pos["progress"] = [[1, p[3] + 4] for p in pos["plan"]["pieces"]]  # every rank's piece: one batch of 4 done
+    resumed = _loader(compose_cfg(ds["manifest"], *base, f"data.num_workers={workers}"))
+    after = [k for b in resumed.run_pass(0, 0, pos) for k in b["key"]]
+    assert len(after) == 32 and sorted(before + after) == sorted(ds["train_keys"])
