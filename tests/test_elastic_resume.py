@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,17 +38,22 @@ def _launch(tmp: Path, name: str, manifest: str, ranks: int, workers: int, resam
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", f"--master-port={port}"]
+    # A session of its own, so that a job that hangs is ended with all its ranks (killing torchrun alone leaves them).
+    proc = subprocess.Popen(
+        [*command, str(REPO / "tests" / "elastic_job.py"), str(config), str(tmp / name), *extra],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            [*command, str(REPO / "tests" / "elastic_job.py"), str(config), str(tmp / name), *extra],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"{name}: the {ranks}-process job did not end in 300 s: {(err.stderr or b'')[-4000:]!r}")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"{name}: the {ranks}-process job did not end in 300 s: {stderr[-4000:]}")
+    assert proc.returncode == 0, stderr[-4000:]
     return [json.loads((tmp / name / f"rank{r}.json").read_text()) for r in range(ranks)]
 
 
