@@ -1,11 +1,14 @@
-"""Time from a mid-epoch resume to the first training batch, at 10%, 50% and 90% of an epoch (issue 15).
+"""Time from a mid-epoch resume to the first training batch, at 10%, 50% and 90% of an epoch (issues 15 and 25).
 
 Generates a 200-shard weak-label set (synthetic 256 px JPEGs, integer-mtime tars like labels/shards.py writes) in a
 temporary folder, then for each position builds the weak-label training loader afresh (as a requeued job does) and
 times ``run_pass(epoch, pass, position)`` up to its first batch, in the main process (``data.num_workers=0``, so
 worker start-up is not in the figure). The current code should be flat (90% / 10% <= 1.5). With ``--old REV`` (default:
 the commit before the bounded resume) the same is timed for that revision's ``datamodules/weak_label.py``, loaded from
-git into a side module: it replays the consumed part of the epoch, so its time grows with the position.
+git into a side module: it replays the consumed part of the epoch, so its time grows with the position. The world-size
+case (issue 25, ``--saved-world``, default 4) resumes on 1 rank a position saved by a 4-rank run at the same
+fractions of its epoch: the plan's remaining pieces are cut over the new rank and the first piece starts at its raw
+index, so it should be flat too.
 
     python benchmarks/bench_resume.py                       # ~1-2 minutes on a 2-core machine
     python benchmarks/bench_resume.py --old none --repeats 5
@@ -93,13 +96,32 @@ def load_old(rev: str):
     return module
 
 
-def time_to_first_batch(data_cls, cfg, batches: int, repeats: int) -> float:
-    """Median seconds from building the loader and starting the pass at ``batches`` to its first batch."""
+def saved_position(cfg, batches: int, world: int = 1) -> dict:
+    """The data position after ``batches`` steps of every rank of a ``world``-rank run (the current code's format,
+    no sample skipped), as its checkpoint would hold it."""
+    from datamodules.weak_label import WeakLabelSource
+
+    source = WeakLabelSource(cfg).train_source(0, world)
+    start, _ = source.begin(0, 0, None)
+    plan = start["plan"]
+    progress = plan.progress_after(batches, cfg.data.batch_size)
+    return {"pass": 0, "layout": start["layout"], "plan": plan.state(), "progress": progress, "plan_batches": batches}
+
+
+def time_to_first_batch(data_cls, cfg, batches: int, repeats: int, saved_world: int | None = None) -> float:
+    """Median seconds from building the loader and starting the pass at ``batches`` to its first batch. With
+    ``saved_world`` the position is that of a run on that many ranks (a resume on another world size)."""
     times = []
+    current = saved_world is not None
+    pos = saved_position(cfg, batches, saved_world) if current else None
     for _ in range(repeats):
         start = time.perf_counter()
-        loader = PassLoader("weak_label", data_cls(cfg).train_source(0, 1), EpochClock())
-        batch = next(loader.run_pass(0, 0, {"pass": 0, "batches": batches, "offsets": None}))
+        source = data_cls(cfg).train_source(0, 1)
+        if current:
+            batch = next(PassLoader("weak_label", source, EpochClock()).run_pass(0, 0, pos))
+        else:  # an old revision's source: (epoch, pass, batches, offsets), its DataLoader read directly
+            source.begin(0, 0, batches, None)
+            batch = next(iter(source.dataloader))
         times.append(time.perf_counter() - start)
         assert len(batch["key"]) == cfg.data.batch_size
     return float(np.median(times))
@@ -113,6 +135,7 @@ def main() -> None:
     parser.add_argument("--shuffle-buffer", type=int, default=250, help="data.shuffle_buffer (group = 4 buffers)")
     parser.add_argument("--resampled", default="false,true", help="data.weak_label.resampled values, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--saved-world", type=int, default=4, help="ranks of the run whose position is resumed on 1")
     parser.add_argument("--old", default=OLD_REV, help="git revision to compare with, or 'none'")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "bench_resume.json"))
     args = parser.parse_args()
@@ -141,15 +164,18 @@ def main() -> None:
                 f"epoch, shuffle_buffer {args.shuffle_buffer}, resampled={resampled}, workers=0, "
                 f"cores={os.cpu_count()}, load average={os.getloadavg()[0]:.1f}"
             )
-            print(f"{'code':<18}" + "".join(f"{f'{int(f * 100)}% (s)':>10}" for f in fractions) + f"{'90%/10%':>10}")
-            for name, data_cls in codes.items():
-                secs = [time_to_first_batch(data_cls, cfg, int(f * epoch), args.repeats) for f in fractions]
+            print(f"{'code':<28}" + "".join(f"{f'{int(f * 100)}% (s)':>10}" for f in fractions) + f"{'90%/10%':>10}")
+            cases = [(name, data_cls, 1 if name == "current" else None) for name, data_cls in codes.items()]
+            cases.append((f"current, saved on {args.saved_world} ranks", WeakLabelSource, args.saved_world))
+            for name, data_cls, world in cases:
+                steps = epoch // world if world else epoch  # the saving run's steps per epoch
+                secs = [time_to_first_batch(data_cls, cfg, int(f * steps), args.repeats, world) for f in fractions]
                 ratio = secs[-1] / secs[0]
                 results[f"{name}, resampled={resampled}"] = {
                     "seconds": dict(zip([str(f) for f in fractions], secs)),
                     "ratio_90_10": ratio,
                 }
-                print(f"{name:<18}" + "".join(f"{s:>10.3f}" for s in secs) + f"{ratio:>10.2f}")
+                print(f"{name:<28}" + "".join(f"{s:>10.3f}" for s in secs) + f"{ratio:>10.2f}")
     out = {
         "shards": args.shards,
         "per_shard": args.per_shard,
@@ -157,6 +183,8 @@ def main() -> None:
         "batches_per_epoch": epoch,
         "shuffle_buffer": args.shuffle_buffer,
         "cores": os.cpu_count(),
+        "saved_world": args.saved_world,
+        "load_average": os.getloadavg()[0],
         "results": results,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

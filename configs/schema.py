@@ -101,6 +101,10 @@ class DataConfig:
     eval_batch_size: int | None = None  # defaults to batch_size
     num_workers: int = 4
     shuffle_buffer: int = 2000
+    # Logical slots a weak-label training pass is cut into (datamodules/slots.py): the sample order of a pass depends on
+    # this, never on the world size or worker count, so a run resumes on any cluster. At most one slot per
+    # shuffle_buffer samples is used; 1024 serves 64 nodes x 8 GPUs x 2 workers with whole slots.
+    stream_slots: int = 1024
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     weak_label: WeakLabelDataConfig = field(default_factory=WeakLabelDataConfig)
     fashion_mnist: FashionMNISTConfig = field(default_factory=FashionMNISTConfig)

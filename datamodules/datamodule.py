@@ -9,7 +9,7 @@ device) turned the loaders' uint8 images and label ids into normalized images an
 
 Training: ``train_dataloader`` returns one ``datamodules.resume.TrainLoader`` over every dataset's passes
 (``data.mixing.mode``: combined or interleave, see there), the same number of batches on every rank (weak-label:
-per-worker quota from the manifest; map-style datasets: ``EpochSampler`` + drop_last), so no rank waits at a
+a plan of slot pieces from the manifest, ``datamodules.slots``; map-style datasets: ``EpochSampler``'s global batches), so no rank waits at a
 collective. Its ``state_dict`` / ``load_state_dict`` are what Lightning saves and restores for mid-epoch resume.
 
 Validation: ``val_dataloader`` returns ``{dataset: EvalLoader}`` over each dataset's validation split, so Lightning

@@ -104,8 +104,11 @@ def equalize_batches(samples_per_slot: list[list[int]], batch_size: int) -> list
 class BatchSource:
     """One dataset's training batches: a DataLoader plus how to set it up for a pass.
 
-    Subclasses implement ``begin`` (configure dataset/sampler for ``(epoch, pass)`` starting ``batches`` into the pass)
-    and return the per-logical-worker raw offsets at that point (``None`` for map-style datasets).
+    ``num_batches``: batches each rank yields in a fresh pass. ``begin(epoch, pass, pos)`` configures the dataset or
+    sampler for a pass, fresh (``pos`` None) or continued at a position ``position`` returned (possibly saved on another
+    world size or worker count), and returns ``(start state, batches this rank yields from there)``.
+    ``position(start, metas)`` is where the pass is after the batches whose metadata ``metas`` holds were consumed, in
+    units that do not depend on the world size (``datamodules.resume``).
     """
 
     dataloader: DataLoader
@@ -113,12 +116,16 @@ class BatchSource:
     batch_size: int
     num_workers: int
 
-    def begin(self, epoch: int, pass_idx: int, batches: int, offsets: list[int] | None) -> list[int] | None:
+    def begin(self, epoch: int, pass_idx: int, pos: dict | None) -> tuple[Any, int]:
+        raise NotImplementedError
+
+    def position(self, start: Any, metas: list[dict]) -> dict:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        """What must match between the run that saved a position and the run that restores it."""
-        return {"num_batches": self.num_batches, "batch_size": self.batch_size, "num_workers": self.num_workers}
+        """What must match between the run that saved a position and the run that restores it (never the world size
+        or the worker count: positions are portable)."""
+        return {"batch_size": self.batch_size}
 
 
 class EvalLoader:
@@ -150,12 +157,14 @@ class EvalLoader:
 
 
 class EpochSampler(Sampler[int]):
-    """Training sampler for map-style datasets: a seeded permutation per (seed, epoch, pass), strided over ranks.
+    """Training sampler for map-style datasets: a seeded permutation per (seed, epoch, pass), cut into global batches
+    that the ranks take in turn (rank ``r`` takes global batches ``g0 + r``, ``g0 + r + world``, ...).
 
-    Every rank gets ``num_samples // world_size`` indices (at most ``world_size - 1`` samples, different ones each
-    pass, are left out), so with ``drop_last`` batching every rank has the same number of batches. ``set_pass`` picks
-    the pass before the loader iterates (Lightning never sees this sampler: it iterates ``datamodules.resume``'s
-    loaders, not the DataLoader inside); its ``start`` skips the indices a restored run already consumed.
+    A pass is ``num_samples // batch_size`` global batches whatever the world size, so a position is the number of
+    global batches consumed (``g0``) and a restored run continues there on any world size. Every rank takes the same
+    number of batches: the last ``< world`` global batches of a pass (and the last partial one) are left out, different
+    samples each pass. ``set_pass`` picks the pass before the loader iterates (Lightning never sees this sampler: it
+    iterates ``datamodules.resume``'s loaders, not the DataLoader inside).
 
     ``class_labels`` (one class id per sample) switches to class-balanced sampling, as metric-learning recipes
     train their proxy datasets: a pass is ``num_samples`` draws with replacement, each class equally likely and
@@ -163,11 +172,19 @@ class EpochSampler(Sampler[int]):
     here because that sampler has no per-(epoch, pass) seed, rank split or resume offset).
     """
 
-    def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, class_labels: Any = None) -> None:
-        self.total, self.rank, self.world_size, self.seed = num_samples, rank, world_size, seed
-        self.per_rank = num_samples // world_size
+    def __init__(
+        self, num_samples: int, batch_size: int, rank: int, world_size: int, seed: int, class_labels: Any = None
+    ) -> None:
+        self.total, self.batch_size, self.rank, self.world_size, self.seed = (
+            num_samples,
+            batch_size,
+            rank,
+            world_size,
+            seed,
+        )
+        self.global_batches = num_samples // batch_size
         self.epoch_pass = (0, 0)
-        self.start = 0
+        self.start = 0  # global batches of the pass consumed before this iteration
         self.weights = None
         if class_labels is not None:
             labels = np.asarray(class_labels, dtype=np.int64)
@@ -175,6 +192,10 @@ class EpochSampler(Sampler[int]):
                 raise ValueError(f"class_labels has shape {labels.shape}, expected ({num_samples},)")
             weights = 1.0 / np.bincount(labels)[labels]
             self.weights = weights / weights.sum()
+
+    def rank_batches(self, start: int = 0) -> int:
+        """Batches each rank takes from global batch ``start`` to the end of the pass."""
+        return max(0, self.global_batches - start) // self.world_size
 
     def set_pass(self, epoch: int, pass_idx: int, start: int = 0) -> None:
         self.epoch_pass = (epoch, pass_idx)
@@ -186,11 +207,13 @@ class EpochSampler(Sampler[int]):
             draws = rng.permutation(self.total)
         else:
             draws = rng.choice(self.total, size=self.total, replace=True, p=self.weights)
-        order = draws[self.rank : self.per_rank * self.world_size : self.world_size]
-        return iter(order[self.start :].tolist())
+        b = self.batch_size
+        for i in range(self.rank_batches(self.start)):
+            g = self.start + self.rank + i * self.world_size
+            yield from draws[g * b : (g + 1) * b].tolist()
 
     def __len__(self) -> int:
-        return self.per_rank - self.start
+        return self.rank_batches(self.start) * self.batch_size
 
 
 class EvalBatchSampler(Sampler[list[int]]):
@@ -261,10 +284,11 @@ class MapSource(BatchSource):
         class_labels: Any = None,
     ) -> None:
         seed = mix_seed(seed, zlib.crc32(name.encode()))
-        self.sampler = EpochSampler(len(dataset), rank, world_size, seed, class_labels)
         self.batch_size = int(data_cfg.batch_size)
+        self.sampler = EpochSampler(len(dataset), self.batch_size, rank, world_size, seed, class_labels)
         self.num_workers = int(data_cfg.num_workers)
-        self.num_batches = self.sampler.per_rank // self.batch_size
+        self.num_samples = len(dataset)
+        self.num_batches = self.sampler.rank_batches()
         if self.num_batches == 0:
             raise DataConfigError(
                 f"{name}: {len(dataset)} training samples over {world_size} rank(s) fill no batch of "
@@ -280,9 +304,16 @@ class MapSource(BatchSource):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def begin(self, epoch: int, pass_idx: int, batches: int, offsets: list[int] | None) -> None:
-        self.sampler.set_pass(epoch, pass_idx, batches * self.batch_size)
-        return None
+    def begin(self, epoch: int, pass_idx: int, pos: dict | None) -> tuple[int, int]:
+        start = int(pos["global_batches"]) if pos else 0
+        self.sampler.set_pass(epoch, pass_idx, start)
+        return start, self.sampler.rank_batches(start)
+
+    def position(self, start: int, metas: list[dict]) -> dict:
+        return {"global_batches": start + len(metas) * self.sampler.world_size}
+
+    def describe(self) -> dict:
+        return {"batch_size": self.batch_size, "num_samples": self.num_samples}
 
 
 def map_eval_loader(dataset: Any, data_cfg: Any, rank: int, world: int) -> tuple[DataLoader, int]:

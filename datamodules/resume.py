@@ -11,8 +11,11 @@ Vocabulary used across ``datamodules/``:
   pass always comes from logical worker ``g % num_workers`` (the DataLoader round-robins its workers), so after a
   resume that skipped ``k`` batches, ``rotation = k % num_workers`` makes physical worker 0 produce exactly the batch
   an uninterrupted run would have produced next.
-* **data position**: ``(epoch, steps handed to the trainer this epoch)``, turned into per-dataset ``(pass, batches
-  consumed in the pass, per-logical-worker raw-sample offsets)``; see ``PassLoader.position``.
+* **data position**: ``(epoch, steps handed to the trainer this epoch)`` plus, per dataset, its pass and where the pass
+  is, in units that do not depend on the world size or worker count (``BatchSource.position``): the weak-label
+  stream's slot pieces and their progress (``datamodules.slots``), a map-style dataset's global batches consumed.
+  So a restored run continues on any cluster: on another one the rest of the interrupted epoch is what the old
+  cluster had left, ``ceil(steps left x old world / new world)`` steps (``TrainLoader.load_state_dict``).
 
 Lightning's stateful-iterable hooks carry the position (Lightning 2.6, PR #19361): ``TrainLoader`` is the one
 training iterable the Trainer sees; its fit loop calls ``TrainLoader.state_dict()`` on every rank when it writes a
@@ -20,14 +23,15 @@ checkpoint (stored under the fit loop's ``"combined_loader"`` state, ``saved_pos
 ``load_state_dict()`` on a restored run after ``train_dataloader()`` and before the first ``iter()``. The position
 counts the steps the loader handed to Lightning: a sized loader is never fetched ahead (Lightning's fetcher
 prefetches only when the length is unknown), so when a checkpoint is written in ``on_train_batch_end`` the count
-includes that batch, exactly the batches the restored loop will not redo. The weak-label raw offsets differ per rank,
-so ``state_dict`` all-gathers them into the checkpoint (a collective: every rank calls it).
+includes that batch, exactly the batches the restored loop will not redo. Each rank advances only its own slot
+pieces, so ``state_dict`` all-gathers their progress and keeps the element-wise maximum (a collective: every rank
+calls it).
 
 Epoch: Lightning never calls ``set_epoch`` on an iterable loader, and (checked with Lightning 2.6) it calls
 ``on_train_epoch_start`` only after the first ``iter()`` of a fit and not at all when it resumes mid-epoch, so a
 callback pushing the epoch would be too late exactly when it matters. Instead the ``EpochClock`` reads
 ``trainer.current_epoch`` when a pass starts (at the first ``next()``: Lightning also calls ``iter()`` once just to
-probe a loader) and the loader writes (epoch, pass, resume offsets) into the dataset's shared-memory pass state before
+probe a loader) and the loader writes (epoch, pass, plan, progress) into the dataset's shared-memory pass state before
 its persistent workers start the pass: open_clip's ``SharedEpoch``, extended to the whole pass state. Without a
 trainer (scripts, benchmarks) the epoch comes from ``MultiTaskDataModule.set_epoch``.
 """
@@ -35,6 +39,7 @@ trainer (scripts, benchmarks) the epoch comes from ``MultiTaskDataModule.set_epo
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -55,22 +60,9 @@ class PassRecord:
 
     epoch: int
     pass_idx: int
-    start: int  # batches skipped at the start (a resumed pass), logical batch index of the first yielded batch
-    offsets: list[int] | None  # raw-sample offset per logical worker at ``start`` (streams only)
-    ends: list[tuple[int | None, int | None]] = field(default_factory=list)  # (logical worker, raw end) per batch
-
-    def position(self, batches: int) -> dict:
-        """Resume position after ``batches`` batches of this pass were consumed by the trainer."""
-        if batches < self.start or batches - self.start > len(self.ends):
-            raise RuntimeError(
-                f"data position {batches} is outside what pass {self.pass_idx} of epoch {self.epoch} handed out "
-                f"({self.start}..{self.start + len(self.ends)})"
-            )
-        offsets = list(self.offsets) if self.offsets is not None else None
-        for lw, end in self.ends[: batches - self.start]:
-            if offsets is not None and lw is not None and end is not None:
-                offsets[lw] = end
-        return {"pass": self.pass_idx, "batches": batches, "offsets": offsets}
+    start: Any  # the source's start state (``BatchSource.begin``)
+    length: int  # batches this iteration of the pass yields on this rank
+    metas: list[dict] = field(default_factory=list)  # metadata of each batch handed out, in order
 
 
 class EpochClock:
@@ -111,9 +103,8 @@ class PassLoader:
 
     def run_pass(self, epoch: int, pass_idx: int, pos: dict | None = None) -> Iterator[dict]:
         """Start pass ``pass_idx`` of ``epoch`` (at a saved position when given) and return its batch iterator."""
-        start = int(pos["batches"]) if pos else 0
-        offsets = self.source.begin(epoch, pass_idx, start, pos.get("offsets") if pos else None)
-        record = PassRecord(epoch, pass_idx, start, offsets)
+        start, length = self.source.begin(epoch, pass_idx, pos)
+        record = PassRecord(epoch, pass_idx, start, length)
         self._records = [*self._records[-1:], record]  # the current and the previous pass (prefetch may cross)
         return self._batches(record)
 
@@ -123,28 +114,29 @@ class PassLoader:
         # unfinished is drained by the DataLoader itself).
         for batch in self.source.dataloader:
             meta = batch.pop(META)
-            record.ends.append((meta.get("lw"), meta.get("raw_end")))
+            record.metas.append(meta)
             self.counts.update(meta.get("counts", {}))
             yield batch
+        if len(record.metas) != record.length:
+            raise RuntimeError(
+                f"{self.name}: pass {record.pass_idx} of epoch {record.epoch} yielded {len(record.metas)} batches on "
+                f"this rank, {record.length} planned; ranks would wait on each other at the next collective"
+            )
         if sum(self.counts.values()) > before:
             log.warning(
                 "%s pass %d of epoch %d: skipped so far %s", self.name, record.pass_idx, record.epoch, dict(self.counts)
             )
 
-    def position(self, epoch: int, consumed: int) -> dict:
-        """Resume position after ``consumed`` batches of this loader in ``epoch`` (across its passes)."""
-        pass_idx, batches = divmod(consumed, self.source.num_batches)
-        if batches == 0:
-            return {"pass": pass_idx, "batches": 0, "offsets": None}
-        for record in self._records:
+    def position(self, epoch: int, pass_idx: int, batches: int | None = None) -> dict:
+        """Resume position of pass ``pass_idx`` of ``epoch`` after the batches handed out so far (or its first
+        ``batches`` of them): the source's position, or the next pass when this one was handed out whole."""
+        for record in reversed(self._records):
             if record.epoch == epoch and record.pass_idx == pass_idx:
-                return record.position(batches)
-        warnings.warn(
-            f"{self.name}: no record of pass {pass_idx} of epoch {epoch}; the saved position assumes no sample of "
-            "that pass was skipped",
-            stacklevel=2,
-        )
-        return {"pass": pass_idx, "batches": batches, "offsets": None}
+                metas = record.metas if batches is None else record.metas[:batches]
+                if len(metas) >= record.length:
+                    return {"pass": pass_idx + 1}
+                return {"pass": pass_idx, **self.source.position(record.start, metas)}
+        return {"pass": pass_idx}
 
 
 class TrainLoader:
@@ -197,22 +189,34 @@ class TrainLoader:
         self._resume: dict | None = None
         self._loaded: dict | None = None  # the position restored, until the loader moves on from it
         self._exhausted: int | None = None  # an epoch a restored run must not iterate again
+        self._changed: tuple[int, int, int] | None = None  # (epoch, length, steps before) of an epoch resumed elsewhere
+        self._passes: dict[str, int] = {}  # the pass each dataset is in, in the epoch being iterated
 
-    def __len__(self) -> int:
+    @property
+    def steps_per_epoch(self) -> int:
+        """Steps of an epoch on this cluster (every epoch but one resumed on another world size)."""
         lengths = [len(loader) for loader in self.loaders.values()]
         return max(lengths) if self.mode == "combined" else sum(lengths)
 
-    def draws(self, epoch: int) -> np.ndarray:
-        """Index (into ``names``) of the dataset used at each step of ``epoch`` (interleave)."""
-        rng = np.random.default_rng(mix_seed(self.seed, epoch, 0x1A7E))
-        return rng.choice(len(self.names), size=len(self), p=self.probs)
+    def __len__(self) -> int:
+        # An epoch resumed on another world size has its own length (``load_state_dict``); Lightning reads it once a
+        # fit (lit_modules.trainer.EpochLength gives it back the usual one at the next epoch).
+        if self._changed is not None and self._changed[0] == self.clock.epoch():
+            return self._changed[1]
+        return self.steps_per_epoch
 
-    def consumed(self, epoch: int, steps: int) -> dict[str, int]:
-        """Batches of each dataset used by the first ``steps`` steps of ``epoch``."""
-        if self.mode == "combined":
-            return {name: steps for name in self.names}
-        counts = np.bincount(self.draws(epoch)[:steps], minlength=len(self.names))
-        return {name: int(c) for name, c in zip(self.names, counts)}
+    def draws(self, epoch: int) -> np.ndarray:
+        """Index (into ``names``) of the dataset used at each step of ``epoch`` (interleave). The steps of an epoch
+        resumed on another world size after its ``k``-th step are drawn anew (another stream, seeded by ``k``)."""
+        rng = np.random.default_rng(mix_seed(self.seed, epoch, 0x1A7E))
+        normal = rng.choice(len(self.names), size=self.steps_per_epoch, p=self.probs)
+        if self._changed is None or self._changed[0] != epoch:
+            return normal
+        k, length = self._changed[2], self._changed[1]
+        rest = np.random.default_rng(mix_seed(self.seed, epoch, 0x1A7E, k)).choice(
+            len(self.names), size=length - k, p=self.probs
+        )
+        return np.concatenate([normal[:k], rest])
 
     def __iter__(self) -> Iterator[dict]:
         # A generator, so iter() alone (Lightning probes with it) starts nothing.
@@ -223,26 +227,26 @@ class TrainLoader:
         if resume is not None and resume["epoch"] != epoch:
             resume = None
         start = resume["batches"] if resume else 0
-        self._epoch, self._steps = epoch, start
+        self._epoch, self._steps, self._passes = epoch, start, {}
         yield from self._run(epoch, start, resume["loaders"] if resume else {})
 
     def _run(self, epoch: int, start: int, positions: dict[str, dict]) -> Iterator[dict]:
         draws = self.draws(epoch) if self.mode == "interleave" else None
         iterators: dict[str, Iterator] = {}
-        passes: dict[str, int] = {}
         for step in range(start, len(self)):
             step_batch = {}
             for name in self.names if draws is None else [self.names[draws[step]]]:
                 loader = self.loaders[name]
                 if name not in iterators:
                     pos = positions.get(name)
-                    passes[name] = pos["pass"] if pos else 0
-                    iterators[name] = loader.run_pass(epoch, passes[name], pos)
+                    self._passes[name] = pos["pass"] if pos else 0
+                    fresh = pos is None or len(pos) == 1  # {"pass": p}: the pass starts at its beginning
+                    iterators[name] = loader.run_pass(epoch, self._passes[name], None if fresh else pos)
                 try:
                     step_batch[name] = next(iterators[name])
                 except StopIteration:
-                    passes[name] += 1
-                    iterators[name] = loader.run_pass(epoch, passes[name])
+                    self._passes[name] += 1
+                    iterators[name] = loader.run_pass(epoch, self._passes[name])
                     step_batch[name] = next(iterators[name])
             self._steps = step + 1  # handed to the trainer: consumed once a checkpoint is written after it
             yield step_batch
@@ -250,20 +254,23 @@ class TrainLoader:
     # ------------------------------------------------------------------------------- position
 
     def state_dict(self) -> dict:
-        """The data position after the steps handed out so far (collective under DDP: every rank calls it)."""
+        """The data position after the steps handed out so far (collective under DDP: every rank calls it). Each
+        dataset's position is in units that do not depend on the world size (``BatchSource.position``)."""
         if self._epoch is None and self._loaded is not None:
             return self._loaded  # restored and not iterated since (the same on every rank): still that position
         epoch = self._epoch if self._epoch is not None else self.clock.epoch()
         steps = self._steps if self._epoch is not None else 0
         loaders = {}
-        for name, consumed in self.consumed(epoch, steps).items():
-            loader = self.loaders[name]
-            pos = loader.position(epoch, consumed)
-            pos["offsets_by_rank"] = self._gather_offsets(pos.pop("offsets"), loader.source.num_workers)
+        for name, loader in self.loaders.items():
+            pass_idx = self._passes.get(name, 0) if self._epoch is not None else 0
+            pos = loader.position(epoch, pass_idx) if self._epoch is not None else {"pass": 0}
+            if "progress" in pos:
+                pos["progress"] = self._merge_progress(pos["progress"])
             pos["describe"] = loader.source.describe()
+            pos["num_workers"] = loader.source.num_workers
             loaders[name] = pos
         return {
-            "version": 1,
+            "version": 2,
             "epoch": epoch,
             "batches": steps,
             "num_batches": len(self),
@@ -273,26 +280,33 @@ class TrainLoader:
             "loaders": loaders,
         }
 
-    def _gather_offsets(self, offsets: list[int] | None, num_workers: int) -> list[list[int] | None]:
+    def _merge_progress(self, progress: list[list[int]]) -> list[list[int]]:
+        """Every rank advanced only its own pieces of the plan from the same start: the element-wise maximum over the
+        ranks is the whole plan's progress (O(slots) integers per rank)."""
         if self.world == 1:
-            return [offsets]
-        width = max(1, num_workers)
-        local = torch.tensor(offsets if offsets is not None else [-1] * width, dtype=torch.long)
-        gathered = self.gather(local).reshape(self.world, width)
-        return [None if (row < 0).all() else row.tolist() for row in gathered]
+            return progress
+        local = torch.tensor(progress, dtype=torch.long).reshape(-1, 2)
+        gathered = self.gather(local.reshape(-1)).reshape(self.world, -1, 2)
+        return gathered.max(dim=0).values.tolist()
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue at a checkpoint's data position: the next ``iter()`` in its epoch starts there. A position that
-        does not fit this run (world size, mode, seed, datasets or their batching changed) warns and the interrupted
-        epoch restarts from a fresh pass."""
+        """Continue at a checkpoint's data position: the next ``iter()`` in its epoch starts there, on this world size
+        and worker count whatever the checkpoint's (each dataset continues its pass where it stopped,
+        ``BatchSource.begin``). A position that does not fit this run (mode, seed, datasets or their batching changed)
+        warns and the interrupted epoch restarts from a fresh pass.
+
+        On another world size the rest of the interrupted epoch is what the old cluster had left, cut over this one:
+        ``ceil((num_batches - batches) x old world / world)`` more steps (``__len__`` says so for that epoch)."""
         if not state:
             return
-        if state.get("version") != 1:
-            warnings.warn(f"unknown data position format {state.get('version')}; the epoch restarts", stacklevel=2)
+        if state.get("version") != 2:
+            warnings.warn(
+                f"data position format {state.get('version')} is not this version's (2); the interrupted epoch "
+                "restarts from a fresh pass, so some of its samples are seen twice",
+                stacklevel=2,
+            )
             return
         problems = []
-        if state["world_size"] != self.world:
-            problems.append(f"world size {state['world_size']} -> {self.world}")
         if state["mode"] != self.mode or state["seed"] != self.seed:
             problems.append("data.mixing.mode or seed changed")
         if set(state["loaders"]) != set(self.loaders):
@@ -316,11 +330,22 @@ class TrainLoader:
             self._exhausted, self._resume = state["epoch"], None
             return
         self._exhausted = None
+        k = int(state["batches"])
+        topology = [(pos.get("num_workers"), self.loaders[n].source.num_workers) for n, pos in state["loaders"].items()]
+        if state["world_size"] != self.world or any(a != b for a, b in topology):
+            left = math.ceil((int(state["num_batches"]) - k) * int(state["world_size"]) / self.world)
+            self._changed = (int(state["epoch"]), k + left, k)
+            from lightning.pytorch.utilities import rank_zero_info
+
+            rank_zero_info(
+                f"data position saved on {state['world_size']} rank(s), resumed on {self.world}: the interrupted epoch "
+                f"{state['epoch']} continues where it stopped, {left} more steps"
+            )
         self._resume = {
             "epoch": state["epoch"],
-            "batches": state["batches"],
+            "batches": k,
             "loaders": {
-                name: {"pass": pos["pass"], "batches": pos["batches"], "offsets": pos["offsets_by_rank"][self.rank]}
+                name: {k_: v for k_, v in pos.items() if k_ not in ("describe", "num_workers")}
                 for name, pos in state["loaders"].items()
             },
         }

@@ -1,10 +1,11 @@
 """The stages of the weak-label stream, in pipeline order (docs/ARCHITECTURE.md "Streaming a shard set"):
-``ShardSource`` -> ``ShardGroups`` -> ``ResumeAt`` -> ``ReadShards`` -> ``GroupShuffle`` -> ``DecodeSample`` ->
+``SlotShards`` -> ``ShardGroups`` -> ``ResumeAt`` -> ``ReadShards`` -> ``GroupShuffle`` -> ``DecodeSample`` ->
 ``Collate``, plus the skip counting they share. ``datamodules.streams`` chains them.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
 import json
@@ -117,32 +118,51 @@ class NameShard:
         return out
 
 
-class ShardSource(IterableDataset):
-    """Infinite shard stream of the non-resampled mode: the list shuffled per round by a seed shared by all slots,
-    then split by slot (rank-major); with fewer shards than slots every slot reads all shards with a sample stride.
+class SlotShards(IterableDataset):
+    """Shard entries of one slot of a non-resampled pass (``datamodules.slots``): the pass's shard list shuffled by the
+    pass seed (the same for every slot, rank and cluster) and laid end to end is the pass's sample sequence (manifest
+    counts); the slot reads its range ``[start, end)`` of it, as ``{"url", "range": (lo, hi), "round"}`` entries (a range
+    past the sequence's end wraps to its start: the round-up of the last batches). Later rounds repeat the same range
+    (what a slot reads past its quota: the pads that keep ranks equal). ``sequence`` is ``pass_sequence``'s.
 
-    Written by hand rather than ``SimpleShardList + detshuffle + split_by_node + split_by_worker`` because the split is
-    by *logical* worker (rotated on resume, see ``datamodules.resume``), not the physical worker id those read, and
-    because each round is tagged so shuffle groups never straddle two rounds."""
+    Written by hand rather than ``SimpleShardList + detshuffle + split_by_node + split_by_worker`` because a slot is a
+    range of samples, not a set of shards (any number of slots on any number of shards, every sample once per pass),
+    and because each round is tagged so shuffle groups never straddle two rounds."""
 
-    def __init__(self, urls: list[str], seed: int, slot: int, slots: int) -> None:
+    def __init__(self, sequence: tuple[list[str], list[int]], start: int, end: int) -> None:
         super().__init__()
-        self.urls, self.seed, self.slot, self.slots = urls, seed, slot, slots
+        self.sequence, self.start, self.end = sequence, start, end
 
     def __iter__(self) -> Iterator[dict]:
+        order, ends = self.sequence
+        total = ends[-1] if ends else 0
+        if total == 0 or self.end <= self.start:
+            return
         for rnd in range(1 << 62):
-            order = list(self.urls)
-            random.Random(mix_seed(self.seed, rnd)).shuffle(order)
-            if len(order) >= self.slots:
-                yield from ({"url": u, "round": rnd} for u in order[self.slot :: self.slots])
-            else:
-                yield from ({"url": u, "round": rnd, "stride": (self.slots, self.slot)} for u in order)
+            pos = self.start
+            while pos < self.end:
+                g = pos % total
+                i = bisect.bisect_right(ends, g)
+                lo = g - (ends[i - 1] if i else 0)
+                take = min(ends[i] - g, self.end - pos)
+                # A wrap past the sequence's end is its own round: its repeats are shuffled after every first read.
+                yield {"url": order[i], "range": (lo, lo + take), "round": (rnd, pos // total)}
+                pos += take
+
+
+def pass_sequence(urls: list[str], counts: dict[str, int], seed: int) -> tuple[list[str], list[int]]:
+    """A pass's sample sequence for ``SlotShards``: the shard order (shuffled by ``seed``; shards the manifest counts as
+    empty left out) and the cumulative sample count at the end of each shard."""
+    order = [u for u in urls if counts.get(u, 0) > 0]
+    random.Random(seed).shuffle(order)
+    return order, list(itertools.accumulate(counts[u] for u in order))
 
 
 class ReadShards:
     """Tar shards -> raw samples ``{"__key__", "__url__", "jpg", "json", ...}`` (bytes), checked against the manifest.
 
-    Shard entries are ``{"url"}`` plus, optionally, ``"stride": (n, i)`` (keep only samples ``j % n == i``), ``"skip"``
+    Shard entries are ``{"url"}`` plus, optionally, ``"stride": (n, i)`` (keep only samples ``j % n == i``) or ``"range":
+    (lo, hi)`` (keep samples ``lo <= j < hi``; stop reading at ``hi``), ``"skip"``
     (kept-sample indices a resumed pass already consumed: yielded as ``{"__skip__": True}`` placeholders whose payload
     is never read, see ``datamodules.tar_reader``) and the shuffle-group fields of ``ShardGroups``, copied onto each
     sample. Samples are grouped by webdataset's key rule inline (``base_plus_ext``: the key is the path up to the first
@@ -211,11 +231,22 @@ class ReadShards:
             expected = self.counts.get(url)
             limit = expected if expected is not None and not self.strict else None
             every, first = shard.get("stride") or (1, 0)
+            lo, hi = shard.get("range") or (0, None)
+            # A range that ends before the shard does stops reading there (its count is checked by the slot that reads
+            # the shard's end); otherwise the whole shard is read, payloads past the kept samples skipped by header.
+            stop = hi if hi is not None and expected is not None and hi < expected else None
             skip = shard.get("skip") or ()
             tags = {f"__{k}__": shard[k] for k in ("group", "gstart") if k in shard}
 
-            def read(j: int, every=every, first=first, skip=skip, limit=limit) -> bool:
-                return j % every == first and j // every not in skip and (limit is None or j < limit)
+            def kept(j: int, every=every, first=first, lo=lo, hi=hi, limit=limit) -> int | None:
+                """Index of sample ``j`` among the entry's samples, None when the entry does not use it."""
+                if j % every != first or j < lo or (hi is not None and j >= hi) or (limit is not None and j >= limit):
+                    return None
+                return j // every if every > 1 else j - lo
+
+            def read(j: int, kept=kept, skip=skip) -> bool:
+                k = kept(j)
+                return k is not None and k not in skip
 
             n = 0
             try:
@@ -223,26 +254,29 @@ class ReadShards:
             except Exception as exn:  # noqa: BLE001 - any opener failure is a counted skip
                 self._check_unreachable(exn, url)
                 self.counter.add("shard_read_error", detail=f"{url}: {exn!r}")
-                self.counter.add("samples_lost", expected or 0, detail=url)
+                self.counter.add("samples_lost", (stop or expected or 0) - lo, detail=url)
                 self._check_empty_run(0, url)
                 continue
             problem = None
             try:
                 for sample in self._samples(stream, url, read):
-                    if n % every == first and (limit is None or n < limit):
+                    if kept(n) is not None:
                         sample.update(tags)
                         yield sample
                     n += 1
+                    if stop is not None and n >= stop:
+                        break
             except (OSError, EOFError, ValueError) as exn:  # TarFormatError (truncated/corrupt) is a ValueError
                 problem = repr(exn)
                 self._check_unreachable(exn, url)
             finally:
                 stream.close()
+            end = stop if stop is not None else expected
             if problem is not None:
                 self.counter.add("shard_read_error", detail=f"{url} after {n} samples: {problem}")
-                if expected is not None and expected > n:
-                    self.counter.add("samples_lost", expected - n, detail=url)
-            elif expected is not None and n != expected:
+                if end is not None and end > max(n, lo):
+                    self.counter.add("samples_lost", end - max(n, lo), detail=url)
+            elif stop is not None and n < stop or stop is None and expected is not None and n != expected:
                 msg = f"shard {url} holds {n} samples but the manifest lists {expected}"
                 if self.strict:
                     raise ManifestMismatchError(
@@ -250,10 +284,13 @@ class ReadShards:
                         "data.weak_label.manifest)"
                     )
                 self.counter.add("count_mismatch", detail=msg)
-                self.counter.add("samples_lost" if n < expected else "samples_extra", abs(n - expected), detail=url)
+                if n < end:
+                    self.counter.add("samples_lost", end - max(n, lo), detail=url)
+                else:
+                    self.counter.add("samples_extra", n - end, detail=url)
             if problem is None:
                 self.unreachable_run = 0
-            self._check_empty_run(n, url)
+            self._check_empty_run(max(0, n - lo), url)
 
     def _check_unreachable(self, exn: BaseException, url: str) -> None:
         """A shard whose reads failed transiently until the retry deadline (``storage.StorageError``) is a counted
@@ -276,10 +313,13 @@ class ReadShards:
 
 
 def slot_count(entry: dict, counts: dict[str, int]) -> int:
-    """Samples a shard entry contributes by the manifest (its stride share when it has a stride)."""
+    """Samples a shard entry contributes by the manifest (its stride share or its range when it has one)."""
     n = counts.get(entry["url"], 0)
     stride = entry.get("stride")
-    return len(range(stride[1], n, stride[0])) if stride else n
+    if stride:
+        return len(range(stride[1], n, stride[0]))
+    lo, hi = entry.get("range") or (0, n)
+    return max(0, min(hi, n) - lo)
 
 
 class ShardGroups:
@@ -437,13 +477,14 @@ class DecodeSample:
 
 class Collate:
     """Stack decoded samples into ``{"image", "label_ids", "label_weights", "key", "__meta__"}`` (the contract in
-    ``datamodules.targets``; labels padded to ``max_labels``); the metadata carries the logical worker, the raw-stream
-    offset after the batch and the skip counts since the previous batch."""
+    ``datamodules.targets``; labels padded to ``max_labels``); the metadata carries the logical worker, the plan piece,
+    the raw-stream offset after the batch and the skip counts since the previous batch."""
 
-    def __init__(self, counter: SkipCounter, lw: int, max_labels: int = 0) -> None:
+    def __init__(self, counter: SkipCounter, lw: int, max_labels: int = 0, piece: int | None = None) -> None:
         self.counter = counter
         self.lw = lw
         self.max_labels = max_labels
+        self.piece = piece  # the plan piece (``datamodules.slots``) a training batch belongs to
 
     def __call__(self, samples: list[dict]) -> dict:
         ids, weights = pad_labels(
@@ -455,5 +496,10 @@ class Collate:
             "label_ids": ids,
             "label_weights": weights,
             "key": [s["key"] for s in samples],
-            META: {"lw": self.lw, "raw_end": samples[-1]["__raw__"] + 1, "counts": self.counter.take()},
+            META: {
+                "lw": self.lw,
+                "piece": self.piece,
+                "raw_end": samples[-1]["__raw__"] + 1,
+                "counts": self.counter.take(),
+            },
         }

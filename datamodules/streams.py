@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.loaders import BatchSource, equalize_batches, mix_seed, split_plan
 from datamodules.manifest import ManifestMismatchError, ShardInfo
+from datamodules.slots import Piece, Plan, cut_plan, fresh_plan, layout_quotas, pass_batches
 from datamodules.stages import (
     Collate,
     DecodeSample,
@@ -25,8 +27,9 @@ from datamodules.stages import (
     ReadShards,
     ResumeAt,
     ShardGroups,
-    ShardSource,
     SkipCounter,
+    SlotShards,
+    pass_sequence,
 )
 from datamodules.storage import ShardOpener
 
@@ -69,82 +72,147 @@ class StreamSpec:
         return {s.url: s.num_samples for s in self.shards}
 
 
-class TrainStream(IterableDataset):
-    """Training stream of one rank; ``begin`` sets the pass before each iteration.
+HEADER = 8  # shared pass state: epoch, pass, rotation, layout ranks, layout workers, layout batches, plan size, padded
+PIECE = 7  # per plan piece: slot, first, count, raw, chunk, batches done, raw index after them
 
-    The pass configuration lives in a shared-memory array (open_clip's ``SharedEpoch`` idea, for the whole pass
-    state), so persistent workers read the current pass when a new iteration starts instead of being re-spawned.
+
+def effective_slots(stream_slots: int, num_samples: int, shuffle_buffer: int) -> int:
+    """Logical slots of a pass: ``data.stream_slots``, but no more than one per ``shuffle_buffer`` samples, so that a
+    slot's shuffle mixes as much as one worker's did (a slot's batches come from its own range of the pass). Depends on
+    the config and the manifest only, never on the world size or worker count."""
+    return max(1, min(int(stream_slots), num_samples // max(1, shuffle_buffer)))
+
+
+class TrainStream(IterableDataset):
+    """Training stream of one rank over ``slots`` logical slots (``datamodules.slots``); ``begin`` sets the pass (its
+    layout and plan) before each iteration.
+
+    The pass state lives in a shared-memory array (open_clip's ``SharedEpoch`` idea, for the whole pass state: the
+    plan is O(slots) integers), so persistent workers read the current pass when a new iteration starts instead of
+    being re-spawned. Physical worker ``w`` serves logical worker ``(w + rotation) % workers``: its lane of the plan,
+    piece after piece, each piece a ``wds.DataPipeline`` over its slot that starts at the piece's raw index.
     """
 
-    def __init__(self, spec: StreamSpec, resampled: bool, quota: int, shuffle_buffer: int) -> None:
+    def __init__(self, spec: StreamSpec, resampled: bool, shuffle_buffer: int, slots: int) -> None:
         super().__init__()
         self.spec = spec
         self.resampled = resampled
-        self.quota = quota  # batches per logical worker per pass
         self.shuffle_buffer = shuffle_buffer
+        self.slots = slots
         self.workers = max(1, spec.num_workers)
-        # [epoch, pass, rotation, done[0..W-1], offsets[0..W-1]]; written by the main process before iter().
-        self._shared = multiprocessing.get_context().Array("q", 3 + 2 * self.workers, lock=False)
+        self.num_samples = sum(spec.counts.values())
+        self.total = pass_batches(self.num_samples, spec.batch_size, spec.world_size)  # batches of a fresh pass
+        capacity = slots + spec.world_size * self.workers + 1  # pieces of a fresh plan: slots, or cuts of fewer slots
+        self._shared = multiprocessing.get_context().Array("q", HEADER + PIECE * capacity, lock=False)
+        self._begun = False
 
-    def begin(self, epoch: int, pass_idx: int, batches: int, offsets: list[int] | None) -> list[int]:
-        """Configure the next pass: ``batches`` already consumed (round-robin over workers), raw offsets per worker."""
-        workers = self.workers
-        done = [batches // workers + (1 if lw < batches % workers else 0) for lw in range(workers)]
-        if offsets is None:  # no record: assume nothing was skipped (exact unless a sample failed to decode)
-            offsets = [d * self.spec.batch_size for d in done]
-        if len(offsets) != workers:
-            raise ValueError(f"a position for {len(offsets)} workers cannot resume {workers} workers")
-        self._shared[:] = [epoch, pass_idx, batches % workers, *done, *offsets]
-        return list(offsets)
+    @property
+    def rank_batches(self) -> int:
+        """Batches each rank yields in a fresh pass."""
+        return self.total // self.spec.world_size
 
-    def pass_state(self) -> tuple[int, int, int, list[int], list[int]]:
-        """(epoch, pass, rotation, done per logical worker, raw offsets per logical worker) of the current pass."""
-        values = list(self._shared)
-        w = self.workers
-        return values[0], values[1], values[2], values[3 : 3 + w], values[3 + w :]
-
-    def pipeline(self, lw: int, epoch: int, pass_idx: int, start: int) -> wds.DataPipeline:
-        """The stages of logical worker ``lw`` for pass ``pass_idx`` of ``epoch``, skipping ``start`` raw samples."""
+    def begin(self, epoch: int, pass_idx: int, pos: dict | None) -> dict:
+        """Configure the next pass: fresh (``pos`` None) or continued at a saved position (``PassLoader``). A position
+        saved on this world size and worker count continues its plan (rotation = plan batches % workers, so physical
+        worker 0 yields the batch an uninterrupted run would have yielded next); on any other it is cut anew over this
+        cluster (``slots.cut_plan``). Returns the start state ``position`` needs."""
         s = self.spec
-        slot = s.rank * self.workers + lw
+        w = self.workers
+        if pos is None:
+            layout = [s.world_size, w, self.total]
+            plan = fresh_plan(self.slots, s.world_size, w, self.total, s.batch_size)
+            progress, done = [[0, p.raw] for p in plan.pieces], 0
+        else:
+            layout = [int(x) for x in pos["layout"]]
+            plan = Plan.from_state(pos["plan"])
+            progress = [[int(d), int(r)] for d, r in pos["progress"]]
+            done = int(pos["plan_batches"])
+            if (plan.ranks, plan.workers) != (s.world_size, w):
+                plan = cut_plan(plan.remaining(progress), s.world_size, w, s.batch_size)
+                progress, done = [[0, p.raw] for p in plan.pieces], 0
+        need = HEADER + PIECE * len(plan.pieces)
+        if need > len(self._shared):
+            # Only a plan cut over another cluster can exceed the default size, and it is the first pass of the run:
+            # the loader's workers have not started yet (they start at its first iteration, after this), so the
+            # array can still be replaced. Later passes are fresh plans (at most one piece per slot).
+            if self._begun:
+                raise RuntimeError(
+                    f"a plan of {len(plan.pieces)} pieces does not fit the pass state of running workers"
+                )
+            self._shared = multiprocessing.get_context().Array("q", need, lock=False)
+        self._begun = True
+        rows = [v for p, (d, r) in zip(plan.pieces, progress) for v in (p.slot, p.first, p.count, p.raw, p.chunk, d, r)]
+        self._shared[: HEADER + len(rows)] = [epoch, pass_idx, done % w, *layout, len(plan.pieces), plan.padded, *rows]
+        return {"layout": layout, "plan": plan, "progress": progress, "plan_batches": done}
+
+    def pass_state(self) -> tuple[int, int, int, list[int], Plan, list[tuple[int, int]]]:
+        """(epoch, pass, rotation, layout, plan, progress at the start) of the current pass."""
+        head = list(self._shared[:HEADER])
+        n = head[6]
+        rows = list(self._shared[HEADER : HEADER + PIECE * n])
+        pieces = tuple(Piece(*rows[i * PIECE : i * PIECE + 5]) for i in range(n))
+        progress = [(rows[i * PIECE + 5], rows[i * PIECE + 6]) for i in range(n)]
+        plan = Plan(self.spec.world_size, self.workers, pieces, head[7])
+        return head[0], head[1], head[2], head[3:6], plan, progress
+
+    def pipeline(self, lw: int, epoch: int, pass_idx: int, slot: int, start: int, end: int, raw: int, piece: int):
+        """The stages of ``slot`` (samples ``[start, end)`` of the pass's sequence), resumed at raw index ``raw``,
+        served by logical worker ``lw`` as plan piece ``piece``. Seeds depend on the slot, never on who reads it."""
+        s = self.spec
         pass_seed = mix_seed(s.seed, epoch, pass_idx)
-        worker_seed = mix_seed(pass_seed, s.rank, lw)
+        slot_seed = mix_seed(pass_seed, slot)
         counter = SkipCounter(where=f"weak_label rank {s.rank} worker {lw}: ", max_in_a_row=MAX_SKIPS_IN_A_ROW)
         urls = [x.url for x in s.shards]
         if self.resampled:
-            source = wds.ResampledShards(urls, seed=worker_seed, deterministic=True, worker_seed=partial(int, 0))
+            source = wds.ResampledShards(urls, seed=slot_seed, deterministic=True, worker_seed=partial(int, 0))
         else:
-            source = ShardSource(urls, pass_seed, slot, s.slots)
-        shuffle = GroupShuffle(self.shuffle_buffer, mix_seed(worker_seed, 1))
+            source = SlotShards(self._sequence(pass_seed), start, end)
+        shuffle = GroupShuffle(self.shuffle_buffer, mix_seed(slot_seed, 1))
         counts = s.counts
         stages = [
             source,
             ShardGroups(counts, GROUP_BUFFERS * self.shuffle_buffer),
-            ResumeAt(start, shuffle, counts),
+            ResumeAt(raw, shuffle, counts),
             ReadShards(counts, counter, max_empty=max(50, 2 * len(urls)), opener=s.opener),
             shuffle,
             wds.map(
                 NameShard(
                     DecodeSample(
-                        s.label_space, s.num_classes, s.transform, s.draft, mix_seed(worker_seed, 2), s.numpy_rng
+                        s.label_space, s.num_classes, s.transform, s.draft, mix_seed(slot_seed, 2), s.numpy_rng
                     ),
                     counter,
                 ),
                 handler=counter,
             ),
-            wds.batched(s.batch_size, collation_fn=Collate(counter, lw, s.max_labels), partial=False),
+            wds.batched(s.batch_size, collation_fn=Collate(counter, lw, s.max_labels, piece), partial=False),
         ]
         return wds.DataPipeline(*stages)
 
+    def _sequence(self, pass_seed: int) -> tuple[list[str], list[int]]:
+        """The pass's shard order and cumulative counts (``stages.pass_sequence``), cached per pass in the worker."""
+        cached = getattr(self, "_seq_cache", None)
+        if cached is None or cached[0] != pass_seed:
+            urls = [x.url for x in self.spec.shards]
+            cached = (pass_seed, pass_sequence(urls, self.spec.counts, pass_seed))
+            self._seq_cache = cached
+        return cached[1]
+
     def __iter__(self) -> Iterator[dict]:
-        epoch, pass_idx, rotation, done, offsets = self.pass_state()
+        epoch, pass_idx, rotation, layout, plan, progress = self.pass_state()
         worker, _ = _worker()
         lw = (worker + rotation) % self.workers
-        remaining = self.quota - done[lw]
-        if remaining <= 0:
-            return
-        # The stream under the quota is infinite (repeating shard source), so with_epoch fixes the pass length.
-        yield from self.pipeline(lw, epoch, pass_idx, offsets[lw]).with_epoch(remaining)
+        quotas = layout_quotas(self.slots, *layout)
+        starts = [0, *itertools.accumulate(q * self.spec.batch_size for q in quotas)]
+        for i in plan.lane(self.spec.rank, lw):
+            piece = plan.pieces[i]
+            done, raw = progress[i]
+            left = piece.count - done
+            if left <= 0:
+                continue
+            # The stream under the piece is infinite (a slot repeats its range), so with_epoch fixes its length.
+            yield from self.pipeline(
+                lw, epoch, pass_idx, piece.slot, starts[piece.slot], starts[piece.slot + 1], raw, i
+            ).with_epoch(left)
 
 
 def stream_slots(spec: StreamSpec) -> tuple[list[list[list[dict]]], str]:
@@ -232,13 +300,16 @@ class EvalStream(IterableDataset):
 
 
 class StreamSource(BatchSource):
-    """Training batches of the weak-label stream (a ``BatchSource`` for ``PassLoader``)."""
+    """Training batches of the weak-label stream (a ``BatchSource`` for ``PassLoader``); its positions are portable
+    across world sizes and worker counts (``datamodules.slots``)."""
+
+    portable = True
 
     def __init__(self, stream: TrainStream) -> None:
         self.stream = stream
         self.batch_size = stream.spec.batch_size
         self.num_workers = stream.spec.num_workers
-        self.num_batches = stream.quota * max(1, self.num_workers)
+        self.num_batches = stream.rank_batches
         # Persistent workers: a new pass only re-reads the shared pass state (see TrainStream).
         self.dataloader = DataLoader(
             stream,
@@ -248,5 +319,32 @@ class StreamSource(BatchSource):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def begin(self, epoch: int, pass_idx: int, batches: int, offsets: list[int] | None) -> list[int]:
-        return self.stream.begin(epoch, pass_idx, batches, offsets)
+    def begin(self, epoch: int, pass_idx: int, pos: dict | None) -> tuple[dict, int]:
+        start = self.stream.begin(epoch, pass_idx, pos)
+        return start, start["plan"].rank_batches(self.stream.spec.rank) - start["plan_batches"]
+
+    def position(self, start: dict, metas: list[dict]) -> dict:
+        """Where the pass is after ``metas`` (the consumed batches' metadata, in order) on this rank: the layout, the
+        plan and each piece's (batches done, raw index after them). Other ranks' pieces keep their start values here;
+        ``TrainLoader.state_dict`` merges the ranks (``merge_progress``)."""
+        progress = [list(p) for p in start["progress"]]
+        for meta in metas:
+            piece = progress[meta["piece"]]
+            piece[0] += 1
+            piece[1] = meta["raw_end"]
+        return {
+            "layout": start["layout"],
+            "plan": start["plan"].state(),
+            "progress": progress,
+            "plan_batches": start["plan_batches"] + len(metas),
+        }
+
+    def describe(self) -> dict:
+        s = self.stream
+        return {
+            "batch_size": self.batch_size,
+            "num_samples": s.num_samples,
+            "stream_slots": s.slots,
+            "shuffle_buffer": s.shuffle_buffer,
+            "resampled": s.resampled,
+        }

@@ -4,31 +4,37 @@ stream of a run config. The shard format, the stage chain and the rules for bad 
 ``datamodules.streams``, the resume bookkeeping in ``datamodules.resume``.
 
 Config: ``data.weak_label.{manifest, shards, label_space, scale, resampled}``, ``data.{img_size, batch_size,
-eval_batch_size, num_workers, shuffle_buffer, augment.*, cache_dir, cache_limit_gb}``, ``seed``. The manifest and
+eval_batch_size, num_workers, shuffle_buffer, stream_slots, augment.*, cache_dir, cache_limit_gb}``, ``seed``. The manifest and
 shards may be on any fsspec URL (``datamodules.storage``). Sample counts always come from the manifest.
 
 Guarantees:
 
-* **Equal batch counts per rank**, by construction: each worker yields exactly
-  ``ceil(ceil(N / (batch x ranks)) / workers)`` full batches per pass (N from the manifest; open_clip's
-  ``num_worker_batches``), whatever the shard count or sizes.
-* **Determinism**: given seed, world size, num_workers, batch size, shuffle_buffer and manifest, pass ``p`` of epoch
-  ``e`` yields the same samples in the same order with the same augmentations (per-sample RNGs seeded from the
-  sample's raw index in the pass).
-* **Mid-epoch resume** (``datamodules.resume.TrainLoader.state_dict``): the checkpoint stores each logical worker's
-  raw index after the last sample it turned into a consumed batch (counted in the raw, pre-decode stream, so
-  undecodable samples do not shift it), and worker roles are rotated, so the resumed run yields the same batches in
-  the same order as an uninterrupted run, in both modes. Its cost is bounded: at most one shuffle group of tar
-  headers per worker (payloads seeked past) plus an in-memory replay of that group's shuffle, whatever the position
-  in the epoch (benchmarks/bench_resume.py); the shard source is re-enumerated up to the position (random draws
-  only, no I/O). Limits: world size, num_workers, batch size, seed, shuffle_buffer and the shards must be unchanged
-  (otherwise a warning and the epoch restarts from a fresh pass); a shard that became unreadable or changed its count
-  in between changes the stream from its group on.
-* **Non-resampled passes** read each sample of their slot's shards once before repeating any; with shards that do
-  not split evenly, a slot whose share exceeds the quota leaves its rest for the next pass and a smaller one repeats
-  a few samples (the price of equal batch counts). With fewer shards than rank x worker slots every slot reads every
-  shard and keeps every n-th sample (a warning). Resampled passes draw shards with replacement: samples repeat
-  within a pass, as the design of resampling intends.
+* **Equal batch counts per rank**, by construction: a pass is ``ceil(N / batch)`` batches (N from the manifest) rounded
+  up to a multiple of the ranks, dealt to the (rank, worker) pairs in equal runs per rank (``datamodules.slots``),
+  whatever the shard count or sizes.
+* **Slots** (``datamodules.slots``): a pass is ``data.stream_slots`` logical slots (at most one per ``shuffle_buffer``
+  samples), each its own stream: its range of the pass's sample sequence (non-resampled) or its own shard draws
+  (resampled), its shuffle and its augmentation seeds, all from (seed, epoch, pass, slot), never from who reads it.
+  The (rank, worker) pairs of the cluster that starts a pass serve whole slots.
+* **Determinism**: given seed, batch size, shuffle_buffer, stream_slots and manifest, pass ``p`` of epoch ``e`` yields
+  the same samples with the same augmentations (per-sample RNGs seeded from the sample's raw index in its slot); on
+  the same world size and worker count, in the same order.
+* **Mid-epoch resume** (``datamodules.resume.TrainLoader.state_dict``): the checkpoint stores the pass's plan and each
+  piece's (batches done, raw index after the last sample it turned into a consumed batch; counted in the raw,
+  pre-decode stream, so undecodable samples do not shift it): O(slots) integers. On the same world size and worker
+  count, worker roles are rotated, so the resumed run yields the same batches in the same order as an uninterrupted
+  run, in both modes; on another, what is left is cut over the new (rank, worker) pairs and every slot continues
+  where it stopped (docs/reliability.md). The cost is bounded: at most one shuffle group of tar headers per piece
+  (payloads seeked past) plus an in-memory replay of that group's shuffle, whatever the position in the epoch
+  (benchmarks/bench_resume.py); the slot's shard source is re-enumerated up to the position (no I/O). Limits: batch
+  size, seed, shuffle_buffer, stream_slots and the shards must be unchanged (otherwise a warning and the epoch
+  restarts from a fresh pass); a shard that became unreadable or changed its count in between changes the stream
+  from its group on.
+* **Non-resampled passes** read each sample once before repeating any: the shard list shuffled per pass and laid end
+  to end is one sample sequence, and each slot reads its range of it (a shard may be shared by slots: each reads its
+  range, payloads outside it seeked past). The last batches' round-up reads the first samples again (the price of
+  equal batch counts), after every first read of their slot. Resampled passes draw shards with replacement per slot:
+  samples repeat within a pass, as the design of resampling intends.
 * **Validation** (``EvalStream``): every val sample of the manifest is yielded exactly once over all ranks and
   workers. Val shards are assigned whole to (rank, worker) slots by size when that balances them, else every slot
   reads every val shard and keeps sample ``g`` of the split when ``g % slots`` is its slot (ranks then differ by at
@@ -39,15 +45,13 @@ Guarantees:
   longer cover it. Equal counts need every rank to hold at least as many val samples as batches; a val split too
   small for that (e.g. fewer samples than ranks) raises.
 
-Workers are persistent; the pass state they read (epoch, pass, worker rotation, resume offsets) is in shared memory
-(``TrainStream``). Skip counts reach the main process inside the batches; skips after a worker's last batch of a
+Workers are persistent; the pass state they read (epoch, pass, worker rotation, layout, plan and progress) is in shared
+memory (``TrainStream``). Skip counts reach the main process inside the batches; skips after a worker's last batch of a
 pass are not reported.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from typing import Any
 
 import torch
@@ -56,7 +60,7 @@ from torch.utils.data import DataLoader
 from datamodules.manifest import Manifest, ManifestError, ShardInfo
 from datamodules.sources import DataConfigError, DatasetSource
 from datamodules.storage import ShardOpener, missing_local
-from datamodules.streams import EvalStream, StreamSource, StreamSpec, TrainStream
+from datamodules.streams import EvalStream, StreamSource, StreamSpec, TrainStream, effective_slots
 from datamodules.transforms import draft_size, image_transform
 
 CHECK_SHARDS = 16  # local shards whose existence start-up checks (a sample, not all)
@@ -137,24 +141,13 @@ class WeakLabelSource(DatasetSource):
     def train_source(self, rank: int, world: int) -> StreamSource:
         d = self.cfg.data
         spec = self._spec(self.train_shards, int(d.batch_size), rank, world, train=True)
-        workers = max(1, spec.num_workers)
         resampled = bool(d.weak_label.resampled)
-        if len(self.train_shards) < spec.slots and rank == 0:
-            warnings.warn(
-                f"weak_label: {len(self.train_shards)} train shard(s) for {spec.slots} rank x worker slots; "
-                + (
-                    "resampled shards repeat samples across workers within an epoch"
-                    if resampled
-                    else "every slot reads every shard and keeps every n-th sample (more I/O)"
-                )
-                + "; write more, smaller shards or use fewer data.num_workers",
-                stacklevel=2,
-            )
         if d.augment.mixup_alpha > 0 and d.batch_size % 2:
             raise DataConfigError(f"data.batch_size={d.batch_size} must be even when data.augment.mixup_alpha > 0")
-        global_batches = math.ceil(self.num_train_samples / (spec.batch_size * world))
-        quota = math.ceil(global_batches / workers)
-        stream = TrainStream(spec, resampled, quota, int(d.shuffle_buffer))
+        if int(d.stream_slots) < 1:
+            raise DataConfigError(f"data.stream_slots={d.stream_slots} must be at least 1")
+        slots = effective_slots(int(d.stream_slots), self.num_train_samples, int(d.shuffle_buffer))
+        stream = TrainStream(spec, resampled, int(d.shuffle_buffer), slots)
         return StreamSource(stream)
 
     def eval_stream(self, rank: int = 0, world: int = 1, num_workers: int | None = None) -> EvalStream:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -393,6 +394,12 @@ class MultiTaskModule(pl.LightningModule):
         total = int(self.cfg["trainer"]["max_steps"])
         if total <= 0:
             total = int(self.trainer.estimated_stepping_batches)
+            # An epoch resumed on another world size has its own length (datamodules.resume.TrainLoader); the
+            # schedule is the run's, counted in usual epochs.
+            usual = getattr(self.trainer.train_dataloader, "steps_per_epoch", None)
+            if usual is not None and usual != self.trainer.num_training_batches:
+                epochs = max(int(self.trainer.max_epochs or 1), 1)
+                total = math.ceil(usual / self.trainer.accumulate_grad_batches) * epochs
         lr = self.peak_lr()
         optimizer, scheduler = build_optimizer(self, self.cfg["optim"], self._param_spec, total, lr=lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

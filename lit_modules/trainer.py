@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -115,6 +116,24 @@ def _final_batch(trainer: Trainer) -> bool:
     return bool(
         max_epochs is not None and max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs and trainer.is_last_batch
     )
+
+
+class EpochLength(Callback):
+    """Give Lightning the training loader's length at every epoch start.
+
+    Lightning reads the length once a fit (``FitLoop.setup_data``: ``max_batches``, ``val_check_batch``); an epoch
+    resumed on another world size has its own length (``datamodules.resume.TrainLoader.__len__``), so the epochs after
+    it need the usual one again. Written here because no Lightning option re-reads the length of a loader that is
+    not reloaded (``reload_dataloaders_every_n_epochs`` would rebuild the loader and its workers)."""
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
+        loop = trainer.fit_loop
+        length = sized_len(loop._combined_loader) if loop._combined_loader is not None else None
+        if length is None or length == loop.max_batches:
+            return
+        loop.max_batches = length
+        if isinstance(trainer.val_check_interval, float) and trainer.check_val_every_n_epoch is not None:
+            trainer.val_check_batch = max(1, int(length * trainer.val_check_interval))
 
 
 class AbortAllRanksOnError(Callback):
@@ -311,7 +330,7 @@ def build_trainer(
     from lit_modules.strategy import build_strategy
 
     t = cfg.trainer
-    all_callbacks: list[Callback] = [TQDMProgressBar(refresh_rate=max(1, min(20, t.log_every_n_steps)))]
+    all_callbacks: list[Callback] = [TQDMProgressBar(refresh_rate=max(1, min(20, t.log_every_n_steps))), EpochLength()]
     if not any(isinstance(c, AbortAllRanksOnError) for c in callbacks):
         all_callbacks.append(AbortAllRanksOnError(on_abort=on_abort))
     if logger is not None:

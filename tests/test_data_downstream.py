@@ -231,10 +231,10 @@ def test_epoch_sampler_class_balanced_draws():
     from datamodules.loaders import EpochSampler
 
     labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
-    plain = EpochSampler(1000, 0, 1, seed=3)
+    plain = EpochSampler(1000, 10, 0, 1, seed=3)
     plain.set_pass(0, 0)
     assert sorted(plain) == list(range(1000))  # off: a permutation, every sample once
-    sampler = EpochSampler(1000, 0, 1, seed=3, class_labels=labels)
+    sampler = EpochSampler(1000, 10, 0, 1, seed=3, class_labels=labels)
     shares = np.zeros(3)
     for p in range(4):
         sampler.set_pass(0, p)
@@ -246,18 +246,19 @@ def test_epoch_sampler_class_balanced_draws():
     first = list(sampler)
     sampler.set_pass(1, 2)
     assert list(sampler) == first  # a pass is a function of (seed, epoch, pass)
-    sampler.set_pass(1, 2, start=10)
-    assert list(sampler) == first[10:]  # a resumed pass continues where it stopped
+    sampler.set_pass(1, 2, start=3)
+    assert list(sampler) == first[30:]  # a resumed pass continues where it stopped (3 global batches of 10 in)
     sampler.set_pass(1, 3)
     assert list(sampler) != first
     ranks = []
     for r in range(2):
-        s = EpochSampler(1000, r, 2, seed=3, class_labels=labels)
+        s = EpochSampler(1000, 10, r, 2, seed=3, class_labels=labels)
         s.set_pass(1, 2)
         ranks.append(list(s))
-    assert [i for pair in zip(*ranks) for i in pair] == first  # ranks stride one draw sequence
+    # ranks take turns at the global batches of one draw sequence
+    assert [i for pair in zip(*(np.reshape(r, (-1, 10)) for r in ranks)) for b in pair for i in b] == first
     with pytest.raises(ValueError, match="class_labels has shape"):
-        EpochSampler(1000, 0, 1, seed=3, class_labels=labels[:5])
+        EpochSampler(1000, 10, 0, 1, seed=3, class_labels=labels[:5])
 
 
 def test_class_balanced_key_reaches_a_user_task_loader(tmp_path, data):

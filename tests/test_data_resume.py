@@ -228,7 +228,7 @@ def test_ddp_map_style_ranks_read_what_their_own_sampler_says(ddp_runs):
     runs = ddp_runs["multitask"]
     seed = mix_seed(0, zlib.crc32(b"fashion_mnist"))  # compose_cfg's seed 0, mixed with the dataset name
     for rank, run in enumerate(runs):
-        sampler = EpochSampler(24, rank, 2, seed)
+        sampler = EpochSampler(24, 4, rank, 2, seed)  # compose_cfg's batch of 4
         sampler.set_pass(0, 0)
         assert _flat(run["train"], "fashion_mnist") == [f"fashion_mnist/train/{i:05d}" for i in sampler]
     assert sorted(k for run in runs for k in _flat(run["train"], "fashion_mnist")) == [

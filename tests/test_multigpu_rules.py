@@ -73,18 +73,21 @@ def shards(tmp_path_factory):
 
 
 def test_checkpoint_data_position_gather_obeys_nccl_device_rule(shards):
-    """``state_dict()`` at a checkpoint with 2 ranks: the offsets tensor reaches the collective on the root
-    device, and the gathered rows (known answer) land in the checkpoint, per rank, as plain lists."""
+    """``state_dict()`` at a checkpoint with 2 ranks after one step: the slots' progress tensor reaches the collective
+    on the root device, and the gathered rows (known answer) are merged into the checkpoint as plain lists."""
     from datamodules import build_datamodule
 
     dm = build_datamodule(compose_cfg(shards["manifest"], "data.num_workers=2"))
-    answer = torch.tensor([[3, 5], [-1, -1]], dtype=torch.long)  # rank 1 has no offsets yet
-    strategy = NcclRulesStrategy(world_size=2, answers={"all_gather": answer})
+    # 16 samples, batch 4, 2 ranks x 2 workers: one slot cut into 4 pieces of one batch (raw 0, 4, 8, 12)
+    rank1 = [[0, 0], [0, 4], [1, 12], [0, 12]]  # rank 1 consumed its first batch (piece 2)
+    strategy = NcclRulesStrategy(world_size=2, answers={"all_gather": torch.tensor([[0] * 8, sum(rank1, [])])})
     dm.trainer = _fake_trainer(strategy)
-    state = dm.train_dataloader().state_dict()  # what Lightning's fit loop saves on every rank
-    assert strategy.seen == [("all_gather", torch.device("meta"), (2,), torch.long)]
+    loader = dm.train_dataloader()
+    next(iter(loader))  # rank 0's first step: piece 0
+    state = loader.state_dict()  # what Lightning's fit loop saves on every rank
+    assert strategy.seen == [("all_gather", torch.device("meta"), (8,), torch.long)]
     assert state["world_size"] == 2
-    assert state["loaders"]["weak_label"]["offsets_by_rank"] == [[3, 5], None]
+    assert state["loaders"]["weak_label"]["progress"] == [[0, 0], [0, 4], [1, 12], [0, 12]]
 
 
 def test_skip_counter_reduce_obeys_nccl_device_rule(shards):

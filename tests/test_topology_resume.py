@@ -1,7 +1,7 @@
 """A run resumed on another world size (issue 25): 2 gloo ranks (torchrun) killed after their first checkpoint, resumed
 on 1 rank. The optimizer follows ``optim.on_world_size_change`` and the LR W&B records is the one the optimizer used
-(LearningRateMonitor reads the optimizer's param groups); each-sample-once data (``resampled=false``) restarts the
-interrupted epoch with a warning instead of crashing."""
+(LearningRateMonitor reads the optimizer's param groups); each-sample-once data (``resampled=false``) continues the
+interrupted epoch on the new world size, every sample once."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import sys
 
 import pytest
 
+from lit_modules.checkpoints import read_checkpoint_meta
 from lit_modules.optim import TopologyChangeError, plan_topology_change, resolve_lr, warmup_cosine
 from tests.fixtures_reliability import REPO, kill_when, make_dataset, run_train, subprocess_env, train_args
+from tracking.sample_keys import read_records
 from tracking.wandb_offline import read_offline_runs
 
 STEPS, EVERY, WARMUP, MIN_LR = 16, 4, 5, 1e-6  # TINY's warmup; the cosine ends at step 16
@@ -99,11 +101,22 @@ def test_rescale_lr_resume_uses_the_rules_lr_for_the_new_global_batch(killed):
 
 
 @pytest.mark.slow
-def test_each_sample_once_data_resumed_on_fewer_ranks_restarts_the_epoch_with_a_warning(killed):
-    """The run finishes on 1 rank (the data position of 2 ranks does not fit: the epoch restarts, said once)."""
-    out, _ = _resume_on_one_rank(killed, "once")
-    assert "world size 2 -> 1" in out and "restarts from a fresh pass" in out
-    assert "Traceback" not in out
+def test_each_sample_once_data_resumed_on_fewer_ranks_reads_every_sample_of_the_epoch_once(killed):
+    """The run finishes on 1 rank and the interrupted epoch continues where the 2 ranks stopped: the keys consumed in
+    that epoch (both ranks' batches in the checkpoint, then the resumed rank's) are every train sample exactly once."""
+    tmp = killed["tmp"]
+    meta = read_checkpoint_meta(killed["ckpt"])
+    epoch = int(meta["epoch"])
+    (lines,) = [v["lines"] for k, v in meta["callbacks"].items() if k.startswith("SampleKeyRecorder")]
+    resumed_keys = tmp / "once-keys.jsonl"
+    shutil.copy(tmp / "keys.jsonl", resumed_keys)  # rank 0's record: the resumed run cuts it back to the checkpoint
+    out, _ = _resume_on_one_rank(killed, "once", f"data.record_keys={resumed_keys}")
+    assert "restarts from a fresh pass" not in out and "Traceback" not in out
+    assert "resumed on 1" in out  # the continued epoch is announced
+    before = read_records(tmp / "keys.jsonl.rank1")[:lines]  # rank 1's share of the checkpoint
+    records = [*before, *read_records(resumed_keys)]
+    seen = [key for r in records if r["epoch"] == epoch for key in r["keys"]["weak_label"]]
+    assert sorted(seen) == sorted(killed["data"]["train_keys"])
 
 
 def test_plan_topology_change_rules_and_the_error_that_names_both_topologies():
