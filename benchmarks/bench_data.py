@@ -6,15 +6,20 @@ In one run, on the same images and with the same number of loader workers, it me
   (a') the same, but the undecoded JPEG goes to the loader's transform, whose ``DraftResizedCrop`` decodes at the
        DCT scale its random crop needs (what the loader does): (b)/(a') isolates the stream machinery's cost;
   (b) the pipeline: ``build_datamodule(cfg)``'s training loader reading the tar shards (shard source, tar reading,
-      shuffle buffer, json labels -> multi-hot, decode, transform, batching, worker metadata),
+      shuffle buffer, json labels -> label ids, decode, transform, batching, worker metadata),
+  (p) the peer: open_clip's training chain (``get_wds_dataset`` in src/open_clip_train/data.py, resampled mode) built
+      from webdataset's own stages on the same shards, transform, batch size and workers: ``ResampledShards`` ->
+      ``tarfile_to_samples`` -> ``shuffle`` -> ``decode("pilrgb")`` -> (image, label ids) -> ``batched`` ->
+      ``WebLoader``, the pass fixed per worker by ``with_epoch`` from the manifest count (``webdataset_peer``),
 
 and prints, at 224 px and at the CPU demo's 64 px: wall-clock images/s, (b)/(a) and images/s per worker (what
 training sees on this machine now), and CPU milliseconds per image of the loader workers plus the main process (read
 from /proc), whose ratio (a)/(b) is the pipeline's efficiency against PIL alone (target >= 0.9) independent of
-whatever else loads the machine. Both loaders stay alive (persistent workers) and are timed in ``--repeats``
-alternating short chunks, so both see the same background load; figures are medians (the wall ratio: the median of
-the per-chunk-pair ratios). Cores per GPU for a ViT-B/16 at 3,000 images/s = 3,000 / (images/s per core at 224 px).
-(b) crosses pass boundaries as training does.
+whatever else loads the machine. All loaders stay alive (persistent workers) and are timed in ``--repeats``
+alternating short chunks, so all see the same background load; figures are medians (the wall ratios: the median of
+the per-chunk-pair ratios). (b)/(p) is the loader against what a plain webdataset user gets (the issue's "keep it
+ahead": > 1). Cores per GPU for a ViT-B/16 at 3,000 images/s = 3,000 / (images/s per core at 224 px).
+(b) and (p) cross pass boundaries as training does.
 
 Images: ``data/openclipart`` when its manifest exists (the real shards), else synthetic JPEGs (short side 256, like
 the label pipeline writes) in a temporary folder.
@@ -29,6 +34,7 @@ import argparse
 import gc
 import io
 import json
+import math
 import os
 import sys
 import tarfile
@@ -195,6 +201,78 @@ def pipeline_batches(cfg):
     return iterator, _worker_pids(loader.source.dataloader._iterator)
 
 
+class PaddedLabelIds:
+    """A sample's decoded JSON -> its label ids in ``label_space`` as an int64 tensor padded with -1 to ``width`` (so
+    webdataset's default collation stacks them); a sample without them raises, and the handler skips it."""
+
+    def __init__(self, label_space: str, width: int) -> None:
+        self.label_space, self.width = label_space, width
+
+    def __call__(self, meta: dict) -> torch.Tensor:
+        ids = meta["labels"][self.label_space]
+        if not ids or len(ids) > self.width:
+            raise ValueError(f"{len(ids)} labels in '{self.label_space}' (1..{self.width} allowed)")
+        out = torch.full((self.width,), -1, dtype=torch.int64)
+        out[: len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        return out
+
+
+def webdataset_peer(cfg):
+    """(p): open_clip's ``get_wds_dataset`` training chain in resampled mode (src/open_clip_train/data.py), written with
+    webdataset's own stages only, on the shards, label space, transform, batch size and workers of ``cfg``'s weak-label
+    loader. Returns ``(WebLoader yielding (images uint8 [B, 3, H, W], label ids [B, width], keys), batches per pass)``.
+
+    As open_clip: resampled shards; ``tarfile_to_samples`` with a log-and-continue handler; a sample shuffle whose
+    initial fill is a fifth of its buffer (open_clip's 1000 of 5000), the buffer the loader's (``data.shuffle_buffer``);
+    full PIL decode to RGB, then the transform; ``batched(partial=False)``; ``with_epoch`` set to
+    ceil(ceil(samples / batch) / workers) batches per worker (one rank). Its decoder has only the image and JSON
+    handlers (webdataset's default post-handlers would unpickle ``.pyd`` members). The transform is the loader's own
+    (``image_transform``): its ``DraftResizedCrop`` hands an already decoded image to timm's crop unchanged.
+    """
+    import webdataset as wds
+
+    from datamodules.weak_label import WeakLabelSource
+
+    d = cfg.data
+    source = WeakLabelSource(cfg)
+    urls = [s.url for s in source.train_shards]
+    batch, workers, buffer = int(d.batch_size), int(d.num_workers), int(d.shuffle_buffer)
+    labels = PaddedLabelIds(source.label_space, source.max_labels or source.num_classes)
+    dataset = wds.DataPipeline(
+        wds.ResampledShards(urls, seed=int(cfg.seed), deterministic=True),
+        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        wds.shuffle(buffer, initial=max(1, buffer // 5)),
+        wds.decode(
+            wds.imagehandler("pilrgb"),
+            wds.handle_extension("json", json.loads),
+            post=[],  # no default handlers: they include pickle
+            handler=wds.warn_and_continue,
+        ),
+        wds.rename(image="jpg;jpeg;png;webp", labels="json", key="__key__", keep=False),
+        wds.map_dict(image=image_transform(d, train=True), labels=labels, handler=wds.warn_and_continue),
+        wds.to_tuple("image", "labels", "key"),
+        wds.batched(batch, partial=False),
+    )
+    per_worker = math.ceil(math.ceil(source.num_train_samples / batch) / max(1, workers))
+    dataset = dataset.with_epoch(per_worker)
+    loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=workers > 0)
+    return loader, per_worker * max(1, workers)
+
+
+def peer_batches(cfg):
+    """(p): the peer's batches (their keys), pass after pass, and its worker pids."""
+    loader, _ = webdataset_peer(cfg)
+
+    def batches():
+        while True:
+            for _images, _labels, keys in loader:
+                yield keys
+
+    iterator = batches()
+    next(iterator)
+    return iterator, _worker_pids(loader.pipeline[0]._iterator)  # WebLoader wraps one DataLoader
+
+
 def tar_reading(manifest: Path, repeats: int = 3) -> dict:
     """Microseconds per sample to read the shards into raw samples: the repo's reader (``ReadShards``) vs
     ``webdataset.tarfile_to_samples`` (stdlib tarfile + group_by_keys); best of ``repeats``."""
@@ -222,7 +300,7 @@ def tar_reading(manifest: Path, repeats: int = 3) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for both (a) and (b)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of every loader compared")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--images", type=int, default=768, help="images timed per chunk at 224 px (x3 at 64)")
     parser.add_argument("--repeats", type=int, default=4, help="alternating (a)/(b) chunks; medians are reported")
@@ -242,6 +320,9 @@ def main() -> None:
         "workers": args.workers,
         "batch_size": args.batch_size,
         "cores": os.cpu_count(),
+        "command": " ".join(["python", *sys.argv]),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_start": list(os.getloadavg()),
         "sizes": {},
     }
 
@@ -253,9 +334,11 @@ def main() -> None:
     source = "synthetic JPEGs" if tmp else str(manifest.parent)
     warmup = 2 * max(1, args.workers)
     images = shard_images(manifest, 1024)
+    print(f"command: {results['command']} (OMP_NUM_THREADS={results['omp_num_threads']})")
     print(
         f"images: {source}; {len(images)} held in memory for (a); workers={args.workers}; "
-        f"batch={args.batch_size}; cores={os.cpu_count()}; load average={os.getloadavg()[0]:.1f}"
+        f"batch={args.batch_size}; cores={os.cpu_count()}; load average (1, 5, 15 min)="
+        f"{', '.join(f'{x:.1f}' for x in results['load_average_start'])}"
     )
     print(f"{'':>5} {'wall-clock images/s':^42} {'CPU ms per image (workers + main)':^44}")
     print(
@@ -280,12 +363,14 @@ def main() -> None:
         a_it, a_pids = pil_batches(cfg, images)
         c_it, c_pids = pil_batches(cfg, images, lazy=True)
         b_it, b_pids = pipeline_batches(cfg)
-        pil, pil_draft, pipe = [], [], []
+        p_it, p_pids = peer_batches(cfg)
+        pil, pil_draft, pipe, peer = [], [], [], []
         for _ in range(args.repeats):  # alternate short chunks, so all see the same background load
             pil.append(_measure(a_it, n_images, warmup, a_pids))
             pil_draft.append(_measure(c_it, n_images, warmup, c_pids))
             pipe.append(_measure(b_it, n_images, warmup, b_pids))
-        del a_it, b_it, c_it
+            peer.append(_measure(p_it, n_images, warmup, p_pids))
+        del a_it, b_it, c_it, p_it
         gc.collect()  # shut these workers down here, not inside the next loaders' forked workers
         a_wall = float(np.median([x[0] for x in pil]))
         b_wall = float(np.median([x[0] for x in pipe]))
@@ -307,6 +392,12 @@ def main() -> None:
             "pil_draft_crop_cpu_ms": c_cpu,
             "machinery_wall_ratio": machinery,
             "machinery_cpu_ratio": c_cpu / b_cpu,
+            # (p): open_clip-style plain webdataset on the same shards; (b)/(p) > 1 means the loader is ahead
+            "peer_images_per_s": float(np.median([x[0] for x in peer])),
+            "peer_cpu_ms": float(np.median([x[1] for x in peer])),
+            "peer_wall_ratio": float(np.median([b[0] / q[0] for q, b in zip(peer, pipe)])),
+            "peer_cpu_ratio": float(np.median([x[1] for x in peer])) / b_cpu,
+            "peer_wall_ratio_rounds": [b[0] / q[0] for q, b in zip(peer, pipe)],
         }
         print(
             f"{size:>5} {a_wall:>9.0f} {b_wall:>13.0f} {ratio:>8.2f} {b_wall / max(1, args.workers):>9.0f} "
@@ -315,6 +406,12 @@ def main() -> None:
         print(
             f"{'':>5} (a') PIL + the loader's crop-aware decode: {results['sizes'][size]['pil_draft_crop_images_per_s']:.0f} "
             f"img/s, {c_cpu:.2f} CPU ms/img; (b)/(a') wall {machinery:.2f}, CPU {c_cpu / b_cpu:.2f} (the stream machinery)"
+        )
+        r = results["sizes"][size]
+        print(
+            f"{'':>5} (p) open_clip-style webdataset peer: {r['peer_images_per_s']:.0f} img/s, {r['peer_cpu_ms']:.2f} "
+            f"CPU ms/img; (b)/(p) wall {r['peer_wall_ratio']:.2f} (rounds: "
+            f"{', '.join(f'{x:.2f}' for x in r['peer_wall_ratio_rounds'])}), CPU {r['peer_cpu_ratio']:.2f}"
         )
     cores = VIT_B16_TARGET / per_core[224]
     print(
@@ -337,6 +434,8 @@ def main() -> None:
                 f"{us['tarfile_to_samples']:.0f} us/sample; the difference is {100 * share:.1f}% of the pipeline's "
                 "CPU time per 224 px sample"
             )
+    results["load_average_end"] = list(os.getloadavg())
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in results['load_average_end'])}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.json}")
