@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from labels import lifetime
+from labels.store import committed
 
 log = logging.getLogger(__name__)
 ENGINES = ("local", "ray")
@@ -42,7 +43,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclass
 class Task:
-    """One call ``fn(*args)`` that writes ``done_path`` last; ``name`` is what errors report."""
+    """One call ``fn(*args)`` that writes ``done_path`` (its commit marker: a file, or an object on a store) last;
+    ``name`` is what errors report."""
 
     name: str
     done_path: str
@@ -151,11 +153,12 @@ class Engine:
 
     # ------------------------------------------------------------------ public
     def run_pass(self, name: str, fn: Callable, tasks: Sequence[Task]) -> PassStats:
-        """Run every task whose ``done_path`` does not exist yet; raise ``PassFailed`` at the end if
+        """Run every task whose ``done_path`` does not exist yet (``labels.store.committed``); raise ``PassFailed`` at the end if
         any failed (the others are complete on disk)."""
         t0 = time.perf_counter()
         stats = PassStats(name, tasks=len(tasks))
-        todo = [t for t in tasks if not os.path.exists(t.done_path)]
+        done = committed([t.done_path for t in tasks])
+        todo = [t for t in tasks if t.done_path not in done]
         stats.already_done = len(tasks) - len(todo)
         failures: dict[str, str] = {}
         with tqdm(total=len(todo), desc=name, disable=not self.progress, dynamic_ncols=True, unit=" tasks") as bar:
@@ -229,7 +232,7 @@ class Engine:
                 self._executor = None
                 retry = []
                 for t in pending:
-                    if os.path.exists(t.done_path):
+                    if committed([t.done_path]):
                         bar.update()
                         continue
                     attempts[t.name] += 1

@@ -39,13 +39,22 @@ from typing import NamedTuple
 
 import numpy as np
 
-from labels import inputs
+from labels import inputs, store
 from labels.hashing import content_key, hash_unit, scale_bucket, split_of
 from labels.images import ImageJob, ImageSettings, Preparer, read_bytes, series_key
 from labels.scoring import LIST_SIGNALS, MaskScores, TermScorer, cluster_labels, select_group_labels
 from labels.sources import InputError, Partition, iter_partition
 from labels.sources.base import sniff_raster
-from labels.store import dumps_line, fresh_dir, read_json, read_lines, write_json_atomic, write_lines_atomic
+from labels.store import (
+    STATS,
+    TaskFiles,
+    committed_folder,
+    dumps_line,
+    read_json,
+    read_lines,
+    write_json_atomic,
+    write_lines_atomic,
+)
 from labels.templates import (
     MIN_EVIDENCE,
     SERIES_COUNTER,
@@ -258,6 +267,7 @@ def _without_gc(task):
         try:
             return task(*args, **kwargs)
         finally:
+            store.TaskFiles.close_all()  # a failed task's node-local staging folder goes too
             if enabled:
                 gc.enable()
 
@@ -275,8 +285,19 @@ def task_dir(work: str, kind: str, i: int) -> str:
     return os.path.join(work, kind, f"{'p' if kind in ('map', 'write') else 'r'}{i:06d}")
 
 
-def stats_path(work: str, kind: str, i: int) -> str:
-    return os.path.join(task_dir(work, kind, i), "stats.json")
+def done_path(work: str, kind: str, i: int) -> str:
+    """The task's commit marker: ``stats.json`` in its folder on local disk, ``commit.json`` on an object store."""
+    return store.done_path(task_dir(work, kind, i))
+
+
+def task_folder(work: str, kind: str, i: int) -> str:
+    """Where a complete task's files are (remote: the attempt prefix its marker names; labels/store.py)."""
+    return committed_folder(task_dir(work, kind, i))
+
+
+def read_stats(work: str, kind: str, i: int) -> dict:
+    """A complete task's stats record."""
+    return read_json(os.path.join(task_folder(work, kind, i), STATS))
 
 
 # ---------------------------------------------------------------------------------------- pass 1: map
@@ -295,7 +316,7 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
     """
     t0 = time.perf_counter()
     p = Partition(**part)
-    out = fresh_dir(task_dir(work, "map", p.index))
+    out = TaskFiles(task_dir(work, "map", p.index)).open()
     src = cfg["sources"][p.source]
     text_only = cfg["run"]["text_only"]
     parts_r = cfg["run"]["reduce_partitions"]
@@ -378,16 +399,15 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
     offsets = [0]
     for b in buckets:
         offsets.append(offsets[-1] + sum(len(x) for x in b))
-    write_lines_atomic(os.path.join(out, "units.jsonl"), (x for b in buckets for x in b))
+    write_lines_atomic(out.path("units.jsonl"), (x for b in buckets for x in b))
     ctx_offsets, ctx_lines = [0], []
     for table in records_by_partition(contexts, parts_r):
         ctx_lines.append(dumps_line(["\n".join(table), list(table.values())]))
         ctx_offsets.append(ctx_offsets[-1] + len(ctx_lines[-1]))
-    write_lines_atomic(os.path.join(out, "contexts.jsonl"), ctx_lines)
+    write_lines_atomic(out.path("contexts.jsonl"), ctx_lines)
     kept = {g: sorted(d.items(), key=lambda kv: (kv[1], kv[0]))[: cap + 1] for g, d in sorted(groups.items())}
-    write_json_atomic(os.path.join(out, "groups.json"), kept)
-    write_json_atomic(
-        os.path.join(out, "stats.json"),
+    write_json_atomic(out.path("groups.json"), kept)
+    out.commit(
         {
             "partition": p.name,
             "index": p.index,
@@ -421,7 +441,7 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int 
     number of documents the map tasks counted contexts of (the denominator of ``templates.min_share``).
     """
     t0 = time.perf_counter()
-    out = fresh_dir(task_dir(work, "reduce", r))
+    out = TaskFiles(task_dir(work, "reduce", r)).open()
     min_score = float(cfg["vocab"]["min_score"])
     max_series = int(cfg["curation"]["max_per_series"])
     caps = read_json(os.path.join(work, "caps.json"))
@@ -429,15 +449,16 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int 
     by_key: dict[str, list[tuple[int, MapUnit]]] = {}
     contexts: Counter[str] = Counter()
     for p in range(num_parts):
-        st = read_json(stats_path(work, "map", p))
+        folder = task_folder(work, "map", p)
+        st = read_json(os.path.join(folder, STATS))
         a, b = st["offsets"][r], st["offsets"][r + 1]
         if a != b:
-            for line in read_lines(os.path.join(task_dir(work, "map", p), "units.jsonl"), a, b):
+            for line in read_lines(os.path.join(folder, "units.jsonl"), a, b):
                 unit = MapUnit._make(line)
                 by_key.setdefault(unit.key, []).append((p, unit))
         a, b = st["context_offsets"][r], st["context_offsets"][r + 1]
         if a != b:
-            recs, counts = next(read_lines(os.path.join(task_dir(work, "map", p), "contexts.jsonl"), a, b))
+            recs, counts = next(read_lines(os.path.join(folder, "contexts.jsonl"), a, b))
             if counts:
                 contexts.update(dict(zip(recs.split("\n"), counts)))
     skipped: dict[int, Counter] = {}
@@ -527,20 +548,19 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int 
         lines.append(line)
         pos += len(line)
     index_offsets.append(pos)
-    write_lines_atomic(os.path.join(out, "samples.jsonl"), lines)
+    write_lines_atomic(out.path("samples.jsonl"), lines)
     df_offsets = write_df(
-        os.path.join(out, "df.jsonl"), df, df + df_capped if df_capped else None, int(cfg["run"]["reduce_partitions"])
+        out.path("df.jsonl"), df, df + df_capped if df_capped else None, int(cfg["run"]["reduce_partitions"])
     )
     # Its own file, not stats.json: every df task reads one per reduce partition, and stats.json holds the
     # per-input-partition index (P entries).
-    write_json_atomic(os.path.join(out, "df_offsets.json"), df_offsets)
+    write_json_atomic(out.path("df_offsets.json"), df_offsets)
     tc = cfg["templates"]
     evidence = max(MIN_EVIDENCE, min(float(tc["min_docs"]), float(tc["min_docs_share"]) * context_docs))
     min_docs = max(evidence, float(tc["min_share"]) * context_docs)
     found, candidates = template_words(contexts, min_docs, float(tc["rigidity"])) if tc["enabled"] else ({}, {})
-    write_json_atomic(os.path.join(out, "templates.json"), {"found": found, "site_candidates": candidates})
-    write_json_atomic(
-        os.path.join(out, "stats.json"),
+    write_json_atomic(out.path("templates.json"), {"found": found, "site_candidates": candidates})
+    out.commit(
         {
             "samples": len(samples),
             "labelable": labelable,
@@ -571,14 +591,15 @@ def df_task(cfg: dict, j: int, num_reduce: int, work: str, num_samples: int) -> 
     approximate.
     """
     t0 = time.perf_counter()
-    out = fresh_dir(task_dir(work, "df", j))
+    out = TaskFiles(task_dir(work, "df", j)).open()
     v = cfg["vocab"]
     templates = read_json(os.path.join(work, "templates.json"))
     df: Counter[str] = Counter()
     capped: Counter[str] = Counter()  # in samples the caps dropped: df + capped = df before the caps
     for r in range(num_reduce):
-        offsets = read_json(os.path.join(task_dir(work, "reduce", r), "df_offsets.json"))  # small: R + 1 ints
-        part, part_all = read_df(os.path.join(task_dir(work, "reduce", r), "df.jsonl"), offsets[j], offsets[j + 1])
+        folder = task_folder(work, "reduce", r)
+        offsets = read_json(os.path.join(folder, "df_offsets.json"))  # small: R + 1 ints
+        part, part_all = read_df(os.path.join(folder, "df.jsonl"), offsets[j], offsets[j + 1])
         df.update(part)
         if part_all is not part:
             capped.update({t: c - part.get(t, 0) for t, c in part_all.items() if c > part.get(t, 0)})
@@ -593,10 +614,8 @@ def df_task(cfg: dict, j: int, num_reduce: int, work: str, num_samples: int) -> 
     rec["head"] = [list(p) for p in heapq.nsmallest(HEAD_TERMS, (df + capped if capped else df).items(), key=by_df)]
     rec["template_terms"] = len(template)
     rec["template_head"] = [list(p) for p in heapq.nsmallest(HEAD_TERMS, template.items(), key=by_df)]
-    write_json_atomic(os.path.join(out, "vocab.json"), rec)
-    write_json_atomic(
-        os.path.join(out, "stats.json"), {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()}
-    )
+    write_json_atomic(out.path("vocab.json"), rec)
+    out.commit({"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()})
 
 
 # ---------------------------------------------------------------------------------------- pass 3: count
@@ -608,14 +627,14 @@ def count_task(cfg: dict, r: int, work: str, cooccurrence: bool) -> None:
     from labels.cluster import CooccurrenceCounter
 
     t0 = time.perf_counter()
-    out = fresh_dir(task_dir(work, "count", r))
+    out = TaskFiles(task_dir(work, "count", r)).open()
     vocab = read_json(os.path.join(work, "vocab_df.json"))["terms"]
     index = {t: i for i, t in enumerate(vocab)}
     max_labels = int(cfg["vocab"]["max_labels_per_image"])
     mask_score = MaskScores(cfg["signals"]["weights"], cfg["signals"]["combine"])
     kept: list[int] = []  # every sample's kept label ids, concatenated
     counter = CooccurrenceCounter(len(vocab)) if cooccurrence else None
-    for line in read_lines(os.path.join(task_dir(work, "reduce", r), "samples.jsonl")):
+    for line in read_lines(os.path.join(task_folder(work, "reduce", r), "samples.jsonl")):
         ids = [i for i, _ in select_group_labels(Sample._make(line).terms, index, mask_score, max_labels)]
         kept += ids
         if counter is not None and ids:
@@ -623,12 +642,10 @@ def count_task(cfg: dict, r: int, work: str, cooccurrence: bool) -> None:
             counter.add(ids)
     used = np.bincount(np.asarray(kept, dtype=np.int64), minlength=len(vocab)).astype(np.int64)
     rows, cols, vals = counter.triplets() if counter is not None else (np.zeros(0, np.int64),) * 3
-    tmp = os.path.join(out, "counts.tmp.npz")
+    tmp = out.path("counts.tmp.npz")
     np.savez(tmp, used=used, rows=rows, cols=cols, vals=vals)
-    os.replace(tmp, os.path.join(out, "counts.npz"))
-    write_json_atomic(
-        os.path.join(out, "stats.json"), {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()}
-    )
+    os.replace(tmp, out.path("counts.npz"))
+    out.commit({"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()})
 
 
 # ---------------------------------------------------------------------------------------- pass 4: write
@@ -654,12 +671,13 @@ def _partition_samples(work: str, p: int, num_reduce: int):
     """Samples of input partition ``p`` from every hash partition, in input order (k-way merge)."""
     streams = []
     for r in range(num_reduce):
-        st = read_json(stats_path(work, "reduce", r))
+        folder = task_folder(work, "reduce", r)
+        st = read_json(os.path.join(folder, STATS))
         idx = st["index"]
         parts = idx["parts"]
         lo = bisect.bisect_left(parts, p)  # parts is sorted
         if lo < len(parts) and parts[lo] == p:
-            path = os.path.join(task_dir(work, "reduce", r), "samples.jsonl")
+            path = os.path.join(folder, "samples.jsonl")
             streams.append(read_lines(path, idx["offsets"][lo], idx["offsets"][lo + 1]))
     return heapq.merge(*(map(Sample._make, st) for st in streams), key=operator.attrgetter("seq"))
 
@@ -673,7 +691,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
 
     t0 = time.perf_counter()
     p = Partition(**part)
-    out = fresh_dir(task_dir(work, "write", p.index))
+    out = TaskFiles(task_dir(work, "write", p.index)).open()
     lab = read_json(os.path.join(work, "labels.json"))
     vocab, term_cluster = lab["vocab"], lab["term_cluster"]
     index = {t: i for i, t in enumerate(vocab)}
@@ -691,7 +709,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
     split_counts: Counter[str] = Counter()
     bucket_counts: Counter[int] = Counter()
     written = labelled = 0
-    shards = None if text_only else ShardSet(out, scales, cfg["shards"]["maxcount"], cfg["shards"]["maxsize"])
+    shards = None if text_only else ShardSet(out.dir, scales, cfg["shards"]["maxcount"], cfg["shards"]["maxsize"])
     text_lines = []
     rounded = functools.lru_cache(maxsize=None)(lambda x: round(x, 4))  # a handful of distinct scores
     why_unlabelled: Counter[str] = Counter()
@@ -745,7 +763,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
             if bucket >= 0:
                 bucket_counts[bucket] += 1
     if text_only:
-        write_lines_atomic(os.path.join(out, "samples.jsonl"), text_lines)
+        write_lines_atomic(out.path("samples.jsonl"), text_lines)
         splits = None
     else:
         splits = shards.close()
@@ -755,8 +773,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
             raw_counts[i] += n
             origins.setdefault(i, Counter())[origin] = n
     clustered_counts.update(clustered_ids)
-    write_json_atomic(
-        os.path.join(out, "stats.json"),
+    out.commit(
         {
             "partition": p.name,
             "written": written,
