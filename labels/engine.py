@@ -104,18 +104,28 @@ def resolve_workers(workers: int | None) -> int:
     return available_cpus() if workers is None else int(workers)
 
 
+def _worker_init(driver_pid: int, driver_start: int | None, environ: dict[str, str]) -> None:
+    """Pool initializer: the driver's environment (the forkserver, started by an earlier run of this process, forks
+    workers with the environment it had then: storage credentials and endpoints set since were missing, measured),
+    then ``lifetime.die_with``."""
+    for key in set(os.environ) - set(environ):
+        del os.environ[key]
+    os.environ.update(environ)
+    lifetime.die_with(driver_pid, driver_start)
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     # forkserver: workers fork from a clean server that preloads the pass module (imports once, no
     # threads inherited from a driver that may hold torch/tokenizer threads). Each worker dies with
     # this process (lifetime.die_with: the forkserver does not, while its workers live).
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["labels.passes", "labels._inflect", "labels.lifetime"])
+    ctx.set_forkserver_preload(["labels.passes", "labels._inflect", "labels.lifetime", "labels.engine"])
     me = os.getpid()
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=ctx,
-        initializer=lifetime.die_with,
-        initargs=(me, lifetime.process_start(me)),
+        initializer=_worker_init,
+        initargs=(me, lifetime.process_start(me), dict(os.environ)),
     )
 
 

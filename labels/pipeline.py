@@ -67,7 +67,7 @@ from labels.passes import build_scorer, merge_signals, text_for_json  # noqa: F4
 from labels.report import write_quality_report, write_report
 from labels.shards import FORMAT_VERSION, MANIFEST, dataset_files, remove_dataset, write_json
 from labels.sources import InputError, Partition, list_partitions
-from labels.store import is_remote, read_json, read_range, upload_folder, write_json_atomic
+from labels.store import STATS, is_remote, read_json, read_range, read_ranges, upload_folder, write_json_atomic
 from labels.templates import SITE_LIFT, site_affixes
 from labels.vocab import merge_top
 
@@ -204,6 +204,7 @@ class _Driver:
             st = self.engine.run_pass(name, fn, tasks)
         except PassFailed as err:
             raise InputError(str(err)) from None
+        passes.write_index(self.work, name, [t.done_path for t in tasks])
         self.passes[name] = st.to_dict()
         self.timings[f"{name}_s"] = st.wall_s
 
@@ -217,11 +218,11 @@ class _Driver:
 
     def task_totals(self, kind: str, n: int) -> dict:
         """Summed task seconds and the largest worker peak memory of a pass (from its stats records)."""
-        recs = [passes.read_stats(self.work, kind, i) for i in range(n)]
-        return {
-            "task_s": round(sum(r.get("seconds", 0.0) for r in recs), 3),
-            "peak_worker_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in recs), default=0.0),
-        }
+        seconds, peak = 0.0, 0.0
+        for _, rec in passes.iter_files(self.work, kind, range(n), STATS):
+            seconds += rec.get("seconds", 0.0)
+            peak = max(peak, rec.get("peak_rss_mb", 0.0))
+        return {"task_s": round(seconds, 3), "peak_worker_rss_mb": peak}
 
     # ------------------------------------------------------------------------------ caps
     def caps(self, parts: list[Partition]) -> dict:
@@ -232,10 +233,8 @@ class _Driver:
         caps: dict[str, float] = {}
         if cap > 0 and len(self.cfg.curation.group_by):
             merged: dict[str, dict[str, float]] = {}
-            for p in parts:
-                for g, pairs in read_json(
-                    os.path.join(passes.task_folder(self.work, "map", p.index), "groups.json")
-                ).items():
+            for _, groups in passes.iter_files(self.work, "map", [p.index for p in parts], "groups.json"):
+                for g, pairs in groups.items():
                     merged.setdefault(g, {}).update(pairs)
             for g, d in sorted(merged.items()):
                 if len(d) > cap:
@@ -254,7 +253,7 @@ class _Driver:
     # ------------------------------------------------------------------------------ templates
     def context_docs(self, parts: list[Partition]) -> int:
         """Documents the map tasks counted contexts of (the denominator of ``templates.min_share``)."""
-        return sum(passes.read_stats(self.work, "map", p.index)["context_docs"] for p in parts)
+        return sum(st["context_docs"] for _, st in passes.iter_files(self.work, "map", [p.index for p in parts], STATS))
 
     def templates(self, parts: list[Partition], context_docs: int) -> dict:
         """Join the reduce pass's template words (one list per term partition, disjoint) and the site affixes among
@@ -262,15 +261,14 @@ class _Driver:
         only, so the driver never holds a table of every site."""
         found: dict[str, list] = {}
         candidates: dict[str, list] = {}
-        for r in range(self.R):
-            rec = read_json(os.path.join(passes.task_folder(self.work, "reduce", r), "templates.json"))
+        for _, rec in passes.iter_files(self.work, "reduce", range(self.R), "templates.json"):
             found.update(rec["found"])
             candidates.update(rec["site_candidates"])
         if candidates:
             sites = {c[3] for c in candidates.values()}
             site_docs: Counter[str] = Counter()
-            for p in parts:
-                st = passes.read_stats(self.work, "map", p.index)["context_sites"]
+            for _, rec in passes.iter_files(self.work, "map", [p.index for p in parts], STATS):
+                st = rec["context_sites"]
                 site_docs.update({s: n for s, n in st.items() if s in sites})
             tc = self.cfg.templates
             found.update(
@@ -292,10 +290,11 @@ class _Driver:
     def vocabulary(self) -> dict:
         """Merge the df pass's per-term-partition shares into the vocabulary (``max_terms`` pairs held at a time)."""
         v = self.cfg.vocab
-        reduce_stats = [passes.read_stats(self.work, "reduce", r) for r in range(self.R)]
-        num_samples = sum(st["samples"] for st in reduce_stats)
-        # The ceiling's denominator: samples that can carry a label (an eligible term, after duplicates and caps).
-        labelable = sum(st["labelable"] for st in reduce_stats)
+        num_samples = labelable = 0
+        for _, st in passes.iter_files(self.work, "reduce", range(self.R), STATS):
+            num_samples += st["samples"]
+            # The ceiling's denominator: samples that can carry a label (an eligible term, after duplicates and caps).
+            labelable += st["labelable"]
         self.run_pass(
             "df",
             passes.df_task,
@@ -314,8 +313,7 @@ class _Driver:
         head: list = []
         template_head: list = []
         candidates = template_terms = 0
-        for j in range(self.R):
-            rec = read_json(os.path.join(passes.task_folder(self.work, "df", j), "vocab.json"))
+        for _, rec in passes.iter_files(self.work, "df", range(self.R), "vocab.json"):
             kept = merge_top(kept, rec["kept"], int(v.max_terms))
             dropped = merge_top(dropped, rec["dropped"], None)
             head = merge_top(head, rec["head"], passes.HEAD_TERMS)
@@ -349,8 +347,8 @@ class _Driver:
         # each); above, by the sparse counter's buffered merge.
         dense = np.zeros(n * n, dtype=np.int64) if needs_cooc and n * n <= DENSE_COOC_CELLS else None
         counter = CooccurrenceCounter(n) if needs_cooc and dense is None else None
-        for r in range(self.R):
-            npz = read_range(os.path.join(passes.task_folder(self.work, "count", r), "counts.npz"))
+        folders = passes.task_folders(self.work, "count", range(self.R))
+        for npz in read_ranges([os.path.join(f, "counts.npz") for f in folders]):
             with np.load(io.BytesIO(npz), allow_pickle=False) as z:
                 used += z["used"]
                 if dense is not None:
@@ -418,13 +416,15 @@ class _Driver:
         """Rename each partition's shards into the dataset folder (global numbering in partition
         order), idempotently, and return the manifest's ``splits`` plus the write stats."""
         scales = [float(x) for x in self.cfg.split.scales]
-        wstats = [self.label_totals.add(passes.read_stats(self.work, "write", p.index)) for p in parts]
+        indices = [p.index for p in parts]
+        wstats = [self.label_totals.add(rec) for _, rec in passes.iter_files(self.work, "write", indices, STATS)]
+        write_folders = passes.task_folders(self.work, "write", indices)
         storage.makedirs(self.out)
         manifest_path = os.path.join(self.out, MANIFEST)
         storage.remove(manifest_path)  # no manifest may list shards that are being replaced
         if self.cfg.run.text_only:
             remove_dataset(self.out)
-            sources = [os.path.join(passes.task_folder(self.work, "write", p.index), "samples.jsonl") for p in parts]
+            sources = [os.path.join(f, "samples.jsonl") for f in write_folders]
             if is_remote(self.out):
                 with storage.open_atomic(os.path.join(self.out, "samples.jsonl")) as out:
                     for src in sources:  # one partition's file at a time, in partition order
@@ -452,8 +452,7 @@ class _Driver:
         plan = []  # (src, dst, entry)
         train_by_bucket: dict[float, list] = {s: [] for s in scales}
         val = []
-        for p, w in zip(parts, wstats):
-            d = passes.task_folder(self.work, "write", p.index)
+        for d, w in zip(write_folders, wstats):
             for sh in w["splits"]["train"]["shards"]:
                 train_by_bucket[sh["scale_bucket"]].append((os.path.join(d, sh["url"]), sh))
             for sh in w["splits"]["val"]["shards"]:
@@ -563,6 +562,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
         ],
     )
     templates = d.templates(parts, context_docs)
+    passes.write_df_ranges(work, R)
     vinfo = d.vocabulary()
     needs_cooc = bool(cfg.cluster.enabled) and cfg.cluster.embedder in ("auto", "ppmi")
     d.run_pass(
@@ -589,8 +589,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     reduce_skips: dict[str, Counter] = {}
     group_cap: Counter[str] = Counter()
     series_scaffold: Counter[str] = Counter()  # a series' own caption word -> kept copies it was dropped from
-    for r in range(R):
-        rs = passes.read_stats(work, "reduce", r)
+    for _, rs in passes.iter_files(work, "reduce", range(R), STATS):
         for part, sk in rs["skipped_by_part"].items():
             reduce_skips.setdefault(part, Counter()).update(sk)
         group_cap.update(rs["group_cap"])
@@ -599,8 +598,8 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     fingerprints = hashlib.sha256()
     boilerplate: Counter[str] = Counter()
     bad_inputs: list[dict] = []  # input tars not readable to their end (run.on_bad_input=skip), in input order
-    for p, w in zip(parts, wstats):
-        m = passes.read_stats(work, "map", p.index)
+    map_stats = passes.iter_files(work, "map", [p.index for p in parts], STATS)
+    for p, w, (_, m) in zip(parts, wstats, map_stats):
         fingerprints.update(m["fingerprint"].encode())
         boilerplate.update(m["boilerplate"])
         sk = Counter(m["skipped"])

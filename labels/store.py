@@ -91,18 +91,64 @@ def write_lines_atomic(path: str, lines: Iterable[bytes]) -> int:
 def read_range(path: str, start: int = 0, end: int | None = None) -> bytes:
     """Bytes ``start:end`` of a file or object (remote: one ranged GET, retried on transient errors)."""
     if is_remote(path):
+        if end is not None and end <= start:
+            return b""
         fs, inner = storage.url_to_fs(path)
+        if start == 0 and end is None:  # the whole object: no Range header (a range of an empty object is a 416)
+            return storage.retry_call(lambda: fs.cat_file(inner), url=path, what="read")
         return storage.retry_call(lambda: fs.cat_file(inner, start=start, end=end), url=path, what="read")
     with open(path, "rb") as f:
         f.seek(start)
         return f.read() if end is None else f.read(end - start)
 
 
-def read_lines(path: str, start: int = 0, end: int | None = None) -> Iterator:
-    """Decoded JSON records of ``path`` between byte offsets ``start`` and ``end`` (whole lines)."""
-    for line in read_range(path, start, end).split(b"\n"):
+BATCH = 64  # remote reads issued at once by ``read_ranges`` (fsspec's async batch)
+
+
+def read_ranges(paths: list[str], starts: list[int] | None = None, ends: list[int | None] | None = None):
+    """The bytes of each ``(path, start, end)`` in order (whole files by default; ``end`` None: to the end).
+
+    Local files are read one after the other, as ``read_range`` does. Remote objects are fetched ``BATCH`` ranges at
+    a time concurrently (fsspec ``cat_ranges``): a task reads one range of each of hundreds of objects, and one
+    round trip at a time made those reads most of its time against a store (measured: 3 s of the 3.3 s of a df
+    task on moto). Each batch is retried whole on transient errors; empty ranges cost no request."""
+    n = len(paths)
+    starts = [0] * n if starts is None else starts
+    ends = [None] * n if ends is None else ends
+    if not n or not is_remote(paths[0]):
+        for p, a, b in zip(paths, starts, ends):
+            yield b"" if b is not None and b <= a else read_range(p, a, b)
+        return
+    fs, _ = storage.url_to_fs(paths[0])
+    for i in range(0, n, BATCH):
+        todo = [
+            (k, fs._strip_protocol(paths[k]), None if (starts[k] == 0 and ends[k] is None) else starts[k], ends[k])
+            for k in range(i, min(n, i + BATCH))
+            if ends[k] is None or ends[k] > starts[k]
+        ]
+
+        def fetch(todo=todo) -> list[bytes]:
+            got = fs.cat_ranges([t[1] for t in todo], [t[2] for t in todo], [t[3] for t in todo], on_error="return")
+            for item in got:
+                if isinstance(item, BaseException):
+                    raise item
+            return got
+
+        found = dict(zip((t[0] for t in todo), storage.retry_call(fetch, url=paths[i], what="read"))) if todo else {}
+        for k in range(i, min(n, i + BATCH)):
+            yield found.get(k, b"")
+
+
+def records(data: bytes) -> Iterator:
+    """Decoded JSON records of whole ``dumps_line`` lines."""
+    for line in data.split(b"\n"):
         if line:
             yield loads_line(line)
+
+
+def read_lines(path: str, start: int = 0, end: int | None = None) -> Iterator:
+    """Decoded JSON records of ``path`` between byte offsets ``start`` and ``end`` (whole lines), read on first use."""
+    yield from records(read_range(path, start, end))
 
 
 def _json_text(obj) -> str:
@@ -130,6 +176,15 @@ def read_json(path: str):
         return json.load(f)
 
 
+def read_jsons(paths: list[str]) -> Iterator:
+    """``read_json`` of each path, in order (remote: ``BATCH`` concurrent requests at a time)."""
+    if not paths or not is_remote(paths[0]):
+        yield from map(read_json, paths)
+        return
+    for data in read_ranges(paths):
+        yield json.loads(data)
+
+
 def fresh_dir(path: str) -> str:
     """``path`` as an empty folder (what a task in flight at a crash left there is removed)."""
     if os.path.isdir(path):
@@ -145,9 +200,15 @@ def done_path(folder: str) -> str:
 
 def committed_folder(folder: str) -> str:
     """Where a complete task's files are: ``folder`` on local disk; remotely the attempt prefix its marker names."""
-    if not is_remote(folder):
-        return folder
-    return os.path.join(folder, read_json(os.path.join(folder, COMMIT))["files"])
+    return committed_folders([folder])[0]
+
+
+def committed_folders(folders: list[str]) -> list[str]:
+    """``committed_folder`` of each folder (remote: the markers read ``BATCH`` at a time)."""
+    if not folders or not is_remote(folders[0]):
+        return list(folders)
+    markers = read_jsons([os.path.join(f, COMMIT) for f in folders])
+    return [os.path.join(f, m["files"]) for f, m in zip(folders, markers)]
 
 
 def committed(markers: list[str]) -> set[str]:

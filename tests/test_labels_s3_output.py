@@ -145,6 +145,18 @@ def test_a_late_attempt_never_replaces_a_committed_task(s3_bucket):
     assert not os.path.exists(late.dir) and not os.path.exists(first.dir)
 
 
+def test_work_objects_are_read_whole_or_by_byte_range_even_when_empty(s3_bucket):
+    """A reduce partition that received no sample writes an empty ``samples.jsonl``: reading it whole must give no
+    record (a ranged GET of an empty object is answered 416), and an empty range needs no request."""
+    url = f"s3://{s3_bucket}/w"
+    storage.write_bytes(f"{url}/empty.jsonl", b"")
+    storage.write_bytes(f"{url}/two.jsonl", b'[1]\n["b"]\n')
+    assert list(store.read_lines(f"{url}/empty.jsonl")) == []
+    assert list(store.read_lines(f"{url}/empty.jsonl", 0, 0)) == []
+    assert list(store.read_lines(f"{url}/two.jsonl")) == [[1], ["b"]]
+    assert list(store.read_lines(f"{url}/two.jsonl", 4, 10)) == [["b"]]
+
+
 def test_a_rerun_with_another_config_uses_its_own_work_prefix(s3_bucket):
     """Work files live under a prefix per config and input listing: the prefixes of other configs are removed, and
     a task of an old config that commits late lands in its own prefix, which the new run never reads."""
