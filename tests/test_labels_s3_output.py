@@ -25,7 +25,7 @@ import storage
 from labels import lifetime, passes, store
 from labels.pipeline import run
 from tests.fixtures_labels import labels_config
-from tests.test_labels_distributed import SMALL_PARTS, _cli_config, mine_reference
+from tests.test_labels_distributed import SMALL_PARTS, _cli_config, mine_reference, output_bytes
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +81,21 @@ def test_mining_to_s3_gives_the_bytes_of_mining_to_disk(local_reference, s3_serv
     assert storage.exists(f"{url}/report/label_quality.json")
     assert _work_keys(s3_server, url) == []  # removed after the run
     assert not storage.exists(f"{url}/.mine_labels.lock")  # released
+
+
+def test_a_text_only_run_to_s3_writes_the_bytes_of_a_text_only_run_to_disk(
+    local_reference, s3_server, s3_bucket, tmp_path
+):
+    """run.text_only: the write tasks' samples.jsonl files are joined into one object in partition order."""
+    _, sources, _, _ = local_reference
+    text = [*SMALL_PARTS, "run.text_only=true"]
+    local = labels_config(tmp_path, sources, text, out="text")
+    run(local)
+    url = f"s3://{s3_bucket}/text"
+    run(labels_config(tmp_path, sources, [*text, f"output={url}"]))
+    want = dataset(output_bytes(Path(local.output)))
+    assert sorted(want) == ["manifest.json", "samples.jsonl"] and want["samples.jsonl"].count(b"\n") == 32
+    assert s3_output_bytes(s3_server, url) == want
 
 
 def _cli_config_s3(tmp_path: Path, sources: list[dict], url: str) -> Path:
