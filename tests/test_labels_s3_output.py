@@ -90,11 +90,11 @@ def test_a_text_only_run_to_s3_writes_the_bytes_of_a_text_only_run_to_disk(
     _, sources, _, _ = local_reference
     text = [*SMALL_PARTS, "run.text_only=true"]
     local = labels_config(tmp_path, sources, text, out="text")
-    run(local)
+    written = run(local).counts["written"]
     url = f"s3://{s3_bucket}/text"
     run(labels_config(tmp_path, sources, [*text, f"output={url}"]))
     want = dataset(output_bytes(Path(local.output)))
-    assert sorted(want) == ["manifest.json", "samples.jsonl"] and want["samples.jsonl"].count(b"\n") == 32
+    assert sorted(want) == ["manifest.json", "samples.jsonl"] and want["samples.jsonl"].count(b"\n") == written > 0
     assert s3_output_bytes(s3_server, url) == want
 
 
