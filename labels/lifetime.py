@@ -559,6 +559,14 @@ class ObjectLock:
 
         return storage.retry_call(put, url=self.url, what="write lock")
 
+    def _ours(self, record: dict) -> str | None:
+        """The lock object's ETag if it holds exactly ``record`` (a conditional PUT that went through before a transient
+        error fails its condition when retried: it must not read as lost), else None."""
+        current = self._read()
+        if current is not None and current[0] == json.loads(json.dumps(record)):
+            return current[1]
+        return None
+
     # -------------------------------------------------------------- the hold
     def acquire(self) -> Fence:
         """Create the lock object (or take it over from a dead driver) and start the heartbeat.
@@ -580,7 +588,7 @@ class ObjectLock:
         }
         etag = self._write(self._record, create=True)
         if etag is None:
-            etag = self._take_over()
+            etag = self._ours(self._record) or self._take_over()
         self._etag = etag
         self._thread = threading.Thread(target=self._beat, name="output-lock-heartbeat", daemon=True)
         self._thread.start()
@@ -620,7 +628,7 @@ class ObjectLock:
                 if now is None or now[1] != etag:
                     raise self._busy(now[0] if now else held, " (its heartbeat is alive)")
             why = f"no heartbeat from {held.get('host', '?')} for {self.stale_s:.0f} s"
-        new = self._write(self._record, if_match=etag)
+        new = self._write(self._record, if_match=etag) or self._ours(self._record)
         if new is None:
             raise self._busy(self.holder(self.url), " (it took the output a moment ago)")
         log.warning("%s: took over the output lock (%s)", self.out, why)
@@ -634,6 +642,7 @@ class ObjectLock:
             except Exception as err:  # the store is away: the next beat tries again (another driver waits stale_s)
                 log.warning("%s: lock heartbeat failed: %s", self.out, err)
                 continue
+            etag = etag or self._ours(record)
             if etag is None:
                 self.lost = f"another run took over {self.url} (this driver missed its heartbeats)"
                 log.error("%s", self.lost)

@@ -281,8 +281,11 @@ class TaskFiles:
             with contextlib.suppress(ValueError):
                 TaskFiles._open.remove(self.dir)
         marker = os.path.join(self.folder, COMMIT)
-        if not storage.create(marker, _json_text({"files": attempt}).encode("ascii")):
-            # Another attempt of this task committed first (same config: the same result); ours is never read.
+        if storage.create(marker, _json_text({"files": attempt}).encode("ascii")):
+            return
+        # The marker exists: another attempt of this task committed first (same config: the same result), or this
+        # attempt's own PUT went through before a transient error and its retry found it (then it names us).
+        if read_json(marker).get("files") != attempt:
             log.warning("%s was committed by another attempt: this attempt's files (%s) are ignored", marker, attempt)
             with contextlib.suppress(Exception):
                 storage.remove(os.path.join(self.folder, attempt), recursive=True)

@@ -160,6 +160,18 @@ def test_a_late_attempt_never_replaces_a_committed_task(s3_bucket):
     assert not os.path.exists(late.dir) and not os.path.exists(first.dir)
 
 
+def test_a_commit_whose_retried_marker_put_finds_its_own_marker_keeps_its_files(s3_bucket, monkeypatch):
+    """An exclusive PUT that reached the store before a transient error is retried and fails its condition: the
+    marker then names this very attempt, whose files must stay (deleting them would leave a marker naming nothing)."""
+    folder = f"s3://{s3_bucket}/out/_work/fp/count/r000000"
+    monkeypatch.setattr(store.secrets, "token_hex", lambda n: "f" * (2 * n))
+    storage.write_bytes(f"{folder}/commit.json", b'{"files":"a' + b"f" * 16 + b'"}')  # "its first try"
+    files = store.TaskFiles(folder).open()
+    Path(files.path("counts.npz")).write_bytes(b"npz")
+    files.commit({"seconds": 0})
+    assert store.read_range(f"{store.committed_folder(folder)}/counts.npz") == b"npz"
+
+
 def test_work_objects_are_read_whole_or_by_byte_range_even_when_empty(s3_bucket):
     """A reduce partition that received no sample writes an empty ``samples.jsonl``: reading it whole must give no
     record (a ranged GET of an empty object is answered 416), and an empty range needs no request."""
