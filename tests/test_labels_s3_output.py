@@ -110,7 +110,7 @@ def _committed(server, url: str, kind: str) -> set[str]:
     return {k.split("/")[-2] for k in _work_keys(server, url) if f"/{kind}/" in k and k.endswith("/commit.json")}
 
 
-@pytest.mark.parametrize("kill_in", ["map", "write"])
+@pytest.mark.parametrize("kill_in", ["write"])
 def test_kill_9_of_the_driver_then_rerun_to_s3_redoes_only_unfinished_tasks(
     local_reference, s3_server, s3_bucket, tmp_path, kill_in
 ):
@@ -124,7 +124,7 @@ def test_kill_9_of_the_driver_then_rerun_to_s3_redoes_only_unfinished_tasks(
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, f"the run finished before it could be killed: {proc.stderr.read()[-2000:]}"
     done = {k: _committed(s3_server, url, k) for k in ("map", "reduce", "df", "count", "write")}
-    assert done[kill_in] and len(done["map"]) < 5 or kill_in == "write"  # killed mid-run
+    assert 0 < len(done[kill_in]) < 5  # killed mid-pass (5 input partitions)
     assert not storage.exists(f"{url}/manifest.json")
     assert storage.exists(f"{url}/.mine_labels.lock")  # the dead driver's lock: the rerun takes it over (pid gone)
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
