@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from labels import lifetime
+from labels.store import committed
 
 log = logging.getLogger(__name__)
 ENGINES = ("local", "ray")
@@ -42,7 +43,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @dataclass
 class Task:
-    """One call ``fn(*args)`` that writes ``done_path`` last; ``name`` is what errors report."""
+    """One call ``fn(*args)`` that writes ``done_path`` (its commit marker: a file, or an object on a store) last;
+    ``name`` is what errors report."""
 
     name: str
     done_path: str
@@ -102,18 +104,28 @@ def resolve_workers(workers: int | None) -> int:
     return available_cpus() if workers is None else int(workers)
 
 
+def _worker_init(driver_pid: int, driver_start: int | None, environ: dict[str, str]) -> None:
+    """Pool initializer: the driver's environment (the forkserver, started by an earlier run of this process, forks
+    workers with the environment it had then: storage credentials and endpoints set since were missing, measured),
+    then ``lifetime.die_with``."""
+    for key in set(os.environ) - set(environ):
+        del os.environ[key]
+    os.environ.update(environ)
+    lifetime.die_with(driver_pid, driver_start)
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     # forkserver: workers fork from a clean server that preloads the pass module (imports once, no
     # threads inherited from a driver that may hold torch/tokenizer threads). Each worker dies with
     # this process (lifetime.die_with: the forkserver does not, while its workers live).
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["labels.passes", "labels._inflect", "labels.lifetime"])
+    ctx.set_forkserver_preload(["labels.passes", "labels._inflect", "labels.lifetime", "labels.engine"])
     me = os.getpid()
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=ctx,
-        initializer=lifetime.die_with,
-        initargs=(me, lifetime.process_start(me)),
+        initializer=_worker_init,
+        initargs=(me, lifetime.process_start(me), dict(os.environ)),
     )
 
 
@@ -151,11 +163,12 @@ class Engine:
 
     # ------------------------------------------------------------------ public
     def run_pass(self, name: str, fn: Callable, tasks: Sequence[Task]) -> PassStats:
-        """Run every task whose ``done_path`` does not exist yet; raise ``PassFailed`` at the end if
+        """Run every task whose ``done_path`` does not exist yet (``labels.store.committed``); raise ``PassFailed`` at the end if
         any failed (the others are complete on disk)."""
         t0 = time.perf_counter()
         stats = PassStats(name, tasks=len(tasks))
-        todo = [t for t in tasks if not os.path.exists(t.done_path)]
+        done = committed([t.done_path for t in tasks])
+        todo = [t for t in tasks if t.done_path not in done]
         stats.already_done = len(tasks) - len(todo)
         failures: dict[str, str] = {}
         with tqdm(total=len(todo), desc=name, disable=not self.progress, dynamic_ncols=True, unit=" tasks") as bar:
@@ -229,7 +242,7 @@ class Engine:
                 self._executor = None
                 retry = []
                 for t in pending:
-                    if os.path.exists(t.done_path):
+                    if committed([t.done_path]):
                         bar.update()
                         continue
                     attempts[t.name] += 1

@@ -35,6 +35,18 @@ Three mechanisms, each for a failure measured on the code before them (docs/labe
   let a stale task of the old config commit a stats file that the new run then trusts. Why not the lock alone:
   it is released when the driver dies, while its workers may still be finishing a task.
 
+* **An output on an object store** (``ObjectLock``, ``output=s3://...``): no ``flock`` there. The run lock is an
+  object ``<output>/.mine_labels.lock`` created with an exclusive PUT (``If-None-Match: *``) that holds the driver's
+  pid, host and token, and that the driver rewrites every ``LOCK_HEARTBEAT_S`` as a compare-and-swap on its ETag
+  (``If-Match``). A second driver finds it taken and stops naming the holder, unless the holder is dead: on this
+  host its pid is gone (taken over at once), on another host its ETag has not changed for ``LOCK_STALE_S`` (taken
+  over by a compare-and-swap on that ETag, so two drivers racing for a stale lock cannot both win). A driver whose
+  heartbeat finds the lock taken stops before it writes anything more (``check``). Tasks are not fenced by a lock:
+  a task of a dead run that is still running writes its files under its own attempt prefix and its commit marker
+  with an exclusive PUT (labels/store.py ``TaskFiles``), so it can never replace what a new run committed, and a
+  run with another config uses another work prefix (labels/pipeline.py). ``fenced_call`` only saves such a task
+  the work: it checks the lock object still names its run.
+
 Linux mechanisms (pidfd, ``/proc``, ``flock``): elsewhere the workers' watchdog polls the driver's pid, the guard
 is not started, and a file system without ``flock`` runs unfenced, with a warning.
 """
@@ -60,6 +72,9 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 RUN_LOCK = ".mine_labels.lock"
+LOCK_HEARTBEAT_S = 10.0  # how often a driver rewrites its lock object (output on an object store)
+LOCK_STALE_ENV = "MINE_LABELS_LOCK_STALE_S"
+LOCK_STALE_S = 60.0  # a lock object unchanged this long belongs to a dead driver (another host)
 TASK_LOCK = ".mine_labels.tasks.lock"
 SURVIVOR_WAIT_S = 30.0  # how long a new run waits for tasks of an earlier run to finish or die
 REAP_S = 5.0  # how long the guard keeps killing processes of the run (some may be starting)
@@ -296,10 +311,11 @@ def _guard_main(driver_pid: int) -> None:
 # ---------------------------------------------------------------------------------------- the output lock
 @dataclass(frozen=True)
 class Fence:
-    """What a task needs to check that its run still owns the output folder (``fenced_call``)."""
+    """What a task needs to check that its run still owns the output folder (``fenced_call``): on an object store
+    ``run_lock`` is the lock object's URL and there is no ``task_lock``."""
 
     run_lock: str
-    task_lock: str
+    task_lock: str | None
     token: str
 
 
@@ -318,6 +334,10 @@ def fenced_call(fence: Fence | None, fn, *args):
 
     Raises ``StaleRun`` (nothing written) when another run holds the output folder."""
     if fence is None:
+        return fn(*args)
+    if fence.task_lock is None:  # an output on an object store (ObjectLock): the token check alone
+        if ObjectLock.holder(fence.run_lock).get("token") != fence.token:
+            raise StaleRun(f"{fence.run_lock} no longer names this task's run: nothing written")
         return fn(*args)
     fd = os.open(fence.task_lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -424,6 +444,9 @@ class OutputLock:
         finally:
             os.close(tfd)  # releases the probe's exclusive lock
 
+    def check(self) -> None:
+        """Nothing to check: the kernel holds the lock until this process exits."""
+
     def release(self) -> None:
         """Clear the holder record (stale tasks then see no token) and drop the lock."""
         if self._fd is not None:
@@ -431,6 +454,219 @@ class OutputLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+
+
+def _stale_s() -> float:
+    value = os.environ.get(LOCK_STALE_ENV)
+    try:
+        return float(value) if value else LOCK_STALE_S
+    except ValueError:
+        raise ValueError(f"{LOCK_STALE_ENV}={value!r} is not a number of seconds") from None
+
+
+def _precondition_failed(err: BaseException) -> bool:
+    """Whether a write failed its condition (412: If-Match / If-None-Match) or found no object to match."""
+    while err is not None:
+        response = getattr(err, "response", None)
+        if isinstance(response, dict) and (response.get("Error") or {}).get("Code") in ("PreconditionFailed", "412"):
+            return True
+        if isinstance(err, FileNotFoundError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+class ObjectLock:
+    """The driver's hold on an output on an object store (see the module docstring): ``acquire`` once, ``check``
+    before writing, ``release`` at the end.
+
+    Compare-and-swap needs conditional PUTs (``If-Match``): AWS S3, MinIO, Ceph and moto have them through s3fs.
+    Other fsspec stores get a read-compare-write (a window of one round trip between two drivers taking over a stale
+    lock at the same moment), with a warning.
+    """
+
+    def __init__(self, out: str, heartbeat_s: float = LOCK_HEARTBEAT_S, stale_s: float | None = None) -> None:
+        import storage
+
+        self.out = out
+        self.url = out.rstrip("/") + "/" + RUN_LOCK
+        self.heartbeat_s = heartbeat_s
+        self.stale_s = _stale_s() if stale_s is None else stale_s
+        self.fs, self.path = storage.url_to_fs(self.url)
+        self.conditional = storage.protocol(self.url) in ("s3", "s3a")
+        self.lost: str | None = None
+        self._record: dict = {}
+        self._etag: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -------------------------------------------------------------- object operations
+    @staticmethod
+    def holder(url: str) -> dict:
+        """The record the lock object ``url`` holds; {} when there is none."""
+        import storage
+
+        try:
+            return json.loads(storage.read_bytes(url))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _read(self) -> tuple[dict, str] | None:
+        """(record, ETag) of the lock object, None when there is none."""
+        import storage
+
+        def read():
+            self.fs.invalidate_cache(self.path)
+            try:
+                info = self.fs.info(self.path)
+                return json.loads(self.fs.cat_file(self.path)), str(info.get("ETag") or info.get("etag") or "")
+            except FileNotFoundError:
+                return None
+            except ValueError:
+                return {}, str(info.get("ETag") or info.get("etag") or "")
+
+        return storage.retry_call(read, url=self.url, what="read lock")
+
+    def _write(self, record: dict, create: bool = False, if_match: str | None = None) -> str | None:
+        """PUT ``record``: exclusively (``create``) or only over ETag ``if_match``; its new ETag, None when the
+        condition failed."""
+        import storage
+
+        data = json.dumps(record, sort_keys=True).encode()
+
+        def put():
+            try:
+                if create:
+                    out = self.fs.pipe_file(self.path, data, mode="create")
+                elif self.conditional:
+                    out = self.fs.pipe_file(self.path, data, IfMatch=if_match)
+                else:
+                    current = self._read()
+                    if current is None or current[1] != if_match:
+                        return None
+                    out = self.fs.pipe_file(self.path, data)
+            except FileExistsError:
+                return None
+            except OSError as err:
+                if _precondition_failed(err):
+                    return None
+                raise
+            if isinstance(out, dict) and out.get("ETag"):
+                return str(out["ETag"])
+            self.fs.invalidate_cache(self.path)
+            info = self.fs.info(self.path)
+            return str(info.get("ETag") or info.get("etag") or "")
+
+        return storage.retry_call(put, url=self.url, what="write lock")
+
+    def _ours(self, record: dict) -> str | None:
+        """The lock object's ETag if it holds exactly ``record`` (a conditional PUT that went through before a transient
+        error fails its condition when retried: it must not read as lost), else None."""
+        current = self._read()
+        if current is not None and current[0] == json.loads(json.dumps(record)):
+            return current[1]
+        return None
+
+    # -------------------------------------------------------------- the hold
+    def acquire(self) -> Fence:
+        """Create the lock object (or take it over from a dead driver) and start the heartbeat.
+
+        Raises:
+            OutputBusy: a live driver holds the output (named: pid, host, start), or another driver won a takeover.
+        """
+        if not self.conditional:
+            log.warning("%s: no conditional writes on this store: two drivers may both take a stale lock", self.out)
+        token = secrets.token_hex(16)
+        me = os.getpid()
+        self._record = {
+            "pid": me,
+            "pid_start": process_start(me),
+            "host": socket.gethostname(),
+            "token": token,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "beat": 0,
+        }
+        etag = self._write(self._record, create=True)
+        if etag is None:
+            etag = self._ours(self._record) or self._take_over()
+        self._etag = etag
+        self._thread = threading.Thread(target=self._beat, name="output-lock-heartbeat", daemon=True)
+        self._thread.start()
+        return Fence(self.url, None, token)
+
+    def _busy(self, h: dict, why: str = "") -> OutputBusy:
+        who = f"pid {h['pid']} on {h.get('host', '?')}, started {h.get('started', '?')}" if h else "another process"
+        return OutputBusy(
+            f"output {self.out} is being written by another mining run ({who}){why}: wait for it to end or stop it, "
+            f"or choose another output"
+        )
+
+    def _take_over(self) -> str:
+        """The lock object exists: take it over if its driver is dead, else raise ``OutputBusy``."""
+        current = self._read()
+        if current is None:  # released in between
+            etag = self._write(self._record, create=True)
+            if etag is None:
+                raise self._busy(self.holder(self.url), " (it took the output a moment ago)")
+            return etag
+        held, etag = current
+        if held.get("host") == socket.gethostname() and held.get("pid"):
+            if _alive(int(held["pid"]), held.get("pid_start")):
+                raise self._busy(held)
+            why = f"its driver, pid {held['pid']} on this host, is gone"
+        else:
+            log.warning(
+                "%s: lock held by %s; taking it over if its heartbeat stays still for %.0f s",
+                self.out,
+                held.get("host", "?"),
+                self.stale_s,
+            )
+            deadline = time.monotonic() + self.stale_s
+            while time.monotonic() < deadline:
+                time.sleep(min(self.heartbeat_s / 2, max(0.0, deadline - time.monotonic())))
+                now = self._read()
+                if now is None or now[1] != etag:
+                    raise self._busy(now[0] if now else held, " (its heartbeat is alive)")
+            why = f"no heartbeat from {held.get('host', '?')} for {self.stale_s:.0f} s"
+        new = self._write(self._record, if_match=etag) or self._ours(self._record)
+        if new is None:
+            raise self._busy(self.holder(self.url), " (it took the output a moment ago)")
+        log.warning("%s: took over the output lock (%s)", self.out, why)
+        return new
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            record = {**self._record, "beat": self._record["beat"] + 1}
+            try:
+                etag = self._write(record, if_match=self._etag)
+            except Exception as err:  # the store is away: the next beat tries again (another driver waits stale_s)
+                log.warning("%s: lock heartbeat failed: %s", self.out, err)
+                continue
+            etag = etag or self._ours(record)
+            if etag is None:
+                self.lost = f"another run took over {self.url} (this driver missed its heartbeats)"
+                log.error("%s", self.lost)
+                return
+            self._record, self._etag = record, etag
+
+    def check(self) -> None:
+        """Raise ``OutputBusy`` if this driver lost the output to another run: it must write nothing more."""
+        if self.lost is not None:
+            raise OutputBusy(f"stopping: {self.lost}; nothing more is written by this run")
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lock object if it is still this run's."""
+        import storage
+
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.lost is None and self._etag is not None:
+            with contextlib.suppress(Exception):
+                if self.holder(self.url).get("token") == self._record.get("token"):
+                    storage.remove(self.url)
+        self._etag = None
 
 
 if __name__ == "__main__":  # the guard process: python -m labels.lifetime <driver pid>

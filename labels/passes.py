@@ -13,13 +13,18 @@ Work layout:
 - ``reduce/r<j>/samples.jsonl``: hash partition ``j`` after the duplicate merge and the curation cap,
   ordered by input partition (``stats.json`` indexes each input partition's byte range), plus
   ``df.jsonl``: document frequency of eligible terms over those samples, one line per term partition
-  (byte offsets in ``df_offsets.json``).
+  (byte offsets in ``df_offsets.json``, gathered by the driver into ``df_ranges.bin``: ``write_df_ranges``).
 - ``df/t<k>/vocab.json``: term partition ``k``'s exact document frequencies reduced to its share of the
   vocabulary (``df_task``).
 - ``count/r<j>/counts.npz``: per candidate-vocabulary term, the samples that keep it after the
   per-image cap, and label co-occurrence (COO) for the PPMI embedder.
 - ``write/p<i>/``: the output shards of input partition ``i`` per split and scale bucket (or
   ``samples.jsonl`` in text-only runs); the driver renames them into the dataset folder.
+
+With the work folder on an object store (``output=s3://...``) each task folder holds the task's commit marker
+``commit.json`` and its files under an attempt prefix the marker names (labels/store.py ``TaskFiles``); readers
+find that prefix through ``task_folders`` (the driver's per-pass ``index.json``, else the markers) and read
+byte ranges of the objects, ``store.BATCH`` at a time.
 """
 
 from __future__ import annotations
@@ -39,13 +44,28 @@ from typing import NamedTuple
 
 import numpy as np
 
-from labels import inputs
+import storage
+from labels import inputs, store
 from labels.hashing import content_key, hash_unit, scale_bucket, split_of
 from labels.images import ImageJob, ImageSettings, Preparer, read_bytes, series_key
 from labels.scoring import LIST_SIGNALS, MaskScores, TermScorer, cluster_labels, select_group_labels
 from labels.sources import InputError, Partition, iter_partition
 from labels.sources.base import sniff_raster
-from labels.store import dumps_line, fresh_dir, read_json, read_lines, write_json_atomic, write_lines_atomic
+from labels.store import (
+    BATCH,
+    STATS,
+    TaskFiles,
+    committed_folders,
+    dumps_line,
+    read_json,
+    read_jsons,
+    read_lines,
+    read_range,
+    read_ranges,
+    records,
+    write_json_atomic,
+    write_lines_atomic,
+)
 from labels.templates import (
     MIN_EVIDENCE,
     SERIES_COUNTER,
@@ -194,9 +214,9 @@ def write_df(path: str, df: Counter, df_all: Counter | None, buckets: int) -> li
     return offsets
 
 
-def read_df(path: str, start: int, end: int) -> tuple[dict[str, int], dict[str, int]]:
-    """``(df, df_all)`` of one term partition of a reduce partition's ``df.jsonl`` (see ``write_df``)."""
-    (terms, counts, all_terms, all_counts) = next(read_lines(path, start, end))
+def parse_df(data: bytes) -> tuple[dict[str, int], dict[str, int]]:
+    """``(df, df_all)`` of one term partition of a reduce partition's ``df.jsonl`` (its line, see ``write_df``)."""
+    (terms, counts, all_terms, all_counts) = next(records(data))
 
     def table(joined: str, values: list[int]) -> dict[str, int]:
         return dict(zip(joined.split("\n"), values)) if values else {}
@@ -258,6 +278,7 @@ def _without_gc(task):
         try:
             return task(*args, **kwargs)
         finally:
+            store.TaskFiles.close_all()  # a failed task's node-local staging folder goes too
             if enabled:
                 gc.enable()
 
@@ -275,8 +296,69 @@ def task_dir(work: str, kind: str, i: int) -> str:
     return os.path.join(work, kind, f"{'p' if kind in ('map', 'write') else 'r'}{i:06d}")
 
 
-def stats_path(work: str, kind: str, i: int) -> str:
-    return os.path.join(task_dir(work, kind, i), "stats.json")
+def done_path(work: str, kind: str, i: int) -> str:
+    """The task's commit marker: ``stats.json`` in its folder on local disk, ``commit.json`` on an object store."""
+    return store.done_path(task_dir(work, kind, i))
+
+
+def task_folder(work: str, kind: str, i: int) -> str:
+    """Where a complete task's files are (remote: the attempt prefix its marker names; labels/store.py)."""
+    return task_folders(work, kind, [i])[0]
+
+
+DF_RANGES = "df_ranges.bin"  # the driver's table of every df.jsonl's term-partition byte ranges (write_df_ranges)
+INDEX = "index.json"  # remote: a finished pass's attempt prefix per task, written by the driver (write_index)
+
+
+def task_folders(work: str, kind: str, ids) -> list[str]:
+    """``task_folder`` of each task. Remote: from the pass's index (one read) when the driver wrote it, else from
+    the tasks' commit markers (read concurrently)."""
+    dirs = [task_dir(work, kind, i) for i in ids]
+    if dirs and store.is_remote(work):
+        try:
+            index = read_json(os.path.join(work, kind, INDEX))
+        except FileNotFoundError:
+            index = {}
+        if all(os.path.basename(d) in index for d in dirs):
+            return [os.path.join(d, index[os.path.basename(d)]) for d in dirs]
+    return committed_folders(dirs)
+
+
+def write_index(work: str, kind: str, markers: list[str]) -> None:
+    """Remote work files: after a pass, record each task's attempt prefix (from its commit marker) in one object, so
+    that each task of a later pass reads one object instead of a marker per task it reads from. Markers never change
+    once created, so the index of a pass stays true for as long as the work prefix lives."""
+    if not markers or not store.is_remote(markers[0]):
+        return
+    dirs = [os.path.dirname(m) for m in markers]
+    index = {}
+    for lo in range(0, len(dirs), BATCH):
+        chunk = dirs[lo : lo + BATCH]
+        index.update(zip(map(os.path.basename, chunk), map(os.path.basename, committed_folders(chunk))))
+    write_json_atomic(os.path.join(work, kind, INDEX), index)
+
+
+def read_stats(work: str, kind: str, i: int) -> dict:
+    """A complete task's stats record."""
+    return read_json(os.path.join(task_folder(work, kind, i), STATS))
+
+
+def iter_files(work: str, kind: str, ids, name: str):
+    """``(id, record)`` of the JSON file ``name`` of each task ``ids``, in order, ``store.BATCH`` tasks at a time."""
+    ids = list(ids)
+    for lo in range(0, len(ids), BATCH):
+        chunk = ids[lo : lo + BATCH]
+        yield from zip(chunk, read_jsons([os.path.join(f, name) for f in task_folders(work, kind, chunk)]))
+
+
+def iter_stats(work: str, kind: str, ids):
+    """``(ids, folders, stats records)`` of the tasks ``ids``, ``store.BATCH`` tasks at a time (remote: each batch's
+    markers, then its records, read concurrently), so that a reader of every task's record holds one batch."""
+    ids = list(ids)
+    for lo in range(0, len(ids), BATCH):
+        chunk = ids[lo : lo + BATCH]
+        folders = task_folders(work, kind, chunk)
+        yield chunk, folders, list(read_jsons([os.path.join(f, STATS) for f in folders]))
 
 
 # ---------------------------------------------------------------------------------------- pass 1: map
@@ -295,7 +377,7 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
     """
     t0 = time.perf_counter()
     p = Partition(**part)
-    out = fresh_dir(task_dir(work, "map", p.index))
+    out = TaskFiles(task_dir(work, "map", p.index)).open()
     src = cfg["sources"][p.source]
     text_only = cfg["run"]["text_only"]
     parts_r = cfg["run"]["reduce_partitions"]
@@ -378,16 +460,15 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
     offsets = [0]
     for b in buckets:
         offsets.append(offsets[-1] + sum(len(x) for x in b))
-    write_lines_atomic(os.path.join(out, "units.jsonl"), (x for b in buckets for x in b))
+    write_lines_atomic(out.path("units.jsonl"), (x for b in buckets for x in b))
     ctx_offsets, ctx_lines = [0], []
     for table in records_by_partition(contexts, parts_r):
         ctx_lines.append(dumps_line(["\n".join(table), list(table.values())]))
         ctx_offsets.append(ctx_offsets[-1] + len(ctx_lines[-1]))
-    write_lines_atomic(os.path.join(out, "contexts.jsonl"), ctx_lines)
+    write_lines_atomic(out.path("contexts.jsonl"), ctx_lines)
     kept = {g: sorted(d.items(), key=lambda kv: (kv[1], kv[0]))[: cap + 1] for g, d in sorted(groups.items())}
-    write_json_atomic(os.path.join(out, "groups.json"), kept)
-    write_json_atomic(
-        os.path.join(out, "stats.json"),
+    write_json_atomic(out.path("groups.json"), kept)
+    out.commit(
         {
             "partition": p.name,
             "index": p.index,
@@ -421,25 +502,32 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int 
     number of documents the map tasks counted contexts of (the denominator of ``templates.min_share``).
     """
     t0 = time.perf_counter()
-    out = fresh_dir(task_dir(work, "reduce", r))
+    out = TaskFiles(task_dir(work, "reduce", r)).open()
     min_score = float(cfg["vocab"]["min_score"])
     max_series = int(cfg["curation"]["max_per_series"])
     caps = read_json(os.path.join(work, "caps.json"))
     scorer = _ctx(cfg, "scorer")
     by_key: dict[str, list[tuple[int, MapUnit]]] = {}
     contexts: Counter[str] = Counter()
-    for p in range(num_parts):
-        st = read_json(stats_path(work, "map", p))
-        a, b = st["offsets"][r], st["offsets"][r + 1]
-        if a != b:
-            for line in read_lines(os.path.join(task_dir(work, "map", p), "units.jsonl"), a, b):
+    for ps, folders, sts in iter_stats(work, "map", range(num_parts)):  # BATCH map tasks at a time
+        units = read_ranges(
+            [os.path.join(f, "units.jsonl") for f in folders],
+            [st["offsets"][r] for st in sts],
+            [st["offsets"][r + 1] for st in sts],
+        )
+        ctx = read_ranges(
+            [os.path.join(f, "contexts.jsonl") for f in folders],
+            [st["context_offsets"][r] for st in sts],
+            [st["context_offsets"][r + 1] for st in sts],
+        )
+        for p, data, ctx_data in zip(ps, units, ctx):
+            for line in records(data):
                 unit = MapUnit._make(line)
                 by_key.setdefault(unit.key, []).append((p, unit))
-        a, b = st["context_offsets"][r], st["context_offsets"][r + 1]
-        if a != b:
-            recs, counts = next(read_lines(os.path.join(task_dir(work, "map", p), "contexts.jsonl"), a, b))
-            if counts:
-                contexts.update(dict(zip(recs.split("\n"), counts)))
+            if ctx_data:
+                recs, counts = next(records(ctx_data))
+                if counts:
+                    contexts.update(dict(zip(recs.split("\n"), counts)))
     skipped: dict[int, Counter] = {}
     capped: Counter[str] = Counter()
     df_capped: Counter[str] = Counter()  # terms of the samples the caps drop: df + df_capped = df before the caps
@@ -527,20 +615,19 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int 
         lines.append(line)
         pos += len(line)
     index_offsets.append(pos)
-    write_lines_atomic(os.path.join(out, "samples.jsonl"), lines)
+    write_lines_atomic(out.path("samples.jsonl"), lines)
     df_offsets = write_df(
-        os.path.join(out, "df.jsonl"), df, df + df_capped if df_capped else None, int(cfg["run"]["reduce_partitions"])
+        out.path("df.jsonl"), df, df + df_capped if df_capped else None, int(cfg["run"]["reduce_partitions"])
     )
     # Its own file, not stats.json: every df task reads one per reduce partition, and stats.json holds the
     # per-input-partition index (P entries).
-    write_json_atomic(os.path.join(out, "df_offsets.json"), df_offsets)
+    write_json_atomic(out.path("df_offsets.json"), df_offsets)
     tc = cfg["templates"]
     evidence = max(MIN_EVIDENCE, min(float(tc["min_docs"]), float(tc["min_docs_share"]) * context_docs))
     min_docs = max(evidence, float(tc["min_share"]) * context_docs)
     found, candidates = template_words(contexts, min_docs, float(tc["rigidity"])) if tc["enabled"] else ({}, {})
-    write_json_atomic(os.path.join(out, "templates.json"), {"found": found, "site_candidates": candidates})
-    write_json_atomic(
-        os.path.join(out, "stats.json"),
+    write_json_atomic(out.path("templates.json"), {"found": found, "site_candidates": candidates})
+    out.commit(
         {
             "samples": len(samples),
             "labelable": labelable,
@@ -552,6 +639,17 @@ def reduce_task(cfg: dict, r: int, num_parts: int, work: str, context_docs: int 
             "peak_rss_mb": _rss_mb(),
         },
     )
+
+
+def write_df_ranges(work: str, num_reduce: int) -> None:
+    """After the reduce pass: ``df_ranges.bin``, int64 little-endian ``[term partition j][reduce partition r] ->
+    (start, end)`` of term partition j in reduce partition r's ``df.jsonl``, so that df task j reads its row in one
+    read (R x R x 16 bytes: 16 MB at R = 1,024)."""
+    table = np.zeros((num_reduce, num_reduce, 2), dtype="<i8")
+    for r, offsets in iter_files(work, "reduce", range(num_reduce), "df_offsets.json"):
+        o = np.asarray(offsets, dtype="<i8")
+        table[:, r, 0], table[:, r, 1] = o[:-1], o[1:]
+    storage.write_bytes(os.path.join(work, DF_RANGES), table.tobytes())
 
 
 # ---------------------------------------------------------------------------------------- pass 2b: df
@@ -571,17 +669,26 @@ def df_task(cfg: dict, j: int, num_reduce: int, work: str, num_samples: int) -> 
     approximate.
     """
     t0 = time.perf_counter()
-    out = fresh_dir(task_dir(work, "df", j))
+    out = TaskFiles(task_dir(work, "df", j)).open()
     v = cfg["vocab"]
     templates = read_json(os.path.join(work, "templates.json"))
     df: Counter[str] = Counter()
     capped: Counter[str] = Counter()  # in samples the caps dropped: df + capped = df before the caps
-    for r in range(num_reduce):
-        offsets = read_json(os.path.join(task_dir(work, "reduce", r), "df_offsets.json"))  # small: R + 1 ints
-        part, part_all = read_df(os.path.join(task_dir(work, "reduce", r), "df.jsonl"), offsets[j], offsets[j + 1])
-        df.update(part)
-        if part_all is not part:
-            capped.update({t: c - part.get(t, 0) for t, c in part_all.items() if c > part.get(t, 0)})
+    # Row j of the driver's range table: where term partition j lies in each reduce partition's df.jsonl (one read,
+    # not one df_offsets.json per reduce partition: R x R small reads in all were most of this pass on a store).
+    row = read_range(os.path.join(work, DF_RANGES), j * num_reduce * 16, (j + 1) * num_reduce * 16)
+    ranges = np.frombuffer(row, dtype="<i8").reshape(num_reduce, 2).tolist()
+    for lo in range(0, num_reduce, BATCH):  # BATCH reduce tasks at a time
+        folders = task_folders(work, "reduce", range(lo, min(num_reduce, lo + BATCH)))
+        for data in read_ranges(
+            [os.path.join(f, "df.jsonl") for f in folders],
+            [a for a, _ in ranges[lo : lo + BATCH]],
+            [b for _, b in ranges[lo : lo + BATCH]],
+        ):
+            part, part_all = parse_df(data)
+            df.update(part)
+            if part_all is not part:
+                capped.update({t: c - part.get(t, 0) for t, c in part_all.items() if c > part.get(t, 0)})
     template: dict[str, int] = {}
     if templates:
         template = {t: c for t, c in df.items() if is_template_term(t, templates)}
@@ -593,10 +700,8 @@ def df_task(cfg: dict, j: int, num_reduce: int, work: str, num_samples: int) -> 
     rec["head"] = [list(p) for p in heapq.nsmallest(HEAD_TERMS, (df + capped if capped else df).items(), key=by_df)]
     rec["template_terms"] = len(template)
     rec["template_head"] = [list(p) for p in heapq.nsmallest(HEAD_TERMS, template.items(), key=by_df)]
-    write_json_atomic(os.path.join(out, "vocab.json"), rec)
-    write_json_atomic(
-        os.path.join(out, "stats.json"), {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()}
-    )
+    write_json_atomic(out.path("vocab.json"), rec)
+    out.commit({"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()})
 
 
 # ---------------------------------------------------------------------------------------- pass 3: count
@@ -608,14 +713,14 @@ def count_task(cfg: dict, r: int, work: str, cooccurrence: bool) -> None:
     from labels.cluster import CooccurrenceCounter
 
     t0 = time.perf_counter()
-    out = fresh_dir(task_dir(work, "count", r))
+    out = TaskFiles(task_dir(work, "count", r)).open()
     vocab = read_json(os.path.join(work, "vocab_df.json"))["terms"]
     index = {t: i for i, t in enumerate(vocab)}
     max_labels = int(cfg["vocab"]["max_labels_per_image"])
     mask_score = MaskScores(cfg["signals"]["weights"], cfg["signals"]["combine"])
     kept: list[int] = []  # every sample's kept label ids, concatenated
     counter = CooccurrenceCounter(len(vocab)) if cooccurrence else None
-    for line in read_lines(os.path.join(task_dir(work, "reduce", r), "samples.jsonl")):
+    for line in read_lines(os.path.join(task_folders(work, "reduce", [r])[0], "samples.jsonl")):
         ids = [i for i, _ in select_group_labels(Sample._make(line).terms, index, mask_score, max_labels)]
         kept += ids
         if counter is not None and ids:
@@ -623,12 +728,10 @@ def count_task(cfg: dict, r: int, work: str, cooccurrence: bool) -> None:
             counter.add(ids)
     used = np.bincount(np.asarray(kept, dtype=np.int64), minlength=len(vocab)).astype(np.int64)
     rows, cols, vals = counter.triplets() if counter is not None else (np.zeros(0, np.int64),) * 3
-    tmp = os.path.join(out, "counts.tmp.npz")
+    tmp = out.path("counts.tmp.npz")
     np.savez(tmp, used=used, rows=rows, cols=cols, vals=vals)
-    os.replace(tmp, os.path.join(out, "counts.npz"))
-    write_json_atomic(
-        os.path.join(out, "stats.json"), {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()}
-    )
+    os.replace(tmp, out.path("counts.npz"))
+    out.commit({"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _rss_mb()})
 
 
 # ---------------------------------------------------------------------------------------- pass 4: write
@@ -653,14 +756,17 @@ def unlabelled_reason(terms: list[str], templates: dict, over_ceiling: set[str])
 def _partition_samples(work: str, p: int, num_reduce: int):
     """Samples of input partition ``p`` from every hash partition, in input order (k-way merge)."""
     streams = []
-    for r in range(num_reduce):
-        st = read_json(stats_path(work, "reduce", r))
-        idx = st["index"]
-        parts = idx["parts"]
-        lo = bisect.bisect_left(parts, p)  # parts is sorted
-        if lo < len(parts) and parts[lo] == p:
-            path = os.path.join(task_dir(work, "reduce", r), "samples.jsonl")
-            streams.append(read_lines(path, idx["offsets"][lo], idx["offsets"][lo + 1]))
+    for _, folders, sts in iter_stats(work, "reduce", range(num_reduce)):  # BATCH reduce tasks at a time
+        paths, starts, ends = [], [], []
+        for folder, st in zip(folders, sts):
+            idx = st["index"]
+            parts = idx["parts"]
+            lo = bisect.bisect_left(parts, p)  # parts is sorted
+            if lo < len(parts) and parts[lo] == p:
+                paths.append(os.path.join(folder, "samples.jsonl"))
+                starts.append(idx["offsets"][lo])
+                ends.append(idx["offsets"][lo + 1])
+        streams += [records(data) for data in read_ranges(paths, starts, ends)]
     return heapq.merge(*(map(Sample._make, st) for st in streams), key=operator.attrgetter("seq"))
 
 
@@ -673,7 +779,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
 
     t0 = time.perf_counter()
     p = Partition(**part)
-    out = fresh_dir(task_dir(work, "write", p.index))
+    out = TaskFiles(task_dir(work, "write", p.index)).open()
     lab = read_json(os.path.join(work, "labels.json"))
     vocab, term_cluster = lab["vocab"], lab["term_cluster"]
     index = {t: i for i, t in enumerate(vocab)}
@@ -691,7 +797,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
     split_counts: Counter[str] = Counter()
     bucket_counts: Counter[int] = Counter()
     written = labelled = 0
-    shards = None if text_only else ShardSet(out, scales, cfg["shards"]["maxcount"], cfg["shards"]["maxsize"])
+    shards = None if text_only else ShardSet(out.dir, scales, cfg["shards"]["maxcount"], cfg["shards"]["maxsize"])
     text_lines = []
     rounded = functools.lru_cache(maxsize=None)(lambda x: round(x, 4))  # a handful of distinct scores
     why_unlabelled: Counter[str] = Counter()
@@ -745,7 +851,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
             if bucket >= 0:
                 bucket_counts[bucket] += 1
     if text_only:
-        write_lines_atomic(os.path.join(out, "samples.jsonl"), text_lines)
+        write_lines_atomic(out.path("samples.jsonl"), text_lines)
         splits = None
     else:
         splits = shards.close()
@@ -755,8 +861,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
             raw_counts[i] += n
             origins.setdefault(i, Counter())[origin] = n
     clustered_counts.update(clustered_ids)
-    write_json_atomic(
-        os.path.join(out, "stats.json"),
+    out.commit(
         {
             "partition": p.name,
             "written": written,

@@ -30,13 +30,14 @@ partition and in total: ``read == written + sum(skipped.values())``.
 
 from __future__ import annotations
 
-import glob
 import hashlib
+import io
 import json
 import logging
 import os
 import resource
 import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from scipy import sparse
 
+import storage
 from configs.labels_schema import AUTO_REDUCE_PARTITIONS
 from labels import inputs, passes
 from labels.cluster import (
@@ -60,12 +62,12 @@ from labels.cluster import (
     resolve_embedder,
 )
 from labels.engine import Engine, PassFailed, Task
-from labels.lifetime import OutputBusy, OutputLock
+from labels.lifetime import ObjectLock, OutputBusy, OutputLock
 from labels.passes import build_scorer, merge_signals, text_for_json  # noqa: F401 - re-exported
 from labels.report import write_quality_report, write_report
-from labels.shards import FORMAT_VERSION, MANIFEST, remove_dataset, write_json
+from labels.shards import FORMAT_VERSION, MANIFEST, dataset_files, remove_dataset, write_json
 from labels.sources import InputError, Partition, list_partitions
-from labels.store import read_json, write_json_atomic
+from labels.store import STATS, is_remote, read_json, read_range, read_ranges, upload_folder, write_json_atomic
 from labels.templates import SITE_LIFT, site_affixes
 from labels.vocab import merge_top
 
@@ -113,22 +115,33 @@ def computed_config(cfg: DictConfig) -> dict:
     return d
 
 
-def _prepare_work(work: str, cfg_dict: dict, parts: list[Partition]) -> None:
-    """Reuse ``work`` only when it was made by this config over this partition list; else start fresh."""
+def _prepare_work(work: str, cfg_dict: dict, parts: list[Partition]) -> str:
+    """Reuse ``work`` only when it was made by this config over this partition list; else start fresh. Returns the
+    folder the passes use: ``work`` itself on local disk; on an object store ``work/<fingerprint>``, a prefix of its
+    own per config and input listing, so that a task of an earlier run with another config, still running after its
+    driver died, can never commit into this run's work files (the prefixes of other configs are deleted)."""
     fingerprint = hashlib.sha256(
         json.dumps({"config": cfg_dict, "partitions": [p.to_dict() for p in parts]}, sort_keys=True).encode()
     ).hexdigest()
+    if is_remote(work):
+        own = os.path.join(work, fingerprint[:24])
+        for prefix in storage.listdir(work):
+            if str(prefix).rstrip("/") != own:
+                log.info("removing work files of another config or input listing: %s", prefix)
+                storage.remove(str(prefix), recursive=True)
+        return own
     marker = os.path.join(work, "run.json")
     if os.path.exists(marker):
         try:
             if read_json(marker).get("fingerprint") == fingerprint:
-                return
+                return work
         except (OSError, ValueError):
             pass
         log.info("work folder %s was made by another config or input listing: starting afresh", work)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     write_json_atomic(marker, {"fingerprint": fingerprint})
+    return work
 
 
 def _append_file(src, dst) -> None:
@@ -173,8 +186,9 @@ class _LabelTotals:
 
 
 class _Driver:
-    def __init__(self, cfg: DictConfig, fence=None) -> None:
+    def __init__(self, cfg: DictConfig, fence=None, hold=None) -> None:
         self.cfg = cfg
+        self.hold = hold  # the output lock: check() before every pass and before the dataset is written
         self.cfg_dict = computed_config(cfg)
         self.out = cfg.output
         self.work = os.path.join(self.out, "_work")
@@ -185,20 +199,30 @@ class _Driver:
         self.label_totals = _LabelTotals()
 
     def run_pass(self, name: str, fn, tasks: list[Task]) -> None:
+        self.check_hold()
         try:
             st = self.engine.run_pass(name, fn, tasks)
         except PassFailed as err:
             raise InputError(str(err)) from None
+        passes.write_index(self.work, name, [t.done_path for t in tasks])
         self.passes[name] = st.to_dict()
         self.timings[f"{name}_s"] = st.wall_s
 
+    def check_hold(self) -> None:
+        """Stop (``InputError``) if another run took the output over (an output on an object store: ObjectLock)."""
+        if self.hold is not None:
+            try:
+                self.hold.check()
+            except OutputBusy as err:
+                raise InputError(str(err)) from None
+
     def task_totals(self, kind: str, n: int) -> dict:
         """Summed task seconds and the largest worker peak memory of a pass (from its stats records)."""
-        recs = [read_json(passes.stats_path(self.work, kind, i)) for i in range(n)]
-        return {
-            "task_s": round(sum(r.get("seconds", 0.0) for r in recs), 3),
-            "peak_worker_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in recs), default=0.0),
-        }
+        seconds, peak = 0.0, 0.0
+        for _, rec in passes.iter_files(self.work, kind, range(n), STATS):
+            seconds += rec.get("seconds", 0.0)
+            peak = max(peak, rec.get("peak_rss_mb", 0.0))
+        return {"task_s": round(seconds, 3), "peak_worker_rss_mb": peak}
 
     # ------------------------------------------------------------------------------ caps
     def caps(self, parts: list[Partition]) -> dict:
@@ -209,10 +233,8 @@ class _Driver:
         caps: dict[str, float] = {}
         if cap > 0 and len(self.cfg.curation.group_by):
             merged: dict[str, dict[str, float]] = {}
-            for p in parts:
-                for g, pairs in read_json(
-                    os.path.join(passes.task_dir(self.work, "map", p.index), "groups.json")
-                ).items():
+            for _, groups in passes.iter_files(self.work, "map", [p.index for p in parts], "groups.json"):
+                for g, pairs in groups.items():
                     merged.setdefault(g, {}).update(pairs)
             for g, d in sorted(merged.items()):
                 if len(d) > cap:
@@ -231,7 +253,7 @@ class _Driver:
     # ------------------------------------------------------------------------------ templates
     def context_docs(self, parts: list[Partition]) -> int:
         """Documents the map tasks counted contexts of (the denominator of ``templates.min_share``)."""
-        return sum(read_json(passes.stats_path(self.work, "map", p.index))["context_docs"] for p in parts)
+        return sum(st["context_docs"] for _, st in passes.iter_files(self.work, "map", [p.index for p in parts], STATS))
 
     def templates(self, parts: list[Partition], context_docs: int) -> dict:
         """Join the reduce pass's template words (one list per term partition, disjoint) and the site affixes among
@@ -239,15 +261,14 @@ class _Driver:
         only, so the driver never holds a table of every site."""
         found: dict[str, list] = {}
         candidates: dict[str, list] = {}
-        for r in range(self.R):
-            rec = read_json(os.path.join(passes.task_dir(self.work, "reduce", r), "templates.json"))
+        for _, rec in passes.iter_files(self.work, "reduce", range(self.R), "templates.json"):
             found.update(rec["found"])
             candidates.update(rec["site_candidates"])
         if candidates:
             sites = {c[3] for c in candidates.values()}
             site_docs: Counter[str] = Counter()
-            for p in parts:
-                st = read_json(passes.stats_path(self.work, "map", p.index))["context_sites"]
+            for _, rec in passes.iter_files(self.work, "map", [p.index for p in parts], STATS):
+                st = rec["context_sites"]
                 site_docs.update({s: n for s, n in st.items() if s in sites})
             tc = self.cfg.templates
             found.update(
@@ -269,17 +290,18 @@ class _Driver:
     def vocabulary(self) -> dict:
         """Merge the df pass's per-term-partition shares into the vocabulary (``max_terms`` pairs held at a time)."""
         v = self.cfg.vocab
-        reduce_stats = [read_json(passes.stats_path(self.work, "reduce", r)) for r in range(self.R)]
-        num_samples = sum(st["samples"] for st in reduce_stats)
-        # The ceiling's denominator: samples that can carry a label (an eligible term, after duplicates and caps).
-        labelable = sum(st["labelable"] for st in reduce_stats)
+        num_samples = labelable = 0
+        for _, st in passes.iter_files(self.work, "reduce", range(self.R), STATS):
+            num_samples += st["samples"]
+            # The ceiling's denominator: samples that can carry a label (an eligible term, after duplicates and caps).
+            labelable += st["labelable"]
         self.run_pass(
             "df",
             passes.df_task,
             [
                 Task(
                     f"term partition {j}",
-                    passes.stats_path(self.work, "df", j),
+                    passes.done_path(self.work, "df", j),
                     (self.cfg_dict, j, self.R, self.work, labelable),
                 )
                 for j in range(self.R)
@@ -291,8 +313,7 @@ class _Driver:
         head: list = []
         template_head: list = []
         candidates = template_terms = 0
-        for j in range(self.R):
-            rec = read_json(os.path.join(passes.task_dir(self.work, "df", j), "vocab.json"))
+        for _, rec in passes.iter_files(self.work, "df", range(self.R), "vocab.json"):
             kept = merge_top(kept, rec["kept"], int(v.max_terms))
             dropped = merge_top(dropped, rec["dropped"], None)
             head = merge_top(head, rec["head"], passes.HEAD_TERMS)
@@ -326,8 +347,9 @@ class _Driver:
         # each); above, by the sparse counter's buffered merge.
         dense = np.zeros(n * n, dtype=np.int64) if needs_cooc and n * n <= DENSE_COOC_CELLS else None
         counter = CooccurrenceCounter(n) if needs_cooc and dense is None else None
-        for r in range(self.R):
-            with np.load(os.path.join(passes.task_dir(self.work, "count", r), "counts.npz"), allow_pickle=False) as z:
+        folders = passes.task_folders(self.work, "count", range(self.R))
+        for npz in read_ranges([os.path.join(f, "counts.npz") for f in folders]):
+            with np.load(io.BytesIO(npz), allow_pickle=False) as z:
                 used += z["used"]
                 if dense is not None:
                     # (row, col) pairs of one partition are distinct (CooccurrenceCounter.triplets): += is exact
@@ -394,20 +416,26 @@ class _Driver:
         """Rename each partition's shards into the dataset folder (global numbering in partition
         order), idempotently, and return the manifest's ``splits`` plus the write stats."""
         scales = [float(x) for x in self.cfg.split.scales]
-        wstats = [self.label_totals.add(read_json(passes.stats_path(self.work, "write", p.index))) for p in parts]
-        os.makedirs(self.out, exist_ok=True)
+        indices = [p.index for p in parts]
+        wstats = [self.label_totals.add(rec) for _, rec in passes.iter_files(self.work, "write", indices, STATS)]
+        write_folders = passes.task_folders(self.work, "write", indices)
+        storage.makedirs(self.out)
         manifest_path = os.path.join(self.out, MANIFEST)
-        if os.path.exists(manifest_path):
-            os.remove(manifest_path)  # no manifest may list shards that are being replaced
+        storage.remove(manifest_path)  # no manifest may list shards that are being replaced
         if self.cfg.run.text_only:
             remove_dataset(self.out)
-
-            tmp = os.path.join(self.out, "samples.jsonl.tmp")
-            with open(tmp, "wb") as out:
-                for p in parts:  # whole files, in partition order (line by line was 3 s per 1M samples)
-                    with open(os.path.join(passes.task_dir(self.work, "write", p.index), "samples.jsonl"), "rb") as f:
-                        _append_file(f, out)
-            os.replace(tmp, os.path.join(self.out, "samples.jsonl"))
+            sources = [os.path.join(f, "samples.jsonl") for f in write_folders]
+            if is_remote(self.out):
+                with storage.open_atomic(os.path.join(self.out, "samples.jsonl")) as out:
+                    for src in sources:  # one partition's file at a time, in partition order
+                        out.write(read_range(src))
+            else:
+                tmp = os.path.join(self.out, "samples.jsonl.tmp")
+                with open(tmp, "wb") as out:
+                    for src in sources:  # whole files, in partition order (line by line was 3 s per 1M samples)
+                        with open(src, "rb") as f:
+                            _append_file(f, out)
+                os.replace(tmp, os.path.join(self.out, "samples.jsonl"))
             split_counts, bucket_counts = Counter(), Counter()
             for w in wstats:
                 split_counts.update(w["split_counts"])
@@ -424,8 +452,7 @@ class _Driver:
         plan = []  # (src, dst, entry)
         train_by_bucket: dict[float, list] = {s: [] for s in scales}
         val = []
-        for p, w in zip(parts, wstats):
-            d = passes.task_dir(self.work, "write", p.index)
+        for d, w in zip(write_folders, wstats):
             for sh in w["splits"]["train"]["shards"]:
                 train_by_bucket[sh["scale_bucket"]].append((os.path.join(d, sh["url"]), sh))
             for sh in w["splits"]["val"]["shards"]:
@@ -443,15 +470,22 @@ class _Driver:
             plan.append((src, os.path.join(self.out, entry["url"])))
             val_shards.append(entry)
         targets = {dst for _, dst in plan}
-        for pattern in ("train-b*-*.tar", "val-*.tar", "samples.jsonl"):
-            for path in glob.glob(os.path.join(self.out, pattern)):
-                if path not in targets:
-                    os.remove(path)  # a stale shard of an earlier, different run
-        for src, dst in plan:
-            if os.path.exists(src):
-                os.replace(src, dst)
-            elif not os.path.exists(dst):
-                raise InputError(f"shard {src} vanished before it was moved to {dst}: remove {self.work} and rerun")
+        for path in dataset_files(self.out):
+            if path not in targets:
+                storage.remove(path)  # a stale shard of an earlier, different run
+        if is_remote(self.out):
+            # No rename on an object store: each shard is copied by the store itself (server-side, no bytes through
+            # this driver) to its final name; the work files go when the run ends, so a rerun copies again.
+            fs, _ = storage.url_to_fs(self.out)
+            for src, dst in plan:
+                s_in, d_in = fs._strip_protocol(src), fs._strip_protocol(dst)
+                storage.retry_call(lambda s_in=s_in, d_in=d_in: fs.copy(s_in, d_in), url=dst, what="copy")
+        else:
+            for src, dst in plan:
+                if os.path.exists(src):
+                    os.replace(src, dst)
+                elif not os.path.exists(dst):
+                    raise InputError(f"shard {src} vanished before it was moved to {dst}: remove {self.work} and rerun")
         splits = {
             "train": {
                 "num_samples": sum(s["num_samples"] for s in train_shards),
@@ -479,8 +513,9 @@ def run(cfg: DictConfig) -> MiningResult:
     """
     t_start = time.perf_counter()
     check_inputs(cfg)
-    # The driver holds the output folder for its lifetime; its tasks are fenced by it (labels/lifetime.py).
-    lock = OutputLock(cfg.output)
+    # The driver holds the output folder for its lifetime; its tasks are fenced by it (labels/lifetime.py). On an
+    # object store the hold is a lock object with a heartbeat (ObjectLock), checked before each pass and the output.
+    lock = ObjectLock(cfg.output) if is_remote(cfg.output) else OutputLock(cfg.output)
     try:
         fence = lock.acquire()
     except OutputBusy as err:
@@ -488,7 +523,7 @@ def run(cfg: DictConfig) -> MiningResult:
     except OSError as err:  # an output folder that cannot be created or written
         raise InputError(f"cannot write to output {cfg.output}: {err}") from None
     try:
-        d = _Driver(cfg, fence)
+        d = _Driver(cfg, fence, lock)
         try:
             return _run(d, cfg, t_start)
         finally:
@@ -502,9 +537,9 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     parts = list_partitions(cfg.sources, int(cfg.run.partition_size))
     if not parts:
         raise InputError("the configured sources hold no input")
-    os.makedirs(d.out, exist_ok=True)
+    storage.makedirs(d.out)
     d.resolve_reduce_partitions(len(parts))
-    _prepare_work(d.work, d.cfg_dict, parts)
+    d.work = _prepare_work(d.work, d.cfg_dict, parts)
     d.timings["list_s"] = time.perf_counter() - t
     work, cd, R = d.work, d.cfg_dict, d.R
     P = len(parts)
@@ -512,7 +547,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     d.run_pass(
         "map",
         passes.map_task,
-        [Task(p.name, passes.stats_path(work, "map", p.index), (cd, p.to_dict(), work)) for p in parts],
+        [Task(p.name, passes.done_path(work, "map", p.index), (cd, p.to_dict(), work)) for p in parts],
     )
     t = time.perf_counter()
     caps = d.caps(parts)
@@ -522,17 +557,18 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
         "reduce",
         passes.reduce_task,
         [
-            Task(f"hash partition {r}", passes.stats_path(work, "reduce", r), (cd, r, P, work, context_docs))
+            Task(f"hash partition {r}", passes.done_path(work, "reduce", r), (cd, r, P, work, context_docs))
             for r in range(R)
         ],
     )
     templates = d.templates(parts, context_docs)
+    passes.write_df_ranges(work, R)
     vinfo = d.vocabulary()
     needs_cooc = bool(cfg.cluster.enabled) and cfg.cluster.embedder in ("auto", "ppmi")
     d.run_pass(
         "count",
         passes.count_task,
-        [Task(f"hash partition {r}", passes.stats_path(work, "count", r), (cd, r, work, needs_cooc)) for r in range(R)],
+        [Task(f"hash partition {r}", passes.done_path(work, "count", r), (cd, r, work, needs_cooc)) for r in range(R)],
     )
     t = time.perf_counter()
     lab = d.labels(vinfo, needs_cooc)
@@ -540,9 +576,10 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     d.run_pass(
         "write",
         passes.write_task,
-        [Task(p.name, passes.stats_path(work, "write", p.index), (cd, p.to_dict(), work, R)) for p in parts],
+        [Task(p.name, passes.done_path(work, "write", p.index), (cd, p.to_dict(), work, R)) for p in parts],
     )
     t = time.perf_counter()
+    d.check_hold()
     splits, wstats = d.collect(parts)
     d.timings["collect_s"] = time.perf_counter() - t
 
@@ -552,8 +589,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     reduce_skips: dict[str, Counter] = {}
     group_cap: Counter[str] = Counter()
     series_scaffold: Counter[str] = Counter()  # a series' own caption word -> kept copies it was dropped from
-    for r in range(R):
-        rs = read_json(passes.stats_path(work, "reduce", r))
+    for _, rs in passes.iter_files(work, "reduce", range(R), STATS):
         for part, sk in rs["skipped_by_part"].items():
             reduce_skips.setdefault(part, Counter()).update(sk)
         group_cap.update(rs["group_cap"])
@@ -562,8 +598,8 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     fingerprints = hashlib.sha256()
     boilerplate: Counter[str] = Counter()
     bad_inputs: list[dict] = []  # input tars not readable to their end (run.on_bad_input=skip), in input order
-    for p, w in zip(parts, wstats):
-        m = read_json(passes.stats_path(work, "map", p.index))
+    map_stats = passes.iter_files(work, "map", [p.index for p in parts], STATS)
+    for p, w, (_, m) in zip(parts, wstats, map_stats):
         fingerprints.update(m["fingerprint"].encode())
         boilerplate.update(m["boilerplate"])
         sk = Counter(m["skipped"])
@@ -627,7 +663,8 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     if cfg.run.text_only:
         manifest["text_only"] = True
     manifest_path = os.path.join(d.out, MANIFEST)
-    write_json(manifest_path, manifest)
+    d.check_hold()
+    write_json(manifest_path, manifest)  # last of the dataset: a reader never sees a manifest listing a missing shard
 
     # ---------------------------------------------------------------- report
     t = time.perf_counter()
@@ -688,7 +725,9 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
         "clustering": lab["clustering"],
         "input_fingerprint": fingerprint,
     }
-    report_dir = os.path.join(d.out, "report")
+    report_url = os.path.join(d.out, "report")
+    # On an object store the report is written into a local folder, then uploaded (stats.json last).
+    report_dir = tempfile.mkdtemp(prefix="mine_labels-report-") if is_remote(d.out) else report_url
     stats = write_report(report_dir, stats, vocab, raw_counts, names, clustered_counts, members, per_image)
     write_quality_report(report_dir, stats, vocab, raw_counts, totals.origins)
     with open(os.path.join(report_dir, "partitions.jsonl"), "w", encoding="ascii") as f:
@@ -699,8 +738,16 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     stats["timings"] = {k: round(v, 3) for k, v in d.timings.items()}
     stats["peak_rss_mb"] = _peak_rss_mb()
     write_json(os.path.join(report_dir, "stats.json"), stats)
+    if report_dir != report_url:
+        try:
+            upload_folder(report_dir, report_url, last="stats.json")
+        finally:
+            shutil.rmtree(report_dir, ignore_errors=True)
     if not cfg.run.keep_work:
-        shutil.rmtree(d.work, ignore_errors=True)
+        if is_remote(d.out):
+            storage.remove(os.path.join(d.out, "_work"), recursive=True)
+        else:
+            shutil.rmtree(d.work, ignore_errors=True)
     return MiningResult(
         output=d.out,
         manifest_path=None if cfg.run.text_only else manifest_path,

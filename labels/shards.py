@@ -14,6 +14,8 @@ import json
 import os
 from collections.abc import Sequence
 
+import storage
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -91,15 +93,31 @@ class ShardSet:
         }
 
 
+DATASET_FILES = ("train-b*-*.tar", "val-*.tar", MANIFEST, "samples.jsonl")
+
+
+def dataset_files(out_dir: str) -> list[str]:
+    """The shards, manifest and text-only samples in ``out_dir`` (a folder or an object-store URL), as
+    ``os.path.join(out_dir, name)``."""
+    if not storage.is_remote(out_dir):
+        return [p for pattern in DATASET_FILES for p in glob.glob(os.path.join(out_dir, pattern))]
+    names = {p.name for pattern in DATASET_FILES for p in storage.glob(out_dir, pattern)}
+    return [os.path.join(out_dir, n) for n in sorted(names)]
+
+
 def remove_dataset(out_dir: str) -> None:
     """Delete the shards and manifest of an earlier run (so none is listed stale or left orphaned)."""
-    for pattern in ("train-b*-*.tar", "val-*.tar", MANIFEST, "samples.jsonl"):
-        for path in glob.glob(os.path.join(out_dir, pattern)):
-            os.remove(path)
+    for path in dataset_files(out_dir):
+        storage.remove(path)
 
 
 def write_json(path: str, obj) -> None:
-    """Write JSON atomically (temp file + rename), sorted keys, so a reader never sees half a file."""
+    """Write JSON atomically (temp file + rename; on an object store one PUT), sorted keys, so a reader never sees
+    half a file."""
+    if storage.is_remote(path):
+        text = json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+        storage.write_text(path, text)
+        return
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1, sort_keys=True, ensure_ascii=False)

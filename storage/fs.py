@@ -39,6 +39,7 @@ __all__ = [
     "PathLike",
     "as_path",
     "atomic_write",
+    "create",
     "exists",
     "glob",
     "is_remote",
@@ -354,3 +355,40 @@ def write_bytes(url: PathLike, data: bytes, durable: bool = False) -> None:
 
 def write_text(url: PathLike, text: str, encoding: str = "utf-8", durable: bool = False) -> None:
     write_bytes(url, text.encode(encoding), durable=durable)
+
+
+def create(url: PathLike, data: bytes) -> bool:
+    """Write ``data`` to ``url`` only if nothing is there yet: True when this call created it, False when it existed.
+
+    Object stores: one exclusive PUT where the backend has one (s3fs sends ``If-None-Match: *``, which AWS S3, MinIO
+    and moto honour: two writers racing, exactly one wins); other fsspec filesystems check, then write (fsspec's
+    ``mode="create"``: a window between the two). Local paths: ``O_EXCL`` on a temporary name linked into place, so
+    the file appears whole and only once. Remote writes are retried on transient errors; a retried PUT that finds
+    its own earlier attempt committed answers False (the caller cannot tell it apart from another writer).
+    """
+    if not is_remote(url):
+        target = local_path(url)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())
+            try:
+                os.link(tmp, target)  # fails if the target exists: exclusive, and the content is already whole
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    fs, path = url_to_fs(url)
+
+    def put() -> bool:
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    return retry_call(put, url=url, what="create")
