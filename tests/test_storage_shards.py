@@ -194,3 +194,46 @@ def test_a_pass_resumed_mid_epoch_from_the_bucket_continues_exactly(shards, s3_s
     for k in (3, len(full) - 2):
         resumed = PassLoader("weak_label", WeakLabelSource(cfg).train_source(0, 1), EpochClock())
         assert [b["key"] for b in resumed.run_pass(1, 0, loader.position(1, 0, k))] == full[k:], f"after {k} batches"
+
+
+@pytest.fixture()
+def http_server(shards):
+    """The shard folder served by Python's own HTTP server, a separate process on 127.0.0.1 (a plain web host:
+    no S3 API, ranged GETs only)."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = Path(shards["manifest"]).parent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{url}/manifest.json", timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_a_pass_reads_shards_and_manifest_from_a_plain_web_host_like_local_disk(shards, http_server):
+    """``https://`` / ``http://`` shard sets (a dataset published on a web host) go through the same fsspec path: the
+    manifest and every shard over HTTP give the batches of local disk, and a resumed pass continues exactly."""
+    workers = "data.num_workers=2"
+    cfg = compose_cfg(f"{http_server}/manifest.json", workers)
+    full, loader = _pass_keys(cfg, 1)
+    assert full == _pass_keys(compose_cfg(shards["manifest"], workers), 1)[0]
+    assert not loader.counts  # nothing skipped
+    resumed = PassLoader("weak_label", WeakLabelSource(cfg).train_source(0, 1), EpochClock())
+    k = len(full) // 2
+    assert [b["key"] for b in resumed.run_pass(1, 0, loader.position(1, 0, k))] == full[k:]
