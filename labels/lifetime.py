@@ -457,11 +457,9 @@ class OutputLock:
 
 
 def _stale_s() -> float:
-    value = os.environ.get(LOCK_STALE_ENV)
-    try:
-        return float(value) if value else LOCK_STALE_S
-    except ValueError:
-        raise ValueError(f"{LOCK_STALE_ENV}={value!r} is not a number of seconds") from None
+    from storage.retry import env_seconds
+
+    return env_seconds(LOCK_STALE_ENV, LOCK_STALE_S)
 
 
 def _precondition_failed(err: BaseException) -> bool:

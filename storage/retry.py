@@ -47,13 +47,19 @@ class StorageError(OSError):
     """A storage operation that kept failing with transient errors until its deadline (the URL is in the message)."""
 
 
+def env_seconds(name: str, default: float) -> float:
+    """A duration in seconds from the environment variable ``name`` (unset or empty: ``default``); a value that is
+    not a number raises naming the variable."""
+    value = os.environ.get(name)
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number of seconds") from None
+
+
 def deadline_s() -> float:
     """The retry deadline in seconds: ``$STORAGE_RETRY_DEADLINE_S``, else 120."""
-    value = os.environ.get(DEADLINE_ENV)
-    try:
-        return float(value) if value else DEFAULT_DEADLINE_S
-    except ValueError:
-        raise ValueError(f"{DEADLINE_ENV}={value!r} is not a number of seconds") from None
+    return env_seconds(DEADLINE_ENV, DEFAULT_DEADLINE_S)
 
 
 def _transient_types() -> tuple[type[BaseException], ...]:
