@@ -145,11 +145,18 @@ SUSPECT_KNOB = (
 
 
 def scaffold_suspect(
-    images: int, label_origins: Mapping[str, int], origin_written: Mapping[str, int], written: int
+    images: int,
+    label_origins: Mapping[str, int],
+    origin_written: Mapping[str, int],
+    written: int,
+    cover: float = SUSPECT_COVER,
+    concentration: float = SUSPECT_CONCENTRATION,
+    lift: float = SUSPECT_LIFT,
 ) -> tuple[bool, list[list]]:
     """Whether a label with ``images`` images, ``label_origins`` (origin -> its images) of them, looks like scaffolding
     of the origins it is bound to (thresholds ``SUSPECT_*`` above); and those origins as ``[origin, images, share of
-    the origin's written images]``, largest first.
+    the origin's written images]``, largest first. The thresholds are arguments for benchmarks/bench_web_labels.py's
+    sensitivity grid.
 
     The numbers cannot tell a site's template word ("envelope included" on half a print shop's captions) from a
     topical site's subject ("flag" on half a flag shop's): both are flagged, and the report leaves the call to the
@@ -158,7 +165,7 @@ def scaffold_suspect(
         (
             [o, n, round(n / origin_written[o], 3)]
             for o, n in label_origins.items()
-            if origin_written.get(o, 0) > 0 and n >= SUSPECT_COVER * origin_written[o]
+            if origin_written.get(o, 0) > 0 and n >= cover * origin_written[o]
         ),
         key=lambda e: (-e[1], e[0]),
     )
@@ -166,7 +173,7 @@ def scaffold_suspect(
         return False, bound
     share = sum(n for _, n, _ in bound) / images
     size = sum(origin_written[o] for o, _, _ in bound) / written
-    return share >= SUSPECT_CONCENTRATION and share >= SUSPECT_LIFT * size, bound
+    return share >= concentration and share >= lift * size, bound
 
 
 def write_quality_report(
