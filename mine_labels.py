@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from configs.cli import run_main
@@ -40,6 +41,7 @@ def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from labels.pipeline import run
+    from labels.report import suspects_warning
 
     result = run(load_labels_config(args.config, overrides))
     s = result.stats
@@ -60,6 +62,9 @@ def _main(argv: list[str] | None) -> int:
         f"labels/image raw {s['labels_per_image']['raw']['mean']:.2f}"
     )
     print(f"time {s['timings']['total_s']:.1f} s  peak RSS {s['peak_rss_mb']:.0f} MB  report: {result.output}/report/")
+    warning = suspects_warning(os.path.join(result.output, "report"))
+    if warning:
+        print(warning)
     return 0
 
 

@@ -117,6 +117,18 @@ def quality(out: Path, truth: list[dict], stats: dict, max_series: int) -> dict:
             series_labelled += bool(set(labels) & content_terms[key])
     labelled = sum(1 for m in samples if m["terms"])
     c = stats["counts"]
+    # The report's suspect marker (labels.report.scaffold_suspect) against the oracle: a head label is a template word
+    # when fewer than half of the written images carrying it have it among their content terms.
+    carried: Counter[str] = Counter()
+    as_content: Counter[str] = Counter()
+    for meta in samples:
+        key = meta["uids"][0].split(":", 1)[1]
+        for x in meta["terms"]:
+            carried[x] += 1
+            as_content[x] += x in content_terms[key]
+    head = json.loads((out / "report" / "label_quality.json").read_text())["head"]
+    template_head = [h for h in head if as_content[h["label"]] < carried[h["label"]] / 2]
+    content_head = [h for h in head if as_content[h["label"]] >= carried[h["label"]] / 2]
     return {
         "read": c["read"],
         "written_with_label": labelled,
@@ -136,7 +148,60 @@ def quality(out: Path, truth: list[dict], stats: dict, max_series: int) -> dict:
         },
         "vocab": stats["vocab"]["raw"],
         "head": [t for t, _ in stats["top_labels"]["raw"][:12]],
+        "suspects": {
+            "head_labels": len(head),
+            "template_flagged": [sum(h["suspect"] for h in template_head), len(template_head)],
+            "content_flagged": [sum(h["suspect"] for h in content_head), len(content_head)],
+            "template_missed": [h["label"] for h in template_head if not h["suspect"]],
+            "content_flagged_labels": [h["label"] for h in content_head if h["suspect"]],
+            # written images carrying at least one flagged template label, of those carrying a template label
+            "template_images_flagged": _flagged_images(
+                samples, content_terms, {h["label"] for h in head if h["suspect"]}
+            ),
+            "grid": _suspect_grid(samples, by_key, head, template_head),
+        },
     }
+
+
+SUSPECT_GRID = [(0.2, 0.5, 2.0), (0.25, 0.5, 2.0), (0.3, 0.5, 2.0), (0.3, 0.4, 2.0), (0.3, 0.5, 3.0), (0.4, 0.5, 2.0)]
+
+
+def _suspect_grid(samples: list[dict], by_key: dict, head: list[dict], template_head: list[dict]) -> dict:
+    """The suspect rule under other thresholds (cover, concentration, lift), from exact per-site counts of the written
+    samples (the truth's site): "cover/concentration/lift" -> [template head labels flagged, content head labels
+    flagged]."""
+    from labels.report import scaffold_suspect
+
+    site_written: Counter[str] = Counter()
+    label_sites: dict[str, Counter] = {}
+    for meta in samples:
+        site = by_key[meta["uids"][0].split(":", 1)[1]]["site"]
+        site_written[site] += 1
+        for x in meta["terms"]:
+            label_sites.setdefault(x, Counter())[site] += 1
+    templates = {h["label"] for h in template_head}
+    grid = {}
+    for cover, conc, lift in SUSPECT_GRID:
+        flagged = {
+            h["label"]
+            for h in head
+            if scaffold_suspect(
+                h["images"], label_sites.get(h["label"], {}), site_written, len(samples), cover, conc, lift
+            )[0]
+        }
+        grid[f"{cover}/{conc}/{lift}"] = [len(flagged & templates), len(flagged - templates)]
+    return grid
+
+
+def _flagged_images(samples: list[dict], content_terms: dict, flagged: set[str]) -> list[int]:
+    """[written images with a flagged non-content label, written images with any non-content label]."""
+    hit = total = 0
+    for meta in samples:
+        key = meta["uids"][0].split(":", 1)[1]
+        foreign = {x for x in meta["terms"] if x not in content_terms[key]}
+        total += bool(foreign)
+        hit += bool(foreign & flagged)
+    return [hit, total]
 
 
 def run_quality(repo: Path, corpus: Path, truth: list[dict], tmp: Path, name: str) -> dict:
@@ -251,6 +316,17 @@ def main() -> None:
                 q = run_quality(repo, corpus, truth, tmp, name)
                 print(f"\n[{name} code] {args.half} templates", flush=True)
                 print(json.dumps(q, ensure_ascii=False))
+                if "suspects" in q:
+                    sus = q["suspects"]
+                    print(
+                        f"suspects ({args.half}, head {sus['head_labels']}): template labels flagged"
+                        f" {sus['template_flagged'][0]}/{sus['template_flagged'][1]}, content labels flagged"
+                        f" {sus['content_flagged'][0]}/{sus['content_flagged'][1]} {sus['content_flagged_labels']};"
+                        f" images with a template label that carry a flagged one {sus['template_images_flagged'][0]}/"
+                        f"{sus['template_images_flagged'][1]}; grid cover/concentration/lift -> [template, content]"
+                        f" flagged {sus['grid']}",
+                        flush=True,
+                    )
         if args.parity:
             print("\nparity:", json.dumps(parity(corpus, tmp), indent=1), flush=True)
         if args.speed_rows:

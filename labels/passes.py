@@ -802,6 +802,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
     rounded = functools.lru_cache(maxsize=None)(lambda x: round(x, 4))  # a handful of distinct scores
     why_unlabelled: Counter[str] = Counter()
     ids_by_origin: dict[str, list[int]] = {}  # site (else source) -> raw label ids of its written samples
+    origin_written: Counter[str] = Counter()  # site (else source) -> written samples (the quality report)
     clustered_ids: list[int] = []
     templates = read_json(os.path.join(work, "templates.json"))
     over_ceiling = {d["term"] for d in read_json(os.path.join(work, "vocab_df.json"))["df_ceiling"]["dropped"]}
@@ -843,6 +844,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
             ids = ids_by_origin.get(s.site or s.source)
             if ids is None:
                 ids = ids_by_origin[s.site or s.source] = []
+            origin_written[s.site or s.source] += 1
             ids += [i for i, _ in raw]  # counted once at the end (C-level counting, not a Counter update per label)
             clustered_ids += [c for c, _ in clustered]
             per_image["raw"][len(raw)] += 1
@@ -878,6 +880,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
                 [i, sorted(o.items(), key=lambda kv: (-kv[1], kv[0]))[:ORIGINS_KEPT]]
                 for i, o in sorted(origins.items())
             ],
+            "origin_written": sorted(origin_written.items()),
             "splits": splits,
             "seconds": round(time.perf_counter() - t0, 3),
             "peak_rss_mb": _rss_mb(),

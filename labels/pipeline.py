@@ -172,11 +172,13 @@ class _LabelTotals:
         self.labelled = 0
         self.unlabelled: Counter[str] = Counter()
         self.origins: dict[int, Counter] = {}
+        self.origin_written: Counter[str] = Counter()  # written samples per site (else source)
 
     def add(self, w: dict) -> dict:
         self.unlabelled.update(w.pop("unlabelled"))
         for i, pairs in w.pop("origins"):
             self.origins.setdefault(int(i), Counter()).update(dict(pairs))
+        self.origin_written.update(dict(w.pop("origin_written")))
         self.raw.update({int(i): n for i, n in w.pop("raw_counts")})
         self.clustered.update({int(c): n for c, n in w.pop("clustered_counts")})
         for space, hist in w.pop("per_image").items():
@@ -729,7 +731,7 @@ def _run(d: _Driver, cfg: DictConfig, t_start: float) -> MiningResult:
     # On an object store the report is written into a local folder, then uploaded (stats.json last).
     report_dir = tempfile.mkdtemp(prefix="mine_labels-report-") if is_remote(d.out) else report_url
     stats = write_report(report_dir, stats, vocab, raw_counts, names, clustered_counts, members, per_image)
-    write_quality_report(report_dir, stats, vocab, raw_counts, totals.origins)
+    write_quality_report(report_dir, stats, vocab, raw_counts, totals.origins, totals.origin_written)
     with open(os.path.join(report_dir, "partitions.jsonl"), "w", encoding="ascii") as f:
         for e in per_part:
             f.write(json.dumps(e, ensure_ascii=True, sort_keys=True) + "\n")

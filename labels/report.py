@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 
@@ -126,9 +127,62 @@ UNLABELLED_KNOBS = {
 }
 HEAD_LABELS = 30
 
+# A head label that looks like a few sites' scaffolding rather than content (``scaffold_suspect``): a safety net that
+# changes no label, its thresholds chosen on benchmarks/bench_web_labels.py's six caption sets (docs/labels.md, "The
+# label-quality report"). An origin (site, else source) is *bound* to a label when the label is on a large share of
+# the origin's written images; a label is suspect when its bound origins give most of its images and are a small part
+# of the corpus.
+SUSPECT_COVER = 0.3  # bound: the label is on at least 30% of the origin's written images
+SUSPECT_CONCENTRATION = 0.5  # suspect: its bound origins give at least half of the label's images...
+SUSPECT_LIFT = 2.0  # ...at least twice their share of the written images (so never with one origin)
+SUSPECT_KNOB = (
+    "If the word is those sites' template text (licence, shop, page or keyword scaffolding), add it to"
+    " `text.stop_terms` (whole terms never used as labels; empty unless the preset sets it) or the phrase around it to"
+    " `text.boilerplate` (cut from every text; a list you set replaces the default list in configs/labels_schema.py,"
+    " so copy it), in the config YAML or on the command line (`text.stop_terms=[word,'two words']`), and mine again."
+    " If it is a site's subject (a flag shop's 'flag'), keep it. This check changes no label."
+)
+
+
+def scaffold_suspect(
+    images: int,
+    label_origins: Mapping[str, int],
+    origin_written: Mapping[str, int],
+    written: int,
+    cover: float = SUSPECT_COVER,
+    concentration: float = SUSPECT_CONCENTRATION,
+    lift: float = SUSPECT_LIFT,
+) -> tuple[bool, list[list]]:
+    """Whether a label with ``images`` images, ``label_origins`` (origin -> its images) of them, looks like scaffolding
+    of the origins it is bound to (thresholds ``SUSPECT_*`` above); and those origins as ``[origin, images, share of
+    the origin's written images]``, largest first. The thresholds are arguments for benchmarks/bench_web_labels.py's
+    sensitivity grid.
+
+    The numbers cannot tell a site's template word ("envelope included" on half a print shop's captions) from a
+    topical site's subject ("flag" on half a flag shop's): both are flagged, and the report leaves the call to the
+    reader. A label spread over many origins, or bound to an origin that is most of the corpus, is not."""
+    bound = sorted(
+        (
+            [o, n, round(n / origin_written[o], 3)]
+            for o, n in label_origins.items()
+            if origin_written.get(o, 0) > 0 and n >= cover * origin_written[o]
+        ),
+        key=lambda e: (-e[1], e[0]),
+    )
+    if images <= 0 or written <= 0 or not bound:
+        return False, bound
+    share = sum(n for _, n, _ in bound) / images
+    size = sum(origin_written[o] for o, _, _ in bound) / written
+    return share >= concentration and share >= lift * size, bound
+
 
 def write_quality_report(
-    report_dir: str, stats: dict, raw_names: Sequence[str], raw_counts: Sequence[int], origins: Mapping[int, Mapping]
+    report_dir: str,
+    stats: dict,
+    raw_names: Sequence[str],
+    raw_counts: Sequence[int],
+    origins: Mapping[int, Mapping],
+    origin_written: Mapping[str, int],
 ) -> dict:
     """``label_quality.json`` and ``label_quality.md``: is the head of the labels content? The most frequent labels
     with their top origins (site, else source), the skips by reason with the knob to turn, why images have no label,
@@ -138,6 +192,7 @@ def write_quality_report(
         stats: the label report's stats (``write_report``'s return value).
         origins: label id -> origin -> images (each write task's largest ``labels.passes.ORIGINS_KEPT`` origins per
             label, summed: exact for a label's top origins unless they spread over many partitions).
+        origin_written: origin -> written images (the denominator of a suspect's cover, ``scaffold_suspect``).
     """
     counts = stats["counts"]
     written, read = counts["written"], counts["read"]
@@ -145,12 +200,17 @@ def write_quality_report(
     head = []
     for i in order:
         top = sorted(origins.get(i, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        suspect, bound = scaffold_suspect(raw_counts[i], origins.get(i, {}), origin_written, written)
         head.append(
             {
                 "label": raw_names[i],
                 "images": raw_counts[i],
                 "share": round(raw_counts[i] / written, 4) if written else 0.0,
                 "top_origins": [[o, n, round(n / raw_counts[i], 3) if raw_counts[i] else 0.0] for o, n in top],
+                # origins whose written images carry the label at least SUSPECT_COVER of the time: [origin,
+                # images, share of the origin's written images]
+                "bound_origins": bound,
+                "suspect": suspect,
             }
         )
     skipped = stats["counts"]["skipped"]
@@ -178,6 +238,16 @@ def write_quality_report(
             ],
         },
         "head": head,
+        "suspects": {
+            "labels": [h["label"] for h in head if h["suspect"]],
+            "rule": {
+                "concentration": SUSPECT_CONCENTRATION,
+                "lift": SUSPECT_LIFT,
+                "cover": SUSPECT_COVER,
+            },
+            "written_by_origin": dict(sorted(origin_written.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "knob": SUSPECT_KNOB,
+        },
         "dropped": {
             "template_words": [
                 [w, *v] for w, v in sorted(dropped["templates"]["words"].items(), key=lambda kv: -kv[1][0])
@@ -198,12 +268,30 @@ def write_quality_report(
         "",
         "## Head labels",
         "",
-        "| label | images | share of written | top origins (images, share of the label) |",
-        "|---|---:|---:|---|",
+        "| label | images | share of written | top origins (images, share of the label) | suspect |",
+        "|---|---:|---:|---|---|",
     ]
     for h in head:
         tops = "; ".join(f"{escape_cell(o)} {n} ({s:.0%})" for o, n, s in h["top_origins"])
-        lines.append(f"| {escape_cell(h['label'])} | {h['images']:,} | {h['share']:.1%} | {tops} |")
+        mark = "site scaffolding?" if h["suspect"] else ""
+        lines.append(f"| {escape_cell(h['label'])} | {h['images']:,} | {h['share']:.1%} | {tops} | {mark} |")
+    suspects = [h for h in head if h["suspect"]]
+    lines += [
+        "",
+        f"## Suspect head labels (site scaffolding?): {len(suspects)}",
+        "",
+        f"An origin (site, else source) is bound to a label that is on at least {SUSPECT_COVER:.0%} of its written"
+        f" images. A head label is suspect when its bound origins give at least {SUSPECT_CONCENTRATION:.0%} of its"
+        f" images, at least {SUSPECT_LIFT:g} times their share of the written images: a word those sites put on"
+        " their captions, or a topical site's subject. " + SUSPECT_KNOB,
+        "",
+    ]
+    for h in suspects:
+        share = sum(n for _, n, _ in h["bound_origins"]) / h["images"]
+        sites = "; ".join(f"{escape_cell(o)} (on {c:.0%} of its images)" for o, _, c in h["bound_origins"])
+        lines.append(f"- {escape_cell(h['label'])}: {share:.0%} of its {h['images']:,} images from {sites}")
+    if not suspects:
+        lines.append("(none)" if len(origin_written) > 1 else "(none: one origin, nothing to compare it with)")
     lines += [
         "",
         "## Skipped images, by reason",
@@ -252,3 +340,25 @@ def write_quality_report(
     with open(os.path.join(report_dir, "label_quality.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     return quality
+
+
+def suspects_warning(report_dir: str, top: int = 5) -> str | None:
+    """The one console line mining ends with when head labels are suspect (``label_quality.json``), else None."""
+    path = os.path.join(report_dir, "label_quality.md")
+    with open(os.path.join(report_dir, "label_quality.json"), encoding="utf-8") as f:
+        head = json.load(f)["head"]
+    suspects = [h for h in head if h["suspect"]]
+    if not suspects:
+        return None
+    names = ", ".join(
+        f"'{h['label']}' (on {h['bound_origins'][0][2]:.0%} of {h['bound_origins'][0][0]}'s images"
+        + (f" and {len(h['bound_origins']) - 1} more sites'" if len(h["bound_origins"]) > 1 else "")
+        + ")"
+        for h in suspects[:top]
+    )
+    more = f" and {len(suspects) - top} more" if len(suspects) > top else ""
+    return (
+        f"warning: {len(suspects)} of the {len(head)} head labels look like site scaffolding rather than content:"
+        f" {names}{more}. Check {path} ('Suspect head labels'); template words go in text.stop_terms /"
+        " text.boilerplate (no label was changed)."
+    )

@@ -176,6 +176,7 @@ def test_the_img2dataset_preset_labels_a_small_corpus_and_says_why_images_are_sk
     assert q["no_label"]["images"] == c["skipped"].get("no_label", 0)
     assert sum(e["images"] for e in q["no_label"]["why"]) == q["no_label"]["images"]
     assert all(o.endswith(".example") for h in q["head"] for o, _, _ in h["top_origins"])
+    assert sum(q["suspects"]["written_by_origin"].values()) == c["written"]  # the denominators of the suspect rule
     assert {"licensed", "posted"} <= {w for w, *_ in q["dropped"]["template_words"]}
     md = (tmp_path / "out" / "report" / "label_quality.md").read_text()
     assert "## Head labels" in md and "series_cap" in md and "curation.max_per_series" in md
