@@ -115,13 +115,21 @@ def computed_config(cfg: DictConfig) -> dict:
     return d
 
 
+# The layout of the passes' work files: a work folder written by code of another format is started afresh, never
+# read (2: write tasks record written samples per origin for the quality report).
+WORK_FORMAT = 2
+
+
 def _prepare_work(work: str, cfg_dict: dict, parts: list[Partition]) -> str:
     """Reuse ``work`` only when it was made by this config over this partition list; else start fresh. Returns the
     folder the passes use: ``work`` itself on local disk; on an object store ``work/<fingerprint>``, a prefix of its
     own per config and input listing, so that a task of an earlier run with another config, still running after its
     driver died, can never commit into this run's work files (the prefixes of other configs are deleted)."""
     fingerprint = hashlib.sha256(
-        json.dumps({"config": cfg_dict, "partitions": [p.to_dict() for p in parts]}, sort_keys=True).encode()
+        json.dumps(
+            {"config": cfg_dict, "partitions": [p.to_dict() for p in parts], "work_format": WORK_FORMAT},
+            sort_keys=True,
+        ).encode()
     ).hexdigest()
     if is_remote(work):
         own = os.path.join(work, fingerprint[:24])

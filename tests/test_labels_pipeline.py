@@ -312,3 +312,25 @@ def test_empty_vocabulary_fails_clearly(tmp_path):
     write_tar(src / "00000.tar", img2dataset_samples(3))
     with pytest.raises(InputError, match="no term labels vocab.min_df=50 images"):
         run(labels_config(tmp_path, [{**I2D, "path": str(src)}], ["vocab.min_df=50"]))
+
+
+def test_a_work_folder_of_an_older_work_format_is_started_afresh(tmp_path):
+    """Work files written by code of another format (e.g. write tasks without the per-origin counts the quality report
+    now sums) are never read: the folder's fingerprint covers ``WORK_FORMAT``."""
+    import hashlib
+
+    from labels import pipeline
+
+    work = tmp_path / "_work"
+    work.mkdir()
+    cfg, parts = {"a": 1}, []
+    old = hashlib.sha256(json.dumps({"config": cfg, "partitions": []}, sort_keys=True).encode()).hexdigest()
+    (work / "run.json").write_text(json.dumps({"fingerprint": old}))
+    (work / "write").mkdir()
+    (work / "write" / "stats.json").write_text("{}")  # a finished task of the old format
+    assert pipeline._prepare_work(str(work), cfg, parts) == str(work)
+    assert not (work / "write").exists()  # discarded, so its tasks run again
+    assert pipeline._prepare_work(str(work), cfg, parts) == str(work)
+    (work / "write").mkdir()
+    pipeline._prepare_work(str(work), cfg, parts)
+    assert (work / "write").exists()  # the same format and config: reused
