@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+import storage
 from labels.shards import write_json
 from labels.vocab import frequency_bands, histogram_stats
 from tracking.textio import escape_cell
@@ -345,8 +346,8 @@ def write_quality_report(
 def suspects_warning(report_dir: str, top: int = 5) -> str | None:
     """The one console line mining ends with when head labels are suspect (``label_quality.json``), else None."""
     path = os.path.join(report_dir, "label_quality.md")
-    with open(os.path.join(report_dir, "label_quality.json"), encoding="utf-8") as f:
-        head = json.load(f)["head"]
+    # The report may be on a bucket (output=s3://...: docs/labels_distributed.md), so it is read through storage/.
+    head = json.loads(storage.read_text(os.path.join(report_dir, "label_quality.json")))["head"]
     suspects = [h for h in head if h["suspect"]]
     if not suspects:
         return None
