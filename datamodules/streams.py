@@ -215,7 +215,7 @@ class TrainStream(IterableDataset):
             ).with_epoch(left)
 
 
-def stream_slots(spec: StreamSpec) -> tuple[list[list[list[dict]]], str]:
+def val_assignment(spec: StreamSpec) -> tuple[list[list[list[dict]]], str]:
     """Assign val shards to (rank, worker) slots: ``[rank][worker] -> shard entries``, and the mode used.
 
     Whole shards, greedily by size, when there are at least as many shards as slots and the slots end up balanced;
@@ -254,7 +254,7 @@ class EvalStream(IterableDataset):
     def __init__(self, spec: StreamSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.assignment, self.mode = stream_slots(spec)
+        self.assignment, self.mode = val_assignment(spec)
         samples = [[sum(e["n"] for e in w) for w in r] for r in self.assignment]
         self.batches = equalize_batches(samples, spec.batch_size)
         self.num_batches = sum(self.batches[spec.rank])
