@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.loaders import META, BatchSource, mix_seed
 
@@ -335,8 +336,6 @@ class TrainLoader:
         if state["world_size"] != self.world or any(a != b for a, b in topology):
             left = math.ceil((int(state["num_batches"]) - k) * int(state["world_size"]) / self.world)
             self._changed = (int(state["epoch"]), k + left, k)
-            from lightning.pytorch.utilities import rank_zero_info
-
             rank_zero_info(
                 f"data position saved on {state['world_size']} rank(s), resumed on {self.world}: the interrupted epoch "
                 f"{state['epoch']} continues where it stopped, {left} more steps"

@@ -313,11 +313,8 @@ class ReadShards:
 
 
 def slot_count(entry: dict, counts: dict[str, int]) -> int:
-    """Samples a shard entry contributes by the manifest (its stride share or its range when it has one)."""
+    """Samples a training shard entry contributes by the manifest (its range when it has one; strides are val-only)."""
     n = counts.get(entry["url"], 0)
-    stride = entry.get("stride")
-    if stride:
-        return len(range(stride[1], n, stride[0]))
     lo, hi = entry.get("range") or (0, n)
     return max(0, min(hi, n) - lo)
 

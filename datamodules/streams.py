@@ -303,8 +303,6 @@ class StreamSource(BatchSource):
     """Training batches of the weak-label stream (a ``BatchSource`` for ``PassLoader``); its positions are portable
     across world sizes and worker counts (``datamodules.slots``)."""
 
-    portable = True
-
     def __init__(self, stream: TrainStream) -> None:
         self.stream = stream
         self.batch_size = stream.spec.batch_size
@@ -326,7 +324,7 @@ class StreamSource(BatchSource):
     def position(self, start: dict, metas: list[dict]) -> dict:
         """Where the pass is after ``metas`` (the consumed batches' metadata, in order) on this rank: the layout, the
         plan and each piece's (batches done, raw index after them). Other ranks' pieces keep their start values here;
-        ``TrainLoader.state_dict`` merges the ranks (``merge_progress``)."""
+        ``TrainLoader.state_dict`` merges the ranks (``TrainLoader._merge_progress``)."""
         progress = [list(p) for p in start["progress"]]
         for meta in metas:
             piece = progress[meta["piece"]]
