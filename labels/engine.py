@@ -219,9 +219,16 @@ class Engine:
         while pending:
             if self._executor is None:
                 self._executor = _pool(self.workers)
-            futures = {self._executor.submit(lifetime.fenced_call, self.fence, fn, *t.args): t for t in pending}
+            futures, unsent, broken = {}, [], False
+            for i, t in enumerate(pending):
+                try:
+                    futures[self._executor.submit(lifetime.fenced_call, self.fence, fn, *t.args)] = t
+                except BrokenProcessPool:
+                    # A worker of the kept pool died before (or while) this pass was handed out: the tasks not sent
+                    # never ran, so they are resent to a new pool without counting as an attempt.
+                    broken, unsent = True, pending[i:]
+                    break
             pending = []
-            broken = False
             not_done = set(futures)
             while not_done:
                 done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
@@ -252,8 +259,8 @@ class Engine:
                     else:
                         retry.append(t)
                 stats.retries += len(retry)
-                log.warning("a worker died; resubmitting %d task(s)", len(retry))
-                pending = retry
+                log.warning("a worker died; resubmitting %d task(s)", len(retry) + len(unsent))
+                pending = retry + unsent
 
     # ------------------------------------------------------------------ ray
     def _run_ray(self, fn, todo, stats, failures, bar) -> None:
