@@ -54,10 +54,13 @@ ORACLE_MIN_DF = 3  # a content word: shown by at least 3 images (the same oracle
 RUN = ["cluster.embedder=ppmi", "image.short_side=32", "run.progress=false", "run.reduce_partitions=0"]
 
 
+EXTRA: list[str] = []  # --set: config overrides for every mining run
+
+
 def mine(repo: Path, corpus: Path, out: Path, overrides: list[str], workers: int = 2) -> tuple[dict, float]:
     """One ``mine_labels.py`` run of ``repo``'s code in a fresh process; its report stats and wall seconds."""
     cmd = [sys.executable, str(repo / "mine_labels.py"), "--config", str(repo / "configs/labels/img2dataset.yaml")]
-    cmd += [f"sources.0.path={corpus}", f"output={out}", f"run.workers={workers}", *RUN, *overrides]
+    cmd += [f"sources.0.path={corpus}", f"output={out}", f"run.workers={workers}", *RUN, *EXTRA, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env)
@@ -297,8 +300,10 @@ def main() -> None:
     ap.add_argument("--parity", action="store_true")
     ap.add_argument("--speed-rows", type=int, default=0)
     ap.add_argument("--no-quality", action="store_true")
+    ap.add_argument("--set", action="append", default=[], help="a config override for every mining run (repeatable)")
     ap.add_argument("--cache", type=Path, default=REPO / "data" / "web_captions_cache")
     args = ap.parse_args()
+    EXTRA.extend(args.set)
     print(f"cores: {os.cpu_count()}  python {sys.version.split()[0]}  load avg {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_web_") as d:
         tmp = Path(d)
