@@ -95,3 +95,47 @@ def test_a_resume_on_more_ranks_trains_the_whole_rest_of_the_interrupted_epoch(t
     sampler.set_pass(0, 0, SAVE_AT)
     order = list(sampler)
     assert [k for _, keys in epoch0 for k in keys] == [f"s{i:03d}" for i in order]
+
+
+def _loader(rank: int, world: int):
+    from datamodules.loaders import MapSource
+    from datamodules.resume import EpochClock, PassLoader, TrainLoader
+
+    clock = EpochClock()  # no trainer: epoch 0
+    source = MapSource("m", Items(), OmegaConf.create({"batch_size": BATCH, "num_workers": 0}), 0, rank, world)
+    return TrainLoader({"m": PassLoader("m", source, clock)}, "combined", {}, 0, clock, rank, world)
+
+
+def _steps(loader, n: int | None = None) -> list[str]:
+    keys: list[str] = []
+    for i, step in enumerate(loader):
+        keys.extend(step["m"]["key"])
+        if n is not None and i + 1 == n:
+            break
+    return keys
+
+
+@pytest.mark.parametrize("first,second", [(1, 2), (2, 1)])
+def test_a_second_resume_on_the_same_new_cluster_keeps_the_interrupted_epochs_length(first, second):
+    """Epoch 0 saved on ``first`` ranks after 4 steps, resumed on ``second`` ranks, saved again 2 steps later and
+    resumed once more on ``second`` ranks (a requeued job preempted twice): the epoch keeps the length of the first
+    resume and, over the three runs, every sample of the epoch is read once. (On more ranks a fresh epoch is shorter,
+    so taking its length skipped batches; on fewer ranks longer, so the epoch went on into the next pass.)"""
+    keys: list[str] = []
+    runs = [_loader(r, first) for r in range(first)]
+    for loader in runs:
+        keys += _steps(loader, SAVE_AT)
+    state = runs[0].state_dict()
+    runs = [_loader(r, second) for r in range(second)]
+    for loader in runs:
+        loader.load_state_dict(state)
+        keys += _steps(loader, 2)
+    length = len(runs[0])
+    assert length == SAVE_AT + (N // BATCH - SAVE_AT * first) // second
+    state = runs[0].state_dict()
+    runs = [_loader(r, second) for r in range(second)]
+    for loader in runs:
+        loader.load_state_dict(state)
+        assert len(loader) == length
+        keys += _steps(loader)
+    assert sorted(keys) == [f"s{i:03d}" for i in range(N)]
