@@ -144,23 +144,33 @@ def test_a_second_resume_on_the_same_new_cluster_keeps_the_interrupted_epochs_le
     assert sorted(keys) == [f"s{i:03d}" for i in range(N)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TrainLoader's ceil rule for the rest of the epoch is the stream's (padded); "
-    "EpochSampler drops the global batches left over instead, so the epoch runs into the next pass",
-)
-def test_a_map_dataset_resumed_on_more_ranks_ends_the_interrupted_epoch_inside_its_pass():
-    """26 samples, 13 global batches; saved on 2 ranks after 1 step (2 global batches), resumed on 4: the 11 left
-    give each of the 4 ranks 2 batches (EpochSampler leaves the last 3 out), so the epoch ends there and no sample is
-    read twice in it. The ceil rule says 3 steps, and the third starts pass 1 of the epoch: 8 samples read again."""
+@pytest.mark.parametrize("second_resume", [False, True])
+def test_a_map_dataset_resumed_on_more_ranks_ends_the_interrupted_epoch_inside_its_pass(second_resume):
+    """26 samples, 13 global batches; saved on 2 ranks after 1 step (2 global batches), resumed on 4: the 11 left are
+    3 more steps on each of the 4 ranks (TrainLoader's rule, rounded up like the stream's cut plans), so the pass is
+    padded with 1 global batch read again, and the epoch ends inside pass 0: every sample read, 2 of them twice (before,
+    EpochSampler gave each rank 2 batches and the third step started pass 1: 6 samples skipped, 8 read twice). With
+    ``second_resume`` the 4 ranks save after 1 more step and resume on 4 again: the padded pass stays padded."""
     keys: list[str] = []
     runs = [_loader(r, 2, n=26) for r in range(2)]
     for loader in runs:
         keys += _steps(loader, 1)
     state = runs[0].state_dict()
-    for rank in range(4):
-        loader = _loader(rank, 4, n=26)
+    runs = [_loader(rank, 4, n=26) for rank in range(4)]
+    for loader in runs:
         loader.load_state_dict(state)
+        assert len(loader) == 1 + 3
+        if second_resume:
+            keys += _steps(loader, 1)
+    if second_resume:
+        state = runs[0].state_dict()
+        runs = [_loader(rank, 4, n=26) for rank in range(4)]
+        for loader in runs:
+            loader.load_state_dict(state)
+            assert len(loader) == 1 + 3
+    for loader in runs:
         keys += _steps(loader)
         assert loader._passes == {"m": 0}
-    assert len(keys) == len(set(keys)) == (2 + 8) * BATCH
+    assert len(keys) == (2 + 12) * BATCH
+    assert sorted(set(keys)) == [f"s{i:03d}" for i in range(26)]
+    assert len(keys) - len(set(keys)) == BATCH  # the one padding global batch
