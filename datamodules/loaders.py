@@ -185,6 +185,7 @@ class EpochSampler(Sampler[int]):
         self.global_batches = num_samples // batch_size
         self.epoch_pass = (0, 0)
         self.start = 0  # global batches of the pass consumed before this iteration
+        self.pad = False  # complete the pass's last round (a pass resumed on another world size, MapSource.begin)
         self.weights = None
         if class_labels is not None:
             labels = np.asarray(class_labels, dtype=np.int64)
@@ -193,13 +194,17 @@ class EpochSampler(Sampler[int]):
             weights = 1.0 / np.bincount(labels)[labels]
             self.weights = weights / weights.sum()
 
-    def rank_batches(self, start: int = 0) -> int:
-        """Batches each rank takes from global batch ``start`` to the end of the pass."""
-        return max(0, self.global_batches - start) // self.world_size
+    def rank_batches(self, start: int = 0, pad: bool = False) -> int:
+        """Batches each rank takes from global batch ``start`` to the end of the pass: the global batches left over
+        that cannot go to every rank are left out, or, with ``pad``, the last round is completed with the pass's first
+        global batches (read again)."""
+        left = max(0, self.global_batches - start)
+        return -(-left // self.world_size) if pad else left // self.world_size
 
-    def set_pass(self, epoch: int, pass_idx: int, start: int = 0) -> None:
+    def set_pass(self, epoch: int, pass_idx: int, start: int = 0, pad: bool = False) -> None:
         self.epoch_pass = (epoch, pass_idx)
         self.start = start
+        self.pad = pad
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng(mix_seed(self.seed, *self.epoch_pass))
@@ -208,12 +213,12 @@ class EpochSampler(Sampler[int]):
         else:
             draws = rng.choice(self.total, size=self.total, replace=True, p=self.weights)
         b = self.batch_size
-        for i in range(self.rank_batches(self.start)):
-            g = self.start + self.rank + i * self.world_size
+        for i in range(self.rank_batches(self.start, self.pad)):
+            g = (self.start + self.rank + i * self.world_size) % self.global_batches  # past the end only when padding
             yield from draws[g * b : (g + 1) * b].tolist()
 
     def __len__(self) -> int:
-        return self.rank_batches(self.start) * self.batch_size
+        return self.rank_batches(self.start, self.pad) * self.batch_size
 
 
 class EvalBatchSampler(Sampler[list[int]]):
@@ -304,13 +309,20 @@ class MapSource(BatchSource):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def begin(self, epoch: int, pass_idx: int, pos: dict | None) -> tuple[int, int]:
+    def begin(self, epoch: int, pass_idx: int, pos: dict | None) -> tuple[tuple[int, bool], int]:
+        """A pass continued on another world size than the one that saved its position is padded (its last round
+        completed with re-read global batches), as ``datamodules.resume.TrainLoader`` counts the steps left of an epoch
+        resumed elsewhere (rounded up, like the stream's cut plans); a position saved in such a pass keeps it."""
+        world = self.sampler.world_size
         start = int(pos["global_batches"]) if pos else 0
-        self.sampler.set_pass(epoch, pass_idx, start)
-        return start, self.sampler.rank_batches(start)
+        pad = bool(pos) and (bool(pos.get("pad")) or int(pos.get("world", world)) != world)
+        self.sampler.set_pass(epoch, pass_idx, start, pad)
+        return (start, pad), self.sampler.rank_batches(start, pad)
 
-    def position(self, start: int, metas: list[dict]) -> dict:
-        return {"global_batches": start + len(metas) * self.sampler.world_size}
+    def position(self, start: tuple[int, bool], metas: list[dict]) -> dict:
+        first, pad = start
+        world = self.sampler.world_size
+        return {"global_batches": first + len(metas) * world, "world": world, **({"pad": True} if pad else {})}
 
     def describe(self) -> dict:
         return {"batch_size": self.batch_size, "num_samples": self.num_samples}

@@ -270,7 +270,7 @@ class TrainLoader:
             pos["describe"] = loader.source.describe()
             pos["num_workers"] = loader.source.num_workers
             loaders[name] = pos
-        return {
+        state = {
             "version": 2,
             "epoch": epoch,
             "batches": steps,
@@ -280,6 +280,9 @@ class TrainLoader:
             "seed": self.seed,
             "loaders": loaders,
         }
+        if self._changed is not None and self._changed[0] == epoch:
+            state["changed_at"] = self._changed[2]  # an epoch resumed elsewhere: its own length, its draws from here
+        return state
 
     def _merge_progress(self, progress: list[list[int]]) -> list[list[int]]:
         """Every rank advanced only its own pieces of the plan from the same start: the element-wise maximum over the
@@ -297,7 +300,8 @@ class TrainLoader:
         warns and the interrupted epoch restarts from a fresh pass.
 
         On another world size the rest of the interrupted epoch is what the old cluster had left, cut over this one:
-        ``ceil((num_batches - batches) x old world / world)`` more steps (``__len__`` says so for that epoch)."""
+        ``ceil((num_batches - batches) x old world / world)`` more steps (``__len__`` says so for that epoch). A position
+        saved inside such an epoch says so (``changed_at``), so a resume on the same cluster keeps that length."""
         if not state:
             return
         if state.get("version") != 2:
@@ -340,6 +344,10 @@ class TrainLoader:
                 f"data position saved on {state['world_size']} rank(s), resumed on {self.world}: the interrupted epoch "
                 f"{state['epoch']} continues where it stopped, {left} more steps"
             )
+        elif "changed_at" in state:
+            # Saved inside an epoch that was itself resumed on another cluster, and resumed on that cluster again: the
+            # epoch keeps the length (and interleave draws) that resume gave it, not a fresh epoch's.
+            self._changed = (int(state["epoch"]), int(state["num_batches"]), int(state["changed_at"]))
         self._resume = {
             "epoch": state["epoch"],
             "batches": k,

@@ -21,8 +21,9 @@ Vocabulary (used by ``datamodules.streams`` and ``datamodules.resume``):
   the cluster, never one per sample.
 
 Equal batch counts: every rank's chunks hold the same number of batches. When what is left of a resumed pass does not
-divide by the new world size, the last piece reads up to ``ranks - 1`` batches past its slot's quota (``Plan.padded``:
-samples seen again, counted) so that no rank waits at a collective.
+divide by the new world size, the last piece reads up to ``ranks - 1`` batches more than are left (``Plan.padded``:
+samples seen again, counted; past its slot's quota, or, after a second cut, batches of its slot already read) so that no
+rank waits at a collective.
 """
 
 from __future__ import annotations

@@ -119,19 +119,45 @@ def _final_batch(trainer: Trainer) -> bool:
 
 
 class EpochLength(Callback):
-    """Give Lightning the training loader's length at every epoch start.
+    """Give Lightning the training loader's length when training starts and at every epoch start.
 
-    Lightning reads the length once a fit (``FitLoop.setup_data``: ``max_batches``, ``val_check_batch``); an epoch
-    resumed on another world size has its own length (``datamodules.resume.TrainLoader.__len__``), so the epochs after
-    it need the usual one again. Written here because no Lightning option re-reads the length of a loader that is
-    not reloaded (``reload_dataloaders_every_n_epochs`` would rebuild the loader and its workers)."""
+    Lightning reads the length once a fit (``FitLoop.setup_data``: the loader's limit, ``max_batches``, the fetcher's
+    length, ``val_check_batch``), and it reads the limit before it restores the loader's position, then clamps the
+    epoch to it. An epoch resumed on another world size has its own length (``datamodules.resume.TrainLoader.__len__``):
+    on more ranks it is longer than a fresh epoch there, and the clamp would end it early, dropping the batches left.
+    So ``on_train_start`` (after the restore, before the first batch; ``on_train_epoch_start`` is not called in an epoch
+    resumed mid-way) recomputes all four with ``trainer.limit_train_batches``'s rule, and every epoch start gives the
+    epochs after the resumed one their usual length again. Written here because no Lightning option re-reads the length
+    of a loader that is not reloaded (``reload_dataloaders_every_n_epochs`` would rebuild the loader and its workers)."""
+
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
+        self._sync(trainer)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
+        self._sync(trainer)
+
+    @staticmethod
+    def _sync(trainer: Trainer) -> None:
         loop = trainer.fit_loop
-        length = sized_len(loop._combined_loader) if loop._combined_loader is not None else None
+        combined = loop._combined_loader
+        if combined is None:
+            return
+        lengths = [sized_len(dl) for dl in combined.flattened]
+        if any(n is None for n in lengths):
+            return
+        limit = trainer.limit_train_batches  # Lightning's rule (data_connector._parse_num_batches), on the sized case
+        limits = [min(n, limit) if isinstance(limit, int) else int(n * limit) for n in lengths]
+        if combined.limits is not None and len(combined.limits) == len(limits):
+            combined.limits[:] = limits  # in place: the iterator setup_data already made holds this list
+        else:
+            combined.limits = limits
+        length = sized_len(combined)
         if length is None or length == loop.max_batches:
             return
         loop.max_batches = length
+        fetcher = loop._data_fetcher
+        if fetcher is not None and fetcher.length is not None:
+            fetcher.length = length
         if isinstance(trainer.val_check_interval, float) and trainer.check_val_every_n_epoch is not None:
             trainer.val_check_batch = max(1, int(length * trainer.val_check_interval))
 
