@@ -8,7 +8,7 @@ import time
 import pytest
 import s3fs
 
-from labels import lifetime
+from labels import lifetime, store
 from tests.fixtures_s3 import free_port
 
 
@@ -45,3 +45,36 @@ def test_a_driver_whose_heartbeats_stop_reaching_the_store_stops_before_a_takeov
         holder._stop.set()
         taker.release()
         holder.release()
+
+
+def _list_requests(server, bucket: str) -> int:
+    """ListObjectsV2 requests the server has answered for ``bucket`` (its request log)."""
+    return server.log.read_text(errors="replace").count(f"GET /{bucket}?list-type=2")
+
+
+@pytest.mark.slow
+def test_commit_markers_of_a_pass_past_one_listing_page_are_found_with_a_listing_per_page(s3_server, s3_bucket):
+    """A pass of 1,105 tasks (more than the 1,000 keys of one ListObjectsV2 page), some with their attempt's files,
+    one in 50 without a marker (in flight at a crash): ``committed`` finds exactly the markers, past the first page, in
+    about one listing request per page of keys, not one request per task folder (a driver checks every pass's
+    markers at its start, and after a lost worker; one request per task was O(tasks) round trips each time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = 1105
+    client = s3_server.client()
+
+    def put(i: int) -> None:
+        if i % 10 == 7:  # an attempt's files (of a task in flight when i % 50 == 7)
+            client.put_object(Bucket=s3_bucket, Key=f"w/map/p{i:06d}/a1/stats.json", Body=b"{}")
+        if i % 50 != 7:
+            client.put_object(Bucket=s3_bucket, Key=f"w/map/p{i:06d}/commit.json", Body=b'{"files":"a1"}')
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(n)))
+    client.put_object(Bucket=s3_bucket, Key="w/df_ranges.bin", Body=b"")  # a sibling sharing the prefix "w/d"
+    markers = [f"s3://{s3_bucket}/w/map/p{i:06d}/commit.json" for i in range(n)]
+    before = _list_requests(s3_server, s3_bucket)
+    found = store.committed(markers)
+    requests = _list_requests(s3_server, s3_bucket) - before
+    assert found == {m for i, m in enumerate(markers) if i % 50 != 7}
+    assert requests <= 4, f"{requests} listing requests for {n} task folders"  # 2 pages of 1,000 keys
