@@ -3,11 +3,17 @@ adversarial cases of labels/lifetime.py ``ObjectLock`` and labels/store.py ``com
 
 from __future__ import annotations
 
+import json
+import logging
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
 import s3fs
 
+import storage
 from labels import lifetime, store
 from tests.fixtures_s3 import free_port
 
@@ -78,3 +84,18 @@ def test_commit_markers_of_a_pass_past_one_listing_page_are_found_with_a_listing
     requests = _list_requests(s3_server, s3_bucket) - before
     assert found == {m for i, m in enumerate(markers) if i % 50 != 7}
     assert requests <= 4, f"{requests} listing requests for {n} task folders"  # 2 pages of 1,000 keys
+
+
+def test_a_lock_of_another_pid_namespace_on_the_same_host_name_is_not_taken_over_at_once(s3_bucket, caplog):
+    """Containers sharing the host's name (``--network host``, Kubernetes ``hostNetwork``) have pid namespaces of
+    their own: a driver there is not in this process table, so finding its pid gone here proves nothing. Its lock is
+    taken over only after its heartbeat stayed still for the stale time, as one from another host."""
+    url = f"s3://{s3_bucket}/mined"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = {"pid": int(gone.stdout), "host": socket.gethostname(), "pid_ns": "pid:[1]", "token": "t", "beat": 0}
+    storage.write_bytes(f"{url}/.mine_labels.lock", json.dumps(record).encode())
+    taker = lifetime.ObjectLock(url, heartbeat_s=0.2, stale_s=1.0)
+    with caplog.at_level(logging.WARNING, logger="labels.lifetime"):
+        taker.acquire()
+    taker.release()
+    assert "no heartbeat from" in caplog.text and "is gone" not in caplog.text
