@@ -39,7 +39,8 @@ Three mechanisms, each for a failure measured on the code before them (docs/labe
   object ``<output>/.mine_labels.lock`` created with an exclusive PUT (``If-None-Match: *``) that holds the driver's
   pid, host and token, and that the driver rewrites every ``LOCK_HEARTBEAT_S`` as a compare-and-swap on its ETag
   (``If-Match``). A second driver finds it taken and stops naming the holder, unless the holder is dead: on this
-  host its pid is gone (taken over at once), on another host its ETag has not changed for ``LOCK_STALE_S`` (taken
+  host and pid namespace its pid is gone (taken over at once), elsewhere (another host, or a container sharing this
+  host's name) its ETag has not changed for ``LOCK_STALE_S`` (taken
   over by a compare-and-swap on that ETag, so two drivers racing for a stale lock cannot both win). A driver whose
   heartbeat finds the lock taken stops before it writes anything more (``check``), and so does one that has not
   renewed it for nearly ``LOCK_STALE_S`` and cannot renew it now (cut off from the store, it may be taken over). Tasks are not fenced by a lock:
@@ -457,6 +458,15 @@ class OutputLock:
             self._fd = None
 
 
+def _pid_namespace() -> str:
+    """This process's pid namespace (``/proc/self/ns/pid``, e.g. ``pid:[4026531836]``; "" where unknown): a pid
+    names a process only within it, and containers sharing a host name (host network) each have their own."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def _stale_s() -> float:
     from storage.retry import env_seconds
 
@@ -583,6 +593,7 @@ class ObjectLock:
             "pid": me,
             "pid_start": process_start(me),
             "host": socket.gethostname(),
+            "pid_ns": _pid_namespace(),
             "token": token,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "beat": 0,
@@ -613,7 +624,9 @@ class ObjectLock:
                 raise self._busy(self.holder(self.url), " (it took the output a moment ago)")
             return etag
         held, etag = current
-        if held.get("host") == socket.gethostname() and held.get("pid"):
+        # Its pid can be looked up here only from the same host and pid namespace (a record without one: older code).
+        here = held.get("host") == socket.gethostname() and held.get("pid_ns", _pid_namespace()) == _pid_namespace()
+        if here and held.get("pid"):
             if _alive(int(held["pid"]), held.get("pid_start")):
                 raise self._busy(held)
             why = f"its driver, pid {held['pid']} on this host, is gone"
