@@ -248,8 +248,9 @@ class Engine:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
                 retry = []
+                done = committed([t.done_path for t in pending])  # one listing per pass, not one per task
                 for t in pending:
-                    if committed([t.done_path]):
+                    if t.done_path in done:
                         bar.update()
                         continue
                     attempts[t.name] += 1

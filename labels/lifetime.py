@@ -39,9 +39,11 @@ Three mechanisms, each for a failure measured on the code before them (docs/labe
   object ``<output>/.mine_labels.lock`` created with an exclusive PUT (``If-None-Match: *``) that holds the driver's
   pid, host and token, and that the driver rewrites every ``LOCK_HEARTBEAT_S`` as a compare-and-swap on its ETag
   (``If-Match``). A second driver finds it taken and stops naming the holder, unless the holder is dead: on this
-  host its pid is gone (taken over at once), on another host its ETag has not changed for ``LOCK_STALE_S`` (taken
+  host and pid namespace its pid is gone (taken over at once), elsewhere (another host, or a container sharing this
+  host's name) its ETag has not changed for ``LOCK_STALE_S`` (taken
   over by a compare-and-swap on that ETag, so two drivers racing for a stale lock cannot both win). A driver whose
-  heartbeat finds the lock taken stops before it writes anything more (``check``). Tasks are not fenced by a lock:
+  heartbeat finds the lock taken stops before it writes anything more (``check``), and so does one that has not
+  renewed it for nearly ``LOCK_STALE_S`` and cannot renew it now (cut off from the store, it may be taken over). Tasks are not fenced by a lock:
   a task of a dead run that is still running writes its files under its own attempt prefix and its commit marker
   with an exclusive PUT (labels/store.py ``TaskFiles``), so it can never replace what a new run committed, and a
   run with another config uses another work prefix (labels/pipeline.py). ``fenced_call`` only saves such a task
@@ -456,6 +458,15 @@ class OutputLock:
             self._fd = None
 
 
+def _pid_namespace() -> str:
+    """This process's pid namespace (``/proc/self/ns/pid``, e.g. ``pid:[4026531836]``; "" where unknown): a pid
+    names a process only within it, and containers sharing a host name (host network) each have their own."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def _stale_s() -> float:
     from storage.retry import env_seconds
 
@@ -495,6 +506,8 @@ class ObjectLock:
         self.lost: str | None = None
         self._record: dict = {}
         self._etag: str | None = None
+        self._renewed = 0.0  # monotonic time the last write of the lock object that took effect was sent (a lease)
+        self._mutex = threading.Lock()  # one write of the lock object at a time (heartbeat thread, check)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -580,14 +593,17 @@ class ObjectLock:
             "pid": me,
             "pid_start": process_start(me),
             "host": socket.gethostname(),
+            "pid_ns": _pid_namespace(),
             "token": token,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "beat": 0,
         }
+        sent = time.monotonic()
         etag = self._write(self._record, create=True)
         if etag is None:
+            sent = time.monotonic()  # a takeover writes later (_take_over): its lease starts no earlier than now
             etag = self._ours(self._record) or self._take_over()
-        self._etag = etag
+        self._etag, self._renewed = etag, sent
         self._thread = threading.Thread(target=self._beat, name="output-lock-heartbeat", daemon=True)
         self._thread.start()
         return Fence(self.url, None, token)
@@ -608,7 +624,9 @@ class ObjectLock:
                 raise self._busy(self.holder(self.url), " (it took the output a moment ago)")
             return etag
         held, etag = current
-        if held.get("host") == socket.gethostname() and held.get("pid"):
+        # Its pid can be looked up here only from the same host and pid namespace (a record without one: older code).
+        here = held.get("host") == socket.gethostname() and held.get("pid_ns", _pid_namespace()) == _pid_namespace()
+        if here and held.get("pid"):
             if _alive(int(held["pid"]), held.get("pid_start")):
                 raise self._busy(held)
             why = f"its driver, pid {held['pid']} on this host, is gone"
@@ -632,23 +650,51 @@ class ObjectLock:
         log.warning("%s: took over the output lock (%s)", self.out, why)
         return new
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
+    def _renew(self) -> None:
+        """One heartbeat: rewrite the lock object by compare-and-swap on its ETag (sets ``lost`` when another run
+        took it); a store that cannot be reached raises."""
+        with self._mutex:
+            if self.lost is not None:
+                return
             record = {**self._record, "beat": self._record["beat"] + 1}
-            try:
-                etag = self._write(record, if_match=self._etag)
-            except Exception as err:  # the store is away: the next beat tries again (another driver waits stale_s)
-                log.warning("%s: lock heartbeat failed: %s", self.out, err)
-                continue
-            etag = etag or self._ours(record)
+            sent = time.monotonic()  # the write, and so the new ETag another driver may read, is no older than this
+            etag = self._write(record, if_match=self._etag) or self._ours(record)
             if etag is None:
                 self.lost = f"another run took over {self.url} (this driver missed its heartbeats)"
                 log.error("%s", self.lost)
                 return
-            self._record, self._etag = record, etag
+            self._record, self._etag, self._renewed = record, etag, sent
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self._renew()
+            except Exception as err:  # the store is away: the next beat tries again (check() watches the lease)
+                log.warning("%s: lock heartbeat failed: %s", self.out, err)
+                continue
+            if self.lost is not None:
+                return
 
     def check(self) -> None:
-        """Raise ``OutputBusy`` if this driver lost the output to another run: it must write nothing more."""
+        """Raise ``OutputBusy`` if this driver lost the output to another run: it must write nothing more.
+
+        A lock not renewed for nearly ``stale_s`` (heartbeats that do not reach the store: a network partition, a
+        store away) may be taken over by another driver at any moment, which cannot tell this driver from a dead one:
+        then the lock is renewed here first, and if that fails this driver stops too. The margin (one heartbeat
+        period, at most half the stale time) is the time a check may precede the write it guards."""
+        age = time.monotonic() - self._renewed
+        if (
+            self.lost is None
+            and self._etag is not None
+            and age > self.stale_s - min(self.heartbeat_s, self.stale_s / 2)
+        ):
+            try:
+                self._renew()
+            except Exception as err:
+                self.lost = (
+                    f"its lock {self.url} was last renewed {age:.0f} s ago and cannot be renewed now ({err}); another "
+                    f"run may take it over after {self.stale_s:.0f} s without a heartbeat"
+                )
         if self.lost is not None:
             raise OutputBusy(f"stopping: {self.lost}; nothing more is written by this run")
 

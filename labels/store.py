@@ -212,7 +212,11 @@ def committed_folders(folders: list[str]) -> list[str]:
 
 
 def committed(markers: list[str]) -> set[str]:
-    """The commit markers among ``markers`` that exist (remote: one listing per pass folder, not one request each)."""
+    """The commit markers among ``markers`` that exist (remote: one listing per pass folder, not one request each).
+
+    Remote: every key under the pass folder, listed flat (``find``: ListObjectsV2 pages of 1,000 keys, no delimiter),
+    markers picked out by depth. A ``glob`` of ``*/commit.json`` walks the task folders one listing request each
+    (measured: 1,107 requests for a pass of 1,105 tasks), and a literal prefix is not read as a glob pattern."""
     if not markers or not is_remote(markers[0]):
         return {m for m in markers if os.path.exists(m)}
     found: set[str] = set()
@@ -221,9 +225,14 @@ def committed(markers: list[str]) -> set[str]:
         by_pass.setdefault(os.path.dirname(os.path.dirname(m)), []).append(m)
     for folder, wanted in by_pass.items():
         fs, inner = storage.url_to_fs(folder)
+        root = inner.rstrip("/") + "/"
         fs.invalidate_cache()
-        listed = storage.retry_call(lambda fs=fs, inner=inner: fs.glob(f"{inner}/*/{COMMIT}"), url=folder, what="list")
-        names = {p.rstrip("/").split("/")[-2] for p in listed}
+        listed = storage.retry_call(lambda fs=fs, root=root: fs.find(root), url=folder, what="list")
+        names = set()
+        for key in listed:
+            parts = key[len(root) :].split("/") if key.startswith(root) else ()
+            if len(parts) == 2 and parts[1] == COMMIT:
+                names.add(parts[0])
         found.update(m for m in wanted if m.split("/")[-2] in names)
     return found
 

@@ -168,8 +168,21 @@ def retry_call(
 
 
 def _endpoint_hint(url: Any) -> str:
+    """The endpoint the client talks to, in the order s3fs applies them: fsspec's config (``FSSPEC_S3_ENDPOINT_URL``,
+    passed to the client as an argument), then botocore's environment, else AWS itself."""
     text = str(url)
     if text.startswith(("s3://", "s3a://")):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        try:
+            from fsspec.config import conf
+        except ImportError:  # pragma: no cover - fsspec is a requirement
+            conf = {}
+        options = conf.get(text.split(":", 1)[0], {}) or conf.get("s3", {})
+        endpoint = (
+            options.get("endpoint_url")
+            or (options.get("client_kwargs") or {}).get("endpoint_url")
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or "AWS S3"
+        )
         return f"endpoint {endpoint}"
     return "check the network and the service"

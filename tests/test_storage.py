@@ -205,3 +205,19 @@ def test_listings_and_existence_see_what_other_clients_wrote_since(s3_server, s3
     assert [p.name for p in storage.listdir(base)] == ["b"]
     assert [p.parent.name for p in storage.glob(base, "*/run.json")] == ["b"]
     assert storage.exists(f"{base}/b/run.json") and not storage.isfile(f"{base}/a/run.json")
+
+
+def test_a_give_up_message_names_the_endpoint_fsspec_config_sets(monkeypatch):
+    """An endpoint set through fsspec's own config (``FSSPEC_S3_ENDPOINT_URL``, the module docstring's way for an older
+    botocore) is the one the client talks to: the final error names it, not "AWS S3"."""
+    import fsspec.config
+
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": "http://minio.internal:9000"})
+
+    def down():
+        raise ConnectionRefusedError("refused")
+
+    with pytest.raises(storage.StorageError, match=r"endpoint http://minio\.internal:9000"):
+        storage.retry_call(down, url="s3://b/x", what="read", deadline=0)
