@@ -162,6 +162,30 @@ def test_a_sharded_fsdp_checkpoint_on_the_bucket_saves_loads_and_resumes(s3_run,
         resume_checkpoint(OmegaConf.create({"resume": "auto"}), RunDir(f"s3://{s3_run['bucket']}/fsdp"))
 
 
+def test_a_full_fsdp_save_over_an_older_sharded_folder_of_the_same_name_is_what_resume_loads(s3_bucket):
+    """Switching ``trainer.fsdp.state_dict_type`` from sharded to full in one run directory: the full save writes the
+    object ``last.ckpt`` while the older sharded folder ``last.ckpt/`` is still on the bucket. Lightning's local
+    FSDPStrategy deletes that folder; on the bucket it stayed, and ``storage.local_copy`` (which prefers a prefix
+    holding objects) handed ``resume=auto`` the older sharded checkpoint: an earlier step, silently."""
+    from omegaconf import OmegaConf
+
+    from lit_modules.checkpoints import read_checkpoint_meta
+    from lit_modules.strategy import ObjectStoreFSDPStrategy
+    from lit_modules.trainer import AtomicCheckpointIO, resume_checkpoint
+    from tracking.run_dir import RunDir
+
+    run = f"s3://{s3_bucket}/runs/switch"
+    url = f"{run}/checkpoints/last.ckpt"
+    for step, kind in ((2, "sharded"), (4, "full")):
+        strategy = ObjectStoreFSDPStrategy(state_dict_type=kind)
+        strategy.checkpoint_io = AtomicCheckpointIO()
+        ckpt = {"state_dict": {"w": torch.full((3,), float(step))}, "optimizer_states": [], "global_step": step}
+        strategy.save_checkpoint(ckpt, url)
+    local = resume_checkpoint(OmegaConf.create({"resume": "auto"}), RunDir(run))
+    assert read_checkpoint_meta(local)["global_step"] == 4
+    assert read_checkpoint_meta(url)["global_step"] == 4
+
+
 def test_a_checkpoint_upload_that_fails_midway_leaves_the_previous_checkpoint(s3_bucket, s3_server, monkeypatch):
     """The in-process half of "a checkpoint write interrupted": torch.save fails half-way (the disk-full case of
     tests/test_reliability.py, on a bucket): nothing is uploaded. A kill during the upload itself: the slow test
