@@ -98,7 +98,8 @@ class ObjectStoreFSDPStrategy(FSDPStrategy):
       uploads its shard objects, the coordinator the index); rank 0 first deletes ``meta.pt``, so a save that dies
       half-way leaves an *incomplete* folder (``resume=auto`` refuses it by name) rather than a mix of old and new
       shards that reads as complete, and writes the new ``meta.pt`` (one atomic object) last;
-    * full: rank 0 writes one file through the checkpoint IO (``AtomicCheckpointIO``: one upload);
+    * full: rank 0 writes one file through the checkpoint IO (``AtomicCheckpointIO``: one upload), then deletes an
+      older sharded folder of the same name (a run switched from sharded to full), as Lightning's local save does;
     * load: from the local copy in the storage cache (``storage.local_copy``), the local folder Lightning reads.
     """
 
@@ -109,6 +110,10 @@ class ObjectStoreFSDPStrategy(FSDPStrategy):
         if self._state_dict_type == "full":
             if self.is_global_zero:
                 self.checkpoint_io.save_checkpoint(checkpoint, url)
+                if storage.isdir(url):  # an older sharded folder of the same name (Lightning's local save deletes it
+                    # too); deleted after the upload, so a kill in between leaves the new file, which local_copy prefers
+                    for entry in storage.listdir(url):
+                        storage.remove(entry, recursive=True)
             return None
         from lightning.fabric.utilities.load import _METADATA_FILENAME
         from torch.distributed.checkpoint import save

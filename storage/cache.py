@@ -60,7 +60,10 @@ def local_copy(url: PathLike) -> Path:
     name = path.rsplit("/", 1)[-1]
 
     def listing() -> list[tuple[str, dict]]:
-        if fs.isdir(path):
+        # An object at exactly this key wins over a prefix of the same name: the checkpoint writers remove the object
+        # before writing a sharded folder there, and write a full file before deleting an older folder
+        # (lit_modules.strategy), so when both exist the object is the newer one.
+        if not fs.isfile(path) and fs.isdir(path):
             return [(p[len(path) + 1 :], info) for p, info in fs.find(path, detail=True).items()]
         return [("", fs.info(path))]
 

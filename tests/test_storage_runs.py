@@ -184,6 +184,7 @@ def test_a_full_fsdp_save_over_an_older_sharded_folder_of_the_same_name_is_what_
     local = resume_checkpoint(OmegaConf.create({"resume": "auto"}), RunDir(run))
     assert read_checkpoint_meta(local)["global_step"] == 4
     assert read_checkpoint_meta(url)["global_step"] == 4
+    assert storage.isfile(url) and not storage.isdir(url)  # the older folder is gone, the new file stays
 
 
 def test_a_checkpoint_upload_that_fails_midway_leaves_the_previous_checkpoint(s3_bucket, s3_server, monkeypatch):
