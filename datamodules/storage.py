@@ -13,7 +13,8 @@ object at the byte it had reached, under the same deadline. What still fails (a 
 ``data.cache_dir`` turns on a local shard cache: a remote shard is downloaded whole into it once (retried whole) and
 read from local disk afterwards, so later epochs cost one metadata request per shard (the ETag check that keeps a
 rewritten shard from being served stale) instead of its bytes. ``data.cache_limit_gb`` bounds the folder: least
-recently used shards are deleted first (webdataset's ``LRUCleanup``).
+recently used shards are deleted first (webdataset's ``LRUCleanup``). A host that gives no version of an object (no
+ETag nor Last-Modified) is read uncached: a copy could not be told stale.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from webdataset.cache import LRUCleanup
 from webdataset.gopen import gopen
 
 import storage
+from storage.cache import version_tag
 
 BLOCK_SIZE = 8 * 2**20  # bytes one remote range request fetches ahead (s3fs's default is 5 MiB)
 
@@ -154,7 +156,9 @@ class ShardOpener:
         fs, path = storage.url_to_fs(url)
         fs.invalidate_cache(path)
         info = storage.retry_call(lambda: fs.info(path), url=url, what="stat")
-        tag = str(info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("mtime") or "")
+        tag = version_tag(info)
+        if tag is None:  # no ETag nor modification time: a cached copy could be stale, read the object instead
+            return io.BufferedReader(RemoteStream(url), buffer_size=1 << 20)
         version = hashlib.sha256(f"{url}\0{info.get('size')}\0{tag}".encode()).hexdigest()[:20]
         root = Path(self.cache_dir)
         dest = root / "shards" / f"{version}-{path.rsplit('/', 1)[-1]}"

@@ -31,6 +31,8 @@ import storage
 __all__ = [
     "CheckpointError",
     "InitReport",
+    "checkpoint_copy",
+    "committed_sharded",
     "compatibility_problems",
     "is_checkpoint",
     "is_sharded_checkpoint",
@@ -40,6 +42,9 @@ __all__ = [
 
 SHARDED_META = "meta.pt"  # lightning.fabric.utilities.load._METADATA_FILENAME
 DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards
+# On an object store a sharded checkpoint folder holds one folder per save and this object, written last, naming the
+# committed one (lit_modules.strategy.ObjectStoreFSDPStrategy): a save interrupted at any point leaves the previous.
+SHARDED_CURRENT = "CURRENT"
 
 
 class CheckpointError(ValueError):
@@ -77,9 +82,25 @@ class InitReport:
         return "\n".join(lines)
 
 
+def committed_sharded(path: os.PathLike | str) -> Any:
+    """Where a sharded checkpoint's files are: on an object store, the save folder its ``CURRENT`` object names;
+    else (a local folder, a file, a folder written before saves were versioned) ``path`` itself."""
+    if storage.is_remote(path) and not storage.isfile(path):
+        current = storage.join(path, SHARDED_CURRENT)
+        if storage.isfile(current):
+            return storage.join(path, storage.read_text(current).strip())
+    return path
+
+
+def checkpoint_copy(path: os.PathLike | str) -> Path:
+    """A local path holding the checkpoint at ``path``: the path itself when local, else a copy of the remote file or
+    of the committed save of a remote sharded folder (``storage.local_copy``)."""
+    return storage.local_copy(committed_sharded(path))
+
+
 def is_sharded_checkpoint(path: os.PathLike | str) -> bool:
     """True for a complete sharded FSDP checkpoint folder (DCP index and Lightning's ``meta.pt`` both present)."""
-    path = storage.as_path(path)
+    path = storage.as_path(committed_sharded(path))
     return storage.isfile(path / SHARDED_META) and storage.isfile(path / DCP_METADATA)
 
 
@@ -90,7 +111,7 @@ def is_checkpoint(path: os.PathLike | str) -> bool:
 
 def _named(url: os.PathLike | str, read: Any) -> Any:
     """``read(local copy)`` of a remote checkpoint (``storage.local_copy``), with errors naming the URL."""
-    local = storage.local_copy(url)
+    local = checkpoint_copy(url)
     try:
         return read(local)
     except (CheckpointError, FileNotFoundError) as err:

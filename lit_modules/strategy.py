@@ -5,6 +5,7 @@ Multi-node launches (torchrun, SLURM) are described in docs/multinode.md.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,12 +94,14 @@ class ObjectStoreFSDPStrategy(FSDPStrategy):
     Lightning's FSDP save and load turn the checkpoint path into a ``pathlib.Path`` (``s3://b/x`` becomes the local
     folder ``s3:/b/x``), so a remote path is handled here and a local one is left to Lightning unchanged:
 
-    * sharded (``state_dict_type="sharded"``): the same layout as Lightning's (DCP shards + ``.metadata``, then
-      ``meta.pt``), written by ``torch.distributed.checkpoint``'s own fsspec writer (``FsspecWriter``: every rank
-      uploads its shard objects, the coordinator the index); rank 0 first deletes ``meta.pt``, so a save that dies
-      half-way leaves an *incomplete* folder (``resume=auto`` refuses it by name) rather than a mix of old and new
-      shards that reads as complete, and writes the new ``meta.pt`` (one atomic object) last;
-    * full: rank 0 writes one file through the checkpoint IO (``AtomicCheckpointIO``: one upload);
+    * sharded (``state_dict_type="sharded"``): each save goes to a new folder ``<path>/<save id>/`` in Lightning's
+      layout (DCP shards + ``.metadata``, written by ``torch.distributed.checkpoint``'s own fsspec writer,
+      ``FsspecWriter``: every rank uploads its shard objects, the coordinator the index; then ``meta.pt``), and rank 0
+      commits it by writing ``<path>/CURRENT`` (one atomic object naming the folder), then deletes the older saves.
+      An object store has no rename, so the name is the commit: a save that dies at any point leaves the previous save
+      committed and loadable (``lit_modules.checkpoints.committed_sharded``), never a mix of old and new shards;
+    * full: rank 0 writes one file through the checkpoint IO (``AtomicCheckpointIO``: one upload), then deletes an
+      older sharded folder of the same name (a run switched from sharded to full), as Lightning's local save does;
     * load: from the local copy in the storage cache (``storage.local_copy``), the local folder Lightning reads.
     """
 
@@ -109,27 +112,39 @@ class ObjectStoreFSDPStrategy(FSDPStrategy):
         if self._state_dict_type == "full":
             if self.is_global_zero:
                 self.checkpoint_io.save_checkpoint(checkpoint, url)
+                if storage.isdir(url):  # an older sharded folder of the same name (Lightning's local save deletes it
+                    # too); deleted after the upload, so a kill in between leaves the new file, which local_copy prefers
+                    for entry in storage.listdir(url):
+                        storage.remove(entry, recursive=True)
             return None
         from lightning.fabric.utilities.load import _METADATA_FILENAME
         from torch.distributed.checkpoint import save
         from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
-        meta = storage.join(url, _METADATA_FILENAME)
-        if self.is_global_zero:
-            if storage.isfile(url):
-                storage.remove(url)  # a full checkpoint of the same name before
-            storage.remove(meta)  # incomplete from here until the new meta.pt is written
+        from lit_modules.checkpoints import SHARDED_CURRENT
+
+        save_id = str(self.broadcast(f"save-{checkpoint.get('global_step', 0)}-{uuid.uuid4().hex[:8]}"))
+        folder = str(storage.join(url, save_id))
+        if self.is_global_zero and storage.isfile(url):
+            storage.remove(url)  # a full checkpoint of the same name before (a run switched from full to sharded)
         self.barrier("remote_sharded_checkpoint_start")
         converted = {"model": checkpoint.pop("state_dict")}
         converted.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
-        save(converted, storage_writer=FsspecWriter(url))
+        save(converted, storage_writer=FsspecWriter(folder))
         if self.is_global_zero:
-            storage.atomic_write(meta, lambda f: torch.save(checkpoint, f))
+            storage.atomic_write(storage.join(folder, _METADATA_FILENAME), lambda f: torch.save(checkpoint, f))
+            storage.write_text(storage.join(url, SHARDED_CURRENT), save_id + "\n")  # the commit
+            for entry in storage.listdir(url):  # older saves, and the flat files of a folder written before versions
+                if str(entry).rstrip("/").rsplit("/", 1)[-1] not in (save_id, SHARDED_CURRENT):
+                    storage.remove(entry, recursive=True)
+        self.barrier("remote_sharded_checkpoint_end")
         return None
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         if storage.is_remote(checkpoint_path):
-            checkpoint_path = storage.local_copy(checkpoint_path)
+            from lit_modules.checkpoints import checkpoint_copy
+
+            checkpoint_path = checkpoint_copy(checkpoint_path)
         return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
 
 

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from omegaconf import DictConfig, OmegaConf
 
 import storage
-from lit_modules.checkpoints import CheckpointError
+from lit_modules.checkpoints import CheckpointError, checkpoint_copy
 from tracking.run_dir import RunDir
 from tracking.sample_keys import SampleKeyRecorder
 
@@ -45,7 +45,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path: Any, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None
     ) -> dict[str, Any]:
         """Lightning's loader, with clear errors for a pickle payload (refused, never executed) or a broken file."""
-        local = storage.local_copy(path)
+        local = checkpoint_copy(path)
         try:
             return super().load_checkpoint(local, map_location=map_location, weights_only=weights_only)
         except pickle.UnpicklingError:
@@ -421,12 +421,12 @@ def resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> str | None:
                     "resume=<an older checkpoint> or resume=never"
                 )
             return None
-        return str(storage.local_copy(last))
+        return str(checkpoint_copy(last))
     if not is_checkpoint(cfg.resume):
         raise FileNotFoundError(
             f"resume={cfg.resume}: no such checkpoint file or complete sharded checkpoint folder (.metadata + meta.pt)"
         )
-    return str(storage.local_copy(cfg.resume))
+    return str(checkpoint_copy(cfg.resume))
 
 
 def checkpoint_topology(path: str) -> dict[str, int] | None:

@@ -4,7 +4,8 @@ A remote checkpoint is downloaded once per version into ``$STORAGE_CACHE_DIR`` (
 ``$XDG_CACHE_HOME/billion-scale-vit/remote``, i.e. ``~/.cache/billion-scale-vit/remote``), then read from local
 disk: ``torch.load`` can memory-map it, Lightning's FSDP loader (which takes only local folders) can read a sharded
 folder, and evaluating or resuming the same checkpoint again downloads nothing. The version is the object's ETag
-and size (every object of a folder), so a new ``last.ckpt`` is fetched again and replaces the older copy of the
+(or hash, or modification time: ``version_tag``; with none, a fresh copy every time) and size (every object of a
+folder), so a new ``last.ckpt`` is fetched again and replaces the older copy of the
 same URL; copies of other URLs stay until the cache folder is cleared. A download goes to a temporary folder first
 and is renamed into place, so concurrent processes (several ranks on one node) never read a partial copy.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from storage.fs import PathLike, _fresh, is_remote, local_path
 from storage.retry import retry_call
 
-__all__ = ["CACHE_ENV", "cache_dir", "local_copy"]
+__all__ = ["CACHE_ENV", "VERSION_FIELDS", "cache_dir", "local_copy", "version_tag"]
 
 CACHE_ENV = "STORAGE_CACHE_DIR"
 
@@ -37,10 +38,25 @@ def cache_dir() -> Path:
     return base / "billion-scale-vit" / "remote"
 
 
+# The fields fsspec backends give an object's version in (s3fs, gcsfs, local/sftp, http: Last-Modified when the server
+# sends no ETag). The size alone is no version: a rewritten shard or checkpoint usually keeps its size (tar pads to
+# 10 KiB records, torch.save aligns tensor records).
+VERSION_FIELDS = ("ETag", "etag", "md5Hash", "mtime", "LastModified", "Last-Modified")
+
+
+def version_tag(info: dict) -> str | None:
+    """What tells this version of an object from a rewrite of it (``fs.info``'s ETag, hash or modification time);
+    None when the backend gives none, and a cached copy cannot be told current."""
+    tag = next((info[k] for k in VERSION_FIELDS if info.get(k)), None)
+    return None if tag is None else str(tag)
+
+
 def _version(entries: list[tuple[str, dict]]) -> str:
     digest = hashlib.sha256()
     for name, info in sorted(entries):
-        tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("mtime") or ""
+        tag = version_tag(info)
+        if tag is None:  # nothing to compare: a fresh copy each time rather than a stale one
+            tag = os.urandom(8).hex()
         digest.update(f"{name}\0{info.get('size')}\0{tag}\n".encode())
     return digest.hexdigest()[:16]
 
@@ -60,7 +76,10 @@ def local_copy(url: PathLike) -> Path:
     name = path.rsplit("/", 1)[-1]
 
     def listing() -> list[tuple[str, dict]]:
-        if fs.isdir(path):
+        # An object at exactly this key wins over a prefix of the same name: the checkpoint writers remove the object
+        # before writing a sharded folder there, and write a full file before deleting an older folder
+        # (lit_modules.strategy), so when both exist the object is the newer one.
+        if not fs.isfile(path) and fs.isdir(path):
             return [(p[len(path) + 1 :], info) for p, info in fs.find(path, detail=True).items()]
         return [("", fs.info(path))]
 

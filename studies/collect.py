@@ -108,6 +108,8 @@ def _read_json(path: Any) -> dict | None:
         data = json.loads(storage.read_text(path))
     except FileNotFoundError:
         return None
+    except storage.StorageError:  # the store kept failing: not a bad file, and a run left out would change the tables
+        raise
     except (OSError, ValueError) as err:
         log.warning("skipping unreadable %s: %s", path, err)
         return None
@@ -119,6 +121,8 @@ def _read_yaml(path: Any) -> dict | None:
         data = yaml.safe_load(storage.read_text(path))
     except FileNotFoundError:
         return None
+    except storage.StorageError:  # the store kept failing: not a bad file, and a run left out would change the tables
+        raise
     except (OSError, yaml.YAMLError) as err:
         log.warning("skipping unreadable %s: %s", path, err)
         return None

@@ -151,15 +151,83 @@ def test_a_sharded_fsdp_checkpoint_on_the_bucket_saves_loads_and_resumes(s3_run,
     strategy.checkpoint_io = AtomicCheckpointIO()
     strategy.save_checkpoint(torch.load(source, weights_only=True), url)
     names = sorted(p.name for p in storage.listdir(url))
-    assert names == [".metadata", "__0_0.distcp", "meta.pt"] and is_sharded_checkpoint(url) and is_checkpoint(url)
+    assert names[0] == "CURRENT" and len(names) == 2 and names[1] == storage.read_text(f"{url}/CURRENT").strip()
+    assert sorted(p.name for p in storage.listdir(f"{url}/{names[1]}")) == [".metadata", "__0_0.distcp", "meta.pt"]
+    assert is_sharded_checkpoint(url) and is_checkpoint(url)
     ref = load_module(source).state_dict()
     got = load_module(url).state_dict()
     assert set(got) == set(ref) and all(torch.equal(v, ref[k]) for k, v in got.items())
     local = resume_checkpoint(OmegaConf.create({"resume": "auto"}), RunDir(f"s3://{s3_run['bucket']}/fsdp"))
     assert is_sharded_checkpoint(local) and local.startswith(str(storage.cache_dir()))
-    storage.remove(f"{url}/meta.pt")  # a save that died before rank 0's meta.pt
+    storage.remove(f"{url}/CURRENT")  # a first save that died before its commit
     with pytest.raises(FileNotFoundError, match="incomplete sharded checkpoint"):
         resume_checkpoint(OmegaConf.create({"resume": "auto"}), RunDir(f"s3://{s3_run['bucket']}/fsdp"))
+
+
+def test_a_sharded_save_on_the_bucket_that_dies_midway_leaves_the_previous_save_loadable(s3_run):
+    """Issue 24: "a checkpoint write interrupted (the previous checkpoint still loads)", for sharded FSDP saves on a
+    bucket. The save of step 4 dies after its shards and index are uploaded, before its meta.pt (its checkpoint holds
+    something torch.save cannot write): the step-2 save is still the committed one and is what resume=auto loads,
+    whole. Before, a save rewrote the one folder in place (meta.pt deleted first): an interrupted save left no
+    loadable checkpoint at all. The next good save (step 6) is committed and the older saves are removed."""
+    from omegaconf import OmegaConf
+
+    from lit_modules import load_module
+    from lit_modules.checkpoints import read_checkpoint_meta
+    from lit_modules.strategy import ObjectStoreFSDPStrategy
+    from lit_modules.trainer import AtomicCheckpointIO, resume_checkpoint
+    from tracking.run_dir import RunDir
+
+    source = torch.load(storage.local_copy(f"{s3_run['run']}/checkpoints/last.ckpt"), weights_only=True)
+    run = RunDir(f"s3://{s3_run['bucket']}/killed")
+    url = str(run.last_checkpoint)
+    strategy = ObjectStoreFSDPStrategy(state_dict_type="sharded")
+    strategy.checkpoint_io = AtomicCheckpointIO()
+
+    def at(step: int, **extra) -> dict:
+        ckpt = {**source, "global_step": step, **extra}
+        ckpt["state_dict"] = {k: v + step for k, v in source["state_dict"].items()}
+        return ckpt
+
+    strategy.save_checkpoint(at(2), url)
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises for a lambda
+        strategy.save_checkpoint(at(4, unwritable=lambda: None), url)
+    assert len(storage.listdir(url)) == 3  # CURRENT, the step-2 save, the dead step-4 save
+    local = resume_checkpoint(OmegaConf.create({"resume": "auto"}), run)
+    assert read_checkpoint_meta(local)["global_step"] == 2
+    weights = load_module(url).state_dict()
+    assert all(
+        torch.equal(weights[k], v + 2)
+        for k, v in load_module(storage.local_copy(f"{s3_run['run']}/checkpoints/last.ckpt")).state_dict().items()
+    )
+    strategy.save_checkpoint(at(6), url)
+    assert len(storage.listdir(url)) == 2
+    assert read_checkpoint_meta(resume_checkpoint(OmegaConf.create({"resume": "auto"}), run))["global_step"] == 6
+
+
+def test_a_full_fsdp_save_over_an_older_sharded_folder_of_the_same_name_is_what_resume_loads(s3_bucket):
+    """Switching ``trainer.fsdp.state_dict_type`` from sharded to full in one run directory: the full save writes the
+    object ``last.ckpt`` while the older sharded folder ``last.ckpt/`` is still on the bucket. Lightning's local
+    FSDPStrategy deletes that folder; on the bucket it stayed, and ``storage.local_copy`` (which prefers a prefix
+    holding objects) handed ``resume=auto`` the older sharded checkpoint: an earlier step, silently."""
+    from omegaconf import OmegaConf
+
+    from lit_modules.checkpoints import read_checkpoint_meta
+    from lit_modules.strategy import ObjectStoreFSDPStrategy
+    from lit_modules.trainer import AtomicCheckpointIO, resume_checkpoint
+    from tracking.run_dir import RunDir
+
+    run = f"s3://{s3_bucket}/runs/switch"
+    url = f"{run}/checkpoints/last.ckpt"
+    for step, kind in ((2, "sharded"), (4, "full")):
+        strategy = ObjectStoreFSDPStrategy(state_dict_type=kind)
+        strategy.checkpoint_io = AtomicCheckpointIO()
+        ckpt = {"state_dict": {"w": torch.full((3,), float(step))}, "optimizer_states": [], "global_step": step}
+        strategy.save_checkpoint(ckpt, url)
+    local = resume_checkpoint(OmegaConf.create({"resume": "auto"}), RunDir(run))
+    assert read_checkpoint_meta(local)["global_step"] == 4
+    assert read_checkpoint_meta(url)["global_step"] == 4
+    assert storage.isfile(url) and not storage.isdir(url)  # the older folder is gone, the new file stays
 
 
 def test_a_checkpoint_upload_that_fails_midway_leaves_the_previous_checkpoint(s3_bucket, s3_server, monkeypatch):

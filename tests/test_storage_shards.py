@@ -6,7 +6,9 @@ is a counted skip naming its URL; a server restart mid-epoch is retried through;
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import threading
 import time
@@ -196,10 +198,10 @@ def test_a_pass_resumed_mid_epoch_from_the_bucket_continues_exactly(shards, s3_s
         assert [b["key"] for b in resumed.run_pass(1, 0, loader.position(1, 0, k))] == full[k:], f"after {k} batches"
 
 
-@pytest.fixture()
-def http_server(shards):
-    """The shard folder served by Python's own HTTP server, a separate process on 127.0.0.1 (a plain web host:
-    no S3 API, ranged GETs only)."""
+@contextlib.contextmanager
+def serve_folder(root: Path):
+    """``root`` served by Python's own HTTP server, a separate process on 127.0.0.1 (a plain web host: no S3 API, no
+    ETag, ranged GETs only); yields its base URL."""
     import socket
     import subprocess
     import sys
@@ -208,22 +210,30 @@ def http_server(shards):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    root = Path(shards["manifest"]).parent
     proc = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"{url}/manifest.json", timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def http_server(shards):
+    """The shard folder served over plain HTTP (``serve_folder``)."""
+    with serve_folder(Path(shards["manifest"]).parent) as url:
+        yield url
 
 
 def test_a_pass_reads_shards_and_manifest_from_a_plain_web_host_like_local_disk(shards, http_server):
@@ -237,3 +247,46 @@ def test_a_pass_reads_shards_and_manifest_from_a_plain_web_host_like_local_disk(
     resumed = PassLoader("weak_label", WeakLabelSource(cfg).train_source(0, 1), EpochClock())
     k = len(full) // 2
     assert [b["key"] for b in resumed.run_pass(1, 0, loader.position(1, 0, k))] == full[k:]
+
+
+def _rewrite_same_size(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` of the same length and a later mtime (a re-labelled shard: tar pads every shard
+    to 10 KiB records, so a few changed label bytes rarely change its size)."""
+    assert len(data) == path.stat().st_size
+    stat = path.stat()
+    path.write_bytes(data)
+    os.utime(path, (stat.st_atime, stat.st_mtime + 60))
+
+
+def test_the_shard_cache_does_not_serve_a_shard_rewritten_on_a_web_host_with_the_same_size(tmp_path):
+    """A web host sends no ETag (Python's http.server, many static hosts): the cache keyed the shard by URL and size
+    only, so a rewritten shard of the same size was served from the stale copy, silently, every later epoch."""
+    from datamodules.storage import ShardOpener
+
+    root = tmp_path / "web"
+    root.mkdir()
+    shard = root / "train-000000.tar"
+    shard.write_bytes(b"A" * 20480)
+    opener = ShardOpener(cache_dir=str(tmp_path / "cache"))
+    with serve_folder(root) as base:
+        with opener(f"{base}/{shard.name}") as stream:
+            assert stream.read() == b"A" * 20480
+        _rewrite_same_size(shard, b"B" * 20480)
+        with opener(f"{base}/{shard.name}") as stream:
+            assert stream.read() == b"B" * 20480
+
+
+def test_local_copy_of_a_checkpoint_rewritten_on_a_web_host_with_the_same_size_is_the_new_one(tmp_path, monkeypatch):
+    """``evaluate.py eval.checkpoint=https://...``: consecutive ``last.ckpt`` of one model have the same size
+    (torch.save aligns every tensor record), and with no ETag the cached copy of the older one was returned."""
+    import storage
+
+    monkeypatch.setenv("STORAGE_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "web"
+    root.mkdir()
+    ckpt = root / "last.ckpt"
+    ckpt.write_bytes(b"step 2" * 100)
+    with serve_folder(root) as base:
+        assert storage.local_copy(f"{base}/last.ckpt").read_bytes() == b"step 2" * 100
+        _rewrite_same_size(ckpt, b"step 4" * 100)
+        assert storage.local_copy(f"{base}/last.ckpt").read_bytes() == b"step 4" * 100

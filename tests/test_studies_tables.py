@@ -348,3 +348,48 @@ def test_wandb_runs_map_to_the_same_record_shape():
 def test_read_run_dir_ignores_folders_without_run_json(tmp_path):
     assert read_run_dir(tmp_path) is None
     assert MISSING == "—"
+
+
+# A web host that serves a folder but answers 503 (a transient "try again") for one file of one run: a store failing
+# mid-collection, a separate process on 127.0.0.1.
+FLAKY_HOST = """
+import http.server, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        if self.path.endswith("/failing/" + sys.argv[2]):
+            return self.send_error(503, "Service Unavailable")
+        return super().do_GET()
+    do_HEAD = do_GET
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Handler(*a, directory=sys.argv[1]))
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.mark.parametrize("file", ["run.json", "metrics.json"])
+def test_a_store_that_keeps_failing_while_runs_are_collected_is_an_error_not_a_run_left_out(
+    tmp_path, monkeypatch, file
+):
+    """``make_report.py --runs s3://...``: a run whose run.json (or metrics.json) still failed at the retry deadline was
+    logged as "unreadable" and left out of the tables (or kept without its metrics): a mean over fewer seeds, a cell
+    shown as missing, with nothing but a warning. The store failing is not the run being unreadable: it stops."""
+    import subprocess
+    import sys
+
+    import storage
+
+    root = tmp_path / "site"
+    for name in ("ok", "failing"):
+        make_run_dir(root / "runs", name, metrics={"val/loss": 0.5})
+    monkeypatch.setenv("STORAGE_RETRY_DEADLINE_S", "1")
+    proc = subprocess.Popen([sys.executable, "-c", FLAKY_HOST, str(root), file], stdout=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{proc.stdout.readline().strip()}/runs/"
+        assert storage.read_text(f"{base}ok/{file}")  # the host serves the healthy run
+        with pytest.raises(storage.StorageError, match=f"failing/{file}"):
+            collect_local(base)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
