@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from storage.fs import PathLike, _fresh, is_remote, local_path
@@ -28,6 +29,7 @@ from storage.retry import retry_call
 __all__ = ["CACHE_ENV", "VERSION_FIELDS", "cache_dir", "local_copy", "version_tag"]
 
 CACHE_ENV = "STORAGE_CACHE_DIR"
+UNVERSIONED_KEEP_S = 3600  # how long a per-call copy of an unversioned object is left for its reader
 
 
 def cache_dir() -> Path:
@@ -88,6 +90,7 @@ def local_copy(url: PathLike) -> Path:
         raise FileNotFoundError(f"{url}: no such file or folder")
     folder = cache_dir() / hashlib.sha256(str(url).encode()).hexdigest()[:16]
     dest = folder / _version(entries) / name
+    versioned = all(version_tag(info) is not None for _, info in entries)
     if dest.exists():
         return dest
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,10 @@ def local_copy(url: PathLike) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for other in folder.iterdir():  # older versions of this URL
+        # Copies of an unversioned object are one per call: another process (a rank on this node) may be about to read
+        # its own, so only copies over an hour old go.
+        if not versioned and time.time() - other.stat().st_mtime < UNVERSIONED_KEEP_S:
+            continue
         if other.name != dest.parent.name and not other.name.startswith(".download-"):
             with contextlib.suppress(OSError):
                 shutil.rmtree(other)

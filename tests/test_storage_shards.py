@@ -199,9 +199,10 @@ def test_a_pass_resumed_mid_epoch_from_the_bucket_continues_exactly(shards, s3_s
 
 
 @contextlib.contextmanager
-def serve_folder(root: Path):
+def serve_folder(root: Path, last_modified: bool = True):
     """``root`` served by Python's own HTTP server, a separate process on 127.0.0.1 (a plain web host: no S3 API, no
-    ETag, ranged GETs only); yields its base URL."""
+    ETag, ranged GETs only; without ``last_modified``, no Last-Modified header either: a host that gives no version of
+    its objects); yields its base URL."""
     import socket
     import subprocess
     import sys
@@ -210,11 +211,20 @@ def serve_folder(root: Path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    if last_modified:
+        cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)]
+    else:
+        script = (
+            "import functools, http.server, sys\n"
+            "class H(http.server.SimpleHTTPRequestHandler):\n"
+            "    def send_header(self, k, v):\n"
+            "        if k.lower() != 'last-modified':\n"
+            "            super().send_header(k, v)\n"
+            "h = functools.partial(H, directory=sys.argv[2])\n"
+            "http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), h).serve_forever()\n"
+        )
+        cmd = [sys.executable, "-c", script, str(port), str(root)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -290,3 +300,26 @@ def test_local_copy_of_a_checkpoint_rewritten_on_a_web_host_with_the_same_size_i
         assert storage.local_copy(f"{base}/last.ckpt").read_bytes() == b"step 2" * 100
         _rewrite_same_size(ckpt, b"step 4" * 100)
         assert storage.local_copy(f"{base}/last.ckpt").read_bytes() == b"step 4" * 100
+
+
+def test_copies_of_an_unversioned_object_are_fresh_and_not_pulled_from_under_another_reader(tmp_path, monkeypatch):
+    """A host that gives neither ETag nor Last-Modified: each ``local_copy`` is a fresh download (a cached copy could
+    not be told stale), and a copy another process (a rank on this node) may be about to read is not deleted by the
+    next call; copies over an hour old are."""
+    import storage
+    from storage.cache import UNVERSIONED_KEEP_S
+
+    monkeypatch.setenv("STORAGE_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "web"
+    root.mkdir()
+    ckpt = root / "last.ckpt"
+    ckpt.write_bytes(b"step 2" * 100)
+    with serve_folder(root, last_modified=False) as base:
+        first = storage.local_copy(f"{base}/last.ckpt")
+        _rewrite_same_size(ckpt, b"step 4" * 100)
+        second = storage.local_copy(f"{base}/last.ckpt")
+        assert first != second and first.read_bytes() == b"step 2" * 100 and second.read_bytes() == b"step 4" * 100
+        old = time.time() - UNVERSIONED_KEEP_S - 60
+        os.utime(first.parent, (old, old))
+        third = storage.local_copy(f"{base}/last.ckpt")
+    assert not first.exists() and second.exists() and third.read_bytes() == b"step 4" * 100
