@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import storage
 from lit_modules.backbones import block_classes, create_backbone
+from lit_modules.checkpoints import SHARDED_CURRENT, SHARDED_META, checkpoint_copy
 from lit_modules.tasks import task_datasets
 
 __all__ = [
@@ -117,11 +118,8 @@ class ObjectStoreFSDPStrategy(FSDPStrategy):
                     for entry in storage.listdir(url):
                         storage.remove(entry, recursive=True)
             return None
-        from lightning.fabric.utilities.load import _METADATA_FILENAME
         from torch.distributed.checkpoint import save
         from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
-
-        from lit_modules.checkpoints import SHARDED_CURRENT
 
         save_id = str(self.broadcast(f"save-{checkpoint.get('global_step', 0)}-{uuid.uuid4().hex[:8]}"))
         folder = str(storage.join(url, save_id))
@@ -132,7 +130,7 @@ class ObjectStoreFSDPStrategy(FSDPStrategy):
         converted.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
         save(converted, storage_writer=FsspecWriter(folder))
         if self.is_global_zero:
-            storage.atomic_write(storage.join(folder, _METADATA_FILENAME), lambda f: torch.save(checkpoint, f))
+            storage.atomic_write(storage.join(folder, SHARDED_META), lambda f: torch.save(checkpoint, f))
             storage.write_text(storage.join(url, SHARDED_CURRENT), save_id + "\n")  # the commit
             for entry in storage.listdir(url):  # older saves, and the flat files of a folder written before versions
                 if str(entry).rstrip("/").rsplit("/", 1)[-1] not in (save_id, SHARDED_CURRENT):
@@ -142,8 +140,6 @@ class ObjectStoreFSDPStrategy(FSDPStrategy):
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         if storage.is_remote(checkpoint_path):
-            from lit_modules.checkpoints import checkpoint_copy
-
             checkpoint_path = checkpoint_copy(checkpoint_path)
         return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
 

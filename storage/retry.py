@@ -172,10 +172,8 @@ def _endpoint_hint(url: Any) -> str:
     passed to the client as an argument), then botocore's environment, else AWS itself."""
     text = str(url)
     if text.startswith(("s3://", "s3a://")):
-        try:
-            from fsspec.config import conf
-        except ImportError:  # pragma: no cover - fsspec is a requirement
-            conf = {}
+        from fsspec.config import conf
+
         options = conf.get(text.split(":", 1)[0], {}) or conf.get("s3", {})
         endpoint = (
             options.get("endpoint_url")
