@@ -23,8 +23,20 @@ import tempfile
 from collections.abc import Iterable, Iterator
 
 import storage
+from storage.cache import version_tag
 
-__all__ = ["exists", "expand", "glob", "has_glob", "is_remote", "isdir", "isfile", "local_copies", "read_range"]
+__all__ = [
+    "exists",
+    "expand",
+    "glob",
+    "has_glob",
+    "is_remote",
+    "isdir",
+    "isfile",
+    "local_copies",
+    "read_range",
+    "versions",
+]
 
 is_remote = storage.is_remote
 
@@ -66,6 +78,55 @@ def glob(pattern: str) -> list[str]:
     fs.invalidate_cache()
     found = storage.retry_call(lambda: fs.glob(path), url=pattern, what="list")
     return sorted(fs.unstrip_protocol(p) for p in found)
+
+
+def versions(paths: Iterable[str]) -> dict[str, str]:
+    """What tells each input's current content from a rewrite of it: ``size:mtime_ns`` of a local file, ``size:tag``
+    of an object (its ETag, else its modification time: ``storage.cache.version_tag``); ``missing`` for a path that
+    names nothing. Several objects of one folder are read from its listing (a page per 1,000 objects), a single
+    object from its own metadata (one request).
+
+    The work files of a run are keyed by these (labels.pipeline), and a task checks its inputs against them before
+    and after reading, so that an input replaced between two passes or two runs is never read half old, half new."""
+    paths = list(paths)
+    out: dict[str, str] = {}
+    by_folder: dict[str, list[str]] = {}
+    for path in paths:
+        if is_remote(path):
+            by_folder.setdefault(path.rstrip("/").rsplit("/", 1)[0], []).append(path)
+            continue
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            out[path] = "missing"
+            continue
+        out[path] = f"{st.st_size}:{st.st_mtime_ns}"
+    for folder, urls in by_folder.items():
+        found = _object_infos(folder, urls)
+        for url in urls:
+            e = found.get(storage.url_to_fs(url)[1].rstrip("/"))
+            out[url] = "missing" if e is None else f"{e.get('size')}:{version_tag(e)}"
+    return {path: out[path] for path in paths}
+
+
+def _object_infos(folder: str, urls: list[str]) -> dict[str, dict]:
+    """Path inside the store -> ``fs.info`` of the objects ``urls`` of one folder (absent ones left out): the
+    folder's listing for several, the object's own metadata for one."""
+    fs, inner = storage.url_to_fs(folder)
+    fs.invalidate_cache(inner)
+    if len(urls) > 1:
+        entries = storage.retry_call(lambda: fs.ls(inner, detail=True), url=folder, what="list")
+    else:
+        path = storage.url_to_fs(urls[0])[1]
+
+        def info() -> list[dict]:
+            try:
+                return [fs.info(path)]
+            except FileNotFoundError:
+                return []
+
+        entries = storage.retry_call(info, url=urls[0], what="stat")
+    return {e["name"].rstrip("/"): e for e in entries}
 
 
 def read_range(path: str, offset: int = 0, size: int = -1) -> bytes:

@@ -49,7 +49,7 @@ from labels import inputs, store
 from labels.hashing import content_key, hash_unit, scale_bucket, split_of
 from labels.images import ImageJob, ImageSettings, Preparer, read_bytes, series_key
 from labels.scoring import LIST_SIGNALS, MaskScores, TermScorer, cluster_labels, select_group_labels
-from labels.sources import InputError, Partition, iter_partition
+from labels.sources import InputError, Partition, check_unchanged, iter_partition
 from labels.sources.base import sniff_raster
 from labels.store import (
     BATCH,
@@ -401,8 +401,10 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
     read = 0
     seq = 0
     bad_inputs = [] if cfg["run"]["on_bad_input"] == "skip" else None  # None: a damaged tar fails the task
+    source = SimpleNamespace(**src)
+    check_unchanged(source, p)
 
-    for unit in iter_partition(SimpleNamespace(**src), p, read_images=not text_only, bad_inputs=bad_inputs):
+    for unit in iter_partition(source, p, read_images=not text_only, bad_inputs=bad_inputs):
         read += 1
         key = None
         reason = unit.skip
@@ -454,6 +456,7 @@ def map_task(cfg: dict, part: dict, work: str) -> None:
         route = hashlib.sha1(b"series:" + series.encode()).hexdigest() if series is not None else key
         buckets[bucket_of(route, parts_r)].append(encoded)
         seq += 1
+    check_unchanged(source, p)  # not rewritten while it was read
     bad = [b._asdict() for b in bad_inputs or ()]
     for b in bad:
         fp.update(dumps_line(["bad_input", b["input"], b["reason"], b["error"], b["samples_kept"]]))
@@ -806,6 +809,8 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
     clustered_ids: list[int] = []
     templates = read_json(os.path.join(work, "templates.json"))
     over_ceiling = {d["term"] for d in read_json(os.path.join(work, "vocab_df.json"))["df_ceiling"]["dropped"]}
+    source = SimpleNamespace(**cfg["sources"][p.source])
+    check_unchanged(source, p)  # the partition the map pass read, not a rewrite of it
     # A remote input tar is downloaded once for the task and its images read from the copy (labels.inputs).
     with inputs.local_copies([] if text_only else p.files) as local:
         for s in _partition_samples(work, p.index, num_reduce):
@@ -852,6 +857,7 @@ def write_task(cfg: dict, part: dict, work: str, num_reduce: int) -> None:
             split_counts[split] += 1
             if bucket >= 0:
                 bucket_counts[bucket] += 1
+    check_unchanged(source, p)
     if text_only:
         write_lines_atomic(out.path("samples.jsonl"), text_lines)
         splits = None

@@ -116,20 +116,20 @@ def computed_config(cfg: DictConfig) -> dict:
 
 
 # The layout of the passes' work files: a work folder written by code of another format is started afresh, never
-# read (2: write tasks record written samples per origin for the quality report).
-WORK_FORMAT = 2
+# read (2: write tasks record written samples per origin for the quality report; 3: inputs.json, the inputs' versions).
+WORK_FORMAT = 3
+INPUT_VERSIONS = "inputs.json"  # in the work folder: each partition's input version when its work files were made
 
 
 def _prepare_work(work: str, cfg_dict: dict, parts: list[Partition]) -> str:
     """Reuse ``work`` only when it was made by this config over this partition list; else start fresh. Returns the
     folder the passes use: ``work`` itself on local disk; on an object store ``work/<fingerprint>``, a prefix of its
     own per config and input listing, so that a task of an earlier run with another config, still running after its
-    driver died, can never commit into this run's work files (the prefixes of other configs are deleted)."""
+    driver died, can never commit into this run's work files (the prefixes of other configs are deleted). Work read
+    from an input that has changed since is dropped too (``_drop_work_of_changed_inputs``)."""
+    listing = [{k: v for k, v in p.to_dict().items() if k != "version"} for p in parts]
     fingerprint = hashlib.sha256(
-        json.dumps(
-            {"config": cfg_dict, "partitions": [p.to_dict() for p in parts], "work_format": WORK_FORMAT},
-            sort_keys=True,
-        ).encode()
+        json.dumps({"config": cfg_dict, "partitions": listing, "work_format": WORK_FORMAT}, sort_keys=True).encode()
     ).hexdigest()
     if is_remote(work):
         own = os.path.join(work, fingerprint[:24])
@@ -137,11 +137,13 @@ def _prepare_work(work: str, cfg_dict: dict, parts: list[Partition]) -> str:
             if str(prefix).rstrip("/") != own:
                 log.info("removing work files of another config or input listing: %s", prefix)
                 storage.remove(str(prefix), recursive=True)
+        _drop_work_of_changed_inputs(own, parts)
         return own
     marker = os.path.join(work, "run.json")
     if os.path.exists(marker):
         try:
             if read_json(marker).get("fingerprint") == fingerprint:
+                _drop_work_of_changed_inputs(work, parts)
                 return work
         except (OSError, ValueError):
             pass
@@ -149,7 +151,42 @@ def _prepare_work(work: str, cfg_dict: dict, parts: list[Partition]) -> str:
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     write_json_atomic(marker, {"fingerprint": fingerprint})
+    _drop_work_of_changed_inputs(work, parts)
     return work
+
+
+def _drop_work_of_changed_inputs(work: str, parts: list[Partition]) -> None:
+    """Keep no work file computed from an input that has changed since (a tar downloaded again after a partial
+    download, a folder re-synced): the map output of each such partition, and every pass after the map, which read
+    all of them. The other partitions' map outputs stay, so a rerun after one tar is repaired maps that tar only; a
+    changed input whose map never completed (it failed) costs nothing."""
+    path = os.path.join(work, INPUT_VERSIONS)
+    try:
+        before = read_json(path)
+    except FileNotFoundError:
+        before = {}
+    changed = [p for p in parts if str(p.index) in before and before[str(p.index)] != p.version]
+    stale = [p for p in changed if storage.exists(passes.done_path(work, "map", p.index))]
+    if stale:
+        log.warning(
+            "%d input(s) changed since the work files in %s were made; their map output and every later pass are "
+            "redone: %s",
+            len(stale),
+            work,
+            ", ".join(p.name for p in stale[:5]) + (" ..." if len(stale) > 5 else ""),
+        )
+        for p in stale:
+            storage.remove(passes.task_dir(work, "map", p.index), recursive=True)
+        keep = {passes.task_dir(work, "map", p.index) for p in parts}
+        for entry in storage.listdir(work):
+            name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+            if name == "map":
+                for task in storage.listdir(entry):
+                    if str(task).rstrip("/") not in keep:  # the pass's index (remote) and anything not a task
+                        storage.remove(str(task), recursive=True)
+            elif name not in ("run.json", INPUT_VERSIONS):
+                storage.remove(str(entry), recursive=True)
+    write_json_atomic(path, {str(p.index): p.version for p in parts})
 
 
 def _append_file(src, dst) -> None:

@@ -120,6 +120,10 @@ def _corpus(src: Path, truncated: bool) -> None:
     write_tar(src / "00002.tar", img2dataset_samples(6, offset=18))
 
 
+def _fingerprint(result) -> str:
+    return json.loads(Path(result.manifest_path).read_text())["input_fingerprint"]
+
+
 def _dataset(out: Path) -> tuple[dict, dict[str, bytes]]:
     files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and p.suffix == ".tar"}
     return json.loads((out / "manifest.json").read_text()), files
@@ -153,6 +157,66 @@ def test_a_truncated_tar_is_skipped_counted_and_named_and_its_intact_samples_kep
         m["pipeline_config"].pop("output")
     assert manifest == clean_manifest
     assert clean_result.counts == {"read": 21, "written": c["written"], "skipped": c["skipped"]}
+
+
+def test_a_rerun_after_the_damaged_tar_is_downloaded_again_reads_the_new_tar(tmp_path, caplog):
+    # The usual fix for a partial download: fetch the tar again and rerun into the same output. The work files of the
+    # first run (kept: run.keep_work, or a run killed before its end) were made from the damaged tar; a rerun must not
+    # reuse them (it did: the work folder was keyed by the config and the input names only, so the repaired tar was
+    # silently ignored and still reported damaged).
+    src = tmp_path / "i2d"
+    _corpus(src, truncated=True)
+    cfg = labels_config(tmp_path, [{**I2D, "path": str(src)}], ["run.keep_work=true"], out="again")
+    assert run(cfg).counts["skipped_inputs"] == {"truncated_tar": 1}
+    write_tar(src / "00001.tar", img2dataset_samples(8, offset=10))  # downloaded again, whole
+    with caplog.at_level("WARNING", logger="labels.pipeline"):
+        result = run(cfg)
+    assert f"1 input(s) changed since the work files in {cfg.output}" in caplog.text
+    assert f"later pass are redone: {src / '00001.tar'}" in caplog.text
+    passes = result.stats["distributed"]["passes"]
+    assert (passes["map"]["already_done"], passes["map"]["ran"]) == (2, 1)  # only the repaired tar is read again
+    assert passes["reduce"]["already_done"] == passes["write"]["already_done"] == 0
+    assert result.counts["read"] == 10 + 8 + 6 and "bad_inputs" not in result.counts
+    fresh = labels_config(tmp_path, [{**I2D, "path": str(src)}], out="fresh")
+    fresh_result = run(fresh)
+    assert _dataset(Path(cfg.output))[1] == _dataset(Path(fresh.output))[1]
+    assert result.counts == fresh_result.counts
+
+
+def test_an_input_rewritten_with_the_same_size_is_read_again_on_a_rerun(tmp_path):
+    src = tmp_path / "i2d"
+    write_tar(src / "00000.tar", img2dataset_samples(6))
+    cfg = labels_config(tmp_path, [{**I2D, "path": str(src)}], ["run.keep_work=true"])
+    before = _fingerprint(run(cfg))
+    tar = src / "00000.tar"
+    size, mtime = tar.stat().st_size, tar.stat().st_mtime_ns
+    tar.write_bytes(tar.read_bytes().replace(b"a black cat on a sofa", b"a black dog on a sofa"))
+    os.utime(tar, ns=(mtime, mtime + 10**9))  # a coarse clock could give the rewrite its old time; not this test
+    assert tar.stat().st_size == size
+    again = _fingerprint(run(cfg))
+    fresh = _fingerprint(run(labels_config(tmp_path, [{**I2D, "path": str(src)}], out="fresh")))
+    assert again == fresh != before
+
+
+def test_an_input_changed_during_the_run_stops_it_naming_the_input(tmp_path, monkeypatch):
+    from labels import pipeline
+
+    src = tmp_path / "i2d"
+    write_tar(src / "00000.tar", img2dataset_samples(6))
+    write_tar(src / "00001.tar", img2dataset_samples(6, offset=6))
+    cfg = labels_config(tmp_path, [{**I2D, "path": str(src)}])
+    labels_step = pipeline._Driver.labels
+
+    def rewrite_then_label(self, *a, **k):  # img2dataset appending to a tar the map pass has read
+        write_tar(src / "00001.tar", img2dataset_samples(9, offset=6))
+        return labels_step(self, *a, **k)
+
+    monkeypatch.setattr(pipeline._Driver, "labels", rewrite_then_label)
+    with pytest.raises(InputError, match=r"00001\.tar changed while the run read it"):
+        run(cfg)
+    assert not (Path(cfg.output) / "manifest.json").exists()
+    monkeypatch.undo()
+    assert run(cfg).counts["read"] == 6 + 9  # the rerun starts afresh from the inputs as they are now
 
 
 def test_on_bad_input_fail_stops_the_run_naming_the_tar(tmp_path):

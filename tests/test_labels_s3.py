@@ -93,3 +93,24 @@ def test_a_store_that_stays_down_fails_the_task_naming_the_url_never_a_counted_s
         s3_server.start()
     assert bad == []
     assert len(list(iter_img2dataset(url, tars=[url], bad_inputs=bad))) == 8  # back up: read whole again
+
+
+def test_a_tar_replaced_on_s3_between_passes_stops_the_run_naming_it(local_reference, s3_bucket, tmp_path, monkeypatch):
+    """An object's version is its ETag from the listing: a tar rewritten after the map pass read it (an img2dataset
+    job writing into the same prefix) stops the write pass with its URL instead of mixing the two versions."""
+    from labels import pipeline
+
+    root, sources, _ = local_reference
+    prefix = _upload(root, s3_bucket)
+    cfg = labels_config(tmp_path, [{**sources[0], "path": prefix}], SMALL_PARTS)
+    labels_step = pipeline._Driver.labels
+
+    def rewrite_then_label(self, *a, **k):
+        storage.write_bytes(f"{prefix}/00001.tar", (root / "i2d" / "00002.tar").read_bytes())
+        return labels_step(self, *a, **k)
+
+    monkeypatch.setattr(pipeline._Driver, "labels", rewrite_then_label)
+    with pytest.raises(InputError, match=rf"input {prefix}/00001\.tar changed while the run read it"):
+        run(cfg)
+    monkeypatch.undo()
+    assert run(cfg).counts["read"] > 0  # the rerun starts afresh from the objects as they are now

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
+from labels import inputs
 from labels.sources.base import InputError, Unit
 from labels.sources.img2dataset import iter_img2dataset, list_tars
 from labels.sources.manifest import count_manifest_rows, iter_manifest
@@ -34,6 +36,8 @@ class Partition:
         files: openclipart/tuxpaint: relative paths; img2dataset: the tar path (one).
         start, stop: manifest: data-row range.
         limit: units to read at most (what is left of the source's ``limit``), None for all.
+        version: the digest of its input files' sizes and modification times (or ETags) when it was listed: a run's
+            work files are keyed by it, and its tasks stop when an input no longer matches (``check_unchanged``).
     """
 
     index: int
@@ -43,9 +47,38 @@ class Partition:
     start: int = 0
     stop: int | None = None
     limit: int | None = None
+    version: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def input_paths(self, src) -> list[str]:
+        """The files this partition reads: its tar, its files below the source's root, or the manifest."""
+        if src.type == "manifest":
+            return [src.path]
+        if src.type == "img2dataset":
+            return list(self.files)
+        return [os.path.join(src.path, f) for f in self.files]
+
+
+def input_version(paths: list[str], known: dict[str, str] | None = None) -> str:
+    """One digest of the ``labels.inputs.versions`` of ``paths`` (read now unless ``known`` holds them)."""
+    found = known if known is not None else inputs.versions(paths)
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path}\0{found[path]}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def check_unchanged(src, part: Partition) -> None:
+    """Raise ``InputError`` when the inputs of ``part`` are no longer what the run listed (replaced, appended to,
+    re-downloaded): a run that read them half before and half after would mix two datasets without a word."""
+    if part.version and input_version(part.input_paths(src)) != part.version:
+        raise InputError(
+            f"input {part.name} changed while the run read it (its size or modification time is not what the run "
+            "listed): the run stops rather than mix old and new content; rerun it once the input is final (a rerun "
+            "starts afresh from the inputs as they are then)"
+        )
 
 
 def _count_tar_units(tar_path: str) -> int:
@@ -88,6 +121,10 @@ def list_partitions(sources, partition_size: int) -> list[Partition]:
                 parts.append(Partition(len(parts), si, f"{src.path}[rows {a}:{b}]", start=a, stop=b))
         else:
             raise InputError(f"unknown source type '{src.type}': use one of {SOURCE_TYPES}")
+    paths = {p.index: p.input_paths(sources[p.source]) for p in parts}
+    known = inputs.versions(dict.fromkeys(x for ps in paths.values() for x in ps))  # one listing per folder
+    for part in parts:
+        part.version = input_version(paths[part.index], known)
     return parts
 
 
@@ -133,6 +170,8 @@ __all__ = [
     "Partition",
     "SOURCE_TYPES",
     "BUILTIN_SIGNALS",
+    "check_unchanged",
+    "input_version",
     "iter_partition",
     "list_partitions",
 ]
