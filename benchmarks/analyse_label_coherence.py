@@ -114,8 +114,10 @@ def main() -> None:
         [(round(s, 1), x, n) for s, x, n in sorted(tem, key=lambda t: -t[2])[:15]],
     )
     print(" content lowest stat with n>=20:", [(round(s, 1), x, n) for s, x, n in big_c[:15]])
-    for thr in (1.5, 2, 3, 4):
-        keep = {x for x in stat if stat[x] >= thr}
+    # (n0, T): labels on n0 images or more with stat < T removed, smaller ones kept (the test has power only there);
+    # n0 = 0: every label with stat < T removed (labels on < 3 images too)
+    for n0, thr in [(0, 1.5), (0, 2), (0, 3), (0, 4), (10, 2), (20, 2), (20, 3), (30, 3)]:
+        keep = {x for x in lab_imgs if (n0 and len(lab_imgs[x]) < n0) or stat.get(x, 0) >= thr}
         labelled = with_t = has_c = lost = 0
         for meta, _ in rows:
             key = meta["uids"][0].split(":", 1)[1]
@@ -127,7 +129,7 @@ def main() -> None:
                 has_c += 1
                 lost += not labs
         print(
-            f" thr {thr}: template share {with_t / max(labelled, 1):.3f}  labelled {labelled}  lost-ish {lost}/{has_c}"
+            f" n0 {n0} thr {thr}: template share {with_t / max(labelled, 1):.3f}  labelled {labelled}  lost-ish {lost}/{has_c}"
         )
 
 
