@@ -48,12 +48,19 @@ def _fsspec(url: str) -> bool:
     return "://" in url and not url.startswith("pipe:")
 
 
+class ObjectChanged(OSError):
+    """A remote object was replaced while a stream read it (``RemoteStream``)."""
+
+
 class RemoteStream(io.RawIOBase):
     """A seekable read stream of one remote object that reopens it at the current byte after a transient error.
 
     fsspec's file objects retry a single request a few times at most; a server away for longer (a restart) breaks the
     read. Here each ``readinto`` is one ``storage.retry_call``: on a transient error the broken file is dropped and
     the next attempt reopens the object and seeks back, so the caller sees a continuous stream or ``StorageError``.
+    A reopened object whose version (ETag, else modification time: ``storage.cache.version_tag``) is not the one
+    first opened was replaced meanwhile: its bytes past the break belong to another file, so the stream ends with
+    ``ObjectChanged`` (a counted ``shard_read_error``) rather than splice two versions into one tar.
     Hand-written because fsspec has no resume-on-error reader.
     """
 
@@ -64,11 +71,25 @@ class RemoteStream(io.RawIOBase):
         self.block_size = block_size
         self.pos = 0
         self.file: Any = None
+        self.opened = False
+        self.version: str | None = None  # of the object first opened; None: the host gives none
         storage.retry_call(self._ensure, url=url, what="open")
 
     def _ensure(self) -> Any:
         if self.file is None:
+            if self.opened:
+                self.fs.invalidate_cache(self.path)  # the version of the object as it is now, not a listing's
             f = self.fs.open(self.path, "rb", block_size=self.block_size, cache_type="readahead")
+            version = version_tag(getattr(f, "details", None) or {})
+            if not self.opened:
+                self.opened, self.version = True, version
+            elif version != self.version and None not in (version, self.version):
+                with contextlib.suppress(Exception):
+                    f.close()
+                raise ObjectChanged(
+                    f"{self.url} was replaced while it was read (version {self.version} -> {version}, at byte "
+                    f"{self.pos}): the rest of it is not read, so that no sample mixes two versions"
+                )
             if self.pos:
                 f.seek(self.pos)
             self.file = f

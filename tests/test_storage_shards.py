@@ -133,6 +133,36 @@ def test_a_read_broken_mid_shard_reopens_the_object_at_its_byte(shards, s3_serve
     assert any("read s3://" in r.getMessage() for r in caplog.records if r.name == "storage.retry")
 
 
+@pytest.mark.slow  # end to end
+def test_a_shard_replaced_while_it_is_read_ends_its_stream_instead_of_splicing_two_versions(shards, s3_server):
+    # A read that breaks mid-shard reopens the object at its byte. When the object was replaced meanwhile (a dataset
+    # rewritten in place), the bytes past that point belong to another tar; they were read as if they continued it.
+    from datamodules.storage import ObjectChanged, RemoteStream
+
+    clear_fs_cache()
+    remote = upload(s3_server, shards)
+    train = [k for k in remote["keys"] if k.endswith(".tar") and "train" in k]
+    url = f"s3://{remote['bucket']}/{train[0]}"
+    stream = RemoteStream(url, block_size=4096)
+    head = stream.read(10_000)
+    other = (Path(shards["root"]) / train[1].removeprefix("data/")).read_bytes()
+    s3_server.client().put_object(Bucket=remote["bucket"], Key=train[0], Body=other)  # rewritten in place
+    broken = stream.file
+
+    def drop(*args):
+        raise ConnectionError("connection reset by peer")  # a transient break: the stream reopens the object
+
+    broken.read = drop
+    with pytest.raises(ObjectChanged, match=rf"{re.escape(url)} was replaced while it was read .* at byte 10000"):
+        stream.read()
+    assert len(head) == 10_000
+    same = RemoteStream(url, block_size=4096)  # the same break on an object left alone still reads through
+    first = same.read(10_000)
+    same.file.read = drop
+    assert first + same.read() == other
+    clear_fs_cache()
+
+
 @pytest.mark.slow  # end to end, or stops and restarts the server process
 def test_a_server_that_stays_down_ends_the_pass_quickly_naming_a_shard_url(shards, s3_server, monkeypatch):
     monkeypatch.setenv("STORAGE_RETRY_DEADLINE_S", "1")
