@@ -83,9 +83,9 @@ class InitReport:
 
 
 def committed_sharded(path: os.PathLike | str) -> Any:
-    """Where a sharded checkpoint's files are: on an object store, the save folder its ``CURRENT`` object names;
-    else (a local folder, a file, a folder written before saves were versioned) ``path`` itself."""
-    if storage.is_remote(path) and not storage.isfile(path):
+    """Where a sharded checkpoint's files are: the save folder its ``CURRENT`` file (or object) names; else (a file, a
+    folder in Lightning's own layout, written before saves were versioned) ``path`` itself."""
+    if not storage.isfile(path):
         current = storage.join(path, SHARDED_CURRENT)
         if storage.isfile(current):
             return storage.join(path, storage.read_text(current).strip())
@@ -171,7 +171,7 @@ def read_checkpoint_meta(path: os.PathLike | str) -> dict[str, Any]:
     ``meta.pt`` (hyper-parameters, loop state, ...), read with ``weights_only=True``."""
     if storage.is_remote(path):
         return _named(path, read_checkpoint_meta)
-    path = Path(path)
+    path = Path(committed_sharded(path))
     target = path / SHARDED_META if is_sharded_checkpoint(path) else path
     try:
         payload = torch.load(target, map_location="cpu", weights_only=True, mmap=target.is_file() and path.is_file())
@@ -201,7 +201,7 @@ def read_checkpoint(path: os.PathLike | str, map_location: Any = "cpu") -> dict[
     """
     if storage.is_remote(path):
         return _named(path, lambda local: read_checkpoint(local, map_location=map_location))
-    path = Path(path)
+    path = Path(committed_sharded(path))
     if path.is_dir():
         if not is_sharded_checkpoint(path):
             have = sorted(p.name for p in path.iterdir())[:8]

@@ -5,8 +5,10 @@ Multi-node launches (torchrun, SLURM) are described in docs/multinode.md.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import storage
 from lit_modules.backbones import block_classes, create_backbone
-from lit_modules.checkpoints import SHARDED_CURRENT, SHARDED_META, checkpoint_copy
+from lit_modules.checkpoints import SHARDED_CURRENT, SHARDED_META, checkpoint_copy, is_sharded_checkpoint
 from lit_modules.tasks import task_datasets
 
 __all__ = [
@@ -90,24 +92,33 @@ def wrap_classes(cfg: Mapping[str, Any] | DictConfig) -> set[type[torch.nn.Modul
 
 
 class ObjectStoreFSDPStrategy(FSDPStrategy):
-    """Lightning's ``FSDPStrategy`` whose checkpoints may also live on an object store (``output_dir=s3://...``).
+    """Lightning's ``FSDPStrategy`` whose checkpoints may also live on an object store (``output_dir=s3://...``), and
+    whose sharded saves are versioned, on local disk too.
 
     Lightning's FSDP save and load turn the checkpoint path into a ``pathlib.Path`` (``s3://b/x`` becomes the local
-    folder ``s3:/b/x``), so a remote path is handled here and a local one is left to Lightning unchanged:
+    folder ``s3:/b/x``), and its local sharded save rewrites one folder in place (a save killed between its shards and
+    its ``meta.pt`` leaves new weights under the old ``meta.pt``). So:
 
-    * sharded (``state_dict_type="sharded"``): each save goes to a new folder ``<path>/<save id>/`` in Lightning's
-      layout (DCP shards + ``.metadata``, written by ``torch.distributed.checkpoint``'s own fsspec writer,
-      ``FsspecWriter``: every rank uploads its shard objects, the coordinator the index; then ``meta.pt``), and rank 0
-      commits it by writing ``<path>/CURRENT`` (one atomic object naming the folder), then deletes the older saves.
-      An object store has no rename, so the name is the commit: a save that dies at any point leaves the previous save
-      committed and loadable (``lit_modules.checkpoints.committed_sharded``), never a mix of old and new shards;
-    * full: rank 0 writes one file through the checkpoint IO (``AtomicCheckpointIO``: one upload), then deletes an
-      older sharded folder of the same name (a run switched from sharded to full), as Lightning's local save does;
-    * load: from the local copy in the storage cache (``storage.local_copy``), the local folder Lightning reads.
+    * sharded (``state_dict_type="sharded"``), local or remote: each save goes to a new folder ``<path>/<save id>/``
+      in Lightning's layout (DCP shards + ``.metadata``, written by ``torch.distributed.checkpoint``'s own fsspec
+      writer, ``FsspecWriter``: every rank writes its shard files, the coordinator the index; then ``meta.pt``), and
+      rank 0 commits it by writing ``<path>/CURRENT`` (one atomic file or object naming the folder), then deletes the
+      older saves. An object store has no rename, so the name is the commit: a save that dies at any point leaves the
+      previous save committed and loadable (``lit_modules.checkpoints.committed_sharded``), never a mix of old and new
+      shards. Folders written by Lightning's own layout (no ``CURRENT``) still load;
+    * full, remote: rank 0 writes one file through the checkpoint IO (``AtomicCheckpointIO``: one upload), then
+      deletes an older sharded folder of the same name (a run switched from sharded to full), as Lightning's local
+      save does; full, local: Lightning's save, after removing an older versioned sharded folder of the same name;
+    * load: from the committed save, of the local copy in the storage cache for a remote one (``storage.local_copy``),
+      the local folder Lightning reads.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
-        if not storage.is_remote(filepath):
+        if not storage.is_remote(filepath) and self._state_dict_type == "full":
+            path = Path(self.broadcast(str(filepath)))
+            if self.is_global_zero and path.is_dir() and is_sharded_checkpoint(path):
+                shutil.rmtree(path)  # a versioned sharded folder, which Lightning's check does not recognize
+            self.barrier("full_checkpoint_over_sharded")
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         url = str(self.broadcast(str(filepath)))
         if self._state_dict_type == "full":
@@ -125,7 +136,7 @@ class ObjectStoreFSDPStrategy(FSDPStrategy):
         folder = str(storage.join(url, save_id))
         if self.is_global_zero and storage.isfile(url):
             storage.remove(url)  # a full checkpoint of the same name before (a run switched from full to sharded)
-        self.barrier("remote_sharded_checkpoint_start")
+        self.barrier("sharded_checkpoint_start")
         converted = {"model": checkpoint.pop("state_dict")}
         converted.update({f"optimizer_{i}": s for i, s in enumerate(checkpoint.pop("optimizer_states", []))})
         save(converted, storage_writer=FsspecWriter(folder))
@@ -135,7 +146,7 @@ class ObjectStoreFSDPStrategy(FSDPStrategy):
             for entry in storage.listdir(url):  # older saves, and the flat files of a folder written before versions
                 if str(entry).rstrip("/").rsplit("/", 1)[-1] not in (save_id, SHARDED_CURRENT):
                     storage.remove(entry, recursive=True)
-        self.barrier("remote_sharded_checkpoint_end")
+        self.barrier("sharded_checkpoint_end")
         return None
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:

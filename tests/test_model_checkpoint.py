@@ -1,5 +1,7 @@
 """Checkpoints: weights_only loading, refusing pickle payloads, init_from reports, mismatch errors."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from fixtures_model import NUM_CLASSES, combined_loader, cpu_trainer, make_batch, tiny_config
@@ -277,3 +279,63 @@ def test_train_py_init_from_loads_the_weights_once_at_fit_start(tmp_path, monkey
     pre = tmp_path / "runs" / "pre"
     train.main(train_args(shards["manifest"], tmp_path / "runs", "post", "trainer.max_steps=1", f"init_from={pre}"))
     assert calls == [(str(pre / "checkpoints" / "last.ckpt"), "fit")]
+
+
+def test_a_local_sharded_save_that_dies_midway_leaves_the_previous_save_whole(trained_ckpt, tmp_path):
+    """Lightning's local sharded save rewrote the folder in place: a save killed after its shards and index, before
+    its meta.pt, left the new weights under the old meta.pt (a step-2 checkpoint carrying step-4 weights, loaded
+    without a word). Local saves are now versioned like those on a bucket: a new folder per save, committed by an
+    atomic CURRENT file, so the previous save is what resume and load read, whole, until the next save commits."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from lit_modules.checkpoints import read_checkpoint_meta
+    from lit_modules.strategy import ObjectStoreFSDPStrategy
+    from lit_modules.trainer import AtomicCheckpointIO, resume_checkpoint
+
+    source = torch.load(trained_ckpt[0], weights_only=True)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    strategy = ObjectStoreFSDPStrategy(state_dict_type="sharded")
+    strategy.checkpoint_io = AtomicCheckpointIO()
+    run = SimpleNamespace(last_checkpoint=last)
+    auto = OmegaConf.create({"resume": "auto"})
+
+    def at(step: int, **extra) -> dict:
+        ckpt = {**source, "global_step": step, **extra}
+        ckpt["state_dict"] = {k: v + step for k, v in source["state_dict"].items()}
+        return ckpt
+
+    def weights_are(path, step: int) -> bool:
+        ref = load_module(trained_ckpt[0]).state_dict()
+        got = load_module(path).state_dict()
+        return set(got) == set(ref) and all(torch.equal(got[k], v + step) for k, v in ref.items())
+
+    strategy.save_checkpoint(at(2), last)
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises for a lambda
+        strategy.save_checkpoint(at(4, unwritable=lambda: None), last)
+    resumed = resume_checkpoint(auto, run)
+    assert read_checkpoint_meta(resumed)["global_step"] == 2 and weights_are(resumed, 2)
+    assert read_checkpoint_meta(last)["global_step"] == 2 and weights_are(last, 2)  # evaluate, init_from
+    strategy.save_checkpoint(at(6), last)
+    assert sorted(p.name for p in last.iterdir())[0] == "CURRENT" and len(list(last.iterdir())) == 2
+    resumed = resume_checkpoint(auto, run)
+    assert read_checkpoint_meta(resumed)["global_step"] == 6 and weights_are(resumed, 6)
+    assert sorted(p.name for p in Path(resumed).iterdir()) == [".metadata", "__0_0.distcp", "meta.pt"]
+
+
+def test_a_full_save_over_a_local_versioned_sharded_folder_replaces_it(trained_ckpt, tmp_path):
+    from lit_modules.checkpoints import is_sharded_checkpoint, read_checkpoint_meta
+    from lit_modules.strategy import ObjectStoreFSDPStrategy
+    from lit_modules.trainer import AtomicCheckpointIO
+
+    source = torch.load(trained_ckpt[0], weights_only=True)
+    last = tmp_path / "last.ckpt"
+    sharded = ObjectStoreFSDPStrategy(state_dict_type="sharded")
+    sharded.checkpoint_io = AtomicCheckpointIO()
+    sharded.save_checkpoint({**source, "global_step": 2}, last)
+    assert is_sharded_checkpoint(last)
+    full = ObjectStoreFSDPStrategy(state_dict_type="full")
+    full.checkpoint_io = AtomicCheckpointIO()
+    full.save_checkpoint({**source, "global_step": 3}, last)
+    assert last.is_file() and read_checkpoint_meta(last)["global_step"] == 3
