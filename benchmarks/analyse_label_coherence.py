@@ -97,6 +97,28 @@ def corpus_images(corpus: Path, uids: list[str]) -> list[bytes]:
     return [found[u] for u in uids]
 
 
+def mined(half: str) -> tuple[list[dict], list[tuple[dict, bytes]]]:
+    """The set's truth and its written images as (json, jpg), mined into /tmp/label_coherence/<set> when needed."""
+    tmp = Path(f"/tmp/label_coherence/{half}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    out = tmp / "out"
+    samples = build_samples(half, load_content(half, 1200, 160, cache=CACHE))
+    if not (out / "manifest.json").exists():
+        write_corpus(tmp / "corpus", samples)
+        B.mine(REPO, tmp / "corpus", out, ["vocab.keep_unlabeled=true"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = []
+    for split in ("train", "val"):
+        for sh in manifest["splits"][split]["shards"]:
+            with tarfile.open(out / sh["url"]) as tf:
+                cur: dict[str, dict[str, bytes]] = {}
+                for m in tf:
+                    k, ext = m.name.rsplit(".", 1)
+                    cur.setdefault(k, {})[ext] = tf.extractfile(m).read()
+                rows += [(json.loads(v["json"]), v["jpg"]) for v in cur.values()]
+    return [t for _, t in samples], rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("half", nargs="?", choices=sorted(TEMPLATES), help="a caption set of benchmarks/web_captions.py")
@@ -110,25 +132,7 @@ def main() -> None:
         ap.error("a caption set is needed")
     half = args.half
     tmp = Path(f"/tmp/label_coherence/{half}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    out = tmp / "out"
-    pools = load_content(half, 1200, 160, cache=CACHE)
-    samples = build_samples(half, pools)
-    truth = [t for _, t in samples]
-    if not (out / "manifest.json").exists():
-        write_corpus(tmp / "corpus", samples)
-        B.mine(REPO, tmp / "corpus", out, ["vocab.keep_unlabeled=true"])
-    manifest = json.loads((out / "manifest.json").read_text())
-    rows = []
-    for split in ("train", "val"):
-        for sh in manifest["splits"][split]["shards"]:
-            with tarfile.open(out / sh["url"]) as tf:
-                cur = {}
-                for m in tf:
-                    k, ext = m.name.rsplit(".", 1)
-                    cur.setdefault(k, {})[ext] = tf.extractfile(m).read()
-                for v in cur.values():
-                    rows.append((json.loads(v["json"]), v["jpg"]))
+    truth, rows = mined(half)
 
     def feat(b):
         im = Image.open(io.BytesIO(b)).convert("RGB")

@@ -20,9 +20,7 @@ content word scores above a template word; 'thr T' removes every label with rel 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -31,8 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-import bench_web_labels as B  # noqa: E402
-from web_captions import TEMPLATES, build_samples, load_content, write_corpus  # noqa: E402
+import analyse_label_coherence as C  # noqa: E402
+from web_captions import TEMPLATES  # noqa: E402
 
 from labels.cluster import embed_sentence  # noqa: E402
 from labels.text import TermExtractor  # noqa: E402
@@ -41,24 +39,9 @@ COMPANION = 0.5  # a label on this share of w's images or more is w's companion,
 
 
 def mined(half: str) -> tuple[list[dict], list[tuple[str, list[str]]]]:
-    """The set's truth and its written images as (truth key, labels), mining it first when needed."""
-    tmp = Path(f"/tmp/label_coherence/{half}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    out = tmp / "out"
-    samples = build_samples(half, load_content(half, 1200, 160, cache=REPO / "data" / "web_captions_cache"))
-    if not (out / "manifest.json").exists():
-        write_corpus(tmp / "corpus", samples)
-        B.mine(REPO, tmp / "corpus", out, ["vocab.keep_unlabeled=true"])
-    manifest = json.loads((out / "manifest.json").read_text())
-    docs = []
-    for split in ("train", "val"):
-        for sh in manifest["splits"][split]["shards"]:
-            with tarfile.open(out / sh["url"]) as tf:
-                for m in tf:
-                    if m.name.endswith(".json"):
-                        meta = json.loads(tf.extractfile(m).read())
-                        docs.append((meta["uids"][0].split(":", 1)[1], meta["terms"]))
-    return [t for _, t in samples], docs
+    """The set's truth and its written images as (truth key, labels) (``analyse_label_coherence.mined``)."""
+    truth, rows = C.mined(half)
+    return truth, [(meta["uids"][0].split(":", 1)[1], meta["terms"]) for meta, _ in rows]
 
 
 def relatedness(docs: list[tuple[str, list[str]]]) -> dict[str, tuple[float, int]]:
