@@ -183,6 +183,40 @@ def test_a_rerun_after_the_damaged_tar_is_downloaded_again_reads_the_new_tar(tmp
     assert result.counts == fresh_result.counts
 
 
+def test_a_rerun_killed_while_it_drops_the_work_of_a_changed_input_still_redoes_every_later_pass(tmp_path, monkeypatch):
+    # Dropping the work of a changed input removed its map output first and the later passes after: a rerun killed in
+    # between found no map output of the changed input (so nothing "stale"), kept the later passes made from the old
+    # tar, and wrote the repaired tar's samples from them (old byte offsets into the new tar) without a word.
+    import storage
+
+    src = tmp_path / "i2d"
+    _corpus(src, truncated=True)
+    cfg = labels_config(tmp_path, [{**I2D, "path": str(src)}], ["run.keep_work=true"], out="again")
+    run(cfg)
+    write_tar(src / "00001.tar", img2dataset_samples(8, offset=10))  # downloaded again, whole
+    real_remove = storage.remove
+    removed: list[str] = []
+
+    class Killed(BaseException):
+        pass
+
+    def remove_then_die(url, *a, **k):
+        if removed:
+            raise Killed(str(url))
+        removed.append(str(url))
+        return real_remove(url, *a, **k)
+
+    monkeypatch.setattr(storage, "remove", remove_then_die)
+    with pytest.raises(Killed):
+        run(cfg)
+    monkeypatch.undo()
+    result = run(cfg)
+    fresh = labels_config(tmp_path, [{**I2D, "path": str(src)}], out="fresh")
+    fresh_result = run(fresh)
+    assert result.counts == fresh_result.counts
+    assert _dataset(Path(cfg.output))[1] == _dataset(Path(fresh.output))[1]
+
+
 def test_an_input_rewritten_with_the_same_size_is_read_again_on_a_rerun(tmp_path):
     src = tmp_path / "i2d"
     write_tar(src / "00000.tar", img2dataset_samples(6))
