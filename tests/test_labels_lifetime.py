@@ -253,6 +253,22 @@ def test_an_input_changed_during_the_run_stops_it_naming_the_input(tmp_path, mon
     assert run(cfg).counts["read"] == 6 + 9  # the rerun starts afresh from the inputs as they are now
 
 
+def test_tars_on_a_web_host_are_mined_like_local_ones(tmp_path):
+    # A brace range of https:// tars (a dataset published on a web host). The run's input versions were read from the
+    # folder's listing, which a web host gives without sizes or ETags (or not at all), and each task's check from the
+    # object's own HEAD: every input looked changed, and every map task failed.
+    from tests.fixtures_http import serve_folder
+
+    src = tmp_path / "web" / "i2d"
+    write_tar(src / "00000.tar", img2dataset_samples(6))
+    write_tar(src / "00001.tar", img2dataset_samples(6, offset=6))
+    local = run(labels_config(tmp_path, [{**I2D, "path": str(src / "{00000..00001}.tar")}], out="local"))
+    with serve_folder(tmp_path / "web") as base:
+        cfg = labels_config(tmp_path, [{**I2D, "path": f"{base}/i2d/{{00000..00001}}.tar"}], out="web")
+        assert run(cfg).counts == local.counts
+    assert _dataset(Path(cfg.output))[1] == _dataset(tmp_path / "local")[1]
+
+
 def test_on_bad_input_fail_stops_the_run_naming_the_tar(tmp_path):
     src = tmp_path / "i2d"
     _corpus(src, truncated=True)
