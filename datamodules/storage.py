@@ -58,8 +58,8 @@ class RemoteStream(io.RawIOBase):
     fsspec's file objects retry a single request a few times at most; a server away for longer (a restart) breaks the
     read. Here each ``readinto`` is one ``storage.retry_call``: on a transient error the broken file is dropped and
     the next attempt reopens the object and seeks back, so the caller sees a continuous stream or ``StorageError``.
-    A reopened object whose version (ETag, else modification time: ``storage.cache.version_tag``) is not the one
-    first opened was replaced meanwhile: its bytes past the break belong to another file, so the stream ends with
+    A reopened object whose version (ETag, else modification time: ``storage.cache.version_tag``, from the open file's
+    details, else from ``fs.info``: a web host's) is not the one first opened was replaced meanwhile: its bytes past the break belong to another file, so the stream ends with
     ``ObjectChanged`` (a counted ``shard_read_error``) rather than splice two versions into one tar.
     Hand-written because fsspec has no resume-on-error reader.
     """
@@ -81,6 +81,8 @@ class RemoteStream(io.RawIOBase):
                 self.fs.invalidate_cache(self.path)  # the version of the object as it is now, not a listing's
             f = self.fs.open(self.path, "rb", block_size=self.block_size, cache_type="readahead")
             version = version_tag(getattr(f, "details", None) or {})
+            if version is None:  # fsspec's HTTP file keeps only name and size: its HEAD has the ETag / Last-Modified
+                version = version_tag(self.fs.info(self.path))
             if not self.opened:
                 self.opened, self.version = True, version
             elif version != self.version and None not in (version, self.version):

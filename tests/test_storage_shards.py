@@ -257,6 +257,33 @@ def _rewrite_same_size(path: Path, data: bytes) -> None:
     os.utime(path, (stat.st_atime, stat.st_mtime + 60))
 
 
+def test_a_shard_replaced_on_a_web_host_while_it_is_read_ends_its_stream_instead_of_splicing(tmp_path):
+    """fsspec's HTTP file carries no version in its ``details`` (only name and size), so the reopen after a break
+    compared nothing: the bytes of the new shard past the break were read as the rest of the old one."""
+    from datamodules.storage import ObjectChanged, RemoteStream
+
+    root = tmp_path / "web"
+    root.mkdir()
+    shard = root / "train-000000.tar"
+    shard.write_bytes(b"A" * 20480)
+
+    def drop(*args):
+        raise ConnectionError("connection reset by peer")  # a transient break: the stream reopens the object
+
+    with serve_folder(root, ranges=True) as base:
+        url = f"{base}/{shard.name}"
+        stream = RemoteStream(url, block_size=4096)
+        assert stream.read(10_000) == b"A" * 10_000
+        _rewrite_same_size(shard, b"B" * 20480)
+        stream.file.read = drop
+        with pytest.raises(ObjectChanged, match=rf"{re.escape(url)} was replaced while it was read"):
+            stream.read()
+        same = RemoteStream(url, block_size=4096)  # the same break on a shard left alone still reads through
+        first = same.read(10_000)
+        same.file.read = drop
+        assert first + same.read() == b"B" * 20480
+
+
 def test_the_shard_cache_does_not_serve_a_shard_rewritten_on_a_web_host_with_the_same_size(tmp_path):
     """A web host sends no ETag (Python's http.server, many static hosts): the cache keyed the shard by URL and size
     only, so a rewritten shard of the same size was served from the stale copy, silently, every later epoch."""
