@@ -163,6 +163,40 @@ def test_a_shard_replaced_while_it_is_read_ends_its_stream_instead_of_splicing_t
     clear_fs_cache()
 
 
+def test_the_shard_cache_never_keeps_a_download_that_spans_a_replacement(s3_bucket, tmp_path, monkeypatch):
+    """The cache downloads a shard with s3fs's ``get_file``, which resumes a broken download with a Range GET from
+    the byte it reached and fetches a large object in concurrent ranged parts, none tied to the version it started
+    on: a shard replaced meanwhile came out as the old head and the new tail, served as one tar and kept in the
+    cache under the old version's name. Here a download gets the head of the old object and the tail of the new."""
+    import fsspec
+
+    from datamodules.storage import ShardOpener
+
+    clear_fs_cache()
+    url = f"s3://{s3_bucket}/train-000000.tar"
+    fs = fsspec.filesystem("s3")
+    fs.pipe_file(url, b"A" * 20480)
+    real_get = fs.get_file  # fsspec instances are cached: this is the one the cache downloads with
+    spliced: list[str] = []
+
+    def get_file_across_a_replacement(rpath, lpath, **kw):
+        if spliced:
+            return real_get(rpath, lpath, **kw)
+        head = fs.cat_file(rpath, start=0, end=10_000)
+        fs.pipe_file(rpath, b"B" * 20480)  # replaced while the download is under way
+        spliced.append(rpath)
+        Path(lpath).write_bytes(head + fs.cat_file(rpath, start=10_000))
+
+    monkeypatch.setattr(fs, "get_file", get_file_across_a_replacement)
+    opener = ShardOpener(cache_dir=str(tmp_path / "cache"))
+    with opener(url) as stream:
+        assert stream.read() == b"B" * 20480  # the new shard, whole
+    assert spliced
+    for cached in (tmp_path / "cache" / "shards").iterdir():
+        assert cached.read_bytes() == b"B" * 20480
+    clear_fs_cache()
+
+
 @pytest.mark.slow  # end to end, or stops and restarts the server process
 def test_a_server_that_stays_down_ends_the_pass_quickly_naming_a_shard_url(shards, s3_server, monkeypatch):
     monkeypatch.setenv("STORAGE_RETRY_DEADLINE_S", "1")
