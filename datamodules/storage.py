@@ -58,8 +58,8 @@ class RemoteStream(io.RawIOBase):
     fsspec's file objects retry a single request a few times at most; a server away for longer (a restart) breaks the
     read. Here each ``readinto`` is one ``storage.retry_call``: on a transient error the broken file is dropped and
     the next attempt reopens the object and seeks back, so the caller sees a continuous stream or ``StorageError``.
-    A reopened object whose version (ETag, else modification time: ``storage.cache.version_tag``) is not the one
-    first opened was replaced meanwhile: its bytes past the break belong to another file, so the stream ends with
+    A reopened object whose version (ETag, else modification time: ``storage.cache.version_tag``, from the open file's
+    details, else from ``fs.info``: a web host's) is not the one first opened was replaced meanwhile: its bytes past the break belong to another file, so the stream ends with
     ``ObjectChanged`` (a counted ``shard_read_error``) rather than splice two versions into one tar.
     Hand-written because fsspec has no resume-on-error reader.
     """
@@ -81,6 +81,8 @@ class RemoteStream(io.RawIOBase):
                 self.fs.invalidate_cache(self.path)  # the version of the object as it is now, not a listing's
             f = self.fs.open(self.path, "rb", block_size=self.block_size, cache_type="readahead")
             version = version_tag(getattr(f, "details", None) or {})
+            if version is None:  # fsspec's HTTP file keeps only name and size: its HEAD has the ETag / Last-Modified
+                version = version_tag(self.fs.info(self.path))
             if not self.opened:
                 self.opened, self.version = True, version
             elif version != self.version and None not in (version, self.version):
@@ -141,6 +143,9 @@ class RemoteStream(io.RawIOBase):
         super().close()
 
 
+DOWNLOAD_TRIES = 3  # downloads of one shard cut short by a replacement of the object, before it is skipped (counted)
+
+
 @dataclass(frozen=True)
 class ShardOpener:
     """Opens shards for ``ReadShards`` (picklable: DataLoader workers get a copy).
@@ -173,35 +178,49 @@ class ShardOpener:
 
     def cached(self, url: str) -> BinaryIO:
         """The local cache copy of the remote shard ``url``, open for reading (downloaded whole when absent or out of
-        date; opened before the cache is trimmed, so even a shard larger than the bound is read once)."""
+        date; opened before the cache is trimmed, so even a shard larger than the bound is read once).
+
+        A download is kept only when the object's version after it is the one before: s3fs resumes a broken download
+        with a Range GET and fetches a large object in concurrent ranged parts, none tied to a version, so a shard
+        replaced meanwhile would come down as two versions spliced. Such a download is made again (the new version
+        whole), and after ``DOWNLOAD_TRIES`` replacements in a row the shard is a counted ``ObjectChanged``."""
         fs, path = storage.url_to_fs(url)
-        fs.invalidate_cache(path)
-        info = storage.retry_call(lambda: fs.info(path), url=url, what="stat")
-        tag = version_tag(info)
-        if tag is None:  # no ETag nor modification time: a cached copy could be stale, read the object instead
-            return io.BufferedReader(RemoteStream(url), buffer_size=1 << 20)
-        version = hashlib.sha256(f"{url}\0{info.get('size')}\0{tag}".encode()).hexdigest()[:20]
         root = Path(self.cache_dir)
-        dest = root / "shards" / f"{version}-{path.rsplit('/', 1)[-1]}"
-        with contextlib.suppress(FileNotFoundError):  # absent, or evicted by another process just now
+        for _ in range(DOWNLOAD_TRIES):
+            info = self._info(fs, path, url)
+            tag = version_tag(info)
+            if tag is None:  # no ETag nor modification time: a cached copy could be stale, read the object instead
+                return io.BufferedReader(RemoteStream(url), buffer_size=1 << 20)
+            version = hashlib.sha256(f"{url}\0{info.get('size')}\0{tag}".encode()).hexdigest()[:20]
+            dest = root / "shards" / f"{version}-{path.rsplit('/', 1)[-1]}"
+            with contextlib.suppress(FileNotFoundError):  # absent, or evicted by another process just now
+                stream = dest.open("rb")
+                os.utime(dest)  # most recently used: evicted last
+                return stream
+            partial = root / "partial"  # outside shards/: the cleanup never deletes a download in progress
+            partial.mkdir(parents=True, exist_ok=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=partial, prefix=dest.name + ".")
+            os.close(fd)
+            try:
+                storage.retry_call(lambda t=tmp: fs.get_file(path, t), url=url, what="download")
+                after = self._info(fs, path, url)
+                if version_tag(after) != tag or after.get("size") != info.get("size"):
+                    continue  # replaced during the download: the copy may hold both versions
+                os.replace(tmp, dest)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             stream = dest.open("rb")
-            os.utime(dest)  # most recently used: evicted last
+            if self.cache_limit_bytes:
+                self._trim(dest)
             return stream
-        partial = root / "partial"  # outside shards/: the cleanup never deletes a download in progress
-        partial.mkdir(parents=True, exist_ok=True)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=partial, prefix=dest.name + ".")
-        os.close(fd)
-        try:
-            storage.retry_call(lambda: fs.get_file(path, tmp), url=url, what="download")
-            os.replace(tmp, dest)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        stream = dest.open("rb")
-        if self.cache_limit_bytes:
-            self._trim(dest)
-        return stream
+        raise ObjectChanged(f"{url} was replaced during each of {DOWNLOAD_TRIES} downloads: not read")
+
+    @staticmethod
+    def _info(fs: Any, path: str, url: str) -> dict:
+        fs.invalidate_cache(path)
+        return storage.retry_call(lambda: fs.info(path), url=url, what="stat")
 
     def _trim(self, keep: Path) -> None:
         """Delete least recently used shards until the cache holds at most ``cache_limit_bytes`` (the shard just

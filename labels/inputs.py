@@ -111,22 +111,34 @@ def versions(paths: Iterable[str]) -> dict[str, str]:
 
 def _object_infos(folder: str, urls: list[str]) -> dict[str, dict]:
     """Path inside the store -> ``fs.info`` of the objects ``urls`` of one folder (absent ones left out): the
-    folder's listing for several, the object's own metadata for one."""
+    folder's listing for several, the object's own metadata for one, or for an object the listing gives without a
+    size or version. A web host (``http(s)://``) is asked object by object: its listing, an HTML page when there is
+    one, has neither, so the listing and an object's own metadata would never agree."""
     fs, inner = storage.url_to_fs(folder)
     fs.invalidate_cache(inner)
-    if len(urls) > 1:
+    found: dict[str, dict] = {}
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if len(urls) > 1 and not protocols & {"http", "https"}:
         entries = storage.retry_call(lambda: fs.ls(inner, detail=True), url=folder, what="list")
-    else:
-        path = storage.url_to_fs(urls[0])[1]
+        found = {e["name"].rstrip("/"): e for e in entries}
+    for url in urls:
+        path = storage.url_to_fs(url)[1].rstrip("/")
+        entry = found.get(path)
+        if entry is not None and entry.get("size") is not None and version_tag(entry) is not None:
+            continue
 
-        def info() -> list[dict]:
+        def info(path=path) -> dict | None:
             try:
-                return [fs.info(path)]
+                return fs.info(path)
             except FileNotFoundError:
-                return []
+                return None
 
-        entries = storage.retry_call(info, url=urls[0], what="stat")
-    return {e["name"].rstrip("/"): e for e in entries}
+        entry = storage.retry_call(info, url=url, what="stat")
+        if entry is None:
+            found.pop(path, None)
+        else:
+            found[path] = entry
+    return found
 
 
 def read_range(path: str, offset: int = 0, size: int = -1) -> bytes:

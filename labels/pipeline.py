@@ -175,8 +175,8 @@ def _drop_work_of_changed_inputs(work: str, parts: list[Partition]) -> None:
             work,
             ", ".join(p.name for p in stale[:5]) + (" ..." if len(stale) > 5 else ""),
         )
-        for p in stale:
-            storage.remove(passes.task_dir(work, "map", p.index), recursive=True)
+        # The later passes go first, the changed inputs' map outputs last: a rerun killed in between still finds
+        # those map outputs, so it still sees them as stale and drops whatever was left of the later passes.
         keep = {passes.task_dir(work, "map", p.index) for p in parts}
         for entry in storage.listdir(work):
             name = str(entry).rstrip("/").rsplit("/", 1)[-1]
@@ -186,6 +186,8 @@ def _drop_work_of_changed_inputs(work: str, parts: list[Partition]) -> None:
                         storage.remove(str(task), recursive=True)
             elif name not in ("run.json", INPUT_VERSIONS):
                 storage.remove(str(entry), recursive=True)
+        for p in stale:
+            storage.remove(passes.task_dir(work, "map", p.index), recursive=True)
     write_json_atomic(path, {str(p.index): p.version for p in parts})
 
 

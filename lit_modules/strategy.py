@@ -150,8 +150,9 @@ class ObjectStoreFSDPStrategy(FSDPStrategy):
         return None
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
-        if storage.is_remote(checkpoint_path):
-            checkpoint_path = checkpoint_copy(checkpoint_path)
+        # The committed save of a versioned folder, local too (ckpt_path="best" names best.ckpt/ itself); a remote one
+        # from its local copy.
+        checkpoint_path = checkpoint_copy(checkpoint_path)
         return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
 
 

@@ -339,3 +339,27 @@ def test_a_full_save_over_a_local_versioned_sharded_folder_replaces_it(trained_c
     full.checkpoint_io = AtomicCheckpointIO()
     full.save_checkpoint({**source, "global_step": 3}, last)
     assert last.is_file() and read_checkpoint_meta(last)["global_step"] == 3
+
+
+def test_lightning_loading_a_local_versioned_sharded_folder_by_its_name_reads_the_committed_save(
+    trained_ckpt, tmp_path, monkeypatch
+):
+    """``trainer.test(ckpt_path="best")`` / ``ckpt_path=<ModelCheckpoint.best_model_path>`` hand the strategy the
+    checkpoint's own name (``best.ckpt/``), not the save folder its CURRENT names: the strategy followed CURRENT for
+    a bucket only, and Lightning's loader, which knows only its own layout, refused the local versioned folder."""
+    from lightning.fabric.strategies.fsdp import _is_sharded_checkpoint
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lit_modules.strategy import ObjectStoreFSDPStrategy
+    from lit_modules.trainer import AtomicCheckpointIO
+
+    source = torch.load(trained_ckpt[0], weights_only=True)
+    best = tmp_path / "best.ckpt"
+    strategy = ObjectStoreFSDPStrategy(state_dict_type="sharded")
+    strategy.checkpoint_io = AtomicCheckpointIO()
+    strategy.save_checkpoint({**source, "global_step": 2}, best)
+    loaded: list[Path] = []
+    monkeypatch.setattr(FSDPStrategy, "load_checkpoint", lambda self, path, weights_only=None: loaded.append(path))
+    strategy.load_checkpoint(str(best))
+    [committed] = [p for p in best.iterdir() if p.name != "CURRENT"]
+    assert [Path(p) for p in loaded] == [committed] and _is_sharded_checkpoint(committed)  # what Lightning loads

@@ -6,7 +6,6 @@ is a counted skip naming its URL; a server restart mid-epoch is retried through;
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -19,6 +18,7 @@ import pytest
 from datamodules.resume import EpochClock, PassLoader
 from datamodules.weak_label import WeakLabelSource
 from tests.fixtures_data import compose_cfg, make_dataset
+from tests.fixtures_http import serve_folder
 from tests.fixtures_reliability import train_args
 from tests.fixtures_s3 import clear_fs_cache
 from tracking.sample_keys import read_records
@@ -163,6 +163,40 @@ def test_a_shard_replaced_while_it_is_read_ends_its_stream_instead_of_splicing_t
     clear_fs_cache()
 
 
+def test_the_shard_cache_never_keeps_a_download_that_spans_a_replacement(s3_bucket, tmp_path, monkeypatch):
+    """The cache downloads a shard with s3fs's ``get_file``, which resumes a broken download with a Range GET from
+    the byte it reached and fetches a large object in concurrent ranged parts, none tied to the version it started
+    on: a shard replaced meanwhile came out as the old head and the new tail, served as one tar and kept in the
+    cache under the old version's name. Here a download gets the head of the old object and the tail of the new."""
+    import fsspec
+
+    from datamodules.storage import ShardOpener
+
+    clear_fs_cache()
+    url = f"s3://{s3_bucket}/train-000000.tar"
+    fs = fsspec.filesystem("s3")
+    fs.pipe_file(url, b"A" * 20480)
+    real_get = fs.get_file  # fsspec instances are cached: this is the one the cache downloads with
+    spliced: list[str] = []
+
+    def get_file_across_a_replacement(rpath, lpath, **kw):
+        if spliced:
+            return real_get(rpath, lpath, **kw)
+        head = fs.cat_file(rpath, start=0, end=10_000)
+        fs.pipe_file(rpath, b"B" * 20480)  # replaced while the download is under way
+        spliced.append(rpath)
+        Path(lpath).write_bytes(head + fs.cat_file(rpath, start=10_000))
+
+    monkeypatch.setattr(fs, "get_file", get_file_across_a_replacement)
+    opener = ShardOpener(cache_dir=str(tmp_path / "cache"))
+    with opener(url) as stream:
+        assert stream.read() == b"B" * 20480  # the new shard, whole
+    assert spliced
+    for cached in (tmp_path / "cache" / "shards").iterdir():
+        assert cached.read_bytes() == b"B" * 20480
+    clear_fs_cache()
+
+
 @pytest.mark.slow  # end to end, or stops and restarts the server process
 def test_a_server_that_stays_down_ends_the_pass_quickly_naming_a_shard_url(shards, s3_server, monkeypatch):
     monkeypatch.setenv("STORAGE_RETRY_DEADLINE_S", "1")
@@ -228,47 +262,6 @@ def test_a_pass_resumed_mid_epoch_from_the_bucket_continues_exactly(shards, s3_s
         assert [b["key"] for b in resumed.run_pass(1, 0, loader.position(1, 0, k))] == full[k:], f"after {k} batches"
 
 
-@contextlib.contextmanager
-def serve_folder(root: Path, last_modified: bool = True):
-    """``root`` served by Python's own HTTP server, a separate process on 127.0.0.1 (a plain web host: no S3 API, no
-    ETag, ranged GETs only; without ``last_modified``, no Last-Modified header either: a host that gives no version of
-    its objects); yields its base URL."""
-    import socket
-    import subprocess
-    import sys
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    if last_modified:
-        cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)]
-    else:
-        script = (
-            "import functools, http.server, sys\n"
-            "class H(http.server.SimpleHTTPRequestHandler):\n"
-            "    def send_header(self, k, v):\n"
-            "        if k.lower() != 'last-modified':\n"
-            "            super().send_header(k, v)\n"
-            "h = functools.partial(H, directory=sys.argv[2])\n"
-            "http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), h).serve_forever()\n"
-        )
-        cmd = [sys.executable, "-c", script, str(port), str(root)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url, timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 @pytest.fixture()
 def http_server(shards):
     """The shard folder served over plain HTTP (``serve_folder``)."""
@@ -296,6 +289,33 @@ def _rewrite_same_size(path: Path, data: bytes) -> None:
     stat = path.stat()
     path.write_bytes(data)
     os.utime(path, (stat.st_atime, stat.st_mtime + 60))
+
+
+def test_a_shard_replaced_on_a_web_host_while_it_is_read_ends_its_stream_instead_of_splicing(tmp_path):
+    """fsspec's HTTP file carries no version in its ``details`` (only name and size), so the reopen after a break
+    compared nothing: the bytes of the new shard past the break were read as the rest of the old one."""
+    from datamodules.storage import ObjectChanged, RemoteStream
+
+    root = tmp_path / "web"
+    root.mkdir()
+    shard = root / "train-000000.tar"
+    shard.write_bytes(b"A" * 20480)
+
+    def drop(*args):
+        raise ConnectionError("connection reset by peer")  # a transient break: the stream reopens the object
+
+    with serve_folder(root, ranges=True) as base:
+        url = f"{base}/{shard.name}"
+        stream = RemoteStream(url, block_size=4096)
+        assert stream.read(10_000) == b"A" * 10_000
+        _rewrite_same_size(shard, b"B" * 20480)
+        stream.file.read = drop
+        with pytest.raises(ObjectChanged, match=rf"{re.escape(url)} was replaced while it was read"):
+            stream.read()
+        same = RemoteStream(url, block_size=4096)  # the same break on a shard left alone still reads through
+        first = same.read(10_000)
+        same.file.read = drop
+        assert first + same.read() == b"B" * 20480
 
 
 def test_the_shard_cache_does_not_serve_a_shard_rewritten_on_a_web_host_with_the_same_size(tmp_path):
