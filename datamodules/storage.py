@@ -59,8 +59,9 @@ class RemoteStream(io.RawIOBase):
     read. Here each ``readinto`` is one ``storage.retry_call``: on a transient error the broken file is dropped and
     the next attempt reopens the object and seeks back, so the caller sees a continuous stream or ``StorageError``.
     A reopened object whose version (ETag, else modification time: ``storage.cache.version_tag``, from the open file's
-    details, else from ``fs.info``: a web host's) is not the one first opened was replaced meanwhile: its bytes past the break belong to another file, so the stream ends with
-    ``ObjectChanged`` (a counted ``shard_read_error``) rather than splice two versions into one tar.
+    details, else from ``fs.info``: a web host's) is not the one first opened was replaced meanwhile: its bytes past
+    the break belong to another file, so the stream ends with ``ObjectChanged`` (a counted ``shard_read_error``)
+    rather than splice two versions into one tar.
     Hand-written because fsspec has no resume-on-error reader.
     """
 
