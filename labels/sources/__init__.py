@@ -76,8 +76,8 @@ def check_unchanged(src, part: Partition) -> None:
     if part.version and input_version(part.input_paths(src)) != part.version:
         raise InputError(
             f"input {part.name} changed while the run read it (its size or modification time is not what the run "
-            "listed): the run stops rather than mix old and new content; rerun it once the input is final (a rerun "
-            "starts afresh from the inputs as they are then)"
+            "listed): the run stops rather than mix old and new content; rerun it once the input is final (the rerun "
+            "reads the changed inputs again and redoes every pass after the map)"
         )
 
 
