@@ -102,42 +102,37 @@ def versions(paths: Iterable[str]) -> dict[str, str]:
             continue
         out[path] = f"{st.st_size}:{st.st_mtime_ns}"
     for folder, urls in by_folder.items():
-        found = _object_infos(folder, urls)
-        for url in urls:
-            e = found.get(storage.url_to_fs(url)[1].rstrip("/"))
+        for url, e in _object_infos(folder, urls).items():
             out[url] = "missing" if e is None else f"{e.get('size')}:{version_tag(e)}"
     return {path: out[path] for path in paths}
 
 
-def _object_infos(folder: str, urls: list[str]) -> dict[str, dict]:
-    """Path inside the store -> ``fs.info`` of the objects ``urls`` of one folder (absent ones left out): the
-    folder's listing for several, the object's own metadata for one, or for an object the listing gives without a
-    size or version. A web host (``http(s)://``) is asked object by object: its listing, an HTML page when there is
-    one, has neither, so the listing and an object's own metadata would never agree."""
+def _object_infos(folder: str, urls: list[str]) -> dict[str, dict | None]:
+    """URL -> ``fs.info`` of each of the objects ``urls`` of one folder (None: absent): the folder's listing for
+    several, the object's own metadata for one, or for an object the listing gives without a size or version. A web
+    host (``http(s)://``) is asked object by object: its listing, an HTML page when there is one, has neither, so the
+    listing and an object's own metadata would never agree."""
     fs, inner = storage.url_to_fs(folder)
     fs.invalidate_cache(inner)
-    found: dict[str, dict] = {}
+    listed: dict[str, dict] = {}
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
     if len(urls) > 1 and not protocols & {"http", "https"}:
         entries = storage.retry_call(lambda: fs.ls(inner, detail=True), url=folder, what="list")
-        found = {e["name"].rstrip("/"): e for e in entries}
+        listed = {e["name"].rstrip("/"): e for e in entries}
+    found: dict[str, dict | None] = {}
     for url in urls:
         path = storage.url_to_fs(url)[1].rstrip("/")
-        entry = found.get(path)
-        if entry is not None and entry.get("size") is not None and version_tag(entry) is not None:
-            continue
+        entry = listed.get(path)
+        if entry is None or entry.get("size") is None or version_tag(entry) is None:
 
-        def info(path=path) -> dict | None:
-            try:
-                return fs.info(path)
-            except FileNotFoundError:
-                return None
+            def info(path=path) -> dict | None:
+                try:
+                    return fs.info(path)
+                except FileNotFoundError:
+                    return None
 
-        entry = storage.retry_call(info, url=url, what="stat")
-        if entry is None:
-            found.pop(path, None)
-        else:
-            found[path] = entry
+            entry = storage.retry_call(info, url=url, what="stat")
+        found[url] = entry
     return found
 
 

@@ -109,7 +109,7 @@ class ObjectStoreFSDPStrategy(FSDPStrategy):
     * full, remote: rank 0 writes one file through the checkpoint IO (``AtomicCheckpointIO``: one upload), then
       deletes an older sharded folder of the same name (a run switched from sharded to full), as Lightning's local
       save does; full, local: Lightning's save, after removing an older versioned sharded folder of the same name;
-    * load: from the committed save, of the local copy in the storage cache for a remote one (``storage.local_copy``),
+    * load: from the committed save (for a remote one, its local copy in the storage cache: ``storage.local_copy``),
       the local folder Lightning reads.
     """
 
